@@ -1,0 +1,100 @@
+defmodule Snakepit.Native do
+  @moduledoc """
+  The one boundary to the Rust native core (`native/snakepit_native`).
+
+  Every NIF has a stub here and nothing else in Snakepit loads or calls the
+  library directly. Functions that do I/O return at once and reply later
+  with `{ref, result}` to the pid given; `spawn_process/5` runs on a dirty
+  I/O scheduler.
+  """
+
+  @on_load :load_nif
+
+  @doc false
+  def load_nif do
+    path = Path.join(:code.priv_dir(:snakepit), "native/libsnakepit_native")
+    :erlang.load_nif(String.to_charlist(path), 0)
+  end
+
+  defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)
+
+  # -- processes -----------------------------------------------------------
+
+  @doc """
+  Spawns `program` (absolute path) with `argv` (argv[0] included), exactly
+  the `env` pairs given, in its own session and process group. Output
+  lines and the exit arrive at `owner` as
+  `{:snakepit_process, os_pid, {:stdout | :stderr, line}}` and
+  `{:snakepit_process, os_pid, {:exit, {:exited, code} | {:signaled, sig} | :unknown}}`.
+  """
+  @spec spawn_process(
+          String.t(),
+          [String.t()],
+          [{String.t(), String.t()}],
+          String.t() | nil,
+          pid()
+        ) ::
+          {:ok, {pos_integer(), reference()}} | {:error, term()}
+  def spawn_process(_program, _argv, _env, _cwd, _owner), do: not_loaded()
+
+  @doc "Releases the guard of a spawned process: its whole group is SIGKILLed if still running."
+  @spec release_process(reference()) :: :ok
+  def release_process(_handle), do: not_loaded()
+
+  @doc false
+  def process_handle_pid(_handle), do: not_loaded()
+
+  @spec signal_process(integer(), integer()) :: :ok | {:error, atom()}
+  def signal_process(_pid, _signal), do: not_loaded()
+
+  @spec signal_group(integer(), integer()) :: :ok | {:error, atom()}
+  def signal_group(_pgid, _signal), do: not_loaded()
+
+  @spec process_alive(integer()) :: boolean()
+  def process_alive(_pid), do: not_loaded()
+
+  @spec process_group_of(integer()) :: {:ok, integer()} | {:error, atom()}
+  def process_group_of(_pid), do: not_loaded()
+
+  # -- gRPC client -----------------------------------------------------------
+
+  @doc "Opens a lazily connected channel to `unix:/path` or `host:port`."
+  @spec grpc_connect(String.t()) :: {:ok, reference()} | {:error, term()}
+  def grpc_connect(_address), do: not_loaded()
+
+  @doc """
+  Calls ExecuteTool. Returns `:ok` at once, or `{:error, {:invalid_argument,
+  message}}` when the arguments cannot be encoded (nothing is sent). The
+  result arrives as `{ref, {:ok, term} | {:error, reason}}`.
+  """
+  @spec grpc_execute(reference(), pid(), reference(), String.t(), term(), map()) ::
+          :ok | {:error, term()}
+  def grpc_execute(_channel, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
+
+  @spec grpc_ping(reference(), pid(), reference(), String.t(), non_neg_integer()) :: :ok
+  def grpc_ping(_channel, _owner, _ref, _message, _timeout_ms), do: not_loaded()
+
+  @doc """
+  Starts ExecuteStreamingTool. Chunks arrive as `{ref, {:chunk, data, is_final}}`
+  only while credit lasts (`window` at first, one more per `stream_ack/1`),
+  then `{ref, :done}` or `{ref, {:error, reason}}`.
+  """
+  @spec grpc_execute_stream(
+          reference(),
+          pid(),
+          reference(),
+          String.t(),
+          term(),
+          map(),
+          pos_integer()
+        ) ::
+          {:ok, reference()} | {:error, term()}
+  def grpc_execute_stream(_channel, _owner, _ref, _tool, _arguments, _opts, _window),
+    do: not_loaded()
+
+  @spec stream_ack(reference()) :: :ok
+  def stream_ack(_stream), do: not_loaded()
+
+  @spec stream_cancel(reference()) :: :ok
+  def stream_cancel(_stream), do: not_loaded()
+end

@@ -1,0 +1,292 @@
+//! Calls to a worker. Each NIF encodes its arguments, hands the call to a
+//! tokio task and returns at once; the task replies `{ref, result}` to the
+//! caller's pid. No scheduler thread ever waits on a socket.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rustler::types::map::MapIterator;
+use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
+use tokio::sync::{oneshot, Semaphore};
+
+use super::channel::WorkerChannel;
+use super::pb::{ExecuteToolRequest, PingRequest};
+use super::response;
+use crate::atoms;
+use crate::json;
+use crate::reply::{self, ReplyTo};
+
+/// How long past the caller's budget the task waits for the worker before
+/// giving up on its own; the gRPC deadline normally fires first.
+const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// The per-call options, from the Elixir map `%{session_id:, timeout_ms:,
+/// binary_parameters:, metadata:, request_id:}` (every key optional).
+struct CallOpts {
+    session_id: String,
+    timeout_ms: u64,
+    binary_parameters: HashMap<String, Vec<u8>>,
+    metadata: HashMap<String, String>,
+    request_id: String,
+}
+
+fn opt<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> Result<Option<T>, String> {
+    // Option names are fixed by this module, never taken from data.
+    let atom = rustler::Atom::from_str(map.get_env(), key).map_err(|_| "bad option name")?;
+    match map.map_get(atom) {
+        Ok(v) if v == atoms::nil().to_term(map.get_env()) => Ok(None),
+        Ok(v) => v
+            .decode()
+            .map(Some)
+            .map_err(|_| format!("option {key} has the wrong type")),
+        Err(_) => Ok(None),
+    }
+}
+
+fn string_map<'a, V>(
+    term: Option<Term<'a>>,
+    key: &str,
+    value: impl Fn(Term<'a>) -> Option<V>,
+) -> Result<HashMap<String, V>, String> {
+    let mut out = HashMap::new();
+    let Some(term) = term else { return Ok(out) };
+    let iter = MapIterator::new(term).ok_or_else(|| format!("option {key} must be a map"))?;
+    for (k, v) in iter {
+        let name: String = if k.is_atom() {
+            k.atom_to_string()
+                .map_err(|_| format!("bad key in {key}"))?
+        } else {
+            k.decode()
+                .map_err(|_| format!("keys of {key} must be strings"))?
+        };
+        let v = value(v).ok_or_else(|| format!("{key}[{name}] has the wrong type"))?;
+        out.insert(name, v);
+    }
+    Ok(out)
+}
+
+impl CallOpts {
+    fn decode(term: Term) -> Result<Self, String> {
+        if !term.is_map() {
+            return Err("call options must be a map".into());
+        }
+        let binaries = string_map(opt(term, "binary_parameters")?, "binary_parameters", |v| {
+            v.decode::<Binary>().ok().map(|b| b.as_slice().to_vec())
+        })?;
+        let metadata = string_map(opt(term, "metadata")?, "metadata", |v| v.decode().ok())?;
+        Ok(CallOpts {
+            session_id: opt(term, "session_id")?.unwrap_or_default(),
+            timeout_ms: opt(term, "timeout_ms")?.unwrap_or(0),
+            binary_parameters: binaries,
+            metadata,
+            request_id: opt(term, "request_id")?.unwrap_or_default(),
+        })
+    }
+
+    fn timeout(&self) -> Option<Duration> {
+        (self.timeout_ms > 0).then(|| Duration::from_millis(self.timeout_ms))
+    }
+}
+
+fn invalid<'a>(env: Env<'a>, msg: String) -> Term<'a> {
+    (atoms::error(), (atoms::invalid_argument(), msg)).encode(env)
+}
+
+/// Encodes and checks everything before any task is spawned, so bad input
+/// is answered synchronously and nothing is sent.
+fn build_request(
+    tool: String,
+    arguments: Term,
+    opts: Term,
+) -> Result<(ExecuteToolRequest, Option<Duration>), String> {
+    let opts = CallOpts::decode(opts)?;
+    let args_json = json::encode(arguments).map_err(|e| e.message())?;
+    let timeout = opts.timeout();
+    let req = ExecuteToolRequest {
+        session_id: opts.session_id,
+        tool_name: tool,
+        args_json,
+        binary_parameters: opts.binary_parameters,
+        metadata: opts.metadata,
+        timeout_ms: opts.timeout_ms as i64,
+        request_id: opts.request_id,
+    };
+    Ok((req, timeout))
+}
+
+fn with_deadline<T>(mut req: tonic::Request<T>, timeout: Option<Duration>) -> tonic::Request<T> {
+    if let Some(t) = timeout {
+        req.set_timeout(t);
+    }
+    req
+}
+
+#[rustler::nif]
+fn grpc_execute<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<WorkerChannel>,
+    owner: LocalPid,
+    reference: Term<'a>,
+    tool: String,
+    arguments: Term<'a>,
+    opts: Term<'a>,
+) -> Term<'a> {
+    let (req, timeout) = match build_request(tool, arguments, opts) {
+        Ok(built) => built,
+        Err(msg) => return invalid(env, msg),
+    };
+    let mut client = channel.client();
+    reply::spawn_unary(ReplyTo::new(owner, reference), async move {
+        let call = client.execute_tool(with_deadline(tonic::Request::new(req), timeout));
+        let result = match timeout {
+            Some(t) => match tokio::time::timeout(t + DEADLINE_SLACK, call).await {
+                Ok(result) => result,
+                Err(_) => return response::timeout(),
+            },
+            None => call.await,
+        };
+        match result {
+            Ok(resp) => response::execute(resp.into_inner()),
+            Err(status) if status.code() == tonic::Code::DeadlineExceeded => response::timeout(),
+            Err(status) => response::status(status),
+        }
+    });
+    atoms::ok().encode(env)
+}
+
+#[rustler::nif]
+fn grpc_ping<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<WorkerChannel>,
+    owner: LocalPid,
+    reference: Term<'a>,
+    message: String,
+    timeout_ms: u64,
+) -> Term<'a> {
+    let mut client = channel.client();
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    reply::spawn_unary(ReplyTo::new(owner, reference), async move {
+        let req = with_deadline(tonic::Request::new(PingRequest { message }), Some(timeout));
+        match tokio::time::timeout(timeout + DEADLINE_SLACK, client.ping(req)).await {
+            Err(_) => response::timeout(),
+            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
+                response::timeout()
+            }
+            Ok(Err(status)) => response::status(status),
+            Ok(Ok(resp)) => reply::ok(resp.into_inner().message),
+        }
+    });
+    atoms::ok().encode(env)
+}
+
+/// A running server stream. Chunks are sent only against credit the
+/// consumer grants with `stream_ack`, so its mailbox stays bounded; dropping
+/// the handle or `stream_cancel` cancels the RPC and so the Python producer.
+pub struct StreamHandle {
+    credits: Arc<Semaphore>,
+    cancel: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for StreamHandle {}
+
+#[rustler::nif]
+fn grpc_execute_stream<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<WorkerChannel>,
+    owner: LocalPid,
+    reference: Term<'a>,
+    tool: String,
+    arguments: Term<'a>,
+    opts: Term<'a>,
+    window: u32,
+) -> Term<'a> {
+    let (req, timeout) = match build_request(tool, arguments, opts) {
+        Ok(built) => built,
+        Err(msg) => return invalid(env, msg),
+    };
+    let credits = Arc::new(Semaphore::new(window.max(1) as usize));
+    let (cancel_tx, mut cancel_rx) = oneshot::channel::<()>();
+    let handle = ResourceArc::new(StreamHandle {
+        credits: credits.clone(),
+        cancel: Mutex::new(Some(cancel_tx)),
+    });
+    let mut client = channel.client();
+    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+
+    reply::spawn_streaming(ReplyTo::new(owner, reference), move |to| async move {
+        let send = |payload| to.lock().map(|mut to| to.send(payload)).unwrap_or(false);
+        let expired = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::pin!(expired);
+
+        let call = client.execute_streaming_tool(with_deadline(tonic::Request::new(req), timeout));
+        let mut stream = tokio::select! {
+            _ = &mut cancel_rx => return,
+            _ = &mut expired => { send(response::timeout()); return; }
+            result = call => match result {
+                Ok(resp) => resp.into_inner(),
+                Err(status) => { send(response::status(status)); return; }
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = &mut cancel_rx => return,
+                _ = &mut expired => { send(response::timeout()); return; }
+                permit = credits.acquire() => match permit {
+                    Ok(permit) => permit.forget(),
+                    Err(_) => return,
+                }
+            }
+            let next = tokio::select! {
+                _ = &mut cancel_rx => return,
+                _ = &mut expired => { send(response::timeout()); return; }
+                next = stream.message() => next,
+            };
+            match next {
+                Ok(Some(chunk)) => {
+                    let failed = chunk.error.is_some();
+                    if !send(response::chunk(chunk)) || failed {
+                        return;
+                    }
+                }
+                Ok(None) => {
+                    send(response::done());
+                    return;
+                }
+                Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                    send(response::timeout());
+                    return;
+                }
+                Err(status) => {
+                    send(response::status(status));
+                    return;
+                }
+            }
+        }
+    });
+    (atoms::ok(), handle).encode(env)
+}
+
+/// Grants the stream credit for one more chunk.
+#[rustler::nif]
+fn stream_ack(handle: ResourceArc<StreamHandle>) -> rustler::Atom {
+    handle.credits.add_permits(1);
+    atoms::ok()
+}
+
+/// Cancels the stream; no message follows. Idempotent.
+#[rustler::nif]
+fn stream_cancel(handle: ResourceArc<StreamHandle>) -> rustler::Atom {
+    if let Ok(mut cancel) = handle.cancel.lock() {
+        if let Some(tx) = cancel.take() {
+            let _ = tx.send(());
+        }
+    }
+    atoms::ok()
+}

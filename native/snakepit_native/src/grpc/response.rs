@@ -1,0 +1,106 @@
+//! Turning worker replies and gRPC failures into the payloads the Elixir
+//! side matches on.
+
+use rustler::{Atom, Encoder};
+use tonic::{Code, Status};
+
+use super::pb::{ExecuteToolResponse, ToolChunk, ToolError};
+use crate::atoms;
+use crate::json;
+use crate::reply::Payload;
+
+pub fn code_atom(code: Code) -> Atom {
+    match code {
+        Code::Ok => atoms::ok(),
+        Code::Cancelled => atoms::cancelled(),
+        Code::Unknown => atoms::unknown(),
+        Code::InvalidArgument => atoms::invalid_argument(),
+        Code::DeadlineExceeded => atoms::deadline_exceeded(),
+        Code::NotFound => atoms::not_found(),
+        Code::AlreadyExists => atoms::already_exists(),
+        Code::PermissionDenied => atoms::permission_denied(),
+        Code::ResourceExhausted => atoms::resource_exhausted(),
+        Code::FailedPrecondition => atoms::failed_precondition(),
+        Code::Aborted => atoms::aborted(),
+        Code::OutOfRange => atoms::out_of_range(),
+        Code::Unimplemented => atoms::unimplemented(),
+        Code::Internal => atoms::internal(),
+        Code::Unavailable => atoms::unavailable(),
+        Code::DataLoss => atoms::data_loss(),
+        Code::Unauthenticated => atoms::unauthenticated(),
+    }
+}
+
+/// `{:error, {:grpc, code, message}}`
+pub fn status(status: Status) -> Payload {
+    let code = code_atom(status.code());
+    let message = status.message().to_string();
+    Box::new(move |env| (atoms::error(), (atoms::grpc(), code, message)).encode(env))
+}
+
+pub fn timeout() -> Payload {
+    Box::new(|env| (atoms::error(), atoms::timeout()).encode(env))
+}
+
+/// `{:error, {:tool_error, type, message, traceback, kind}}`
+pub fn tool_error(err: ToolError) -> Payload {
+    Box::new(move |env| {
+        let detail = (
+            atoms::tool_error(),
+            err.r#type.as_str(),
+            err.message.as_str(),
+            err.traceback.as_str(),
+            err.kind.as_str(),
+        );
+        (atoms::error(), detail).encode(env)
+    })
+}
+
+fn binary_payload(bytes: Vec<u8>, tag: Atom) -> Payload {
+    Box::new(move |env| (tag, crate::reply::binary(env, &bytes)).encode(env))
+}
+
+/// `{:ok, term}` for JSON results, `{:ok, binary}` for bytes results.
+pub fn execute(resp: ExecuteToolResponse) -> Payload {
+    if !resp.success {
+        return tool_error(resp.error.unwrap_or_default());
+    }
+    if resp.has_binary_result {
+        return binary_payload(resp.binary_result, atoms::ok());
+    }
+    match json::parse(&resp.result_json) {
+        Ok(value) => Box::new(move |env| (atoms::ok(), json::to_term(env, &value)).encode(env)),
+        Err(msg) => {
+            Box::new(move |env| (atoms::error(), (atoms::invalid_json(), msg.as_str())).encode(env))
+        }
+    }
+}
+
+/// `{:chunk, {:json, term} | {:raw, binary} | nil, is_final}` or the
+/// chunk's error.
+pub fn chunk(chunk: ToolChunk) -> Payload {
+    if let Some(err) = chunk.error {
+        return tool_error(err);
+    }
+    let is_final = chunk.is_final;
+    if chunk.data.is_empty() {
+        return Box::new(move |env| (atoms::chunk(), atoms::nil(), is_final).encode(env));
+    }
+    match json::parse(&chunk.data) {
+        Ok(value) => Box::new(move |env| {
+            let data = (atoms::json(), json::to_term(env, &value));
+            (atoms::chunk(), data, is_final).encode(env)
+        }),
+        Err(_) => {
+            let bytes = chunk.data;
+            Box::new(move |env| {
+                let raw = binary_payload(bytes, atoms::raw())(env);
+                (atoms::chunk(), raw, is_final).encode(env)
+            })
+        }
+    }
+}
+
+pub fn done() -> Payload {
+    Box::new(|env| atoms::done().encode(env))
+}

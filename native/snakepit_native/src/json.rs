@@ -1,0 +1,221 @@
+//! JSON for call payloads: Elixir terms to JSON bytes (in the NIF, before
+//! anything is sent) and JSON bytes to terms (in tokio tasks, off the
+//! schedulers). Integers stay integers; map keys come back as binaries,
+//! never atoms.
+
+use rustler::types::map::MapIterator;
+use rustler::{Binary, Encoder, Env, ListIterator, Term, TermType};
+use serde_json::Value;
+
+use crate::atoms;
+
+/// Why a term cannot travel as JSON, with the path to the offending value.
+#[derive(Debug)]
+pub struct EncodeError {
+    pub path: String,
+    pub what: String,
+}
+
+impl EncodeError {
+    pub fn message(&self) -> String {
+        if self.path.is_empty() {
+            self.what.clone()
+        } else {
+            format!("{} at {}", self.what, self.path)
+        }
+    }
+}
+
+pub fn encode(term: Term) -> Result<Vec<u8>, EncodeError> {
+    let mut out = Vec::with_capacity(64);
+    let mut path = Vec::new();
+    write_term(term, &mut out, &mut path)?;
+    Ok(out)
+}
+
+fn fail(path: &[String], what: impl Into<String>) -> EncodeError {
+    EncodeError {
+        path: path.concat(),
+        what: what.into(),
+    }
+}
+
+fn write_str(out: &mut Vec<u8>, s: &str) {
+    serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
+}
+
+fn utf8<'a>(term: Term<'a>, path: &[String]) -> Result<&'a str, EncodeError> {
+    let bin: Binary = term
+        .decode()
+        .map_err(|_| fail(path, "bitstring that is not a whole binary"))?;
+    std::str::from_utf8(bin.as_slice()).map_err(|_| fail(path, "binary that is not valid UTF-8"))
+}
+
+fn write_term(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<(), EncodeError> {
+    match term.get_type() {
+        TermType::Atom => {
+            let name = term
+                .atom_to_string()
+                .map_err(|_| fail(path, "unreadable atom"))?;
+            match name.as_str() {
+                "nil" => out.extend_from_slice(b"null"),
+                "true" => out.extend_from_slice(b"true"),
+                "false" => out.extend_from_slice(b"false"),
+                other => write_str(out, other),
+            }
+        }
+        TermType::Binary => write_str(out, utf8(term, path)?),
+        TermType::Integer => {
+            if let Ok(i) = term.decode::<i64>() {
+                out.extend_from_slice(i.to_string().as_bytes());
+            } else if let Ok(u) = term.decode::<u64>() {
+                out.extend_from_slice(u.to_string().as_bytes());
+            } else {
+                return Err(fail(path, "integer outside the 64-bit range"));
+            }
+        }
+        TermType::Float => {
+            let f: f64 = term.decode().map_err(|_| fail(path, "unreadable float"))?;
+            serde_json::to_writer(&mut *out, &f).expect("finite float");
+        }
+        TermType::List => {
+            let items: ListIterator = term.decode().map_err(|_| fail(path, "improper list"))?;
+            write_seq(items, out, path)?;
+        }
+        TermType::Tuple => {
+            let items = rustler::types::tuple::get_tuple(term)
+                .map_err(|_| fail(path, "unreadable tuple"))?;
+            write_seq(items.into_iter(), out, path)?;
+        }
+        TermType::Map => write_map(term, out, path)?,
+        TermType::Pid => return Err(fail(path, "a pid cannot be encoded as JSON")),
+        TermType::Port => return Err(fail(path, "a port cannot be encoded as JSON")),
+        TermType::Ref => return Err(fail(path, "a reference cannot be encoded as JSON")),
+        TermType::Fun => return Err(fail(path, "a function cannot be encoded as JSON")),
+        TermType::Unknown => return Err(fail(path, "a term of unknown type")),
+    }
+    Ok(())
+}
+
+fn write_seq<'a>(
+    items: impl Iterator<Item = Term<'a>>,
+    out: &mut Vec<u8>,
+    path: &mut Vec<String>,
+) -> Result<(), EncodeError> {
+    out.push(b'[');
+    for (i, item) in items.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        path.push(format!("[{i}]"));
+        write_term(item, out, path)?;
+        path.pop();
+    }
+    out.push(b']');
+    Ok(())
+}
+
+fn map_key(key: Term, path: &[String]) -> Result<String, EncodeError> {
+    match key.get_type() {
+        TermType::Binary => Ok(utf8(key, path)?.to_string()),
+        TermType::Atom => key
+            .atom_to_string()
+            .map_err(|_| fail(path, "unreadable atom key")),
+        TermType::Integer => key
+            .decode::<i64>()
+            .map(|i| i.to_string())
+            .map_err(|_| fail(path, "integer key outside the 64-bit range")),
+        _ => Err(fail(path, "map key that is not a string, atom or integer")),
+    }
+}
+
+fn write_map(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<(), EncodeError> {
+    if let Ok(name) = term.map_get(rustler::types::atom::__struct__()) {
+        let name = name.atom_to_string().unwrap_or_default();
+        let name = name.strip_prefix("Elixir.").unwrap_or(&name);
+        return Err(fail(
+            path,
+            format!("a %{name}{{}} struct cannot be encoded as JSON; convert it to a map or string first"),
+        ));
+    }
+    let iter = MapIterator::new(term).ok_or_else(|| fail(path, "unreadable map"))?;
+    out.push(b'{');
+    for (i, (key, value)) in iter.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        let key = map_key(key, path)?;
+        write_str(out, &key);
+        out.push(b':');
+        path.push(format!(".{key}"));
+        write_term(value, out, path)?;
+        path.pop();
+    }
+    out.push(b'}');
+    Ok(())
+}
+
+/// Parses JSON bytes. Empty input is `null`.
+pub fn parse(bytes: &[u8]) -> Result<Value, String> {
+    if bytes.is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_slice(bytes).map_err(|e| e.to_string())
+}
+
+/// Builds the Elixir term for a JSON value: objects become maps with
+/// binary keys, `null` becomes `nil`.
+pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
+    match value {
+        Value::Null => atoms::nil().encode(env),
+        Value::Bool(b) => b.encode(env),
+        Value::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                i.encode(env)
+            } else if let Some(u) = n.as_u64() {
+                u.encode(env)
+            } else {
+                n.as_f64().unwrap_or(f64::NAN).encode(env)
+            }
+        }
+        Value::String(s) => s.as_str().encode(env),
+        Value::Array(items) => {
+            let terms: Vec<Term<'a>> = items.iter().map(|v| to_term(env, v)).collect();
+            terms.encode(env)
+        }
+        Value::Object(map) => {
+            let keys: Vec<Term<'a>> = map.keys().map(|k| k.as_str().encode(env)).collect();
+            let values: Vec<Term<'a>> = map.values().map(|v| to_term(env, v)).collect();
+            Term::map_from_term_arrays(env, &keys, &values)
+                .unwrap_or_else(|_| rustler::types::map::map_new(env))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_keeps_integers_integers() {
+        let v = parse(br#"{"a": 1, "b": 1.5, "c": 18446744073709551615}"#).unwrap();
+        assert!(v["a"].is_i64());
+        assert!(v["b"].is_f64());
+        assert!(v["c"].is_u64());
+    }
+
+    #[test]
+    fn parse_empty_is_null_and_garbage_is_an_error() {
+        assert_eq!(parse(b"").unwrap(), Value::Null);
+        assert!(parse(b"{not json").is_err());
+    }
+
+    #[test]
+    fn encode_error_names_the_path() {
+        let e = EncodeError {
+            path: ".a[2]".into(),
+            what: "a pid cannot be encoded as JSON".into(),
+        };
+        assert_eq!(e.message(), "a pid cannot be encoded as JSON at .a[2]");
+    }
+}

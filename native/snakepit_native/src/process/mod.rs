@@ -1,0 +1,18 @@
+//! OS processes: spawning workers in their own session, watching them, and
+//! signalling them or their process group.
+
+mod nifs;
+mod signal;
+mod spawn;
+mod watch;
+
+/// Called once when the library is loaded.
+pub fn on_load() {
+    // ERTS ignores SIGCHLD, which makes the kernel reap children at once and
+    // lose their exit status. Default disposition keeps the status until our
+    // watcher collects it with waitid on the child's pidfd.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+    }
+    spawn::start_spawner();
+}

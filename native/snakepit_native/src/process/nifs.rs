@@ -1,0 +1,138 @@
+//! NIFs of the process domain.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+
+use super::{signal, spawn, watch};
+use crate::atoms;
+
+/// A spawned worker as the BEAM holds it. Dropping the last reference
+/// closes the guard pipe, which takes the worker's process group down.
+pub struct ProcessHandle {
+    os_pid: i32,
+    guard_pipe: Mutex<Option<OwnedFd>>,
+}
+
+#[rustler::resource_impl]
+impl rustler::Resource for ProcessHandle {}
+
+fn cstring(s: &str, what: &str) -> Result<CString, String> {
+    CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
+}
+
+fn error_reason(err: &io::Error) -> Atom {
+    match err.raw_os_error() {
+        Some(libc::ESRCH) => atoms::not_found(),
+        Some(libc::EPERM) => atoms::permission_denied(),
+        _ => atoms::internal(),
+    }
+}
+
+/// Spawns `program` with `argv` (argv[0] included) and exactly `env`,
+/// in its own session; output and exit go to `owner` as messages.
+#[rustler::nif(schedule = "DirtyIo")]
+fn spawn_process<'a>(
+    env: Env<'a>,
+    program: String,
+    argv: Vec<String>,
+    environment: Vec<(String, String)>,
+    cwd: Option<String>,
+    owner: LocalPid,
+) -> NifResult<Term<'a>> {
+    let build = || -> Result<spawn::SpawnSpec, String> {
+        Ok(spawn::SpawnSpec {
+            program: cstring(&program, "program")?,
+            argv: argv
+                .iter()
+                .map(|a| cstring(a, "an argument"))
+                .collect::<Result<_, _>>()?,
+            envp: environment
+                .iter()
+                .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
+                .collect::<Result<_, _>>()?,
+            cwd: cwd.as_deref().map(|c| cstring(c, "cwd")).transpose()?,
+        })
+    };
+    let spec = match build() {
+        Ok(spec) => spec,
+        Err(msg) => return Ok((atoms::error(), (atoms::invalid_argument(), msg)).encode(env)),
+    };
+    match spawn::spawn(spec) {
+        Ok(child) => {
+            let os_pid = child.pid;
+            let handle = ResourceArc::new(ProcessHandle {
+                os_pid,
+                guard_pipe: Mutex::new(Some(child.guard_pipe)),
+            });
+            let _ = child.guard_pid;
+            watch::watch(
+                owner,
+                os_pid,
+                child.stdout,
+                child.stderr,
+                child.pidfd,
+                child.guard_pidfd,
+            );
+            Ok((atoms::ok(), (os_pid, handle)).encode(env))
+        }
+        Err(err) => Ok((atoms::error(), err.to_string()).encode(env)),
+    }
+}
+
+/// Lets the guard go: the worker's process group is SIGKILLed if anything
+/// of it is still running. Idempotent.
+#[rustler::nif]
+fn release_process(handle: ResourceArc<ProcessHandle>) -> Atom {
+    if let Ok(mut pipe) = handle.guard_pipe.lock() {
+        pipe.take();
+    }
+    atoms::ok()
+}
+
+#[rustler::nif]
+fn process_handle_pid(handle: ResourceArc<ProcessHandle>) -> i32 {
+    handle.os_pid
+}
+
+fn signal_result(env: Env<'_>, result: io::Result<()>) -> Term<'_> {
+    match result {
+        Ok(()) => atoms::ok().encode(env),
+        Err(err) => (atoms::error(), error_reason(&err)).encode(env),
+    }
+}
+
+#[rustler::nif]
+fn signal_process(env: Env<'_>, pid: i32, sig: i32) -> Term<'_> {
+    if !signal::valid_target(pid) {
+        return (atoms::error(), atoms::invalid_argument()).encode(env);
+    }
+    signal_result(env, signal::kill(pid, sig))
+}
+
+#[rustler::nif]
+fn signal_group(env: Env<'_>, pgid: i32, sig: i32) -> Term<'_> {
+    if !signal::valid_target(pgid) || pgid == signal::own_group() {
+        return (atoms::error(), atoms::invalid_argument()).encode(env);
+    }
+    signal_result(env, signal::kill_group(pgid, sig))
+}
+
+#[rustler::nif]
+fn process_alive(pid: i32) -> bool {
+    signal::alive(pid)
+}
+
+#[rustler::nif]
+fn process_group_of(env: Env<'_>, pid: i32) -> Term<'_> {
+    if pid <= 0 {
+        return (atoms::error(), atoms::invalid_argument()).encode(env);
+    }
+    match signal::group_of(pid) {
+        Ok(pgid) => (atoms::ok(), pgid).encode(env),
+        Err(err) => (atoms::error(), error_reason(&err)).encode(env),
+    }
+}

@@ -1,0 +1,248 @@
+//! fork/exec from one long-lived thread.
+//!
+//! `PR_SET_PDEATHSIG` fires when the *thread* that forked a child exits, so
+//! every child is forked from a single thread that lives as long as the VM.
+//! The child only runs async-signal-safe calls between fork and exec; exec
+//! failures come back through a CLOEXEC pipe instead of a panic.
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc;
+use std::sync::Mutex;
+
+use once_cell::sync::OnceCell;
+
+pub struct SpawnSpec {
+    pub program: CString,
+    pub argv: Vec<CString>,
+    pub envp: Vec<CString>,
+    pub cwd: Option<CString>,
+}
+
+pub struct Spawned {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub pidfd: OwnedFd,
+    /// Write end of the guard's pipe. Closing it (or this process dying)
+    /// makes the guard SIGKILL the child's whole process group.
+    pub guard_pipe: OwnedFd,
+    pub guard_pid: i32,
+    pub guard_pidfd: OwnedFd,
+}
+
+type Job = (SpawnSpec, mpsc::Sender<io::Result<Spawned>>);
+
+static SPAWNER: OnceCell<Mutex<mpsc::Sender<Job>>> = OnceCell::new();
+
+pub fn start_spawner() {
+    SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("snakepit-spawner".into())
+            .spawn(move || {
+                for (spec, reply) in rx {
+                    let _ = reply.send(spawn_now(&spec));
+                }
+            })
+            .expect("snakepit: cannot start the spawner thread");
+        Mutex::new(tx)
+    });
+}
+
+/// Spawns on the spawner thread and waits for the outcome.
+pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
+    start_spawner();
+    let (reply_tx, reply_rx) = mpsc::channel();
+    SPAWNER
+        .get()
+        .expect("spawner started")
+        .lock()
+        .map_err(|_| io::Error::other("spawner lock poisoned"))?
+        .send((spec, reply_tx))
+        .map_err(|_| io::Error::other("spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("spawner thread dropped the request"))?
+}
+
+fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as RawFd; 2];
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+    }
+}
+
+/// Closes every fd from `from` upwards except `keep`, which must be at
+/// least `from` (the BEAM's fds are not CLOEXEC and must not leak into
+/// workers). Async-signal-safe.
+unsafe fn close_fds_except(from: u32, keep: RawFd) {
+    let keep = keep as u32;
+    if keep > from {
+        libc::syscall(libc::SYS_close_range, from, keep - 1, 0);
+    }
+    libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0);
+}
+
+unsafe fn reset_signals() {
+    let mut set: libc::sigset_t = std::mem::zeroed();
+    libc::sigemptyset(&mut set);
+    libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    for sig in 1..libc::SIGRTMAX() {
+        if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+}
+
+/// Reports errno through the exec-error pipe and exits the child.
+unsafe fn child_fail(err_fd: RawFd, step: u8) -> ! {
+    let errno = *libc::__errno_location();
+    let mut msg = [0u8; 5];
+    msg[0] = step;
+    msg[1..].copy_from_slice(&errno.to_ne_bytes());
+    libc::write(err_fd, msg.as_ptr().cast(), msg.len());
+    libc::_exit(127)
+}
+
+const STEP_EXEC: u8 = 1;
+const STEP_CHDIR: u8 = 2;
+const STEP_SETUP: u8 = 3;
+
+fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
+    let (out_r, out_w) = pipe_cloexec()?;
+    let (err_r, err_w) = pipe_cloexec()?;
+    let (exec_r, exec_w) = pipe_cloexec()?;
+    let devnull = {
+        let fd =
+            cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
+        unsafe { OwnedFd::from_raw_fd(fd) }
+    };
+
+    let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    let parent = unsafe { libc::getpid() };
+
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        // Child: async-signal-safe calls only.
+        unsafe {
+            let efd = exec_w.as_raw_fd();
+            if libc::setsid() < 0 {
+                child_fail(efd, STEP_SETUP);
+            }
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                // The VM died between fork and prctl.
+                libc::_exit(127);
+            }
+            reset_signals();
+            if libc::dup2(devnull.as_raw_fd(), 0) < 0
+                || libc::dup2(out_w.as_raw_fd(), 1) < 0
+                || libc::dup2(err_w.as_raw_fd(), 2) < 0
+            {
+                child_fail(efd, STEP_SETUP);
+            }
+            close_fds_except(3, efd);
+            if let Some(cwd) = &spec.cwd {
+                if libc::chdir(cwd.as_ptr()) < 0 {
+                    child_fail(efd, STEP_CHDIR);
+                }
+            }
+            libc::execve(spec.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            child_fail(efd, STEP_EXEC);
+        }
+    }
+
+    // Parent. The pidfd is taken before anything can reap the child: with
+    // SIGCHLD at its default the child stays a zombie until we wait for it.
+    let pidfd = pidfd_open(pid)?;
+    drop((out_w, err_w, exec_w, devnull));
+
+    let mut buf = [0u8; 5];
+    let n = loop {
+        let n = unsafe { libc::read(exec_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        break n;
+    };
+    if n == buf.len() as isize {
+        // exec failed; collect the child so no zombie stays behind.
+        unsafe {
+            let mut status = 0;
+            libc::waitpid(pid, &mut status, 0);
+        }
+        let errno = i32::from_ne_bytes(buf[1..].try_into().unwrap());
+        let err = io::Error::from_raw_os_error(errno);
+        let what = match buf[0] {
+            STEP_EXEC => "exec",
+            STEP_CHDIR => "chdir",
+            _ => "child setup",
+        };
+        return Err(io::Error::new(err.kind(), format!("{what} failed: {err}")));
+    }
+
+    let (guard_pipe, guard_pid) = spawn_guard(pid)?;
+    let guard_pidfd = pidfd_open(guard_pid)?;
+    Ok(Spawned {
+        pid,
+        stdout: out_r,
+        stderr: err_r,
+        pidfd,
+        guard_pipe,
+        guard_pid,
+        guard_pidfd,
+    })
+}
+
+/// Forks a tiny guard that blocks reading a pipe whose only write end stays
+/// in this VM. When the VM dies (any way, `kill -9` included) or the handle
+/// is released, the read returns and the guard SIGKILLs the worker's whole
+/// process group, grandchildren included, which the parent-death signal of
+/// the worker alone would miss.
+fn spawn_guard(pgid: i32) -> io::Result<(OwnedFd, i32)> {
+    let (r, w) = pipe_cloexec()?;
+    let pid = cvt(unsafe { libc::fork() })?;
+    if pid == 0 {
+        unsafe {
+            let rfd = r.as_raw_fd();
+            // Own group, so signals aimed at the VM's group pass it by.
+            libc::setpgid(0, 0);
+            reset_signals();
+            // Keep only the pipe: a guard must not hold the VM's sockets.
+            close_fds_except(0, rfd);
+            let mut byte = 0u8;
+            loop {
+                let n = libc::read(rfd, (&mut byte as *mut u8).cast(), 1);
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                break;
+            }
+            libc::kill(-pgid, libc::SIGKILL);
+            libc::_exit(0);
+        }
+    }
+    drop(r);
+    Ok((w, pid))
+}

@@ -1,0 +1,115 @@
+//! Sending `{ref, result}` from tokio tasks back to a BEAM process.
+//!
+//! A task never holds terms: it produces a `Payload` (a closure that builds
+//! the term) and this module builds it in a process-independent env owned by
+//! the task, off the schedulers.
+
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+
+use futures::FutureExt;
+use rustler::env::SavedTerm;
+use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
+
+use crate::atoms;
+
+/// Builds the result term of a task inside the reply env.
+pub type Payload = Box<dyn for<'a> FnOnce(Env<'a>) -> Term<'a> + Send>;
+
+/// Where a task's messages go: the caller's pid and its reference, copied
+/// into an env that outlives the NIF call.
+pub struct ReplyTo {
+    pid: LocalPid,
+    env: OwnedEnv,
+    reference: SavedTerm,
+    msg_env: OwnedEnv,
+}
+
+impl ReplyTo {
+    pub fn new(pid: LocalPid, reference: Term<'_>) -> Self {
+        let env = OwnedEnv::new();
+        let reference = env.save(reference);
+        ReplyTo {
+            pid,
+            env,
+            reference,
+            msg_env: OwnedEnv::new(),
+        }
+    }
+
+    /// Sends `{ref, payload}`. The reference stays in its own env and is
+    /// copied into each message's env, so a stream can send many messages.
+    pub fn send(&mut self, payload: Payload) -> bool {
+        let (ref_env, reference, pid) = (&self.env, &self.reference, self.pid);
+        let msg_env = &mut self.msg_env;
+        ref_env
+            .run(|env| {
+                let reference = reference.load(env);
+                msg_env.send_and_clear(&pid, |msg| {
+                    (reference.in_env(msg), payload(msg)).encode(msg)
+                })
+            })
+            .is_ok()
+    }
+}
+
+/// `{:error, {:native_panic, message}}`, sent when a task panicked.
+fn panic_payload(message: String) -> Payload {
+    Box::new(move |env| (atoms::error(), (atoms::native_panic(), message.as_str())).encode(env))
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        s.to_string()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "task panicked".to_string()
+    }
+}
+
+/// Runs `task` on the runtime and sends exactly one `{ref, payload}`,
+/// also when the task panics.
+pub fn spawn_unary<F>(mut to: ReplyTo, task: F)
+where
+    F: Future<Output = Payload> + Send + 'static,
+{
+    crate::runtime::get().spawn(async move {
+        let payload = match AssertUnwindSafe(task).catch_unwind().await {
+            Ok(payload) => payload,
+            Err(panic) => panic_payload(panic_message(panic)),
+        };
+        to.send(payload);
+    });
+}
+
+/// Runs a task that sends its own messages through `to`; a panic becomes a
+/// final `{ref, {:error, {:native_panic, msg}}}`.
+pub fn spawn_streaming<F, Fut>(to: ReplyTo, task: F)
+where
+    F: FnOnce(std::sync::Arc<std::sync::Mutex<ReplyTo>>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let to = std::sync::Arc::new(std::sync::Mutex::new(to));
+    crate::runtime::get().spawn(async move {
+        let fut = task(to.clone());
+        if let Err(panic) = AssertUnwindSafe(fut).catch_unwind().await {
+            let message = panic_message(panic);
+            if let Ok(mut to) = to.lock() {
+                to.send(panic_payload(message));
+            }
+        }
+    });
+}
+
+/// A binary term holding a copy of `bytes`.
+pub fn binary<'a>(env: Env<'a>, bytes: &[u8]) -> Term<'a> {
+    let mut bin = rustler::NewBinary::new(env, bytes.len());
+    bin.as_mut_slice().copy_from_slice(bytes);
+    rustler::Binary::from(bin).to_term(env)
+}
+
+/// `{:ok, value}` built lazily.
+pub fn ok<T: Encoder + Send + 'static>(value: T) -> Payload {
+    Box::new(move |env| (atoms::ok(), value).encode(env))
+}
