@@ -1,9 +1,48 @@
 defmodule Snakepit.Application do
-  @moduledoc false
+  @moduledoc """
+  Starts Snakepit: the ETS owner and registries always; the worker
+  supervisor and the pool when `pooling_enabled` is not false.
+
+  The pool and its workers sit under one `:one_for_all` supervisor, so a
+  crash of the pool takes its workers down cleanly with it (their Python
+  processes included) and both come back together.
+  """
   use Application
 
   @impl true
   def start(_type, _args) do
-    Supervisor.start_link([], strategy: :one_for_one, name: Snakepit.Supervisor)
+    Snakepit.Telemetry.choose_backend()
+    Snakepit.RuntimeDir.create()
+
+    base = [
+      Snakepit.ETSOwner,
+      {Registry, keys: :unique, name: Snakepit.Pool.Registry},
+      {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry}
+    ]
+
+    pool =
+      if Snakepit.Config.pooling_enabled?() do
+        [
+          %{
+            id: Snakepit.Pool.Supervisor,
+            type: :supervisor,
+            start:
+              {Supervisor, :start_link,
+               [
+                 [Snakepit.Pool.WorkerSupervisor, {Snakepit.Pool, []}],
+                 [strategy: :one_for_all, name: Snakepit.Pool.Supervisor]
+               ]}
+          }
+        ]
+      else
+        []
+      end
+
+    Supervisor.start_link(base ++ pool, strategy: :one_for_one, name: Snakepit.Supervisor)
+  end
+
+  @impl true
+  def stop(_state) do
+    Snakepit.RuntimeDir.remove()
   end
 end

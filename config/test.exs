@@ -1,0 +1,4 @@
+import Config
+
+# Tests start the pools they need themselves.
+config :snakepit, pooling_enabled: false

@@ -1,0 +1,71 @@
+defmodule Snakepit do
+  @moduledoc """
+  Run Python code from Elixir in a pool of worker processes.
+
+      {:ok, %{"message" => "pong"}} = Snakepit.execute("ping", %{})
+      {:ok, %{"result" => 5}} = Snakepit.execute("add", %{a: 2, b: 3})
+
+  Calls go from the caller's process through the Rust native core to a
+  Python worker over gRPC; the pool only hands out workers. Configure pools
+  with `config :snakepit, ...` (see `Snakepit.Config`). Every failure is
+  `{:error, %Snakepit.Error{}}` with a `category` to match on.
+  """
+
+  alias Snakepit.Pool
+
+  @type command :: String.t()
+  @type args :: map()
+  @type session_id :: String.t()
+  @type pool_name :: atom() | pid()
+  @type result :: term()
+  @type callback_fn :: (term() -> any())
+
+  @doc """
+  Runs `command` with `args` on a free worker and returns its result.
+
+  Options:
+    * `:pool` - the pool's name (default: the first configured pool)
+    * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
+    * `:session_id` - prefer the worker that served this session before
+  """
+  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, Snakepit.Error.t()}
+  def execute(command, args \\ %{}, opts \\ []), do: Pool.execute(command, args, opts)
+
+  @doc """
+  Like `execute/3`, in the session `session_id`: the call goes to the
+  session's last worker when it is free, and the Python tool sees the
+  session id in its context.
+  """
+  @spec execute_in_session(session_id(), command(), args(), keyword()) ::
+          {:ok, result()} | {:error, Snakepit.Error.t()}
+  def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
+    Pool.execute(command, args, Keyword.put(opts, :session_id, session_id))
+  end
+
+  @doc """
+  Runs a streaming `command`, calling `callback_fn` with each chunk (a map
+  with `"is_final"`). Returning `:halt` from the callback stops the stream.
+  Returns `:ok` when the stream ends. Default timeout:
+  `Snakepit.Defaults.stream_timeout/0`.
+  """
+  @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
+          :ok | {:error, Snakepit.Error.t()}
+  def execute_stream(command, args \\ %{}, callback_fn, opts \\ []) do
+    Pool.execute_stream(command, args, callback_fn, opts)
+  end
+
+  @doc "`execute_stream/4` in the session `session_id`."
+  @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
+          :ok | {:error, Snakepit.Error.t()}
+  def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
+    Pool.execute_stream(command, args, callback_fn, Keyword.put(opts, :session_id, session_id))
+  end
+
+  @doc "Request, error and worker counts summed over the pools."
+  @spec get_stats(pool_name()) :: map()
+  def get_stats(pool \\ Snakepit.Pool), do: Pool.get_stats(pool)
+
+  @doc "Ids of the ready workers."
+  @spec list_workers(pool_name()) :: [String.t()]
+  def list_workers(pool \\ Snakepit.Pool), do: Pool.list_workers(pool)
+end

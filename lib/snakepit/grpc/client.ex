@@ -1,0 +1,198 @@
+defmodule Snakepit.GRPC.Client do
+  @moduledoc """
+  Calls to one worker over its gRPC channel, made from the caller's own
+  process: the native core replies `{ref, result}` here and this module
+  turns replies into results and `Snakepit.Error`s.
+  """
+
+  alias Snakepit.{Defaults, Error, Native, Telemetry}
+
+  # Waiting past the call's own deadline is a safety net: the native core
+  # always answers by its deadline.
+  @reply_slack_ms 5_000
+
+  @type worker :: %{
+          required(:channel) => reference(),
+          required(:id) => String.t(),
+          optional(atom()) => term()
+        }
+
+  @doc "Runs `tool` on `worker`. Options: `:deadline` (monotonic ms or `:infinity`), `:session_id`, `:metadata`, `:binary_parameters`."
+  @spec execute(worker(), String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(worker, tool, args, opts) do
+    ref = make_ref()
+    call_opts = native_opts(opts)
+    started = System.monotonic_time()
+    meta = %{command: tool, worker_id: worker.id}
+
+    result =
+      case Native.grpc_execute(worker.channel, self(), ref, tool, args, call_opts) do
+        :ok -> await(ref, call_opts.timeout_ms) |> translate(tool, worker)
+        {:error, {:invalid_argument, message}} -> {:error, invalid_args(tool, message)}
+      end
+
+    duration = System.monotonic_time() - started
+
+    Telemetry.emit(
+      [:snakepit, :grpc_worker, :execute, :stop],
+      %{
+        duration: duration,
+        duration_ms: System.convert_time_unit(duration, :native, :millisecond)
+      },
+      Map.put(meta, :success, match?({:ok, _}, result))
+    )
+
+    result
+  end
+
+  @doc """
+  Runs streaming `tool`, calling `callback` with each chunk as a map with
+  `"is_final"`. The callback returning `:halt` stops the stream and the
+  Python producer. At most `stream_window` chunks are ever in flight.
+  """
+  @spec execute_stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
+          :ok | {:error, Error.t()}
+  def execute_stream(worker, tool, args, callback, opts) do
+    ref = make_ref()
+    call_opts = native_opts(opts)
+
+    case Native.grpc_execute_stream(
+           worker.channel,
+           self(),
+           ref,
+           tool,
+           args,
+           call_opts,
+           Defaults.stream_window()
+         ) do
+      {:ok, stream} ->
+        try do
+          consume(ref, stream, callback, call_opts.timeout_ms, tool, worker)
+        after
+          # Also when the callback raises: cancel, so Python stops producing.
+          Native.stream_cancel(stream)
+        end
+
+      {:error, {:invalid_argument, message}} ->
+        {:error, invalid_args(tool, message)}
+    end
+  end
+
+  defp consume(ref, stream, callback, timeout_ms, tool, worker) do
+    receive do
+      {^ref, {:chunk, data, is_final}} ->
+        case callback.(chunk_map(data, is_final)) do
+          :halt ->
+            Native.stream_cancel(stream)
+            flush(ref)
+            :ok
+
+          _ ->
+            Native.stream_ack(stream)
+            consume(ref, stream, callback, timeout_ms, tool, worker)
+        end
+
+      {^ref, :done} ->
+        :ok
+
+      {^ref, {:error, _} = error} ->
+        translate(error, tool, worker)
+    after
+      wait_ms(timeout_ms) ->
+        {:error,
+         Error.timeout_error("stream #{tool} sent nothing for #{wait_ms(timeout_ms)} ms", %{
+           tool: tool
+         })}
+    end
+  end
+
+  defp flush(ref) do
+    receive do
+      {^ref, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+
+  @doc false
+  # The documented chunk shape: a JSON object gets "is_final" added; other
+  # JSON goes under "data"; bytes that are not JSON under "raw_data_base64".
+  def chunk_map({:json, map}, is_final) when is_map(map), do: Map.put(map, "is_final", is_final)
+  def chunk_map({:json, other}, is_final), do: %{"data" => other, "is_final" => is_final}
+
+  def chunk_map({:raw, bytes}, is_final),
+    do: %{"raw_data_base64" => Base.encode64(bytes), "is_final" => is_final}
+
+  def chunk_map(nil, is_final), do: %{"is_final" => is_final}
+
+  @doc "Pings the worker's gRPC server."
+  @spec ping(worker(), non_neg_integer()) :: {:ok, String.t()} | {:error, Error.t()}
+  def ping(worker, timeout_ms \\ 5_000) do
+    ref = make_ref()
+    :ok = Native.grpc_ping(worker.channel, self(), ref, "ping", timeout_ms)
+    await(ref, timeout_ms) |> translate("ping", worker)
+  end
+
+  defp native_opts(opts) do
+    timeout_ms =
+      case Keyword.get(opts, :deadline, :infinity) do
+        :infinity -> 0
+        deadline -> max(Snakepit.Pool.remaining(deadline), 1)
+      end
+
+    %{
+      timeout_ms: timeout_ms,
+      session_id: Keyword.get(opts, :session_id),
+      metadata: Keyword.get(opts, :metadata),
+      binary_parameters: Keyword.get(opts, :binary_parameters)
+    }
+  end
+
+  defp wait_ms(0), do: :infinity
+  defp wait_ms(timeout_ms), do: timeout_ms + @reply_slack_ms
+
+  defp await(ref, timeout_ms) do
+    receive do
+      {^ref, reply} -> reply
+    after
+      wait_ms(timeout_ms) -> {:error, :timeout}
+    end
+  end
+
+  defp invalid_args(tool, message) do
+    Error.validation_error("arguments of #{tool} cannot be sent: #{message}", %{tool: tool})
+  end
+
+  @doc false
+  def translate({:ok, _} = ok, _tool, _worker), do: ok
+
+  def translate({:error, reason}, tool, worker) do
+    details = %{tool: tool, worker_id: worker.id}
+
+    error =
+      case reason do
+        {:tool_error, _type, message, _tb, "unknown_tool"} ->
+          Error.validation_error(message, details)
+
+        {:tool_error, type, message, traceback, kind} ->
+          Error.python_error(type, message, traceback, Map.put(details, :kind, kind))
+
+        :timeout ->
+          Error.timeout_error("#{tool} did not finish in time", details)
+
+        {:grpc, status, message} ->
+          Error.grpc_error(status, "worker #{worker.id}: #{message}", details)
+
+        {:invalid_json, message} ->
+          Error.worker_error("worker #{worker.id} returned malformed JSON: #{message}", details)
+
+        {:native_panic, message} ->
+          Error.worker_error("native core failed: #{message}", details)
+
+        other ->
+          Error.worker_error("unexpected reply: #{inspect(other)}", details)
+      end
+
+    {:error, error}
+  end
+end

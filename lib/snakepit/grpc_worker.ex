@@ -1,0 +1,273 @@
+defmodule Snakepit.GRPCWorker do
+  @moduledoc """
+  Owns one Python worker process for its whole life.
+
+  It spawns the process through the native core (own session and process
+  group, parent-death signal, guard), waits for the worker's readiness line
+  `SNAKEPIT_READY <address>` (no fixed sleeps), opens the gRPC channel and
+  tells its pool. Calls do not pass through this process: callers use the
+  channel directly. When the Python process dies the worker stops
+  abnormally and its `Snakepit.Pool.Worker.Starter` starts a fresh one; on
+  shutdown it sends SIGTERM to the group, waits up to
+  `graceful_shutdown_timeout_ms`, then SIGKILLs it.
+  """
+  use GenServer, restart: :transient
+
+  require Logger
+
+  alias Snakepit.{Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir, Telemetry}
+  alias Snakepit.Adapters.GRPCPython
+
+  @sigterm 15
+  @sigkill 9
+  # Lines of output kept to explain a failed start.
+  @kept_lines 30
+  # How long to wait for the exit notice after SIGKILL.
+  @kill_wait_ms 2_000
+
+  @doc false
+  def start_link(args), do: GenServer.start_link(__MODULE__, args)
+
+  @doc """
+  Supervisor shutdown time for a worker: the graceful shutdown window plus
+  room for the SIGKILL that may follow it.
+  """
+  @spec supervisor_shutdown_timeout() :: pos_integer()
+  def supervisor_shutdown_timeout,
+    do: Defaults.graceful_shutdown_timeout_ms() + @kill_wait_ms + 1_000
+
+  @doc "The worker's OS pid, channel and status."
+  @spec get_info(pid()) :: map()
+  def get_info(worker), do: GenServer.call(worker, :info)
+
+  # -- lifecycle -------------------------------------------------------------
+
+  @impl true
+  def init(args) do
+    Process.flag(:trap_exit, true)
+
+    state = %{
+      id: args.id,
+      pool_name: args.pool_name,
+      pool_pid: args.pool_pid,
+      config: args.config,
+      status: :starting,
+      os_pid: nil,
+      handle: nil,
+      channel: nil,
+      address: nil,
+      output: :queue.new(),
+      startup_error: nil,
+      started_at: System.monotonic_time(),
+      startup_timer: nil
+    }
+
+    {:ok, state, {:continue, :spawn}}
+  end
+
+  @impl true
+  def handle_continue(:spawn, state) do
+    with {:ok, python} <- PythonRuntime.executable(),
+         argv = [python | command_args(state)],
+         env = PythonRuntime.worker_env(state.config.adapter_env),
+         {:ok, {os_pid, handle}} <- spawn(python, argv, env, state.config) do
+      timer = Process.send_after(self(), :startup_timeout, state.config.startup_timeout)
+      {:noreply, %{state | os_pid: os_pid, handle: handle, startup_timer: timer}}
+    else
+      {:error, reason} -> fail_startup(state, "cannot start Python: #{format_reason(reason)}")
+    end
+  end
+
+  defp spawn(python, argv, env, config) do
+    case Native.spawn_process(python, argv, env, Map.get(config, :cwd), self()) do
+      {:ok, _} = ok -> ok
+      {:error, {:invalid_argument, message}} -> {:error, message}
+      {:error, message} -> {:error, "#{python}: #{message}"}
+    end
+  end
+
+  defp format_reason(reason) when is_binary(reason), do: reason
+  defp format_reason(reason), do: inspect(reason)
+
+  defp command_args(state) do
+    address =
+      case Application.get_env(:snakepit, :worker_transport, :unix) do
+        :tcp -> "127.0.0.1:0"
+        :unix -> RuntimeDir.socket_address(state.id)
+      end
+
+    GRPCPython.worker_args(state.config.adapter_args,
+      address: address,
+      "worker-id": state.id,
+      "snakepit-run-id": RunID.current(),
+      "instance-name": Application.get_env(:snakepit, :instance_name)
+    )
+  end
+
+  @impl true
+  def handle_info({:snakepit_process, os_pid, event}, %{os_pid: os_pid} = state) do
+    handle_process_event(event, state)
+  end
+
+  def handle_info(:startup_timeout, %{status: :starting} = state) do
+    fail_startup(state, "worker did not report ready within #{state.config.startup_timeout} ms")
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp handle_process_event({:stdout, "SNAKEPIT_READY " <> address}, %{status: :starting} = state) do
+    case Native.grpc_connect(String.trim(address)) do
+      {:ok, channel} ->
+        if state.startup_timer, do: Process.cancel_timer(state.startup_timer)
+
+        worker = %{
+          id: state.id,
+          pid: self(),
+          channel: channel,
+          os_pid: state.os_pid,
+          capacity: capacity(state.config)
+        }
+
+        Registry.register(Snakepit.Pool.Registry, state.id, %{
+          pool: state.pool_name,
+          os_pid: state.os_pid
+        })
+
+        send(state.pool_pid, {:worker_ready, state.pool_name, worker})
+
+        duration_ms =
+          System.convert_time_unit(
+            System.monotonic_time() - state.started_at,
+            :native,
+            :millisecond
+          )
+
+        Telemetry.emit(
+          [:snakepit, :pool, :worker, :spawned],
+          %{duration: duration_ms, system_time: System.system_time()},
+          %{
+            node: node(),
+            worker_id: state.id,
+            pool_name: state.pool_name,
+            os_pid: state.os_pid
+          }
+        )
+
+        {:noreply,
+         %{state | status: :ready, channel: channel, address: address, startup_timer: nil}}
+
+      {:error, reason} ->
+        fail_startup(
+          state,
+          "worker reported an unusable address #{inspect(address)}: #{inspect(reason)}"
+        )
+    end
+  end
+
+  defp handle_process_event({:stderr, "SNAKEPIT_STARTUP_ERROR " <> message}, state) do
+    {:noreply, keep_output(%{state | startup_error: message}, message)}
+  end
+
+  defp handle_process_event({stream, line}, state) when stream in [:stdout, :stderr] do
+    if state.status != :starting, do: Logger.debug("[#{state.id}] #{line}")
+    {:noreply, keep_output(state, line)}
+  end
+
+  defp handle_process_event({:exit, status}, %{status: :starting} = state) do
+    cause = state.startup_error || "Python exited during startup (#{describe_exit(status)})"
+    fail_startup(%{state | os_pid: nil}, cause)
+  end
+
+  defp handle_process_event({:exit, status}, state) do
+    Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
+      worker_id: state.id,
+      pool_name: state.pool_name,
+      reason: describe_exit(status)
+    })
+
+    release(state)
+    # Abnormal on purpose: the starter replaces this worker.
+    {:stop, {:python_exited, status}, %{state | os_pid: nil, handle: nil}}
+  end
+
+  defp describe_exit({:exited, code}), do: "exit status #{code}"
+  defp describe_exit({:signaled, sig}), do: "killed by signal #{sig}"
+  defp describe_exit(:unknown), do: "exit status unknown"
+
+  defp keep_output(state, line) do
+    output = :queue.in(line, state.output)
+    output = if :queue.len(output) > @kept_lines, do: :queue.drop(output), else: output
+    %{state | output: output}
+  end
+
+  defp capacity(%{worker_profile: :thread, threads_per_worker: n}), do: n
+  defp capacity(_), do: 1
+
+  defp fail_startup(state, cause) do
+    output = :queue.to_list(state.output)
+
+    last =
+      if output == [],
+        do: "",
+        else: "\nLast output of the worker:\n  " <> Enum.join(output, "\n  ")
+
+    error =
+      Error.worker_error("worker #{state.id} failed to start: #{cause}#{last}", %{
+        worker_id: state.id,
+        pool: state.pool_name,
+        cause: cause,
+        output: output
+      })
+
+    Telemetry.emit([:snakepit, :pool, :worker, :startup_failed], %{}, %{
+      worker_id: state.id,
+      pool_name: state.pool_name,
+      cause: cause
+    })
+
+    send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
+    {:stop, {:shutdown, :startup_failed}, stop_process(state)}
+  end
+
+  @impl true
+  def handle_call(:info, _from, state) do
+    {:reply, Map.take(state, [:id, :pool_name, :status, :os_pid, :address, :channel]), state}
+  end
+
+  @impl true
+  def terminate(_reason, state) do
+    stop_process(state)
+    :ok
+  end
+
+  # SIGTERM to the group, wait for the exit notice, SIGKILL if it does not
+  # come in time; then release the guard, which takes down anything left.
+  defp stop_process(%{os_pid: nil} = state), do: release(state)
+
+  defp stop_process(state) do
+    pid = state.os_pid
+    Native.signal_group(pid, @sigterm)
+
+    unless await_exit(pid, Defaults.graceful_shutdown_timeout_ms()) do
+      Native.signal_group(pid, @sigkill)
+      await_exit(pid, @kill_wait_ms)
+    end
+
+    release(%{state | os_pid: nil})
+  end
+
+  defp await_exit(pid, timeout) do
+    receive do
+      {:snakepit_process, ^pid, {:exit, _}} -> true
+    after
+      timeout -> false
+    end
+  end
+
+  defp release(%{handle: nil} = state), do: state
+
+  defp release(state) do
+    Native.release_process(state.handle)
+    %{state | handle: nil}
+  end
+end

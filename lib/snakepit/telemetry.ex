@@ -1,0 +1,136 @@
+defmodule Snakepit.Telemetry do
+  @moduledoc """
+  Snakepit's telemetry events.
+
+  When the host application has the `:telemetry` library, events go through
+  `:telemetry.execute/3` and its handlers. Without it, Snakepit keeps its own
+  handler table with the same shape: `attach/4`, `attach_many/4`,
+  `detach/1`, handlers called as `fun.(event, measurements, metadata, config)`.
+  A handler that raises is detached, as `:telemetry` does.
+
+  The events Snakepit emits are listed by `events/0`.
+  """
+
+  require Logger
+
+  @table :snakepit_telemetry_handlers
+
+  @pool_events [
+    [:snakepit, :pool, :worker, :spawned],
+    [:snakepit, :pool, :worker, :terminated],
+    [:snakepit, :pool, :worker, :startup_failed],
+    [:snakepit, :pool, :saturated],
+    [:snakepit, :pool, :queue, :timeout],
+    [:snakepit, :request, :executed]
+  ]
+  @grpc_events [
+    [:snakepit, :grpc_worker, :execute, :start],
+    [:snakepit, :grpc_worker, :execute, :stop],
+    [:snakepit, :grpc_worker, :stream, :stop]
+  ]
+  @python_events [
+    [:snakepit, :python, :call, :start],
+    [:snakepit, :python, :call, :stop],
+    [:snakepit, :python, :call, :exception]
+  ]
+
+  @doc "Every event Snakepit emits."
+  @spec events() :: [[atom()]]
+  def events, do: @pool_events ++ @grpc_events ++ @python_events
+
+  @doc "Pool and worker lifecycle events."
+  @spec pool_events() :: [[atom()]]
+  def pool_events, do: @pool_events
+
+  @doc "Events of calls to workers, measured on the Elixir side."
+  @spec grpc_events() :: [[atom()]]
+  def grpc_events, do: @grpc_events
+
+  @doc "Events folded back from Python workers."
+  @spec python_events() :: [[atom()]]
+  def python_events, do: @python_events
+
+  @doc false
+  # Decided once at application start: a host that has :telemetry gets it.
+  def choose_backend do
+    backend = if Code.ensure_loaded?(:telemetry), do: :telemetry, else: :builtin
+    :persistent_term.put({__MODULE__, :backend}, backend)
+    backend
+  end
+
+  defp backend, do: :persistent_term.get({__MODULE__, :backend}, :builtin)
+
+  @doc "Emits `event` with `measurements` and `metadata`."
+  @spec emit([atom()], map(), map()) :: :ok
+  def emit(event, measurements, metadata \\ %{}) do
+    case backend() do
+      :telemetry -> apply(:telemetry, :execute, [event, measurements, metadata])
+      :builtin -> dispatch(event, measurements, metadata)
+    end
+
+    :ok
+  end
+
+  defp dispatch(event, measurements, metadata) do
+    if :ets.whereis(@table) != :undefined do
+      for {^event, id, fun, config} <- :ets.lookup(@table, event) do
+        try do
+          fun.(event, measurements, metadata, config)
+        rescue
+          e ->
+            Logger.error(
+              "telemetry handler #{inspect(id)} raised and was detached: #{Exception.message(e)}"
+            )
+
+            detach(id)
+        end
+      end
+    end
+
+    :ok
+  end
+
+  @doc "Attaches `fun` to `event` under the unique `id`."
+  @spec attach(term(), [atom()], function(), term()) :: :ok | {:error, :already_exists}
+  def attach(id, event, fun, config), do: attach_many(id, [event], fun, config)
+
+  @doc "Attaches `fun` to each of `events` under the unique `id`."
+  @spec attach_many(term(), [[atom()]], function(), term()) :: :ok | {:error, :already_exists}
+  def attach_many(id, events, fun, config) when is_function(fun, 4) and is_list(events) do
+    case backend() do
+      :telemetry ->
+        apply(:telemetry, :attach_many, [id, events, fun, config])
+
+      :builtin ->
+        table = Snakepit.ETSOwner.ensure_table(@table)
+
+        if :ets.match_object(table, {:_, id, :_, :_}) != [] do
+          {:error, :already_exists}
+        else
+          :ets.insert(table, Enum.map(events, &{&1, id, fun, config}))
+          :ok
+        end
+    end
+  end
+
+  @doc "Detaches the handler `id`."
+  @spec detach(term()) :: :ok | {:error, :not_found}
+  def detach(id) do
+    case backend() do
+      :telemetry ->
+        apply(:telemetry, :detach, [id])
+
+      :builtin ->
+        table = Snakepit.ETSOwner.ensure_table(@table)
+
+        case :ets.match_object(table, {:_, id, :_, :_}) do
+          [] ->
+            {:error, :not_found}
+
+          _ ->
+            :ets.match_delete(table, {:_, id, :_, :_})
+            :ok
+        end
+    end
+  end
+end
