@@ -1,0 +1,430 @@
+"""Runs tool calls: resolves the tool, binds arguments, runs it in the right
+place (thread pool or event loop) and turns results and exceptions into the
+protobuf responses of the wire contract.
+
+Error mapping (``ToolError``):
+
+=====================  =========================  ==========================
+situation              type                       kind
+=====================  =========================  ==========================
+tool raised            exception class name       ``tool``
+unknown tool name      ``ToolNotFoundError``      ``unknown_tool``
+arguments don't fit    ``TypeError``              ``invalid_arguments``
+args_json not JSON /   decode error class         ``serialization``
+not an object
+result not encodable   encode error class         ``serialization``
+streaming tool called  ``StreamingToolError``     ``streaming_tool``
+via ExecuteTool
+=====================  =========================  ==========================
+
+``message`` is ``str(exc)``; ``traceback`` the formatted Python traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import functools
+import inspect
+import logging
+import time
+import traceback
+from typing import Any, AsyncIterator, Callable
+
+from . import serialization, telemetry
+from .errors import (
+    ArgumentBindingError,
+    BridgeError,
+    SerializationError,
+    StreamCancelled,
+    StreamingToolError,
+    ToolNotFoundError,
+)
+from .generated import snakepit_bridge_pb2 as pb
+from .session_context import SessionContext, _current
+from .sessions import SessionTable
+from .streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
+from .tools import ToolInfo, discover_tools
+
+log = logging.getLogger("snakepit_bridge.runtime")
+
+__all__ = ["ToolRunner", "tool_error"]
+
+BINARY_CONTENT_TYPE = "application/octet-stream"
+
+
+def _format_traceback(exc: BaseException) -> str:
+    return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+
+def tool_error(exc: BaseException, kind: str | None = None) -> Any:
+    """Build a ToolError message for ``exc``."""
+    own = isinstance(exc, (BridgeError, ArgumentBindingError))
+    err_type = ArgumentBindingError.wire_type if isinstance(exc, ArgumentBindingError) else type(exc).__name__
+    return pb.ToolError(
+        type=err_type,
+        message=str(exc),
+        traceback=_format_traceback(exc),
+        kind=kind or (exc.kind if own else "tool"),  # type: ignore[attr-defined]
+    )
+
+
+def _str_metadata(metadata: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not metadata:
+        return out
+    for key, value in dict(metadata).items():
+        out[str(key)] = value if isinstance(value, str) else serialization.dumps(value).decode("utf-8")
+    return out
+
+
+class _Call:
+    """A resolved call: the callable plus how it must be run."""
+
+    def __init__(self, name: str, func: Callable[..., Any], args: list[Any], kwargs: dict[str, Any], *, is_async: bool):
+        self.name = name
+        self.func = func
+        self.args = args
+        self.kwargs = kwargs
+        self.is_async = is_async
+
+
+class ToolRunner:
+    """Executes tool calls against one adapter instance."""
+
+    def __init__(
+        self,
+        adapter: Any,
+        *,
+        worker_id: str = "",
+        executor: concurrent.futures.Executor | None = None,
+        sessions: SessionTable | None = None,
+    ):
+        self.adapter = adapter
+        self.worker_id = worker_id
+        self.executor = executor or concurrent.futures.ThreadPoolExecutor(thread_name_prefix="snakepit-tool")
+        self.sessions = sessions or SessionTable()
+        self.tools: dict[str, ToolInfo] = discover_tools(adapter)
+        legacy = getattr(adapter, "execute_tool", None)
+        self.legacy_execute: Callable[..., Any] | None = legacy if callable(legacy) else None
+        self._uses_base_context = _has_context_property(adapter)
+
+    # ------------------------------------------------------------ specs
+
+    def tool_specs(self) -> list[Any]:
+        return [info.to_proto() for info in self.tools.values()]
+
+    def tool_names(self) -> list[str]:
+        return list(self.tools)
+
+    # ------------------------------------------------------------ resolution
+
+    def _context(self, request: Any) -> SessionContext:
+        return SessionContext(
+            request.session_id,
+            worker_id=self.worker_id,
+            request_id=request.request_id,
+            tool_name=request.tool_name,
+            metadata=dict(request.metadata),
+            timeout_ms=request.timeout_ms,
+        )
+
+    def _arguments(self, request: Any) -> dict[str, Any]:
+        try:
+            args = serialization.decode_args(request.args_json)
+        except ValueError as exc:
+            raise SerializationError(f"cannot decode arguments of '{request.tool_name}': {exc}") from exc
+        for key, value in request.binary_parameters.items():
+            args[key] = bytes(value)
+        return args
+
+    def _resolve(self, request: Any, ctx: SessionContext, stream: ToolStream | None) -> tuple[_Call, bool]:
+        """Return the call and whether the tool is declared as producing a stream."""
+        args = self._arguments(request)
+        name = request.tool_name
+        if self.legacy_execute is not None:
+            func = self.legacy_execute
+            raw = inspect.unwrap(getattr(func, "__func__", func))
+            is_async = inspect.iscoroutinefunction(raw)
+            streams = inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw)
+            return _Call(name, func, [name, args, ctx], {}, is_async=is_async), streams
+        info = self.tools.get(name)
+        if info is None:
+            raise ToolNotFoundError(name, list(self.tools))
+        if stream is None and info.produces_stream:
+            raise StreamingToolError(name)
+        positional, keywords = info.bind(args, stream)
+        is_async = info.is_coroutine
+        return _Call(name, info.func, positional, keywords, is_async=is_async), info.produces_stream
+
+    # ------------------------------------------------------------ running
+
+    def _enter_context(self, ctx: SessionContext) -> contextvars.Token[Any]:
+        token = _current.set(ctx)
+        if not self._uses_base_context:
+            # Adapters that are not BaseAdapter subclasses get the context as
+            # an attribute (or through their own setter).
+            setter = getattr(self.adapter, "set_session_context", None)
+            try:
+                if callable(setter):
+                    setter(ctx)
+                else:
+                    self.adapter.session_context = ctx
+            except Exception:  # noqa: BLE001
+                pass
+        return token
+
+    async def _run_call(self, call: _Call) -> Any:
+        """Run a call to completion: awaited on the loop or in the thread pool."""
+        if call.is_async:
+            result = call.func(*call.args, **call.kwargs)
+        else:
+            loop = asyncio.get_running_loop()
+            ctx = contextvars.copy_context()
+            fn = functools.partial(call.func, *call.args, **call.kwargs)
+            result = await loop.run_in_executor(self.executor, ctx.run, fn)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    # ------------------------------------------------------------ unary
+
+    async def execute(self, request: Any) -> Any:
+        started = time.perf_counter_ns()
+        ctx = self._context(request)
+        self.sessions.touch(request.session_id)
+        token = self._enter_context(ctx)
+        tele_meta = {"tool": request.tool_name, "session_id": request.session_id}
+        telemetry.emit(("tool", "execution", "start"), {"system_time": time.time_ns()}, tele_meta)
+        try:
+            try:
+                call, _ = self._resolve(request, ctx, None)
+                result = await self._run_call(call)
+                if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                    await _close_generator(result)
+                    raise StreamingToolError(request.tool_name)
+            except asyncio.CancelledError:
+                raise
+            except ArgumentBindingError as exc:
+                return self._failure(exc, started, "invalid_arguments")
+            except Exception as exc:  # noqa: BLE001 - everything a tool raises is reported
+                return self._failure(exc, started)
+            try:
+                response = self._success(result, started)
+            except Exception as exc:  # noqa: BLE001
+                return self._failure(exc, started, "serialization")
+            duration = time.perf_counter_ns() - started
+            telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, tele_meta)
+            return response
+        finally:
+            _current.reset(token)
+
+    def _success(self, result: Any, started: int) -> Any:
+        response = pb.ExecuteToolResponse(success=True)
+        if isinstance(result, (bytes, bytearray, memoryview)):
+            response.has_binary_result = True
+            response.binary_result = bytes(result)
+        else:
+            response.result_json = serialization.dumps(result)
+        response.execution_time_us = (time.perf_counter_ns() - started) // 1000
+        return response
+
+    def _failure(self, exc: BaseException, started: int, kind: str | None = None) -> Any:
+        duration = time.perf_counter_ns() - started
+        telemetry.emit(
+            ("tool", "execution", "exception"),
+            {"duration": duration},
+            {"error_type": type(exc).__name__},
+        )
+        if isinstance(exc, (ToolNotFoundError, StreamingToolError, SerializationError, ArgumentBindingError)):
+            log.info("tool call failed: %s", exc)
+        else:
+            log.debug("tool raised", exc_info=exc)
+        return pb.ExecuteToolResponse(
+            success=False,
+            error=tool_error(exc, kind),
+            execution_time_us=duration // 1000,
+        )
+
+    # ------------------------------------------------------------ streaming
+
+    async def stream(self, request: Any) -> AsyncIterator[Any]:
+        """Run a tool for ExecuteStreamingTool, yielding ToolChunk messages."""
+        ctx = self._context(request)
+        self.sessions.touch(request.session_id)
+        loop = asyncio.get_running_loop()
+        channel = Channel(loop)
+        tool_stream = ToolStream(channel)
+        token = self._enter_context(ctx)
+        try:
+            try:
+                call, _ = self._resolve(request, ctx, tool_stream)
+            except Exception as exc:  # noqa: BLE001
+                kind = "invalid_arguments" if isinstance(exc, ArgumentBindingError) else None
+                yield self._error_chunk(0, exc, kind)
+                return
+            producer = self._start_producer(call, channel)
+        finally:
+            _current.reset(token)
+
+        index = 0
+        finished = False
+        try:
+            while True:
+                kind, payload = await channel.get()
+                if kind == ITEM:
+                    try:
+                        chunk = self._item_chunk(index, payload)
+                    except Exception as exc:  # noqa: BLE001
+                        finished = True
+                        yield self._error_chunk(index, exc, "serialization")
+                        return
+                    index += 1
+                    if chunk.is_final:
+                        finished = True
+                    yield chunk
+                    if finished:
+                        return
+                elif kind == DONE:
+                    finished = True
+                    try:
+                        chunk = self._item_chunk(index, payload, final=True)
+                    except Exception as exc:  # noqa: BLE001
+                        yield self._error_chunk(index, exc, "serialization")
+                        return
+                    yield chunk
+                    return
+                elif kind == FAILED:
+                    finished = True
+                    yield self._error_chunk(index, payload)
+                    return
+        finally:
+            # Client went away or the stream ended early: stop the producer.
+            channel.cancel()
+            if isinstance(producer, asyncio.Task) and not producer.done():
+                producer.cancel()
+            if not finished:
+                log.debug("stream of '%s' cancelled after %d chunks", request.tool_name, index)
+
+    def _start_producer(self, call: _Call, channel: Channel) -> Any:
+        if call.is_async or inspect.isasyncgenfunction(inspect.unwrap(getattr(call.func, "__func__", call.func))):
+            return asyncio.get_running_loop().create_task(self._produce_async(call, channel))
+        ctx = contextvars.copy_context()
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.executor, ctx.run, functools.partial(self._produce_sync, call, channel))
+
+    async def _produce_async(self, call: _Call, channel: Channel) -> None:
+        try:
+            result = call.func(*call.args, **call.kwargs)
+            if inspect.isawaitable(result):
+                result = await result
+            if inspect.isasyncgen(result):
+                try:
+                    async for item in result:
+                        await channel.put(item)
+                        if is_chunk_like(item) and item.is_final:
+                            return
+                finally:
+                    await result.aclose()
+                channel.finish(None)
+                return
+            if inspect.isgenerator(result):
+                loop = asyncio.get_running_loop()
+                value = await loop.run_in_executor(self.executor, _drain_generator, result, channel)
+                if value is not _ALREADY_FINAL:
+                    channel.finish(value)
+                return
+            channel.finish(result)
+        except (StreamCancelled, asyncio.CancelledError):
+            return
+        except Exception as exc:  # noqa: BLE001
+            channel.fail(exc)
+
+    def _produce_sync(self, call: _Call, channel: Channel) -> None:
+        try:
+            result = call.func(*call.args, **call.kwargs)
+            if inspect.isgenerator(result):
+                value = _drain_generator(result, channel)
+                if value is not _ALREADY_FINAL:
+                    channel.finish(value)
+                return
+            if inspect.isawaitable(result) or inspect.isasyncgen(result):
+                # A sync callable handed back async work: run it on the loop.
+                future = asyncio.run_coroutine_threadsafe(
+                    self._produce_async(_Call(call.name, lambda: result, [], {}, is_async=True), channel),
+                    channel.loop,
+                )
+                future.result()
+                return
+            channel.finish(result)
+        except StreamCancelled:
+            return
+        except Exception as exc:  # noqa: BLE001
+            try:
+                channel.fail(exc)
+            except StreamCancelled:
+                pass
+
+    def _item_chunk(self, index: int, item: Any, *, final: bool = False) -> Any:
+        metadata: dict[str, str] = {}
+        is_final = final
+        data = item
+        if is_chunk_like(item):
+            data = item.data
+            is_final = final or bool(item.is_final)
+            metadata = _str_metadata(getattr(item, "metadata", None))
+        chunk = pb.ToolChunk(chunk_id=str(index), is_final=is_final)
+        if data is None and is_final:
+            chunk.data = b""
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            chunk.data = bytes(data)
+            metadata.setdefault("content_type", BINARY_CONTENT_TYPE)
+        else:
+            chunk.data = serialization.dumps(data)
+        for key, value in metadata.items():
+            chunk.metadata[key] = value
+        return chunk
+
+    def _error_chunk(self, index: int, exc: BaseException, kind: str | None = None) -> Any:
+        if not isinstance(exc, (ToolNotFoundError, StreamingToolError, ArgumentBindingError)):
+            log.debug("streaming tool failed", exc_info=exc)
+        return pb.ToolChunk(chunk_id=str(index), data=b"", is_final=True, error=tool_error(exc, kind))
+
+
+_ALREADY_FINAL = object()
+
+
+def _drain_generator(gen: Any, channel: Channel) -> Any:
+    """Feed a sync generator into the channel (runs in a worker thread).
+
+    Returns the generator's return value, or _ALREADY_FINAL when it yielded a
+    final chunk itself.
+    """
+    try:
+        while True:
+            try:
+                item = next(gen)
+            except StopIteration as stop:
+                return stop.value
+            channel.put_threadsafe(item)
+            if is_chunk_like(item) and item.is_final:
+                return _ALREADY_FINAL
+    finally:
+        gen.close()
+
+
+async def _close_generator(gen: Any) -> None:
+    try:
+        if inspect.isasyncgen(gen):
+            await gen.aclose()
+        else:
+            gen.close()
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def _has_context_property(adapter: Any) -> bool:
+    from .base_adapter import BaseAdapter
+
+    return isinstance(adapter, BaseAdapter)

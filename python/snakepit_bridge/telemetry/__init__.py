@@ -1,0 +1,323 @@
+"""Telemetry from Python workers.
+
+    from snakepit_bridge import telemetry
+
+    telemetry.emit("model.inference", {"latency_ms": 45}, {"model": "small"})
+
+    with telemetry.span("data_processing", {"stage": "preprocessing"}):
+        preprocess()
+
+Event names are dotted; on the wire they travel as parts (``"model.inference"``
+-> ``["model", "inference"]``) and Elixir re-emits them under
+``[:snakepit, :python | parts]`` when it knows the event. ``span(name)`` emits
+``name.start`` (measurement ``system_time``), then ``name.stop`` or
+``name.exception`` (measurement ``duration``, nanoseconds).
+
+Events are queued in a bounded buffer (oldest dropped when full) and sent over
+ElixirBridge.StreamTelemetry when the worker has an Elixir address; otherwise
+they only reach local handlers (:func:`add_handler`). Elixir can switch
+telemetry off, change the sampling rate, or filter events at runtime.
+``emit`` never raises and is cheap when telemetry is disabled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import fnmatch
+import logging
+import random
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+log = logging.getLogger("snakepit_bridge.telemetry")
+
+__all__ = [
+    "emit",
+    "span",
+    "add_handler",
+    "remove_handler",
+    "is_enabled",
+    "set_enabled",
+    "new_correlation_id",
+    "TelemetryEventRecord",
+    "hub",
+]
+
+Handler = Callable[["TelemetryEventRecord"], None]
+DEFAULT_QUEUE_SIZE = 1024
+
+
+class TelemetryEventRecord:
+    """One event, as queued (and handed to local handlers)."""
+
+    __slots__ = ("parts", "measurements", "metadata", "timestamp_ns", "correlation_id")
+
+    def __init__(
+        self,
+        parts: list[str],
+        measurements: dict[str, Any],
+        metadata: dict[str, Any],
+        timestamp_ns: int,
+        correlation_id: str,
+    ):
+        self.parts = parts
+        self.measurements = measurements
+        self.metadata = metadata
+        self.timestamp_ns = timestamp_ns
+        self.correlation_id = correlation_id
+
+    @property
+    def name(self) -> str:
+        return ".".join(self.parts)
+
+    def __repr__(self) -> str:
+        return f"<telemetry {self.name} {self.measurements}>"
+
+
+def _parts(event: str | Sequence[str]) -> list[str]:
+    if isinstance(event, str):
+        parts = [p for p in event.split(".") if p]
+    else:
+        parts = [str(p) for p in event if str(p)]
+    # A leading "python" duplicates the prefix Elixir adds.
+    if len(parts) > 1 and parts[0] == "python":
+        parts = parts[1:]
+    return parts
+
+
+class TelemetryHub:
+    """Process-wide event buffer, runtime controls and local handlers."""
+
+    def __init__(self, maxlen: int = DEFAULT_QUEUE_SIZE):
+        self.enabled = True
+        self.worker_id = ""
+        self.sampling_rate = 1.0
+        self.sampling_patterns: list[str] = []
+        self.allow: list[str] = []
+        self.deny: list[str] = []
+        self.dropped = 0
+        self._buffer: collections.deque[TelemetryEventRecord] = collections.deque(maxlen=maxlen)
+        self._handlers: list[Handler] = []
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wakeup: asyncio.Event | None = None
+        self._wakeup_pending = False
+        self._buffering = False
+
+    # ------------------------------------------------------------ controls
+
+    def _matches(self, name: str, patterns: Sequence[str]) -> bool:
+        full = "python." + name
+        return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def admits(self, name: str) -> bool:
+        if not self.enabled:
+            return False
+        if self.allow and not self._matches(name, self.allow):
+            return False
+        if self.deny and self._matches(name, self.deny):
+            return False
+        if self.sampling_rate < 1.0:
+            if not self.sampling_patterns or self._matches(name, self.sampling_patterns):
+                if random.random() >= self.sampling_rate:
+                    return False
+        return True
+
+    def apply_control(self, control: Any) -> None:
+        """Apply a TelemetryControl protobuf message from Elixir."""
+        which = control.WhichOneof("control")
+        if which == "toggle":
+            self.enabled = bool(control.toggle.enabled)
+        elif which == "sampling":
+            rate = float(control.sampling.sampling_rate)
+            self.sampling_rate = min(max(rate, 0.0), 1.0)
+            self.sampling_patterns = list(control.sampling.event_patterns)
+        elif which == "filter":
+            self.allow = list(control.filter.allow)
+            self.deny = list(control.filter.deny)
+
+    def reset(self) -> None:
+        """Back to defaults (tests)."""
+        with self._lock:
+            self.enabled = True
+            self.sampling_rate = 1.0
+            self.sampling_patterns = []
+            self.allow = []
+            self.deny = []
+            self.dropped = 0
+            self._buffer.clear()
+            self._handlers.clear()
+
+    # ------------------------------------------------------------ emitting
+
+    def emit(
+        self,
+        event: str | Sequence[str],
+        measurements: Mapping[str, Any] | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+    ) -> None:
+        try:
+            parts = _parts(event)
+            if not parts:
+                return
+            name = ".".join(parts)
+            if not self.admits(name):
+                return
+            meta = dict(metadata or {})
+            if self.worker_id and "worker_id" not in meta:
+                meta["worker_id"] = self.worker_id
+            if correlation_id is None:
+                correlation_id = _current_correlation_id()
+            record = TelemetryEventRecord(
+                parts, dict(measurements or {}), meta, time.time_ns(), correlation_id or ""
+            )
+            for handler in list(self._handlers):
+                try:
+                    handler(record)
+                except Exception:  # noqa: BLE001 - a bad handler must not break tools
+                    log.debug("telemetry handler failed", exc_info=True)
+            if self._buffering:
+                with self._lock:
+                    if len(self._buffer) == self._buffer.maxlen:
+                        self.dropped += 1
+                    self._buffer.append(record)
+                self._wake()
+        except Exception:  # noqa: BLE001 - emit never raises
+            log.debug("telemetry emit failed", exc_info=True)
+
+    def _wake(self) -> None:
+        loop, wakeup = self._loop, self._wakeup
+        if loop is None or wakeup is None or self._wakeup_pending:
+            return
+        self._wakeup_pending = True
+        try:
+            loop.call_soon_threadsafe(wakeup.set)
+        except RuntimeError:
+            self._wakeup_pending = False
+
+    # ------------------------------------------------------------ draining
+
+    def start_buffering(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Begin queueing events for a sender running on ``loop``."""
+        self._loop = loop
+        self._wakeup = asyncio.Event()
+        self._buffering = True
+
+    def stop_buffering(self) -> None:
+        self._buffering = False
+        self._loop = None
+        self._wakeup = None
+        with self._lock:
+            self._buffer.clear()
+
+    def drain(self) -> list[TelemetryEventRecord]:
+        with self._lock:
+            items = list(self._buffer)
+            self._buffer.clear()
+        return items
+
+    async def wait_for_events(self) -> None:
+        wakeup = self._wakeup
+        if wakeup is None:
+            raise RuntimeError("telemetry buffering is not started")
+        with self._lock:
+            if self._buffer:
+                return
+        await wakeup.wait()
+        wakeup.clear()
+        self._wakeup_pending = False
+
+    # ------------------------------------------------------------ handlers
+
+    def add_handler(self, handler: Handler) -> Handler:
+        self._handlers.append(handler)
+        return handler
+
+    def remove_handler(self, handler: Handler) -> None:
+        try:
+            self._handlers.remove(handler)
+        except ValueError:
+            pass
+
+
+hub = TelemetryHub()
+
+_correlation_local = threading.local()
+
+
+def _current_correlation_id() -> str:
+    from ..session_context import current_context
+
+    ctx = current_context()
+    if ctx is not None and ctx.correlation_id:
+        return ctx.correlation_id
+    return getattr(_correlation_local, "value", "") or ""
+
+
+def new_correlation_id() -> str:
+    return uuid.uuid4().hex
+
+
+def emit(
+    event: str | Sequence[str],
+    measurements: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    correlation_id: str | None = None,
+) -> None:
+    """Emit one event (never raises)."""
+    hub.emit(event, measurements, metadata, correlation_id)
+
+
+@contextmanager
+def span(
+    event: str | Sequence[str],
+    metadata: Mapping[str, Any] | None = None,
+    *,
+    correlation_id: str | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Time a block: emits ``<event>.start``, then ``.stop`` or ``.exception``.
+
+    Yields a dict; keys added to it are included in the stop event's metadata.
+    Exceptions propagate after the ``.exception`` event.
+    """
+    parts = _parts(event)
+    meta = dict(metadata or {})
+    extra: dict[str, Any] = {}
+    start = time.perf_counter_ns()
+    hub.emit(parts + ["start"], {"system_time": time.time_ns()}, meta, correlation_id)
+    try:
+        yield extra
+    except BaseException as exc:
+        duration = time.perf_counter_ns() - start
+        hub.emit(
+            parts + ["exception"],
+            {"duration": duration},
+            {**meta, **extra, "error_type": type(exc).__name__, "error_message": str(exc)[:500]},
+            correlation_id,
+        )
+        raise
+    duration = time.perf_counter_ns() - start
+    hub.emit(parts + ["stop"], {"duration": duration}, {**meta, **extra}, correlation_id)
+
+
+def add_handler(handler: Handler) -> Handler:
+    """Call ``handler(record)`` for every admitted event (in the emitting thread)."""
+    return hub.add_handler(handler)
+
+
+def remove_handler(handler: Handler) -> None:
+    hub.remove_handler(handler)
+
+
+def is_enabled() -> bool:
+    return hub.enabled
+
+
+def set_enabled(enabled: bool) -> None:
+    hub.enabled = bool(enabled)

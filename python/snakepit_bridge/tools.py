@@ -1,0 +1,401 @@
+"""Tool declaration (``@tool``), discovery on adapter classes, argument binding
+and ToolSpec generation.
+
+Binding rules (applied to the decoded JSON arguments merged with the binary
+parameters):
+
+1. A parameter named ``stream`` receives the stream object (streaming calls
+   only); it is never filled from the arguments.
+2. Arguments are matched to parameters by name. ``**kwargs`` collects the
+   rest; without it, an argument no parameter accepts is an error.
+3. If the tool has exactly one other parameter, no argument has its name, and
+   that parameter is required (or annotated as a dict/mapping/Any), it receives
+   the whole argument dict. This serves ``def run(self, params)`` style tools.
+4. A required parameter without a matching argument is an error.
+
+Errors are :class:`~snakepit_bridge.errors.ArgumentBindingError` (a
+``TypeError``) whose message names the tool and the parameter(s).
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, TypeVar, overload
+
+from . import serialization
+from .errors import ArgumentBindingError
+
+__all__ = [
+    "tool",
+    "ToolMeta",
+    "ToolInfo",
+    "discover_tools",
+    "TOOL_ATTR",
+    "STREAM_PARAM",
+]
+
+TOOL_ATTR = "__snakepit_tool__"
+STREAM_PARAM = "stream"
+LEGACY_PREFIX = "execute_"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class ToolMeta:
+    """What ``@tool`` records on a function."""
+
+    name: str | None = None
+    description: str | None = None
+    supports_streaming: bool | None = None
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@overload
+def tool(func: F) -> F: ...
+
+
+@overload
+def tool(
+    func: None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    supports_streaming: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Callable[[F], F]: ...
+
+
+def tool(
+    func: Callable[..., Any] | None = None,
+    *,
+    name: str | None = None,
+    description: str | None = None,
+    supports_streaming: bool | None = None,
+    metadata: Mapping[str, Any] | None = None,
+) -> Any:
+    """Mark an adapter method as a tool callable from Elixir.
+
+    Usable bare (``@tool``) or with options (``@tool(description=...,
+    supports_streaming=True)``). ``description`` defaults to the first
+    paragraph of the docstring; ``name`` defaults to the method name;
+    ``supports_streaming`` defaults to whether the method is a (sync or async)
+    generator or takes a ``stream`` parameter.
+    """
+
+    def mark(fn: F) -> F:
+        meta = ToolMeta(
+            name=name,
+            description=description,
+            supports_streaming=supports_streaming,
+            metadata=dict(metadata or {}),
+        )
+        target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
+        setattr(target, TOOL_ATTR, meta)
+        return fn
+
+    if func is not None:
+        return mark(func)  # type: ignore[arg-type]
+    return mark
+
+
+# ------------------------------------------------------------------ inspection
+
+
+def _annotation_text(annotation: Any) -> str:
+    if annotation is inspect.Parameter.empty:
+        return ""
+    if isinstance(annotation, str):
+        return annotation
+    if isinstance(annotation, type) and not getattr(annotation, "__args__", None):
+        return annotation.__name__
+    text = repr(annotation)
+    return text.replace("typing.", "")
+
+
+_MAPPING_ANNOTATION = re.compile(
+    r"^(?:typing\.)?(?:dict|Dict|Mapping|MutableMapping|Any|object)(?:\[.*\])?$|^(?:Optional\[)?(?:dict|Dict)"
+)
+
+
+def _is_mapping_annotation(annotation: Any) -> bool:
+    if annotation is inspect.Parameter.empty:
+        return False
+    if annotation in (dict, Mapping, Any, object):
+        return True
+    origin = getattr(annotation, "__origin__", None)
+    if origin in (dict,) or origin is Mapping:
+        return True
+    return bool(_MAPPING_ANNOTATION.match(_annotation_text(annotation).strip()))
+
+
+def _first_paragraph(doc: str | None) -> str:
+    if not doc:
+        return ""
+    text = inspect.cleandoc(doc)
+    return text.split("\n\n", 1)[0].strip().replace("\n", " ")
+
+
+_ARG_SECTION = re.compile(r"^\s*(Args|Arguments|Parameters|Params)\s*:?\s*$")
+_ARG_LINE = re.compile(r"^\s*\*{0,2}(\w+)\s*(?:\([^)]*\))?\s*:\s*(.*)$")
+
+
+def _param_docs(doc: str | None) -> dict[str, str]:
+    """Pull ``name: description`` entries out of a Google-style Args section."""
+    if not doc:
+        return {}
+    lines = inspect.cleandoc(doc).splitlines()
+    for index, line in enumerate(lines):
+        if _ARG_SECTION.match(line):
+            break
+    else:
+        return {}
+    result: dict[str, str] = {}
+    base_indent: int | None = None
+    current: str | None = None
+    for line in lines[index + 1:]:
+        if not line.strip():
+            continue
+        indent = len(line) - len(line.lstrip())
+        if indent == 0:
+            break
+        if base_indent is None:
+            base_indent = indent
+        match = _ARG_LINE.match(line)
+        if indent == base_indent and match:
+            current = match.group(1)
+            result[current] = match.group(2).strip()
+        elif current is not None and indent > base_indent:
+            result[current] = (result[current] + " " + line.strip()).strip()
+    return result
+
+
+# ------------------------------------------------------------------ ToolInfo
+
+
+class ToolInfo:
+    """A discovered tool: the bound callable plus what we know about it."""
+
+    def __init__(
+        self,
+        name: str,
+        func: Callable[..., Any],
+        meta: ToolMeta | None = None,
+        *,
+        legacy: bool = False,
+    ):
+        self.name = name
+        self.func = func
+        self.meta = meta or ToolMeta()
+        self.legacy = legacy
+        raw = inspect.unwrap(getattr(func, "__func__", func))
+        self.is_async_generator = inspect.isasyncgenfunction(raw)
+        self.is_generator = inspect.isgeneratorfunction(raw)
+        self.is_coroutine = inspect.iscoroutinefunction(raw) or inspect.iscoroutinefunction(func)
+        try:
+            self.signature: inspect.Signature | None = inspect.signature(func)
+        except (TypeError, ValueError):
+            self.signature = None
+
+        params: list[inspect.Parameter] = []
+        self.var_keyword = False
+        self.wants_stream = False
+        if self.signature is None:
+            self.var_keyword = True
+        else:
+            for p in self.signature.parameters.values():
+                if p.kind is inspect.Parameter.VAR_KEYWORD:
+                    self.var_keyword = True
+                elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+                    continue
+                elif p.name == STREAM_PARAM:
+                    self.wants_stream = True
+                else:
+                    params.append(p)
+        self.params = params
+        self._names = {p.name for p in params}
+
+        doc = inspect.getdoc(raw) or ""
+        self.description = self.meta.description if self.meta.description is not None else _first_paragraph(doc)
+        self._param_docs = _param_docs(doc)
+        if self.meta.supports_streaming is not None:
+            self.supports_streaming = bool(self.meta.supports_streaming)
+        else:
+            self.supports_streaming = self.produces_stream
+        self.metadata = {str(k): str(v) for k, v in self.meta.metadata.items()}
+
+    @property
+    def produces_stream(self) -> bool:
+        """True when calling the tool yields a stream rather than one value."""
+        return self.is_generator or self.is_async_generator or self.wants_stream
+
+    # -------------------------------------------------------------- binding
+
+    def _whole_dict_param(self, args: Mapping[str, Any]) -> inspect.Parameter | None:
+        if len(self.params) != 1 or self.var_keyword:
+            return None
+        (param,) = self.params
+        if param.name in args:
+            return None
+        if param.kind is inspect.Parameter.KEYWORD_ONLY and param.default is not inspect.Parameter.empty:
+            return None
+        required = param.default is inspect.Parameter.empty
+        if required or (args and _is_mapping_annotation(param.annotation)):
+            return param
+        return None
+
+    def bind(self, args: Mapping[str, Any], stream: Any = None) -> tuple[list[Any], dict[str, Any]]:
+        """Return ``(positional, keyword)`` arguments for calling the tool."""
+        positional: list[Any] = []
+        keywords: dict[str, Any] = {}
+
+        whole = self._whole_dict_param(args)
+        if whole is not None:
+            value = dict(args)
+            if whole.kind is inspect.Parameter.POSITIONAL_ONLY:
+                positional.append(value)
+            else:
+                keywords[whole.name] = value
+        else:
+            missing = [
+                p.name
+                for p in self.params
+                if p.default is inspect.Parameter.empty and p.name not in args
+            ]
+            unexpected = [] if self.var_keyword else [k for k in args if k not in self._names]
+            if missing or unexpected:
+                raise ArgumentBindingError(self._binding_message(missing, unexpected))
+            for p in self.params:
+                if p.name not in args:
+                    continue
+                if p.kind is inspect.Parameter.POSITIONAL_ONLY:
+                    positional.append(args[p.name])
+                else:
+                    keywords[p.name] = args[p.name]
+            if self.var_keyword:
+                for key, value in args.items():
+                    if key not in self._names:
+                        keywords[key] = value
+
+        if self.wants_stream:
+            keywords[STREAM_PARAM] = stream
+        return positional, keywords
+
+    def _binding_message(self, missing: list[str], unexpected: list[str]) -> str:
+        parts = []
+        if missing:
+            noun = "argument" if len(missing) == 1 else "arguments"
+            parts.append(
+                f"tool '{self.name}' is missing required {noun} " + ", ".join(f"'{m}'" for m in missing)
+            )
+        if unexpected:
+            noun = "argument" if len(unexpected) == 1 else "arguments"
+            accepted = ", ".join(p.name for p in self.params) or "none"
+            text = f"got unexpected {noun} " + ", ".join(f"'{u}'" for u in unexpected)
+            text += f" (accepted: {accepted})"
+            parts.append(text if parts else f"tool '{self.name}' {text}")
+        return "; ".join(parts)
+
+    # -------------------------------------------------------------- specs
+
+    def parameter_specs(self) -> list[dict[str, Any]]:
+        specs = []
+        for p in self.params:
+            entry: dict[str, Any] = {
+                "name": p.name,
+                "type": _annotation_text(p.annotation),
+                "required": p.default is inspect.Parameter.empty,
+                "description": self._param_docs.get(p.name, ""),
+            }
+            if p.default is not inspect.Parameter.empty:
+                entry["default_json"] = serialization.dumps(p.default).decode("utf-8")
+            else:
+                entry["default_json"] = ""
+            specs.append(entry)
+        return specs
+
+    def to_spec_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameter_specs(),
+            "supports_streaming": self.supports_streaming,
+            "metadata": dict(self.metadata),
+        }
+
+    def to_proto(self) -> Any:
+        from .generated import snakepit_bridge_pb2 as pb
+
+        spec = pb.ToolSpec(
+            name=self.name,
+            description=self.description,
+            supports_streaming=self.supports_streaming,
+        )
+        for entry in self.parameter_specs():
+            spec.parameters.add(
+                name=entry["name"],
+                type=entry["type"],
+                required=entry["required"],
+                default_json=entry["default_json"],
+                description=entry["description"],
+            )
+        for key, value in self.metadata.items():
+            spec.metadata[key] = value
+        return spec
+
+    def __repr__(self) -> str:
+        return f"<ToolInfo {self.name}{' streaming' if self.supports_streaming else ''}>"
+
+
+# ------------------------------------------------------------------ discovery
+
+
+def _tool_meta_of(attr: Any) -> ToolMeta | None:
+    target = attr.__func__ if isinstance(attr, (staticmethod, classmethod)) else attr
+    meta = getattr(target, TOOL_ATTR, None)
+    return meta if isinstance(meta, ToolMeta) else None
+
+
+def _class_attributes(cls: type) -> Iterable[tuple[str, Any]]:
+    seen: set[str] = set()
+    for klass in cls.__mro__:
+        if klass is object:
+            continue
+        for name, attr in vars(klass).items():
+            if name in seen:
+                continue
+            seen.add(name)
+            yield name, attr
+
+
+def discover_tools(adapter: Any) -> dict[str, ToolInfo]:
+    """Find the tools an adapter instance offers.
+
+    Methods marked with ``@tool`` anywhere in the class hierarchy are tools.
+    Adapters written in the older style, with no ``@tool`` at all, expose their
+    ``execute_<name>(self, args)`` methods as tool ``<name>``.
+    """
+    cls = type(adapter)
+    tools: dict[str, ToolInfo] = {}
+    legacy: dict[str, ToolInfo] = {}
+    for attr_name, attr in _class_attributes(cls):
+        if isinstance(attr, property):
+            continue
+        meta = _tool_meta_of(attr)
+        if meta is not None:
+            bound = getattr(adapter, attr_name)
+            name = meta.name or attr_name
+            tools[name] = ToolInfo(name, bound, meta)
+        elif (
+            attr_name.startswith(LEGACY_PREFIX)
+            and attr_name != "execute_tool"
+            and len(attr_name) > len(LEGACY_PREFIX)
+            and callable(attr)
+        ):
+            name = attr_name[len(LEGACY_PREFIX):]
+            legacy[name] = ToolInfo(name, getattr(adapter, attr_name), legacy=True)
+    if not tools:
+        tools = legacy
+    return dict(sorted(tools.items()))
