@@ -188,9 +188,16 @@ def load_adapter_class(spec: str) -> type:
         try:
             target = getattr(target, part)
         except AttributeError as exc:
+            if ":" not in spec:
+                try:  # a submodule that its package does not import itself
+                    return _pick_adapter_class(importlib.import_module(spec))
+                except ImportError:
+                    pass
             raise StartupError(
                 f"adapter module '{module_name}' has no attribute '{attr_path}'", exc
             ) from exc
+    if inspect.ismodule(target):
+        return _pick_adapter_class(target)
     if not inspect.isclass(target):
         raise StartupError(f"adapter '{spec}' is not a class (got {type(target).__name__})")
     return target

@@ -102,6 +102,7 @@ class TelemetryHub:
         self.dropped = 0
         self._buffer: collections.deque[TelemetryEventRecord] = collections.deque(maxlen=maxlen)
         self._handlers: list[Handler] = []
+        self._control_listeners: list[Callable[[Any], None]] = []
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
@@ -139,11 +140,27 @@ class TelemetryHub:
         elif which == "filter":
             self.allow = list(control.filter.allow)
             self.deny = list(control.filter.deny)
+        for listener in list(self._control_listeners):
+            try:
+                listener(control)
+            except Exception:  # noqa: BLE001
+                log.debug("telemetry control listener failed", exc_info=True)
+
+    def add_control_listener(self, listener: Callable[[Any], None]) -> None:
+        """Call ``listener(control)`` after each control message is applied."""
+        self._control_listeners.append(listener)
+
+    def remove_control_listener(self, listener: Callable[[Any], None]) -> None:
+        try:
+            self._control_listeners.remove(listener)
+        except ValueError:
+            pass
 
     def reset(self) -> None:
         """Back to defaults (tests)."""
         with self._lock:
             self.enabled = True
+            self.worker_id = ""
             self.sampling_rate = 1.0
             self.sampling_patterns = []
             self.allow = []
@@ -151,6 +168,7 @@ class TelemetryHub:
             self.dropped = 0
             self._buffer.clear()
             self._handlers.clear()
+            self._control_listeners.clear()
 
     # ------------------------------------------------------------ emitting
 
@@ -247,16 +265,13 @@ class TelemetryHub:
 
 hub = TelemetryHub()
 
-_correlation_local = threading.local()
-
-
 def _current_correlation_id() -> str:
     from ..session_context import current_context
 
     ctx = current_context()
     if ctx is not None and ctx.correlation_id:
         return ctx.correlation_id
-    return getattr(_correlation_local, "value", "") or ""
+    return ""
 
 
 def new_correlation_id() -> str:

@@ -1,0 +1,123 @@
+from __future__ import annotations
+
+import pytest
+
+from snakepit_bridge import telemetry
+from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
+
+
+@pytest.fixture
+def events():
+    seen = []
+    telemetry.add_handler(seen.append)
+    yield seen
+
+
+def test_emit_reaches_handlers(events):
+    telemetry.emit("model.inference", {"latency_ms": 45, "tokens": 128}, {"model": "m"})
+    (event,) = events
+    assert event.parts == ["model", "inference"]
+    assert event.measurements == {"latency_ms": 45, "tokens": 128}
+    assert event.metadata == {"model": "m"}
+    assert event.timestamp_ns > 0
+
+
+def test_leading_python_prefix_is_dropped(events):
+    telemetry.emit("python.call.start")
+    telemetry.emit(["tool", "execution", "stop"])
+    assert [e.parts for e in events] == [["call", "start"], ["tool", "execution", "stop"]]
+
+
+def test_span_emits_start_and_stop(events):
+    with telemetry.span("data_processing", {"stage": "pre"}) as extra:
+        extra["rows"] = 10
+    start, stop = events
+    assert start.parts == ["data_processing", "start"] and "system_time" in start.measurements
+    assert stop.parts == ["data_processing", "stop"]
+    assert stop.measurements["duration"] >= 0
+    assert stop.metadata == {"stage": "pre", "rows": 10}
+
+
+def test_span_emits_exception_and_reraises(events):
+    with pytest.raises(KeyError):
+        with telemetry.span("work"):
+            raise KeyError("k")
+    assert [e.parts[-1] for e in events] == ["start", "exception"]
+    assert events[1].metadata["error_type"] == "KeyError"
+
+
+def test_disabled_telemetry_emits_nothing(events):
+    telemetry.set_enabled(False)
+    telemetry.emit("x.y")
+    with telemetry.span("z"):
+        pass
+    assert events == []
+
+
+def test_controls(events):
+    hub = telemetry.hub
+    hub.apply_control(pb.TelemetryControl(filter=pb.TelemetryEventFilter(deny=["python.noisy.*"])))
+    telemetry.emit("noisy.event")
+    telemetry.emit("quiet.event")
+    assert [e.name for e in events] == ["quiet.event"]
+
+    events.clear()
+    hub.apply_control(pb.TelemetryControl(filter=pb.TelemetryEventFilter(allow=["call.*"])))
+    telemetry.emit("call.start")
+    telemetry.emit("other")
+    assert [e.name for e in events] == ["call.start"]
+
+    events.clear()
+    hub.apply_control(pb.TelemetryControl(filter=pb.TelemetryEventFilter()))
+    hub.apply_control(pb.TelemetryControl(sampling=pb.TelemetrySamplingUpdate(sampling_rate=0.0, event_patterns=["python.sampled.*"])))
+    for _ in range(20):
+        telemetry.emit("sampled.event")
+    telemetry.emit("unsampled.event")
+    assert [e.name for e in events] == ["unsampled.event"]
+
+    hub.apply_control(pb.TelemetryControl(toggle=pb.TelemetryToggle(enabled=False)))
+    assert not telemetry.is_enabled()
+
+
+def test_handler_errors_do_not_propagate(events):
+    def bad(_record):
+        raise RuntimeError("bad handler")
+
+    telemetry.add_handler(bad)
+    telemetry.emit("still.fine")
+    assert [e.name for e in events] == ["still.fine"]
+
+
+def test_buffer_is_bounded():
+    import asyncio
+
+    hub = telemetry.TelemetryHub(maxlen=3)
+
+    async def go():
+        hub.start_buffering(asyncio.get_running_loop())
+        for i in range(5):
+            hub.emit(f"e.n{i}")
+        drained = hub.drain()
+        assert [r.name for r in drained] == ["e.n2", "e.n3", "e.n4"]
+        assert hub.dropped == 2
+
+    asyncio.run(go())
+
+
+def test_tool_calls_emit_execution_events(sock_dir, events):
+    from helpers import request, run, running_worker
+    from sample_adapters import TestAdapter
+
+    async def go():
+        async with running_worker(TestAdapter(), sock_dir) as (_, stub):
+            await stub.ExecuteTool(request("add", {"a": 1, "b": 2}, session_id="s"))
+            await stub.ExecuteTool(request("fail"))
+
+    run(go())
+    names = [e.name for e in events]
+    assert names == [
+        "tool.execution.start", "tool.execution.stop",
+        "tool.execution.start", "tool.execution.exception",
+    ]
+    assert events[1].metadata["tool"] == "add" and events[1].metadata["session_id"] == "s"
+    assert events[3].metadata["error_type"] == "ValueError"
