@@ -97,13 +97,17 @@ def test_sigterm_with_a_tool_still_running_exits_promptly(sock_dir):
 
 
 def test_tcp_port_zero_reports_the_bound_port(sock_dir):
+    ready_file = sock_dir / "ready.txt"
+
     async def go():
-        proc = await spawn_worker("--address", "127.0.0.1:0")  # default ShowcaseAdapter
+        # default ShowcaseAdapter
+        proc = await spawn_worker("--address", "127.0.0.1:0", env={"SNAKEPIT_READY_FILE": str(ready_file)})
         line = await read_handshake(proc)
         prefix, address = line.split(" ", 1)
         assert prefix == "SNAKEPIT_READY"
         host, port = address.rsplit(":", 1)
         assert host == "127.0.0.1" and int(port) > 0
+        assert ready_file.read_text().strip() == address
         channel, stub = await stub_for(address)
         assert result_of(await stub.ExecuteTool(request("add", {"a": 5, "b": 3}))) == {"result": 8}
         await channel.close()
