@@ -207,13 +207,13 @@ class ToolRunner:
             except asyncio.CancelledError:
                 raise
             except ArgumentBindingError as exc:
-                return self._failure(exc, started, "invalid_arguments")
+                return self._failure(exc, started, tele_meta, "invalid_arguments")
             except Exception as exc:  # noqa: BLE001 - everything a tool raises is reported
-                return self._failure(exc, started)
+                return self._failure(exc, started, tele_meta)
             try:
                 response = self._success(result, started)
             except Exception as exc:  # noqa: BLE001
-                return self._failure(exc, started, "serialization")
+                return self._failure(exc, started, tele_meta, "serialization")
             duration = time.perf_counter_ns() - started
             telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, tele_meta)
             return response
@@ -230,12 +230,12 @@ class ToolRunner:
         response.execution_time_us = (time.perf_counter_ns() - started) // 1000
         return response
 
-    def _failure(self, exc: BaseException, started: int, kind: str | None = None) -> Any:
+    def _failure(self, exc: BaseException, started: int, meta: dict[str, Any], kind: str | None = None) -> Any:
         duration = time.perf_counter_ns() - started
         telemetry.emit(
             ("tool", "execution", "exception"),
             {"duration": duration},
-            {"error_type": type(exc).__name__},
+            {**meta, "error_type": type(exc).__name__},
         )
         if isinstance(exc, (ToolNotFoundError, StreamingToolError, SerializationError, ArgumentBindingError)):
             log.info("tool call failed: %s", exc)

@@ -471,7 +471,17 @@ async def serve(args: argparse.Namespace) -> int:
     )
     try:
         worker.bind()
-        address = await worker.start()
+        # A stop signal while the adapter initializes ends startup quietly.
+        starting = asyncio.ensure_future(worker.start())
+        stopping = asyncio.ensure_future(stop_requested.wait())
+        await asyncio.wait({starting, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not starting.done():
+            starting.cancel()
+            log.info("stop requested during startup")
+            await worker.stop(grace=0)
+            return 0
+        address = starting.result()
     except BaseException:
         await worker.stop(grace=0)
         raise

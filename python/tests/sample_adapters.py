@@ -243,6 +243,18 @@ class FailingConstructor(BaseAdapter):
         raise ValueError("bad config")
 
 
+class SlowInit(BaseAdapter):
+    """initialize() announces itself on stdout, then never finishes."""
+
+    def initialize(self) -> None:
+        print("INIT_STARTED", flush=True)
+        threading.Event().wait(600)
+
+    @tool
+    def ping(self) -> str:
+        return "pong"
+
+
 class CleanupRecorder(BaseAdapter):
     """Writes a line to $SNAKEPIT_TEST_MARKER on initialize and on cleanup."""
 

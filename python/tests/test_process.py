@@ -96,6 +96,21 @@ def test_sigterm_with_a_tool_still_running_exits_promptly(sock_dir):
     run(go())
 
 
+def test_sigterm_during_initialize_exits_without_ready(sock_dir):
+    async def go():
+        proc = await spawn_worker("--adapter", "sample_adapters.SlowInit", "--address", f"unix:{sock_dir}/w.sock")
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 15)
+        assert line.decode().strip() == "INIT_STARTED"
+        proc.send_signal(signal.SIGTERM)
+        code, stdout, stderr = await finish(proc)
+        assert code == 0, stderr
+        assert "SNAKEPIT_READY" not in stdout
+        assert "SNAKEPIT_STARTUP_ERROR" not in stderr
+
+    run(go())
+
+
 def test_tcp_port_zero_reports_the_bound_port(sock_dir):
     ready_file = sock_dir / "ready.txt"
 
