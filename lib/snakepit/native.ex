@@ -76,7 +76,7 @@ defmodule Snakepit.Native do
 
   @doc """
   Starts ExecuteStreamingTool. Chunks arrive as `{ref, {:chunk, data, is_final}}`
-  only while credit lasts (`window` at first, one more per `stream_ack/1`),
+  only while credit lasts (`opts.window` at first, one more per `stream_ack/1`),
   then `{ref, :done}` or `{ref, {:error, reason}}`.
   """
   @spec grpc_execute_stream(
@@ -85,12 +85,10 @@ defmodule Snakepit.Native do
           reference(),
           String.t(),
           term(),
-          map(),
-          pos_integer()
+          map()
         ) ::
           {:ok, reference()} | {:error, term()}
-  def grpc_execute_stream(_channel, _owner, _ref, _tool, _arguments, _opts, _window),
-    do: not_loaded()
+  def grpc_execute_stream(_channel, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
 
   @spec stream_ack(reference()) :: :ok
   def stream_ack(_stream), do: not_loaded()

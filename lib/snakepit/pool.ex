@@ -452,7 +452,7 @@ defmodule Snakepit.Pool do
      state |> update_pool(name, &State.worker_failed(&1, id, error)) |> answer_ready_waiters()}
   end
 
-  def handle_info({:DOWN, ref, :process, _pid, _reason}, state) do
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
     cond do
       Map.has_key?(state.monitors, ref) ->
         {{name, id, pid}, monitors} = Map.pop(state.monitors, ref)
@@ -461,8 +461,8 @@ defmodule Snakepit.Pool do
          update_pool(%{state | monitors: monitors}, name, &State.remove_worker(&1, id, pid))}
 
       Map.has_key?(state.starters, ref) ->
-        {_, starters} = Map.pop(state.starters, ref)
-        {:noreply, %{state | starters: starters}}
+        {{name, id}, starters} = Map.pop(state.starters, ref)
+        {:noreply, starter_down(%{state | starters: starters}, name, id, reason)}
 
       true ->
         {:noreply, caller_down(state, ref)}
@@ -471,7 +471,20 @@ defmodule Snakepit.Pool do
 
   def handle_info(_other, state), do: {:noreply, state}
 
+  # A starter stopped by the pool or at shutdown goes quietly. One that gave
+  # up after repeated crashes counts as a failed worker, so that a pool whose
+  # workers can never run fails await_ready instead of hanging it.
+  defp starter_down(state, _name, _id, reason) when reason in [:normal, :shutdown], do: state
+  defp starter_down(state, _name, _id, {:shutdown, _}), do: state
+
+  defp starter_down(state, name, id, reason) do
+    error = Error.worker_error("worker #{id} kept crashing and was given up: #{inspect(reason)}", %{worker_id: id})
+    Logger.error(error.message)
+    state |> update_pool(name, &State.worker_failed(&1, id, error)) |> answer_ready_waiters()
+  end
+
   # A caller died: drop its queued request or take back its slot.
+
   defp caller_down(state, mref) do
     Enum.reduce(state.pools, state, fn {name, pool}, acc ->
       queued = Enum.find(pool.waiting, fn {_ref, r} -> r.mref == mref end)

@@ -54,17 +54,9 @@ defmodule Snakepit.GRPC.Client do
           :ok | {:error, Error.t()}
   def execute_stream(worker, tool, args, callback, opts) do
     ref = make_ref()
-    call_opts = native_opts(opts)
+    call_opts = Map.put(native_opts(opts), :window, Defaults.stream_window())
 
-    case Native.grpc_execute_stream(
-           worker.channel,
-           self(),
-           ref,
-           tool,
-           args,
-           call_opts,
-           Defaults.stream_window()
-         ) do
+    case Native.grpc_execute_stream(worker.channel, self(), ref, tool, args, call_opts) do
       {:ok, stream} ->
         try do
           consume(ref, stream, callback, call_opts.timeout_ms, tool, worker)

@@ -21,8 +21,12 @@ use crate::reply::{self, ReplyTo};
 /// giving up on its own; the gRPC deadline normally fires first.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
+/// Chunks a stream may send ahead of the consumer's acknowledgements.
+const DEFAULT_WINDOW: u32 = 32;
+
 /// The per-call options, from the Elixir map `%{session_id:, timeout_ms:,
-/// binary_parameters:, metadata:, request_id:}` (every key optional).
+/// binary_parameters:, metadata:, request_id:}` (every key optional;
+/// streams also read `window:`).
 struct CallOpts {
     session_id: String,
     timeout_ms: u64,
@@ -115,6 +119,20 @@ fn build_request(
     Ok((req, timeout))
 }
 
+/// tonic reports its own client-side deadline as `Cancelled` ("Timeout
+/// expired"); the server's as `DeadlineExceeded`. Both are a timeout.
+fn deadline_hit(
+    status: &tonic::Status,
+    timeout: Option<Duration>,
+    started: tokio::time::Instant,
+) -> bool {
+    match status.code() {
+        tonic::Code::DeadlineExceeded => true,
+        tonic::Code::Cancelled => timeout.is_some_and(|t| started.elapsed() >= t),
+        _ => false,
+    }
+}
+
 fn with_deadline<T>(mut req: tonic::Request<T>, timeout: Option<Duration>) -> tonic::Request<T> {
     if let Some(t) = timeout {
         req.set_timeout(t);
@@ -138,6 +156,7 @@ fn grpc_execute<'a>(
     };
     let mut client = channel.client();
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
+        let started = tokio::time::Instant::now();
         let call = client.execute_tool(with_deadline(tonic::Request::new(req), timeout));
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t + DEADLINE_SLACK, call).await {
@@ -148,7 +167,7 @@ fn grpc_execute<'a>(
         };
         match result {
             Ok(resp) => response::execute(resp.into_inner()),
-            Err(status) if status.code() == tonic::Code::DeadlineExceeded => response::timeout(),
+            Err(status) if deadline_hit(&status, timeout, started) => response::timeout(),
             Err(status) => response::status(status),
         }
     });
@@ -167,12 +186,11 @@ fn grpc_ping<'a>(
     let mut client = channel.client();
     let timeout = Duration::from_millis(timeout_ms.max(1));
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
+        let started = tokio::time::Instant::now();
         let req = with_deadline(tonic::Request::new(PingRequest { message }), Some(timeout));
         match tokio::time::timeout(timeout + DEADLINE_SLACK, client.ping(req)).await {
             Err(_) => response::timeout(),
-            Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => {
-                response::timeout()
-            }
+            Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
             Ok(Err(status)) => response::status(status),
             Ok(Ok(resp)) => reply::ok(resp.into_inner().message),
         }
@@ -200,8 +218,11 @@ fn grpc_execute_stream<'a>(
     tool: String,
     arguments: Term<'a>,
     opts: Term<'a>,
-    window: u32,
 ) -> Term<'a> {
+    let window: u32 = match opt(opts, "window") {
+        Ok(window) => window.unwrap_or(DEFAULT_WINDOW),
+        Err(msg) => return invalid(env, msg),
+    };
     let (req, timeout) = match build_request(tool, arguments, opts) {
         Ok(built) => built,
         Err(msg) => return invalid(env, msg),
@@ -213,7 +234,8 @@ fn grpc_execute_stream<'a>(
         cancel: Mutex::new(Some(cancel_tx)),
     });
     let mut client = channel.client();
-    let deadline = timeout.map(|t| tokio::time::Instant::now() + t);
+    let started = tokio::time::Instant::now();
+    let deadline = timeout.map(|t| started + t);
 
     reply::spawn_streaming(ReplyTo::new(owner, reference), move |to| async move {
         let send = |payload| to.lock().map(|mut to| to.send(payload)).unwrap_or(false);
@@ -231,6 +253,7 @@ fn grpc_execute_stream<'a>(
             _ = &mut expired => { send(response::timeout()); return; }
             result = call => match result {
                 Ok(resp) => resp.into_inner(),
+                Err(status) if deadline_hit(&status, timeout, started) => { send(response::timeout()); return; }
                 Err(status) => { send(response::status(status)); return; }
             }
         };
@@ -259,7 +282,7 @@ fn grpc_execute_stream<'a>(
                     send(response::done());
                     return;
                 }
-                Err(status) if status.code() == tonic::Code::DeadlineExceeded => {
+                Err(status) if deadline_hit(&status, timeout, started) => {
                     send(response::timeout());
                     return;
                 }

@@ -1,0 +1,183 @@
+defmodule Snakepit.ExecuteTest do
+  # Real Python workers through the real native core.
+  use ExUnit.Case, async: false
+  @moduletag :python
+
+  alias Snakepit.Error
+  alias Snakepit.Test.AppPool
+
+  setup_all do
+    AppPool.start!(pool_size: 2)
+  end
+
+  test "ping, echo and add answer with decoded JSON" do
+    assert {:ok, %{"status" => "pong"}} = Snakepit.execute("ping", %{})
+    assert {:ok, %{"result" => 5}} = Snakepit.execute("add", %{a: 2, b: 3})
+  end
+
+  test "every JSON type round-trips, integers stay integers" do
+    args = %{
+      "int" => 9_007_199_254_740_993,
+      "neg" => -42,
+      "float" => 1.5,
+      "str" => "héllo ✓",
+      "list" => [1, "two", 3.0, nil, true, false],
+      "map" => %{"nested" => %{"deep" => [%{}]}},
+      "null" => nil
+    }
+
+    assert {:ok, echoed} = Snakepit.execute("echo", args)
+    assert echoed == args
+    assert is_integer(echoed["int"])
+  end
+
+  test "atom keys and values, tuples and charlists are sent as JSON" do
+    assert {:ok, %{"k" => "v", "t" => [1, 2], "b" => true}} =
+             Snakepit.execute("echo", %{k: :v, t: {1, 2}, b: true})
+  end
+
+  test "unencodable arguments are refused before anything is sent" do
+    before = Snakepit.get_stats().requests
+
+    for {bad, what} <- [
+          {self(), "pid"},
+          {make_ref(), "reference"},
+          {fn -> :ok end, "function"},
+          {<<255, 254>>, "UTF-8"},
+          {%{1.5 => :x}, "map key"},
+          {URI.parse("http://x"), "struct"}
+        ] do
+      assert {:error, %Error{category: :validation, message: message}} =
+               Snakepit.execute("echo", %{v: bad})
+
+      assert message =~ what
+      assert message =~ ".v"
+    end
+
+    # Each was checked out and returned: no slot leaked, none is busy.
+    stats = Snakepit.get_stats()
+    assert stats.busy == 0
+    assert stats.requests >= before
+  end
+
+  test "non-map args and a bad command are validation errors" do
+    assert {:error, %Error{category: :validation}} = Snakepit.execute("echo", [1, 2])
+    assert {:error, %Error{category: :validation}} = Snakepit.execute(:ping, %{})
+    assert {:error, %Error{category: :validation}} = Snakepit.execute("ping", %{}, timeout: -1)
+  end
+
+  test "an unknown tool is a structured error and the worker stays up" do
+    assert {:error, %Error{category: :validation, message: message}} =
+             Snakepit.execute("no_such_tool", %{})
+
+    assert message =~ "no_such_tool"
+    assert message =~ "ping"
+    workers = Snakepit.list_workers()
+    assert {:ok, _} = Snakepit.execute("ping", %{})
+    assert Snakepit.list_workers() == workers
+  end
+
+  test "a Python exception comes back with its type and traceback" do
+    assert {:error, %Error{category: :python_error} = error} =
+             Snakepit.execute("error_demo", %{error_type: "KeyError"})
+
+    assert error.details.exception_type == "KeyError"
+    assert error.python_traceback =~ "Traceback"
+  end
+
+  test "a call that outlives its timeout returns a timeout error, not an exit" do
+    assert {:error, %Error{category: :timeout}} =
+             Snakepit.execute("sleep", %{ms: 2_000}, timeout: 200)
+
+    assert {:ok, _} = Snakepit.execute("ping", %{})
+  end
+
+  test "stream chunks arrive in order and end with a final chunk" do
+    parent = self()
+    assert :ok = Snakepit.execute_stream("stream_data", %{count: 5}, &send(parent, {:chunk, &1}))
+    chunks = collect_chunks()
+    data = Enum.reject(chunks, & &1["is_final"])
+    assert Enum.map(data, & &1["index"]) == [0, 1, 2, 3, 4]
+    assert List.last(chunks)["is_final"] == true
+  end
+
+  test "returning :halt stops the stream" do
+    parent = self()
+
+    assert :ok =
+             Snakepit.execute_stream("stream_data", %{count: 1_000}, fn chunk ->
+               send(parent, {:chunk, chunk})
+               if chunk["index"] == 2, do: :halt, else: :ok
+             end)
+
+    assert length(collect_chunks()) == 3
+    assert {:ok, _} = Snakepit.execute("ping", %{})
+  end
+
+  test "a session call sees its session id and sticks to one worker" do
+    results =
+      for _ <- 1..4 do
+        {:ok, %{"pid" => pid}} = Snakepit.execute_in_session("sess-1", "get_pid", %{})
+        pid
+      end
+
+    assert length(Enum.uniq(results)) == 1
+  end
+
+  test "calls run concurrently on both workers" do
+    pids =
+      1..4
+      |> Task.async_stream(fn _ -> Snakepit.execute("sleep", %{ms: 300}) end,
+        max_concurrency: 4,
+        timeout: 10_000
+      )
+      |> Enum.map(fn {:ok, {:ok, %{"pid" => pid}}} -> pid end)
+
+    assert length(Enum.uniq(pids)) == 2
+  end
+
+  test "stats and worker list describe the pool" do
+    assert length(Snakepit.list_workers()) == 2
+    stats = Snakepit.get_stats()
+    assert stats.workers == 2
+
+    assert Map.keys(stats) --
+             [
+               :requests,
+               :errors,
+               :queued,
+               :queue_timeouts,
+               :pool_saturated,
+               :workers,
+               :available,
+               :busy
+             ] == []
+  end
+
+  test "a killed Python worker is replaced and the pool serves again" do
+    [victim | _] = AppPool.worker_os_pids()
+    ref = Process.monitor(worker_pid(victim))
+    :ok = Snakepit.Native.signal_process(victim, 9)
+    assert_receive {:DOWN, ^ref, :process, _, {:python_exited, {:signaled, 9}}}, 5_000
+    assert :ok = Snakepit.Pool.await_ready()
+    assert AppPool.wait_until(fn -> length(AppPool.worker_os_pids()) == 2 end, 10_000) != :timeout
+    refute victim in AppPool.worker_os_pids()
+    assert {:ok, _} = Snakepit.execute("ping", %{})
+  end
+
+  defp worker_pid(os_pid) do
+    [{pid, _}] =
+      Registry.select(Snakepit.Pool.Registry, [{{:_, :"$1", :"$2"}, [], [{{:"$1", :"$2"}}]}])
+      |> Enum.filter(fn {_, meta} -> meta.os_pid == os_pid end)
+
+    pid
+  end
+
+  defp collect_chunks(acc \\ []) do
+    receive do
+      {:chunk, chunk} -> collect_chunks([chunk | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+end

@@ -1,0 +1,79 @@
+defmodule Snakepit.Test.AppPool do
+  @moduledoc """
+  Restarts the `:snakepit` application with a given pool configuration,
+  waits until it is ready, and puts the previous configuration back when
+  the test module is done. Tests drive the real application, config and
+  supervision tree, not a stand-in.
+  """
+
+  import ExUnit.Callbacks, only: [on_exit: 1]
+
+  @keys [
+    :pooling_enabled,
+    :pool_size,
+    :pools,
+    :adapter_args,
+    :adapter_env,
+    :pool_config,
+    :affinity
+  ]
+
+  @doc "Starts Snakepit with `env` (keyword of `config :snakepit` keys) and awaits readiness."
+  def start!(env, timeout \\ 30_000) do
+    :ok = restart(env)
+    :ok = Snakepit.Pool.await_ready(Snakepit.Pool, timeout)
+    :ok
+  end
+
+  @doc "Restarts Snakepit with `env` without waiting; restores on exit."
+  def restart(env) do
+    saved = for key <- @keys, do: {key, Application.fetch_env(:snakepit, key)}
+
+    on_exit(fn ->
+      Application.stop(:snakepit)
+
+      for {key, value} <- saved do
+        case value do
+          {:ok, v} -> Application.put_env(:snakepit, key, v)
+          :error -> Application.delete_env(:snakepit, key)
+        end
+      end
+
+      {:ok, _} = Application.ensure_all_started(:snakepit)
+    end)
+
+    Application.stop(:snakepit)
+    for key <- @keys, key != :pooling_enabled, do: Application.delete_env(:snakepit, key)
+    Application.put_env(:snakepit, :pooling_enabled, true)
+    for {key, value} <- env, do: Application.put_env(:snakepit, key, value)
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+    :ok
+  end
+
+  @doc "OS pids of the running workers."
+  def worker_os_pids do
+    Registry.select(Snakepit.Pool.Registry, [{{:_, :_, :"$1"}, [], [:"$1"]}])
+    |> Enum.map(& &1.os_pid)
+    |> Enum.sort()
+  end
+
+  @doc """
+  Polls until `fun` returns true or `timeout_ms` passes; returns the
+  elapsed milliseconds or `:timeout`. For conditions outside the VM (an OS
+  process disappearing) that no message announces.
+  """
+  def wait_until(fun, timeout_ms, interval_ms \\ 5) do
+    started = System.monotonic_time(:millisecond)
+    do_wait(fun, started, started + timeout_ms, interval_ms)
+  end
+
+  defp do_wait(fun, started, deadline, interval) do
+    now = System.monotonic_time(:millisecond)
+
+    cond do
+      fun.() -> now - started
+      now >= deadline -> :timeout
+      true -> receive(after: (interval -> do_wait(fun, started, deadline, interval)))
+    end
+  end
+end
