@@ -446,6 +446,7 @@ defmodule Snakepit.Pool do
   def handle_info({:worker_failed, name, id, error}, state) do
     Logger.error("Snakepit worker #{id} failed to start: #{error.message}")
     # A worker that cannot start is not restarted in a loop: its starter goes.
+    state = forget_starter(state, id)
     WorkerSupervisor.stop_worker_by_id(state.supervisor, id)
 
     {:noreply,
@@ -471,16 +472,29 @@ defmodule Snakepit.Pool do
 
   def handle_info(_other, state), do: {:noreply, state}
 
-  # A starter stopped by the pool or at shutdown goes quietly. One that gave
-  # up after repeated crashes counts as a failed worker, so that a pool whose
-  # workers can never run fails await_ready instead of hanging it.
-  defp starter_down(state, _name, _id, reason) when reason in [:normal, :shutdown], do: state
-  defp starter_down(state, _name, _id, {:shutdown, _}), do: state
-
+  # The pool demonitors a starter before stopping it, so a starter that goes
+  # down on its own gave up after repeated worker crashes. That counts as a
+  # failed worker: a pool whose workers can never run fails await_ready
+  # instead of hanging it.
   defp starter_down(state, name, id, reason) do
-    error = Error.worker_error("worker #{id} kept crashing and was given up: #{inspect(reason)}", %{worker_id: id})
+    error =
+      Error.worker_error("worker #{id} kept crashing and was given up: #{inspect(reason)}", %{
+        worker_id: id
+      })
+
     Logger.error(error.message)
     state |> update_pool(name, &State.worker_failed(&1, id, error)) |> answer_ready_waiters()
+  end
+
+  defp forget_starter(state, id) do
+    case Enum.find(state.starters, fn {_ref, {_name, sid}} -> sid == id end) do
+      {ref, _} ->
+        Process.demonitor(ref, [:flush])
+        %{state | starters: Map.delete(state.starters, ref)}
+
+      nil ->
+        state
+    end
   end
 
   # A caller died: drop its queued request or take back its slot.
