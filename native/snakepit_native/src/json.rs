@@ -8,6 +8,7 @@ use rustler::{Binary, Encoder, Env, ListIterator, Term, TermType};
 use serde_json::Value;
 
 use crate::atoms;
+pub use snakepit_core::json::parse;
 
 /// Why a term cannot travel as JSON, with the path to the offending value.
 #[derive(Debug)]
@@ -155,14 +156,6 @@ fn write_map(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<()
     Ok(())
 }
 
-/// Parses JSON bytes. Empty input is `null`.
-pub fn parse(bytes: &[u8]) -> Result<Value, String> {
-    if bytes.is_empty() {
-        return Ok(Value::Null);
-    }
-    serde_json::from_slice(bytes).map_err(|e| e.to_string())
-}
-
 /// Builds the Elixir term for a JSON value: objects become maps with
 /// binary keys, `null` becomes `nil`.
 pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
@@ -189,33 +182,5 @@ pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
             Term::map_from_term_arrays(env, &keys, &values)
                 .unwrap_or_else(|_| rustler::types::map::map_new(env))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn parse_keeps_integers_integers() {
-        let v = parse(br#"{"a": 1, "b": 1.5, "c": 18446744073709551615}"#).unwrap();
-        assert!(v["a"].is_i64());
-        assert!(v["b"].is_f64());
-        assert!(v["c"].is_u64());
-    }
-
-    #[test]
-    fn parse_empty_is_null_and_garbage_is_an_error() {
-        assert_eq!(parse(b"").unwrap(), Value::Null);
-        assert!(parse(b"{not json").is_err());
-    }
-
-    #[test]
-    fn encode_error_names_the_path() {
-        let e = EncodeError {
-            path: ".a[2]".into(),
-            what: "a pid cannot be encoded as JSON".into(),
-        };
-        assert_eq!(e.message(), "a pid cannot be encoded as JSON at .a[2]");
     }
 }

@@ -2,9 +2,9 @@
 //! signalling them or their process group.
 
 mod nifs;
-mod signal;
-mod spawn;
 mod watch;
+
+use snakepit_core::spawn;
 
 /// Called once when the library is loaded.
 pub fn on_load() {

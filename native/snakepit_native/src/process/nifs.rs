@@ -7,7 +7,9 @@ use std::sync::Mutex;
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
-use super::{signal, spawn, watch};
+use snakepit_core::{signal, spawn};
+
+use super::watch;
 use crate::atoms;
 
 /// A spawned worker as the BEAM holds it. Dropping the last reference

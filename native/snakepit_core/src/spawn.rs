@@ -246,3 +246,105 @@ fn spawn_guard(pgid: i32) -> io::Result<(OwnedFd, i32)> {
     drop(r);
     Ok((w, pid))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exit::{wait_exit, ExitStatus};
+    use crate::signal;
+    use std::io::Read;
+
+    fn spec(argv: &[&str]) -> SpawnSpec {
+        SpawnSpec {
+            program: CString::new(argv[0]).unwrap(),
+            argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
+            envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
+            cwd: None,
+        }
+    }
+
+    fn read_all(fd: OwnedFd) -> String {
+        let mut out = String::new();
+        std::fs::File::from(fd).read_to_string(&mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn exec_failure_is_an_error_not_a_panic() {
+        let err = spawn(spec(&["/nonexistent/python3"]))
+            .err()
+            .expect("spawn must fail");
+        assert!(err.to_string().contains("exec failed"), "{err}");
+    }
+
+    #[test]
+    fn bad_cwd_is_reported() {
+        let mut s = spec(&["/bin/true"]);
+        s.cwd = Some(CString::new("/nonexistent-dir").unwrap());
+        let err = spawn(s).err().expect("spawn must fail");
+        assert!(err.to_string().contains("chdir failed"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn child_runs_in_its_own_session_with_clean_fds_and_exit_status() {
+        // Lists the child's open fds and its session id, then exits 3.
+        let child = spawn(spec(&[
+            "/bin/sh",
+            "-c",
+            "ls /proc/self/fd | sort -n | tr '\\n' ' '; echo; cut -d' ' -f6 /proc/self/stat; exit 3",
+        ]))
+        .unwrap();
+        let pid = child.pid;
+        let status = wait_exit(child.pidfd).await;
+        let out = read_all(child.stdout);
+        let mut lines = out.lines();
+        // 0, 1, 2 and the fd `ls` opens for /proc/self/fd itself; nothing inherited.
+        let fds: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
+        assert_eq!(&fds[..3], &["0", "1", "2"], "{out}");
+        assert!(fds.len() <= 4, "inherited fds leaked: {fds:?}");
+        assert_eq!(
+            lines.next().unwrap().trim(),
+            pid.to_string(),
+            "not a session leader"
+        );
+        assert_eq!(status, ExitStatus::Exited(3));
+    }
+
+    #[tokio::test]
+    async fn signals_are_reported() {
+        let child = spawn(spec(&["/bin/sleep", "30"])).unwrap();
+        assert!(signal::alive(child.pid));
+        signal::kill_group(child.pid, libc::SIGTERM).unwrap();
+        assert_eq!(
+            wait_exit(child.pidfd).await,
+            ExitStatus::Signaled(libc::SIGTERM)
+        );
+    }
+
+    #[tokio::test]
+    async fn releasing_the_guard_kills_the_whole_group_grandchildren_included() {
+        // The child starts a grandchild in its group and reports its pid.
+        let child = spawn(spec(&["/bin/sh", "-c", "sleep 60 & echo $!; wait"])).unwrap();
+        let mut first = [0u8; 64];
+        let n = unsafe { libc::read(child.stdout.as_raw_fd(), first.as_mut_ptr().cast(), 64) };
+        let grandchild: i32 = std::str::from_utf8(&first[..n as usize])
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        assert!(signal::alive(grandchild));
+
+        drop(child.guard_pipe);
+        assert_eq!(
+            wait_exit(child.pidfd).await,
+            ExitStatus::Signaled(libc::SIGKILL)
+        );
+        assert_eq!(wait_exit(child.guard_pidfd).await, ExitStatus::Exited(0));
+        // The grandchild is not our child: poll the process table briefly.
+        let gone = (0..200).any(|_| {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            !signal::alive(grandchild)
+        });
+        assert!(gone, "grandchild {grandchild} survived the group kill");
+    }
+}

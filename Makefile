@@ -1,0 +1,37 @@
+# The two commands that work on a fresh machine:
+#   make demo   a pool of real Python workers doing real calls
+#   make test   every test: cargo, ExUnit (with real workers) and pytest
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+VENV := $(CURDIR)/.venv
+
+.PHONY: setup demo test test-rust test-elixir test-python lint bench clean
+
+setup:
+	@bash scripts/setup.sh
+
+demo: setup
+	MIX_ENV=dev mix run examples/quickstart.exs
+
+test: setup test-rust test-elixir test-python
+
+test-rust:
+	cargo test --release -p snakepit_core
+
+test-elixir:
+	MIX_ENV=test mix test
+
+test-python:
+	cd python && $(VENV)/bin/python -m pytest -q
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+	mix format --check-formatted
+	MIX_ENV=test mix compile --warnings-as-errors --force
+
+bench: setup
+	MIX_ENV=prod mix run bench/ping.exs
+
+clean:
+	rm -rf _build target priv/native priv/python

@@ -1,0 +1,9 @@
+//! The parts of Snakepit's native core that need no BEAM symbols, so that
+//! `cargo test` can exercise them directly: fork/exec from one long-lived
+//! thread with a group guard, signals and liveness, waiting for exits, and
+//! JSON parsing.
+
+pub mod exit;
+pub mod json;
+pub mod signal;
+pub mod spawn;
