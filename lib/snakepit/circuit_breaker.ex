@@ -145,6 +145,7 @@ defmodule Snakepit.CircuitBreaker do
   @doc """
   Returns circuit breaker statistics: the fields of `t:t/0` plus
   `total_calls` (admitted by `call/2`) and `rejected_calls`.
+  `last_failure_time` is in monotonic milliseconds (the breaker's clock).
   """
   @spec stats(GenServer.server()) :: map()
   def stats(server), do: GenServer.call(server, :stats)

@@ -113,6 +113,9 @@ defmodule Snakepit.HealthMonitor do
   `crashes_in_window`, `max_crashes`, `crash_window_ms`,
   `check_interval_ms`, `workers_with_crashes` and `workers` (per-worker
   `crash_count`, `last_crash_time`, `crash_reasons`).
+
+  Crash times are monotonic milliseconds, comparable with
+  `System.monotonic_time(:millisecond)` (not wall-clock time).
   """
   @spec stats(GenServer.server()) :: map()
   def stats(server), do: GenServer.call(server, :stats)
