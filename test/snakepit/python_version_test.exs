@@ -5,7 +5,17 @@ defmodule Snakepit.PythonVersionTest do
 
   doctest PythonVersion
 
-  @moduletag :tmp_dir
+  setup do
+    dir =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_python_version_#{System.unique_integer([:positive])}"
+      )
+
+    File.mkdir_p!(dir)
+    on_exit(fn -> File.rm_rf(dir) end)
+    %{tmp_dir: dir}
+  end
 
   # A stand-in "interpreter": a shell script with the given body.
   defp fake_python(dir, name, body) do
