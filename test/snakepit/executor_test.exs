@@ -34,7 +34,11 @@ defmodule Snakepit.ExecutorTest do
     test "gives up after max_attempts with the last error" do
       {fun, calls} = scripted([{:error, :timeout}])
 
-      assert Executor.execute_with_retry(fun, max_attempts: 4, backoff_ms: [0]) ==
+      assert Executor.execute_with_retry(fun,
+               max_attempts: 4,
+               backoff_ms: [0],
+               base_backoff_ms: 0
+             ) ==
                {:error, :timeout}
 
       assert calls.() == 4
