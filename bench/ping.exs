@@ -25,18 +25,23 @@ defmodule Bench.Ping do
         {latencies, wall_us} = measure(concurrency, calls)
         sorted = Enum.sort(latencies)
 
-        :io_lib.format("ping  pool=~B concurrency=~-2B calls=~B  ops/s=~8.1f  p50=~6.1f us  p99=~7.1f us", [
-          pool_size,
-          concurrency,
-          calls,
-          calls / (wall_us / 1_000_000),
-          percentile(sorted, 0.50),
-          percentile(sorted, 0.99)
-        ])
+        :io_lib.format(
+          "ping  pool=~B concurrency=~-2B calls=~B  ops/s=~8.1f  p50=~6.1f us  p99=~7.1f us",
+          [
+            pool_size,
+            concurrency,
+            calls,
+            calls / (wall_us / 1_000_000),
+            percentile(sorted, 0.50),
+            percentile(sorted, 0.99)
+          ]
+        )
         |> IO.iodata_to_binary()
       end
 
-    header = "# #{DateTime.utc_now() |> DateTime.to_iso8601()}  #{System.schedulers_online()} schedulers, Elixir #{System.version()}"
+    header =
+      "# #{DateTime.utc_now() |> DateTime.to_iso8601()}  #{System.schedulers_online()} schedulers, Elixir #{System.version()}"
+
     report = Enum.join([header | lines], "\n") <> "\n"
     IO.write(report)
     File.mkdir_p!("bench/results")
@@ -65,9 +70,11 @@ defmodule Bench.Ping do
     {latencies, System.monotonic_time(:microsecond) - started}
   end
 
-  defp percentile(sorted, p), do: Enum.at(sorted, min(round(p * length(sorted)), length(sorted) - 1)) * 1.0
+  defp percentile(sorted, p),
+    do: Enum.at(sorted, min(round(p * length(sorted)), length(sorted) - 1)) * 1.0
 
-  defp env_int(name, default), do: String.to_integer(System.get_env(name, Integer.to_string(default)))
+  defp env_int(name, default),
+    do: String.to_integer(System.get_env(name, Integer.to_string(default)))
 end
 
 Bench.Ping.run()

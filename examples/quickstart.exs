@@ -6,7 +6,8 @@
 # (config/config.exs sets pool_size: 2 and the bundled ShowcaseAdapter).
 
 defmodule Quickstart do
-  def show(label, value), do: IO.puts(String.pad_trailing(label, 24) <> inspect(value, pretty: true, width: 90))
+  def show(label, value),
+    do: IO.puts(String.pad_trailing(label, 24) <> inspect(value, pretty: true, width: 90))
 
   def run do
     started = System.monotonic_time(:millisecond)
@@ -15,7 +16,12 @@ defmodule Quickstart do
     show("workers", Snakepit.list_workers())
 
     show("ping", Snakepit.execute("ping", %{}))
-    show("echo", Snakepit.execute("echo", %{message: "hello", numbers: [1, 2, 3], nested: %{ok: true}}))
+
+    show(
+      "echo",
+      Snakepit.execute("echo", %{message: "hello", numbers: [1, 2, 3], nested: %{ok: true}})
+    )
+
     show("add", Snakepit.execute("add", %{a: 40, b: 2}))
 
     # The same session goes to the same worker while it is free.
@@ -33,7 +39,9 @@ defmodule Quickstart do
 
     :ok =
       Snakepit.execute_stream("stream_data", %{count: 4}, fn chunk ->
-        IO.puts("    chunk " <> inspect(Map.take(chunk, ["index", "data", "progress", "is_final"])))
+        IO.puts(
+          "    chunk " <> inspect(Map.take(chunk, ["index", "data", "progress", "is_final"]))
+        )
       end)
 
     show("unknown tool", Snakepit.execute("no_such_tool", %{}))
