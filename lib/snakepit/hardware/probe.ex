@@ -108,31 +108,9 @@ defmodule Snakepit.Hardware.Probe do
           "invalid #{inspect(key)} option: expected a list of paths, got: #{inspect(value)}"
   end
 
-  # Runs an executable found on PATH. When coreutils `timeout` exists, the
-  # child is wrapped in it so that a hung probe is killed by the OS even
-  # after the BEAM side has given up on it.
+  # Runs an executable found on PATH through the native core, which kills
+  # its whole group when it overruns.
   defp system_cmd(executable, args, timeout_ms) do
-    case System.find_executable(executable) do
-      nil ->
-        {:error, :not_found}
-
-      path ->
-        {cmd, cmd_args} =
-          case System.find_executable("timeout") do
-            nil ->
-              {path, args}
-
-            timeout_bin ->
-              seconds = max(div(timeout_ms + 999, 1000), 1)
-              {timeout_bin, ["--kill-after=1", Integer.to_string(seconds), path | args]}
-          end
-
-        case System.cmd(cmd, cmd_args, stderr_to_stdout: true, env: [{"LC_ALL", "C"}]) do
-          {output, 0} -> {:ok, output}
-          {output, status} -> {:error, {:exit_status, status, output}}
-        end
-    end
-  rescue
-    error -> {:error, {:probe_failed, Exception.message(error)}}
+    Snakepit.OSCommand.run(executable, args, timeout_ms: timeout_ms, env: [{"LC_ALL", "C"}])
   end
 end
