@@ -14,11 +14,12 @@ defmodule Snakepit.Application do
     Snakepit.Telemetry.choose_backend()
     Snakepit.RuntimeDir.create()
 
-    base = [
-      Snakepit.ETSOwner,
-      {Registry, keys: :unique, name: Snakepit.Pool.Registry},
-      {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry}
-    ]
+    base =
+      [
+        Snakepit.ETSOwner,
+        {Registry, keys: :unique, name: Snakepit.Pool.Registry},
+        {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry}
+      ] ++ pooling_services()
 
     pool =
       if Snakepit.Config.pooling_enabled?() do
@@ -39,6 +40,12 @@ defmodule Snakepit.Application do
       end
 
     Supervisor.start_link(base ++ pool, strategy: :one_for_one, name: Snakepit.Supervisor)
+  end
+
+  # Issue 4: sessions and worker recycling, started whether or not pooling
+  # is on (the session store serves the tool bridge too).
+  defp pooling_services do
+    [Snakepit.Bridge.SessionStore, Snakepit.Worker.LifecycleManager]
   end
 
   @impl true
