@@ -15,7 +15,13 @@ defmodule Snakepit.Test.AppPool do
     :adapter_args,
     :adapter_env,
     :pool_config,
-    :affinity
+    :affinity,
+    :python_path,
+    :crash_barrier,
+    :heartbeat,
+    :lifecycle_check_interval,
+    :pool_max_queue_size,
+    :pool_queue_timeout
   ]
 
   @doc "Starts Snakepit with `env` (keyword of `config :snakepit` keys) and awaits readiness."
@@ -49,6 +55,12 @@ defmodule Snakepit.Test.AppPool do
     {:ok, _} = Application.ensure_all_started(:snakepit)
     :ok
   end
+
+  @doc "The directory of the Python test adapters (`test/fixtures/python`)."
+  def fixtures_dir, do: Path.expand("../fixtures/python", __DIR__)
+
+  @doc "The adapter args of a fixture adapter class in `pool_adapters.py`."
+  def fixture_adapter(class \\ "PoolTestAdapter"), do: ["--adapter", "pool_adapters.#{class}"]
 
   @doc "OS pids of the running workers."
   def worker_os_pids do
