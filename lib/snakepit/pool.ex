@@ -662,7 +662,8 @@ defmodule Snakepit.Pool do
              }}
 
           {:queued, pool} ->
-            schedule_queue_timeout(request, pool.config.queue_timeout)
+            timer = schedule_queue_timeout(request, pool.config.queue_timeout)
+            pool = State.annotate_waiting(pool, request.ref, %{timer: timer})
 
             {:noreply,
              %{
@@ -832,12 +833,18 @@ defmodule Snakepit.Pool do
 
     case effective_queue_timeout_ms([deadline_ms: request.deadline], cap) do
       :infinity ->
-        :ok
+        nil
 
       ms ->
         Process.send_after(self(), {:queue_timeout, request.pool, request.ref, ms}, ms)
     end
   end
+
+  # A request that leaves the queue early no longer needs its timer.
+  defp cancel_queue_timer(%{timer: timer}) when is_reference(timer),
+    do: :erlang.cancel_timer(timer, async: true, info: false)
+
+  defp cancel_queue_timer(_request), do: :ok
 
   @impl true
   def handle_info({:checkin, name, ref, outcome}, state) do
@@ -872,6 +879,7 @@ defmodule Snakepit.Pool do
     state =
       case State.cancel(state.pools[name], ref, :caller_down) do
         {:dropped, request, pool} ->
+          cancel_queue_timer(request)
           Process.demonitor(request.mref, [:flush])
           %{put_pool(state, name, pool) | callers: Map.delete(state.callers, request.mref)}
 
@@ -1104,11 +1112,13 @@ defmodule Snakepit.Pool do
   defp perform(state, name, actions) do
     Enum.reduce(actions, state, fn
       {:grant, request, worker}, acc ->
+        cancel_queue_timer(request)
         note_session(request, worker)
         GenServer.reply(request.from, {:ok, lease(acc, request, worker)})
         acc
 
       {:reject, request, reason}, acc ->
+        cancel_queue_timer(request)
         Process.demonitor(request.mref, [:flush])
         GenServer.reply(request.from, {:error, checkout_error(reason, acc.pools[name], request)})
         %{acc | callers: Map.delete(acc.callers, request.mref)}
@@ -1137,8 +1147,12 @@ defmodule Snakepit.Pool do
   # A caller died: drop its queued request or take back its slot.
   defp caller_down(state, name, ref) do
     case State.cancel(state.pools[name], ref, :caller_down) do
-      {:dropped, _request, pool} -> put_pool(state, name, pool)
-      {:not_queued, _} -> release(state, name, ref, :error, false)
+      {:dropped, request, pool} ->
+        cancel_queue_timer(request)
+        put_pool(state, name, pool)
+
+      {:not_queued, _} ->
+        release(state, name, ref, :error, false)
     end
   end
 

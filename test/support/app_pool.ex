@@ -24,10 +24,13 @@ defmodule Snakepit.Test.AppPool do
     :pool_queue_timeout
   ]
 
-  @doc "Starts Snakepit with `env` (keyword of `config :snakepit` keys) and awaits readiness."
+  @doc """
+  Starts Snakepit with `env` (keyword of `config :snakepit` keys) and waits
+  until every worker has started (not just the first one).
+  """
   def start!(env, timeout \\ 30_000) do
     :ok = restart(env)
-    :ok = Snakepit.Pool.await_ready(Snakepit.Pool, timeout)
+    :ok = Snakepit.Pool.await_init_complete(Snakepit.Pool, timeout)
     :ok
   end
 

@@ -475,6 +475,18 @@ defmodule Snakepit.Pool.State do
     end
   end
 
+  @doc "Adds `fields` to a waiting request (e.g. the pool's timer for it)."
+  @spec annotate_waiting(t(), reference(), map()) :: t()
+  def annotate_waiting(state, ref, fields) do
+    case state.waiting do
+      %{^ref => request} ->
+        %{state | waiting: Map.put(state.waiting, ref, Map.merge(request, fields))}
+
+      _ ->
+        state
+    end
+  end
+
   @doc "Does `ref` hold a slot?"
   @spec leased?(t(), reference()) :: boolean()
   def leased?(state, ref), do: Map.has_key?(state.leases, ref)
