@@ -980,16 +980,8 @@ defmodule Snakepit.Pool do
   defp schedule_prune,
     do: Process.send_after(self(), :prune_sessions, Defaults.session_cleanup_interval())
 
-  defp lifecycle_config(state, name, worker) do
-    config = state.pools[name].config
-
-    %{
-      worker_ttl: config.worker_ttl,
-      worker_max_requests: config.worker_max_requests,
-      memory_threshold_mb: config.memory_threshold_mb,
-      os_pid: worker.os_pid
-    }
-  end
+  defp lifecycle_config(state, name, _worker),
+    do: Snakepit.Worker.LifecycleConfig.ensure(name, state.pools[name].config)
 
   # A worker process ended: take it out of rotation. Its starter restarts
   # it unless it is being retired. A crash taints it when the pool's crash

@@ -30,6 +30,7 @@ defmodule Snakepit.Worker.LifecycleManager do
   use GenServer
 
   alias Snakepit.{Defaults, Telemetry}
+  alias Snakepit.Worker.LifecycleConfig
 
   @table :snakepit_worker_lifecycle
 
@@ -39,12 +40,13 @@ defmodule Snakepit.Worker.LifecycleManager do
 
   @doc """
   Tracks a worker (called by the pool when a worker is ready; a restarted
-  worker starts over). `config` holds `worker_ttl`, `worker_max_requests`,
-  `memory_threshold_mb` and `os_pid`.
+  worker starts over). `config` is a `Snakepit.Worker.LifecycleConfig` or a
+  pool config to build one from.
   """
   @spec track_worker(atom(), String.t(), pid(), map()) :: :ok
   def track_worker(pool_name, worker_id, worker_pid, config) do
     insert({worker_id, 0})
+    config = LifecycleConfig.ensure(pool_name, config)
     GenServer.cast(__MODULE__, {:track, pool_name, worker_id, worker_pid, config, now()})
   end
 
@@ -124,8 +126,9 @@ defmodule Snakepit.Worker.LifecycleManager do
   """
   @spec recycle_reason(map(), integer(), number() | nil) :: :ttl | :memory_threshold | nil
   def recycle_reason(worker, now_ms, rss_mb) do
-    ttl = ttl_ms(Map.get(worker.config, :worker_ttl, :infinity))
-    threshold = Map.get(worker.config, :memory_threshold_mb)
+    config = LifecycleConfig.ensure(nil, worker.config)
+    ttl = ttl_ms(config.raw_worker_ttl)
+    threshold = config.memory_threshold_mb
 
     cond do
       ttl != :infinity and now_ms - worker.started_at >= ttl -> :ttl
@@ -184,9 +187,9 @@ defmodule Snakepit.Worker.LifecycleManager do
            %{
              pool: w.pool,
              pid: w.pid,
+             os_pid: w.os_pid,
              started_at: now(),
-             config:
-               Map.put(Map.take(w.config, [:worker_ttl, :memory_threshold_mb]), :os_pid, w.os_pid)
+             config: LifecycleConfig.ensure(w.pool, w.config)
            }}
         end
       catch
@@ -198,7 +201,13 @@ defmodule Snakepit.Worker.LifecycleManager do
 
   @impl true
   def handle_cast({:track, pool, id, pid, config, started_at}, state) do
-    worker = %{pool: pool, pid: pid, started_at: started_at, config: config}
+    os_pid =
+      case Snakepit.Pool.Registry.get_worker_metadata(id) do
+        {:ok, %{os_pid: os_pid}} -> os_pid
+        _ -> nil
+      end
+
+    worker = %{pool: pool, pid: pid, os_pid: os_pid, started_at: started_at, config: config}
     {:noreply, %{state | workers: Map.put(state.workers, id, worker)}}
   end
 
@@ -226,7 +235,7 @@ defmodule Snakepit.Worker.LifecycleManager do
           pool: w.pool,
           uptime_ms: now - w.started_at,
           request_count: request_count(id),
-          memory_mb: rss_mb(w.config[:os_pid])
+          memory_mb: rss_mb(w.os_pid)
         }
       end
 
@@ -247,7 +256,7 @@ defmodule Snakepit.Worker.LifecycleManager do
 
     state =
       Enum.reduce(state.workers, state, fn {id, w}, acc ->
-        rss = if w.config[:memory_threshold_mb], do: rss_mb(w.config[:os_pid])
+        rss = if w.config.memory_threshold_mb, do: rss_mb(w.os_pid)
 
         case recycle_reason(w, now, rss) do
           nil -> acc
@@ -261,8 +270,7 @@ defmodule Snakepit.Worker.LifecycleManager do
 
   def handle_info(:health_check, state) do
     for {id, w} <- state.workers,
-        os_pid = w.config[:os_pid],
-        os_pid != nil and not Snakepit.Native.process_alive(os_pid) do
+        w.os_pid != nil and not Snakepit.Native.process_alive(w.os_pid) do
       Telemetry.emit([:snakepit, :worker, :health_check_failed], %{}, %{
         worker_id: id,
         pool: w.pool,
