@@ -92,8 +92,14 @@ defmodule Snakepit.Worker.LifecycleManagerTest do
 
     assert pid!() != old
 
-    assert %{total_workers: 1, workers: [%{worker_id: "default_worker_2"}]} =
+    # The pool untracks the old worker once its process has exited.
+    assert AppPool.wait_until(fn -> LifecycleManager.get_stats().total_workers == 1 end, 5_000) !=
+             :timeout
+
+    assert %{workers: [%{worker_id: "default_worker_2", request_count: n}]} =
              LifecycleManager.get_stats()
+
+    assert n >= 1
   end
 
   defp os_pid(id) do
