@@ -66,8 +66,13 @@ defmodule Bench.PoolThroughput do
 
     overhead = overhead_summary(Enum.map(rows, &elem(&1, 1)))
     IO.puts(overhead)
+    breakdown = breakdown()
+    Enum.each(breakdown, &IO.puts/1)
 
-    text = Enum.join(header ++ Enum.flat_map(rows, &elem(&1, 0)) ++ [overhead], "\n") <> "\n"
+    text =
+      Enum.join(header ++ Enum.flat_map(rows, &elem(&1, 0)) ++ [overhead | breakdown], "\n") <>
+        "\n"
+
     File.mkdir_p!("bench/results")
     File.write!("bench/results/pool_throughput.txt", text)
     IO.puts("written to bench/results/pool_throughput.txt")
@@ -92,6 +97,68 @@ defmodule Bench.PoolThroughput do
 
     "Elixir+Rust CPU per Snakepit call (whole BEAM OS process): min #{Float.round(Enum.min(per_call), 1)} us, " <>
       "max #{Float.round(Enum.max(per_call), 1)} us; target < 30 us"
+  end
+
+  # Where the Elixir+Rust CPU of one call goes, with 2 workers and 2
+  # callers (one call in flight per worker, as in the pool):
+  #   pool scheduling - checkout + checkin only, no call to Python
+  #   native call     - Snakepit.GRPC.Client.execute straight to a worker
+  #   full path       - Snakepit.execute (pool + native call)
+  defp breakdown do
+    start_pool(2)
+    workers = worker_channels()
+    calls = 6_000
+    beam = String.to_integer(System.pid())
+
+    per_call = fn fun ->
+      c0 = cpu_us(beam)
+      fun.()
+      (cpu_us(beam) - c0) / calls
+    end
+
+    two_callers = fn call ->
+      0..1
+      |> Task.async_stream(fn i -> for _ <- 1..div(calls, 2), do: call.(i) end,
+        max_concurrency: 2,
+        timeout: :infinity
+      )
+      |> Stream.run()
+    end
+
+    sched =
+      per_call.(fn ->
+        two_callers.(fn _ ->
+          {:ok, lease} = Snakepit.Pool.checkout([], :infinity)
+          Snakepit.Pool.checkin(lease, :ok)
+        end)
+      end)
+
+    native =
+      per_call.(fn ->
+        two_callers.(fn i ->
+          deadline = System.monotonic_time(:millisecond) + 60_000
+
+          {:ok, _} =
+            Snakepit.GRPC.Client.execute(Enum.at(workers, i), "ping", %{}, deadline: deadline)
+        end)
+      end)
+
+    full = per_call.(fn -> two_callers.(fn _ -> {:ok, _} = Snakepit.execute("ping", %{}) end) end)
+
+    [
+      "CPU per call of the BEAM OS process, 2 workers, 2 callers, #{calls} calls:",
+      "  pool scheduling only (checkout + checkin): #{Float.round(sched, 1)} us",
+      "  native call only (Client.execute):         #{Float.round(native, 1)} us",
+      "  full Snakepit.execute:                     #{Float.round(full, 1)} us"
+    ]
+  end
+
+  defp worker_channels do
+    for id <- Snakepit.list_workers() do
+      {:ok, {pid, _}} = Snakepit.Pool.Registry.fetch_worker(id)
+      info = Snakepit.GRPCWorker.get_info(pid)
+      %{id: id, channel: info.channel}
+    end
   end
 
   defp start_pool(size) do
