@@ -1,7 +1,8 @@
 defmodule Snakepit.Application do
   @moduledoc """
-  Starts Snakepit: the ETS owner and registries always; the worker
-  supervisor and the pool when `pooling_enabled` is not false.
+  Starts Snakepit: the ETS owner, the registries and the tool bridge
+  (`Snakepit.Bridge.ToolRegistry`, `Snakepit.GRPC.BridgeServer`) always; the
+  worker supervisor and the pool when `pooling_enabled` is not false.
 
   The pool and its workers sit under one `:one_for_all` supervisor, so a
   crash of the pool takes its workers down cleanly with it (their Python
@@ -17,7 +18,12 @@ defmodule Snakepit.Application do
     base = [
       Snakepit.ETSOwner,
       {Registry, keys: :unique, name: Snakepit.Pool.Registry},
-      {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry}
+      {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
+      # The tool bridge comes before the pool: workers register their
+      # tools with it while they start.
+      Snakepit.Bridge.ToolRegistry,
+      {Task.Supervisor, name: Snakepit.Bridge.TaskSupervisor},
+      Snakepit.GRPC.BridgeServer
     ]
 
     pool =

@@ -100,7 +100,8 @@ defmodule Snakepit.GRPCWorker do
       address: address,
       "worker-id": state.id,
       "snakepit-run-id": RunID.current(),
-      "instance-name": Application.get_env(:snakepit, :instance_name)
+      "instance-name": Application.get_env(:snakepit, :instance_name),
+      "elixir-address": Snakepit.GRPC.BridgeServer.address()
     )
   end
 
