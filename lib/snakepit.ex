@@ -7,8 +7,14 @@ defmodule Snakepit do
 
   Calls go from the caller's process through the Rust native core to a
   Python worker over gRPC; the pool only hands out workers. Configure pools
-  with `config :snakepit, ...` (see `Snakepit.Config`). Every failure is
+  with `config :snakepit, ...` (see `Snakepit.Config`). A Python exception
+  comes back as a pattern-matchable struct (`{:error,
+  %Snakepit.Error.ValueError{}}`, ..., `%Snakepit.Error.PythonException{}`;
+  see `Snakepit.Error.PythonTranslation`); every other failure is
   `{:error, %Snakepit.Error{}}` with a `category` to match on.
+
+  Python tools can call Elixir functions registered with
+  `Snakepit.Bridge.ToolRegistry` (see `docs/tool_bridge.md`).
   """
 
   alias Snakepit.Pool
@@ -19,6 +25,7 @@ defmodule Snakepit do
   @type pool_name :: atom() | pid()
   @type result :: term()
   @type callback_fn :: (term() -> any())
+  @type error :: Snakepit.Error.t() | Exception.t()
 
   @doc """
   Runs `command` with `args` on a free worker and returns its result.
@@ -28,7 +35,7 @@ defmodule Snakepit do
     * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
     * `:session_id` - prefer the worker that served this session before
   """
-  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, Snakepit.Error.t()}
+  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, error()}
   def execute(command, args \\ %{}, opts \\ []), do: Pool.execute(command, args, opts)
 
   @doc """
@@ -37,7 +44,7 @@ defmodule Snakepit do
   session id in its context.
   """
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
-          {:ok, result()} | {:error, Snakepit.Error.t()}
+          {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
     Pool.execute(command, args, Keyword.put(opts, :session_id, session_id))
   end
@@ -49,14 +56,14 @@ defmodule Snakepit do
   `Snakepit.Defaults.stream_timeout/0`.
   """
   @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
-          :ok | {:error, Snakepit.Error.t()}
+          :ok | {:error, error()}
   def execute_stream(command, args \\ %{}, callback_fn, opts \\ []) do
     Pool.execute_stream(command, args, callback_fn, opts)
   end
 
   @doc "`execute_stream/4` in the session `session_id`."
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
-          :ok | {:error, Snakepit.Error.t()}
+          :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
     Pool.execute_stream(command, args, callback_fn, Keyword.put(opts, :session_id, session_id))
   end

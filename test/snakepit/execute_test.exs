@@ -78,10 +78,10 @@ defmodule Snakepit.ExecuteTest do
   end
 
   test "a Python exception comes back with its type and traceback" do
-    assert {:error, %Error{category: :python_error} = error} =
+    assert {:error, %Snakepit.Error.KeyError{} = error} =
              Snakepit.execute("error_demo", %{error_type: "KeyError"})
 
-    assert error.details.exception_type == "KeyError"
+    assert error.python_type == "KeyError"
     assert error.python_traceback =~ "Traceback"
   end
 
