@@ -8,6 +8,10 @@ defmodule Snakepit.ExecuteTest do
 
   setup_all do
     AppPool.start!(pool_size: 2)
+    # await_ready answers once the pool can serve (its first worker is up);
+    # some tests need both.
+    assert AppPool.wait_until(fn -> length(Snakepit.list_workers()) == 2 end, 30_000) != :timeout
+    :ok
   end
 
   test "ping, echo and add answer with decoded JSON" do
@@ -161,6 +165,8 @@ defmodule Snakepit.ExecuteTest do
     assert_receive {:DOWN, ^ref, :process, _, {:python_exited, {:signaled, 9}}}, 5_000
     assert :ok = Snakepit.Pool.await_ready()
     assert AppPool.wait_until(fn -> length(AppPool.worker_os_pids()) == 2 end, 10_000) != :timeout
+    # The pool hears of the replacement just after it registers itself.
+    assert AppPool.wait_until(fn -> length(Snakepit.list_workers()) == 2 end, 10_000) != :timeout
     refute victim in AppPool.worker_os_pids()
     assert {:ok, _} = Snakepit.execute("ping", %{})
   end
