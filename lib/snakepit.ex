@@ -34,6 +34,11 @@ defmodule Snakepit do
     * `:pool` - the pool's name (default: the first configured pool)
     * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
     * `:session_id` - prefer the worker that served this session before
+    * `:binary_parameters` - `%{name => binary}` passed to the tool as
+      Python `bytes` beside `args`
+
+  A tool returning Python `bytes` gives an Elixir binary. A streaming tool
+  called here is a `:validation` error naming `execute_stream/4`.
   """
   @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, error()}
   def execute(command, args \\ %{}, opts \\ []), do: Pool.execute(command, args, opts)
@@ -50,10 +55,19 @@ defmodule Snakepit do
   end
 
   @doc """
-  Runs a streaming `command`, calling `callback_fn` with each chunk (a map
-  with `"is_final"`). Returning `:halt` from the callback stops the stream.
-  Returns `:ok` when the stream ends. Default timeout:
-  `Snakepit.Defaults.stream_timeout/0`.
+  Runs a streaming `command`, calling `callback_fn` with each chunk, in
+  order, in the calling process. Returns `:ok` when the stream ends.
+  Default timeout: `Snakepit.Defaults.stream_timeout/0`.
+
+  Each chunk is a map with `"is_final"`: a JSON object chunk is that map;
+  other JSON is under `"data"`; bytes that are not JSON are under
+  `"raw_data_base64"`. The last chunk has `"is_final" => true`.
+
+  Returning `:halt` from the callback cancels the call, which stops the
+  Python producer. At most `stream_window` chunks (config, default 32) are
+  in flight, so the caller's mailbox stays bounded however fast Python
+  produces. A tool that is not a streaming tool gives its result as one
+  final chunk; an exception, as `{:error, ...}` like `execute/3`.
   """
   @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}

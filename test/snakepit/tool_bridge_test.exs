@@ -326,6 +326,31 @@ defmodule Snakepit.ToolBridgeTest do
       for {:ok, result} <- Task.await_many(calls, 10_000),
           do: assert(result == %{"result" => "went"})
     end
+
+    test "a restarted bridge keeps serving the running workers", %{session: session} do
+      register!(session, "still_here", fn _ -> "yes" end)
+
+      assert {:ok, %{"result" => "yes"}} =
+               Snakepit.execute_in_session(session, "try_elixir", %{name: "still_here"})
+
+      workers = AppPool.worker_os_pids()
+      old = Process.whereis(Snakepit.GRPC.BridgeServer)
+      ref = Process.monitor(old)
+      Process.exit(old, :kill)
+      assert_receive {:DOWN, ^ref, :process, ^old, :killed}
+
+      assert AppPool.wait_until(
+               fn -> Process.whereis(Snakepit.GRPC.BridgeServer) not in [nil, old] end,
+               5_000
+             ) != :timeout
+
+      for _ <- 1..4 do
+        assert {:ok, %{"result" => "yes"}} =
+                 Snakepit.execute_in_session(session, "try_elixir", %{name: "still_here"})
+      end
+
+      assert AppPool.worker_os_pids() == workers
+    end
   end
 
   describe "exception translation" do

@@ -109,7 +109,11 @@ defmodule Snakepit.Bridge.ToolRegistry do
     end
   end
 
-  @doc false
+  @doc """
+  `register_elixir_tool(tool_name, handler, metadata)` registers a global
+  tool (the earlier releases' form); `register_elixir_tool(session_id,
+  tool_name, handler)` one with no metadata (not exposed to Python).
+  """
   @spec register_elixir_tool(tool_name(), handler(), map() | keyword()) ::
           :ok | {:error, Error.t()}
   @spec register_elixir_tool(session_id(), tool_name(), handler()) :: :ok | {:error, Error.t()}

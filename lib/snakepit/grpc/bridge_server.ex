@@ -56,6 +56,7 @@ defmodule Snakepit.GRPC.BridgeServer do
   # -- API -------------------------------------------------------------------
 
   @doc false
+  @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
 
   @doc "The address workers reach the bridge at (`unix:/path` or `host:port`); nil when it is not running."
@@ -68,23 +69,42 @@ defmodule Snakepit.GRPC.BridgeServer do
   def init(_opts) do
     Process.flag(:trap_exit, true)
 
-    case Native.bridge_start(listen_address(), self(), Defaults.bridge_call_timeout_ms()) do
+    case start_server(listen_addresses()) do
       {:ok, {handle, bound}} ->
         :persistent_term.put(@address_key, bound)
         if Defaults.worker_transport() == :tcp, do: :persistent_term.put(@tcp_key, bound)
         {:ok, %{handle: handle, address: bound}}
 
-      {:error, {:invalid_argument, message}} ->
+      {:error, message} ->
         {:stop, {:bridge_start_failed, message}}
     end
   end
 
+  defp start_server([address | fallbacks]) do
+    case Native.bridge_start(address, self(), Defaults.bridge_call_timeout_ms()) do
+      {:ok, _} = ok ->
+        ok
+
+      {:error, {:invalid_argument, message}} when fallbacks == [] ->
+        {:error, message}
+
+      {:error, _} ->
+        start_server(fallbacks)
+    end
+  end
+
   # A restarted bridge listens where its predecessor did, so running workers
-  # reconnect to it.
-  defp listen_address do
+  # reconnect to it. (A remembered TCP port someone else took since: any.)
+  defp listen_addresses do
     case Defaults.worker_transport() do
-      :tcp -> :persistent_term.get(@tcp_key, "127.0.0.1:0")
-      _unix -> "unix:" <> Path.join(RuntimeDir.path(), "bridge.sock")
+      :tcp ->
+        case :persistent_term.get(@tcp_key, nil) do
+          nil -> ["127.0.0.1:0"]
+          previous -> [previous, "127.0.0.1:0"]
+        end
+
+      _unix ->
+        ["unix:" <> Path.join(RuntimeDir.path(), "bridge.sock")]
     end
   end
 
@@ -115,6 +135,7 @@ defmodule Snakepit.GRPC.BridgeServer do
   @doc false
   # Answers one call; runs in its own process. Whatever happens, the call
   # gets exactly one reply.
+  @spec answer(reference(), atom(), map()) :: :ok
   def answer(call, rpc, request) do
     reply =
       try do
