@@ -256,7 +256,6 @@ defmodule Snakepit.Pool do
         state = %{
           pools: Map.new(configs, &{&1.name, State.new(&1)}),
           default: hd(configs).name,
-          supervisor: Keyword.get(opts, :worker_supervisor, WorkerSupervisor),
           starters: %{},
           monitors: %{},
           ready_waiters: []
@@ -284,10 +283,9 @@ defmodule Snakepit.Pool do
   defp worker_id(pool_name, n), do: "#{pool_name}_worker_#{n}"
 
   defp start_worker(state, pool_name, id) do
-    config = state.pools[pool_name].config
-    args = %{id: id, pool_name: pool_name, pool_pid: self(), config: config}
+    config = Map.put(state.pools[pool_name].config, :pool_pid, self())
 
-    case WorkerSupervisor.start_worker(state.supervisor, args) do
+    case WorkerSupervisor.start_worker(id, Snakepit.GRPCWorker, nil, pool_name, config) do
       {:ok, starter} ->
         ref = Process.monitor(starter)
         %{state | starters: Map.put(state.starters, ref, {pool_name, id})}
@@ -457,7 +455,7 @@ defmodule Snakepit.Pool do
     Logger.error("Snakepit worker #{id} failed to start: #{error.message}")
     # A worker that cannot start is not restarted in a loop: its starter goes.
     state = forget_starter(state, id)
-    WorkerSupervisor.stop_worker_by_id(state.supervisor, id)
+    WorkerSupervisor.stop_worker_by_id(id)
 
     {:noreply,
      state |> update_pool(name, &State.worker_failed(&1, id, error)) |> answer_ready_waiters()}
