@@ -77,6 +77,13 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     src = Path.join([root, "python", "snakepit_bridge"])
     dest = Path.join([priv, "python", "snakepit_bridge"])
 
+    requirements = Path.join([root, "python", "requirements.txt"])
+
+    if File.exists?(requirements) do
+      File.mkdir_p!(Path.join(priv, "python"))
+      File.cp!(requirements, Path.join([priv, "python", "requirements.txt"]))
+    end
+
     if File.dir?(src) do
       wanted =
         Path.wildcard(Path.join(src, "**/*.{py,typed}"))

@@ -82,7 +82,43 @@ defmodule Snakepit do
     Pool.execute_stream(command, args, callback_fn, Keyword.put(opts, :session_id, session_id))
   end
 
+  @doc """
+  Stops every worker process of this run now: SIGTERM, then SIGKILL for
+  what is left after the grace period. Returns `{:timeout, pids}` when some
+  survive even that.
+  """
+  @spec cleanup() :: :ok | {:timeout, list()}
+  def cleanup, do: Snakepit.RuntimeCleanup.cleanup_current_run()
+
+  @doc """
+  Starts Snakepit, runs `fun`, then cleans up and stops it, so that a
+  script or Mix task never leaves a Python process behind. Returns what
+  `fun` returns, or `{:error, reason}` when the pool does not start.
+
+  Options:
+    * `:timeout` - how long to wait for the pool (default 15000 ms)
+    * `:shutdown_timeout` - how long to wait for Snakepit to stop (default 15000 ms)
+    * `:cleanup_timeout` - grace for worker processes before SIGKILL (default 5000 ms;
+      0 skips the cleanup). Bounded: after `cleanup_timeout + 1000` ms the script goes on.
+    * `:restart` - `:auto` (default: restart a running Snakepit when its config
+      changed), `true` or `false`
+    * `:await_pool` - wait for the pool (default: the `pooling_enabled` setting)
+    * `:exit_mode` - `:none` (default: return; a raise is re-raised after cleanup),
+      `:halt` (`System.halt/1`: 0 when `fun` returned, 1 when it raised),
+      `:stop` (`System.stop/1`, same statuses) or `:auto` (`:halt` unless an
+      IEx shell runs). Also `SNAKEPIT_SCRIPT_EXIT=none|halt|stop|auto`.
+    * `:stop_mode` - `:if_started` (default: stop only if this call started it),
+      `:always` or `:never`
+    * `:halt` - legacy boolean for `exit_mode: :halt` (or `SNAKEPIT_SCRIPT_HALT=true`);
+      ignored when `:exit_mode` is set
+
+  A closed standard output never hangs the exit.
+  """
+  @spec run_as_script((-> any()), keyword()) :: any() | {:error, term()}
+  def run_as_script(fun, opts \\ []), do: Snakepit.Script.run(fun, opts)
+
   @doc "Request, error and worker counts summed over the pools."
+
   @spec get_stats(pool_name()) :: map()
   def get_stats(pool \\ Snakepit.Pool), do: Pool.get_stats(pool)
 

@@ -22,7 +22,52 @@ defmodule Snakepit.Config do
           optional(atom()) => term()
         }
 
+  @doc """
+  The instance name that scopes this node's workers and runtime state
+  (`config :snakepit, instance_name:` or `SNAKEPIT_INSTANCE_NAME`), or nil.
+  """
+  @spec instance_name() :: String.t() | nil
+  def instance_name, do: setting(:instance_name, "SNAKEPIT_INSTANCE_NAME")
+
+  @doc """
+  A token for strong isolation between concurrent runs of one instance
+  (`config :snakepit, instance_token:` or `SNAKEPIT_INSTANCE_TOKEN`), or nil.
+  """
+  @spec instance_token() :: String.t() | nil
+  def instance_token, do: setting(:instance_token, "SNAKEPIT_INSTANCE_TOKEN")
+
+  @doc "`instance_name/0` reduced to characters safe on a command line and in file names."
+  @spec instance_name_identifier() :: String.t() | nil
+  def instance_name_identifier, do: identifier(instance_name())
+
+  @doc "`instance_token/0` reduced to characters safe on a command line and in file names."
+  @spec instance_token_identifier() :: String.t() | nil
+  def instance_token_identifier, do: identifier(instance_token())
+
+  defp setting(key, env) do
+    case Application.get_env(:snakepit, key) || System.get_env(env) do
+      nil -> nil
+      "" -> nil
+      value -> to_string(value)
+    end
+  end
+
+  defp identifier(nil), do: nil
+  defp identifier(value), do: String.replace(value, ~r/[^A-Za-z0-9_.-]/, "_")
+
+  @doc """
+  Where runtime state that must outlive a crash is kept (the process
+  registry): `config :snakepit, data_dir:`, else the user cache directory
+  (`~/.cache/snakepit`).
+  """
+  @spec data_dir() :: String.t()
+  def data_dir do
+    Application.get_env(:snakepit, :data_dir) ||
+      :filename.basedir(:user_cache, "snakepit") |> to_string()
+  end
+
   @doc "True unless `config :snakepit, pooling_enabled: false`."
+
   @spec pooling_enabled?() :: boolean()
   def pooling_enabled?, do: Application.get_env(:snakepit, :pooling_enabled, true) != false
 

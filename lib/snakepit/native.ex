@@ -35,7 +35,8 @@ defmodule Snakepit.Native do
           pid()
         ) ::
           {:ok, {pos_integer(), reference()}} | {:error, term()}
-  def spawn_process(_program, _argv, _env, _cwd, _owner), do: not_loaded()
+  def spawn_process(_program, _argv, _env, _cwd, _owner, _orphan_protection \\ true),
+    do: not_loaded()
 
   @doc "Releases the guard of a spawned process: its whole group is SIGKILLed if still running."
   @spec release_process(reference()) :: :ok

@@ -199,11 +199,20 @@ defmodule Snakepit.Pool do
   start, or when `timeout` passes first.
   """
   @spec await_ready(atom() | pid(), timeout() | nil) :: :ok | {:error, Error.t()}
-  def await_ready(pool \\ __MODULE__, timeout \\ nil) do
+  def await_ready(pool \\ __MODULE__, timeout \\ nil), do: await(pool, :ready, timeout)
+
+  @doc """
+  Waits until every worker of every pool has either started or failed
+  (the pool's start-up is over). Errors as `await_ready/2`.
+  """
+  @spec await_init_complete(atom() | pid(), timeout() | nil) :: :ok | {:error, Error.t()}
+  def await_init_complete(pool \\ __MODULE__, timeout \\ nil), do: await(pool, :complete, timeout)
+
+  defp await(pool, kind, timeout) do
     timeout = timeout || Defaults.pool_startup_timeout() * 3
 
     try do
-      GenServer.call(pool, :await_ready, timeout)
+      GenServer.call(pool, {:await, kind}, timeout)
     catch
       :exit, {:timeout, _} ->
         {:error, Error.timeout_error("pool not ready within #{timeout} ms", %{pool: pool})}
@@ -247,7 +256,6 @@ defmodule Snakepit.Pool do
         state = %{
           pools: Map.new(configs, &{&1.name, State.new(&1)}),
           default: hd(configs).name,
-          supervisor: Keyword.get(opts, :worker_supervisor, WorkerSupervisor),
           starters: %{},
           monitors: %{},
           ready_waiters: []
@@ -275,10 +283,9 @@ defmodule Snakepit.Pool do
   defp worker_id(pool_name, n), do: "#{pool_name}_worker_#{n}"
 
   defp start_worker(state, pool_name, id) do
-    config = state.pools[pool_name].config
-    args = %{id: id, pool_name: pool_name, pool_pid: self(), config: config}
+    config = Map.put(state.pools[pool_name].config, :pool_pid, self())
 
-    case WorkerSupervisor.start_worker(state.supervisor, args) do
+    case WorkerSupervisor.start_worker(id, Snakepit.GRPCWorker, nil, pool_name, config) do
       {:ok, starter} ->
         ref = Process.monitor(starter)
         %{state | starters: Map.put(state.starters, ref, {pool_name, id})}
@@ -319,8 +326,9 @@ defmodule Snakepit.Pool do
     end
   end
 
-  def handle_call(:await_ready, from, state) do
-    {:noreply, answer_ready_waiters(%{state | ready_waiters: [from | state.ready_waiters]})}
+  def handle_call({:await, kind}, from, state) do
+    {:noreply,
+     answer_ready_waiters(%{state | ready_waiters: [{from, kind} | state.ready_waiters]})}
   end
 
   def handle_call({:stats, :all}, _from, state) do
@@ -447,7 +455,7 @@ defmodule Snakepit.Pool do
     Logger.error("Snakepit worker #{id} failed to start: #{error.message}")
     # A worker that cannot start is not restarted in a loop: its starter goes.
     state = forget_starter(state, id)
-    WorkerSupervisor.stop_worker_by_id(state.supervisor, id)
+    WorkerSupervisor.stop_worker_by_id(id)
 
     {:noreply,
      state |> update_pool(name, &State.worker_failed(&1, id, error)) |> answer_ready_waiters()}
@@ -539,21 +547,20 @@ defmodule Snakepit.Pool do
   defp answer_ready_waiters(%{ready_waiters: []} = state), do: state
 
   defp answer_ready_waiters(state) do
-    statuses = Enum.map(state.pools, fn {_, pool} -> pool end)
+    pools = Map.values(state.pools)
+    failed = Enum.find(pools, &(&1.status == :failed))
 
-    cond do
-      failed = Enum.find(statuses, &(&1.status == :failed)) ->
-        error = checkout_error(:pool_failed, failed)
-        Enum.each(state.ready_waiters, &GenServer.reply(&1, {:error, error}))
-        %{state | ready_waiters: []}
+    reached? = %{
+      ready: Enum.all?(pools, &(&1.status == :ready)),
+      complete: Enum.all?(pools, &State.init_complete?/1)
+    }
 
-      Enum.all?(statuses, &(&1.status == :ready)) ->
-        Enum.each(state.ready_waiters, &GenServer.reply(&1, :ok))
-        %{state | ready_waiters: []}
+    {answered, waiting} =
+      Enum.split_with(state.ready_waiters, fn {_from, kind} -> failed != nil or reached?[kind] end)
 
-      true ->
-        state
-    end
+    reply = if failed, do: {:error, checkout_error(:pool_failed, failed)}, else: :ok
+    Enum.each(answered, fn {from, _} -> GenServer.reply(from, reply) end)
+    %{state | ready_waiters: waiting}
   end
 
   defp put_pool(state, name, pool), do: %{state | pools: Map.put(state.pools, name, pool)}

@@ -15,7 +15,10 @@ defmodule Snakepit.Test.AppPool do
     :adapter_args,
     :adapter_env,
     :pool_config,
-    :affinity
+    :affinity,
+    :instance_name,
+    :instance_token,
+    :orphan_protection
   ]
 
   @doc "Starts Snakepit with `env` (keyword of `config :snakepit` keys) and awaits readiness."
@@ -55,6 +58,22 @@ defmodule Snakepit.Test.AppPool do
     Registry.select(Snakepit.Pool.Registry, [{{:_, :_, :"$1"}, [], [:"$1"]}])
     |> Enum.map(& &1.os_pid)
     |> Enum.sort()
+  end
+
+  @doc """
+  Waits until exactly `n` workers are registered and none of them is in
+  `opts[:without]` (replaced workers). Returns elapsed ms or `:timeout`.
+  """
+  def await_workers(n, opts \\ []) do
+    gone = Keyword.get(opts, :without, [])
+
+    wait_until(
+      fn ->
+        pids = worker_os_pids()
+        length(pids) == n and Enum.all?(gone, &(&1 not in pids))
+      end,
+      Keyword.get(opts, :timeout, 10_000)
+    )
   end
 
   @doc """

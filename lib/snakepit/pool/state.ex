@@ -107,6 +107,11 @@ defmodule Snakepit.Pool.State do
     end
   end
 
+  @doc "True once every expected worker has either become ready or failed."
+  @spec init_complete?(t()) :: boolean()
+  def init_complete?(state),
+    do: map_size(state.workers) + MapSet.size(state.failed) >= state.expected
+
   # -- requests --------------------------------------------------------------
 
   @doc """

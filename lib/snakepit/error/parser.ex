@@ -1,0 +1,448 @@
+defmodule Snakepit.Error.Parser do
+  @moduledoc """
+  Turns Python exception data into structured Elixir errors.
+
+  The parser recognises three families of ML errors from their messages and
+  returns a dedicated exception for each:
+
+    * out of memory (CUDA/HIP/MPS allocator messages, `MemoryError`,
+      `torch.OutOfMemoryError`, "not enough memory") →
+      `Snakepit.Error.OutOfMemory`, with the requested and free byte counts
+      and the device when the message states them
+    * tensors on different devices, or a device that does not exist →
+      `Snakepit.Error.DeviceMismatch`
+    * shape errors from NumPy and PyTorch (matmul, `not aligned`,
+      broadcasting, size mismatch at a dimension) →
+      `Snakepit.Error.ShapeMismatch`
+
+  For these, `message` keeps the Python text (prefixed with the exception
+  type) and the struct fields carry what could be extracted from it.
+
+  Anything else becomes a `%Snakepit.Error{category: :python_error}` with
+  the exception type and traceback, and emits
+  `[:snakepit, :error, :python_exception]` telemetry.
+
+  The parser never creates atoms from Python data.
+  """
+
+  alias Snakepit.Error
+  alias Snakepit.Error.{Device, DeviceMismatch, OutOfMemory, Shape, ShapeMismatch}
+
+  @oom_types ~w(MemoryError OutOfMemoryError torch.OutOfMemoryError torch.cuda.OutOfMemoryError)
+
+  @grpc_statuses %{
+    0 => :ok,
+    1 => :cancelled,
+    2 => :unknown,
+    3 => :invalid_argument,
+    4 => :deadline_exceeded,
+    5 => :not_found,
+    6 => :already_exists,
+    7 => :permission_denied,
+    8 => :resource_exhausted,
+    9 => :failed_precondition,
+    10 => :aborted,
+    11 => :out_of_range,
+    12 => :unimplemented,
+    13 => :internal,
+    14 => :unavailable,
+    15 => :data_loss,
+    16 => :unauthenticated
+  }
+
+  @doc """
+  Parses error data into a structured error.
+
+  Accepts a map with `"type"`, `"message"` and optionally `"traceback"`
+  (string or atom keys; `"error_type"` is accepted for `"type"`). Returns
+  `{:error, :invalid_input}` for anything else.
+
+      iex> {:ok, error} = Snakepit.Error.Parser.parse(%{"type" => "ValueError", "message" => "Invalid input"})
+      iex> {error.category, error.message}
+      {:python_error, "ValueError: Invalid input"}
+  """
+  @spec parse(map() | term()) :: {:ok, Exception.t()} | {:error, :invalid_input}
+  def parse(data) when is_map(data) do
+    type = fetch_string(data, ["type", "error_type"])
+    message = fetch_string(data, ["message"])
+    traceback = fetch_string(data, ["traceback"])
+
+    if is_nil(type) and is_nil(message) do
+      {:error, :invalid_input}
+    else
+      {:ok, classify(type || "Exception", message || "", traceback)}
+    end
+  end
+
+  def parse(_data), do: {:error, :invalid_input}
+
+  @doc """
+  Parses a gRPC error response into a structured error.
+
+  The response is a map with `:message` (or `"message"`) and optionally
+  `:status` (a gRPC status atom or its integer code) and `:details` (a map
+  or a JSON string). When the details or the message carry a Python
+  exception (`"ValueError: ..."`), the result is the same as `parse/1`;
+  otherwise it is a `%Snakepit.Error{category: :grpc_error}` with the
+  status as an atom.
+
+      iex> {:ok, error} = Snakepit.Error.Parser.from_grpc_error(%{status: 14, message: "connection refused"})
+      iex> {error.category, error.grpc_status}
+      {:grpc_error, :unavailable}
+  """
+  @spec from_grpc_error(map()) :: {:ok, Exception.t()} | {:error, :invalid_input}
+  def from_grpc_error(response) when is_map(response) do
+    message = fetch_string(response, ["message"])
+    status = normalize_status(fetch(response, ["status", "code"]))
+    details = decode_details(fetch(response, ["details"]))
+
+    cond do
+      is_map(details) and python_payload?(details) ->
+        parse(details)
+
+      is_binary(message) and python_message?(message) ->
+        [type, text] = String.split(message, ": ", parts: 2)
+        parse(%{"type" => type, "message" => text, "traceback" => traceback_from(details)})
+
+      is_binary(message) and status != :invalid ->
+        {:ok, Error.grpc_error(status, message, if(is_map(details), do: details, else: %{}))}
+
+      true ->
+        {:error, :invalid_input}
+    end
+  end
+
+  def from_grpc_error(_response), do: {:error, :invalid_input}
+
+  @doc """
+  Extracts a shape from its text form.
+
+  Understands Python tuples and lists, `torch.Size([...])` and the `AxB`
+  form PyTorch uses in matmul errors. Returns `nil` when no shape is found.
+
+      iex> Snakepit.Error.Parser.extract_shape("[3, 224, 224]")
+      [3, 224, 224]
+      iex> Snakepit.Error.Parser.extract_shape("(10, 20)")
+      [10, 20]
+      iex> Snakepit.Error.Parser.extract_shape("torch.Size([2, 3])")
+      [2, 3]
+      iex> Snakepit.Error.Parser.extract_shape("(5,)")
+      [5]
+      iex> Snakepit.Error.Parser.extract_shape("32x100")
+      [32, 100]
+      iex> Snakepit.Error.Parser.extract_shape("no shape here")
+      nil
+  """
+  @spec extract_shape(String.t()) :: [integer()] | nil
+  def extract_shape(str) when is_binary(str) do
+    cond do
+      match = Regex.run(~r/^\s*(\d+(?:\s*x\s*\d+)+)\s*$/, str, capture: :all_but_first) ->
+        match |> hd() |> String.split("x") |> Enum.map(&(&1 |> String.trim() |> to_int()))
+
+      match = Regex.run(~r/[\[(]\s*(-?\d+(?:\s*,\s*-?\d+)*)?\s*,?\s*[\])]/, str) ->
+        case match do
+          [_whole] ->
+            []
+
+          [_whole, ""] ->
+            []
+
+          [_whole, dims] ->
+            dims |> String.split(",") |> Enum.map(&(&1 |> String.trim() |> to_int()))
+        end
+
+      true ->
+        nil
+    end
+  end
+
+  def extract_shape(_other), do: nil
+
+  # -- classification -------------------------------------------------------
+
+  defp classify(type, message, traceback) do
+    full = if type == "", do: message, else: "#{type}: #{message}"
+
+    with nil <- detect_oom(type, message),
+         nil <- detect_device(message),
+         nil <- detect_shape(message) do
+      error = Error.python_error(type, message, traceback)
+
+      Snakepit.Telemetry.emit([:snakepit, :error, :python_exception], %{}, %{
+        type: type,
+        message: message,
+        traceback: traceback
+      })
+
+      error
+    else
+      %OutOfMemory{} = error -> %{error | message: full}
+      %DeviceMismatch{} = error -> %{error | message: full}
+      %ShapeMismatch{} = error -> %{error | message: full}
+    end
+  end
+
+  @size ~S"([\d.]+)\s*(bytes|B|KiB|MiB|GiB|TiB|KB|MB|GB|TB)"
+
+  defp detect_oom(type, message) do
+    oom? =
+      type in @oom_types or
+        Regex.match?(~r/out of memory|not enough memory|RESOURCE_EXHAUSTED/i, message)
+
+    if oom? do
+      device = oom_device(type, message)
+      requested = capture_bytes(~r/(?:tried to )?allocate\s+#{@size}/i, message)
+
+      available =
+        capture_bytes(~r/of which\s+#{@size}\s+is free/i, message) ||
+          capture_bytes(~r/#{@size}\s+free/i, message) || 0
+
+      Device.out_of_memory(device, requested || 0, available)
+    end
+  end
+
+  defp oom_device(type, message) do
+    cond do
+      Regex.match?(~r/\bMPS\b/, message) ->
+        :mps
+
+      Regex.match?(~r/\bHIP\b|ROCm/, message) ->
+        {:rocm, gpu_index(message)}
+
+      Regex.match?(~r/CUDA|\bGPU\b|cuda:/i, message) ->
+        {:cuda, gpu_index(message)}
+
+      type in ["torch.cuda.OutOfMemoryError", "OutOfMemoryError", "torch.OutOfMemoryError"] ->
+        {:cuda, 0}
+
+      true ->
+        :cpu
+    end
+  end
+
+  defp gpu_index(message) do
+    case Regex.run(~r/(?:GPU\s+|cuda:|hip:)(\d+)/i, message, capture: :all_but_first) do
+      [id] -> to_int(id)
+      nil -> 0
+    end
+  end
+
+  @device_re ~S"(cuda(?::\d+)?|hip(?::\d+)?|mps(?::\d+)?|cpu|meta)"
+
+  defp detect_device(message) do
+    cond do
+      match =
+          Regex.run(~r/found at least two devices,\s*#{@device_re} and #{@device_re}/i, message,
+            capture: :all_but_first
+          ) ->
+        [expected, got] = match
+        Device.device_mismatch(parse_device(expected), parse_device(got), "tensor operation")
+
+      match =
+          Regex.run(~r/device type (\w+) but got device type (\w+)/i, message,
+            capture: :all_but_first
+          ) ->
+        [expected, got] = match
+        Device.device_mismatch(parse_device(expected), parse_device(got), "tensor operation")
+
+      Regex.match?(
+        ~r/invalid device ordinal|no CUDA GPUs are available|not compiled with CUDA|found no NVIDIA driver|CUDA driver initialization failed/i,
+        message
+      ) ->
+        Device.device_unavailable({:cuda, gpu_index(message)}, "tensor operation")
+
+      Regex.match?(~r/MPS backend is not available|MPS (?:is )?not available/i, message) ->
+        Device.device_unavailable(:mps, "tensor operation")
+
+      true ->
+        nil
+    end
+  end
+
+  defp parse_device(text) do
+    case String.split(String.downcase(text), ":") do
+      ["cuda"] -> {:cuda, 0}
+      ["cuda", id] -> {:cuda, to_int(id)}
+      ["hip"] -> {:rocm, 0}
+      ["hip", id] -> {:rocm, to_int(id)}
+      ["mps" | _] -> :mps
+      _ -> :cpu
+    end
+  end
+
+  defp detect_shape(message) do
+    cond do
+      match =
+          Regex.run(~r/shapes cannot be multiplied \((\d+)x(\d+) and (\d+)x(\d+)\)/, message,
+            capture: :all_but_first
+          ) ->
+        # (AxB and CxD): the inner sizes B and C must agree, so the second
+        # operand was expected to be [B, D].
+        [_rows1, cols1, rows2, cols2] = Enum.map(match, &to_int/1)
+        Shape.shape_mismatch([cols1, cols2], [rows2, cols2], "matmul")
+
+      match =
+          Regex.run(
+            ~r/shapes (\([^)]*\)) and (\([^)]*\)) not aligned: (\d+) \(dim (\d+)\) != (\d+) \(dim (\d+)\)/,
+            message,
+            capture: :all_but_first
+          ) ->
+        [s1, s2, d1, _dim1, d2, dim2] = match
+
+        Shape.build(
+          expected: extract_shape(s1),
+          got: extract_shape(s2),
+          dimension: to_int(dim2),
+          expected_dim: to_int(d1),
+          got_dim: to_int(d2),
+          operation: "dot"
+        )
+
+      match =
+          Regex.run(
+            ~r/could not be broadcast together with shapes (\([^)]*\))\s*(\([^)]*\))/,
+            message,
+            capture: :all_but_first
+          ) ->
+        [s1, s2] = match
+        Shape.broadcast_error(extract_shape(s1), extract_shape(s2), "broadcast")
+
+      match =
+          Regex.run(
+            ~r/size of tensor a \((\d+)\) must match the size of tensor b \((\d+)\) at non-singleton dimension (\d+)/,
+            message,
+            capture: :all_but_first
+          ) ->
+        [a, b, dim] = Enum.map(match, &to_int/1)
+        Shape.dimension_mismatch(dim, a, b, "elementwise")
+
+      Regex.match?(~r/shape/i, message) ->
+        case Regex.scan(
+               ~r/(?:torch\.Size\()?[\[(]\s*-?\d+(?:\s*,\s*-?\d+)*\s*,?\s*[\])]\)?/,
+               message
+             ) do
+          [[first], [second] | _] ->
+            Shape.shape_mismatch(extract_shape(first), extract_shape(second), "tensor operation")
+
+          _ ->
+            nil
+        end
+
+      true ->
+        nil
+    end
+  end
+
+  # -- input helpers --------------------------------------------------------
+
+  # Keys are looked up both as strings and as atoms; the atoms are literals
+  # of this module, never built from the data.
+  @key_atoms %{
+    "type" => :type,
+    "error_type" => :error_type,
+    "message" => :message,
+    "traceback" => :traceback,
+    "status" => :status,
+    "code" => :code,
+    "details" => :details
+  }
+
+  defp fetch(map, keys) do
+    Enum.find_value(keys, fn key ->
+      case Map.get(map, key) do
+        nil -> Map.get(map, Map.fetch!(@key_atoms, key))
+        value -> value
+      end
+    end)
+  end
+
+  defp fetch_string(map, keys) do
+    case fetch(map, keys) do
+      value when is_binary(value) ->
+        value
+
+      value when is_atom(value) and not is_nil(value) and not is_boolean(value) ->
+        Atom.to_string(value)
+
+      _ ->
+        nil
+    end
+  end
+
+  defp normalize_status(nil), do: :unknown
+  defp normalize_status(code) when is_integer(code), do: Map.get(@grpc_statuses, code, :unknown)
+
+  defp normalize_status(status) when is_atom(status) do
+    if status in Map.values(@grpc_statuses), do: status, else: :unknown
+  end
+
+  defp normalize_status(status) when is_binary(status) do
+    case Integer.parse(status) do
+      {code, ""} ->
+        normalize_status(code)
+
+      _ ->
+        Enum.find_value(@grpc_statuses, :unknown, fn {_code, name} ->
+          if Atom.to_string(name) == String.downcase(status), do: name
+        end)
+    end
+  end
+
+  defp normalize_status(_other), do: :invalid
+
+  defp decode_details(details) when is_binary(details) do
+    case JSON.decode(details) do
+      {:ok, decoded} when is_map(decoded) -> decoded
+      _ -> nil
+    end
+  end
+
+  defp decode_details(details) when is_map(details), do: details
+  defp decode_details(_details), do: nil
+
+  defp python_payload?(details) do
+    is_binary(fetch_string(details, ["type", "error_type"])) and
+      is_binary(fetch_string(details, ["message"]))
+  end
+
+  defp python_message?(message) do
+    Regex.match?(
+      ~r/\A[A-Za-z_][\w.]*(?:Error|Exception|Exit|Interrupt|Warning|Fault): /,
+      message
+    )
+  end
+
+  defp traceback_from(details) when is_map(details), do: fetch_string(details, ["traceback"])
+  defp traceback_from(_details), do: nil
+
+  defp to_int(text) do
+    {int, _rest} = Integer.parse(text)
+    int
+  end
+
+  defp capture_bytes(regex, message) do
+    case Regex.run(regex, message, capture: :all_but_first) do
+      [number, unit] -> to_bytes(number, unit)
+      _ -> nil
+    end
+  end
+
+  defp to_bytes(number, unit) do
+    value =
+      case Float.parse(number) do
+        {float, _} -> float
+        :error -> 0.0
+      end
+
+    multiplier =
+      case String.downcase(unit) do
+        u when u in ["b", "bytes"] -> 1
+        u when u in ["kib", "kb"] -> 1024
+        u when u in ["mib", "mb"] -> 1024 * 1024
+        u when u in ["gib", "gb"] -> 1024 * 1024 * 1024
+        u when u in ["tib", "tb"] -> 1024 * 1024 * 1024 * 1024
+      end
+
+    round(value * multiplier)
+  end
+end

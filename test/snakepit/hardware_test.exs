@@ -1,0 +1,76 @@
+defmodule Snakepit.HardwareTest do
+  use ExUnit.Case, async: false
+
+  alias Snakepit.Hardware
+
+  setup do
+    Hardware.clear_cache()
+    :ok
+  end
+
+  test "this machine: detect, info and capabilities agree" do
+    info = Hardware.detect()
+    assert Hardware.info() == info
+    assert info.cpu.threads >= 1 and info.cpu.cores >= 1
+    assert info.platform =~ ~r/^[a-z0-9_]+-[a-z0-9_]+$/
+    caps = Hardware.capabilities()
+    assert caps.cuda == (info.cuda != nil)
+    assert caps.avx2 == :avx2 in info.cpu.features
+  end
+
+  test "this machine: selection follows what was detected" do
+    caps = Hardware.capabilities()
+
+    if caps.cuda do
+      assert Hardware.select(:cuda) == {:ok, {:cuda, 0}}
+    else
+      assert Hardware.select(:cuda) == {:error, :device_not_available}
+    end
+
+    {:ok, device} = Hardware.select_with_fallback([:cuda, :mps, :cpu])
+
+    cond do
+      caps.cuda -> assert device == {:cuda, 0}
+      caps.mps -> assert device == :mps
+      true -> assert device == :cpu
+    end
+
+    assert {:ok, _} = Hardware.select(:auto)
+    assert %{type: :cpu, available: true} = Hardware.device_info(:cpu)
+  end
+
+  test "identity is a JSON-ready, string-keyed map" do
+    identity = Hardware.identity()
+
+    assert %{"platform" => _, "accelerator" => acc, "cpu_features" => features, "gpu_count" => n} =
+             identity
+
+    assert acc in ["cpu", "cuda", "mps", "rocm"]
+    assert Enum.all?(features, &is_binary/1) and features == Enum.sort(features)
+    assert is_integer(n) and n >= 0
+    assert identity |> JSON.encode!() |> JSON.decode!() == identity
+  end
+
+  test "identity of a given hardware map" do
+    info = %{
+      accelerator: :cuda,
+      platform: "linux-x86_64",
+      cpu: %{features: [:avx2, :avx]},
+      cuda: %{version: "12.2", devices: [%{id: 0}, %{id: 1}]},
+      rocm: nil,
+      mps: nil
+    }
+
+    assert Hardware.identity(info) == %{
+             "platform" => "linux-x86_64",
+             "accelerator" => "cuda",
+             "cpu_features" => ["avx", "avx2"],
+             "gpu_count" => 2,
+             "cuda_version" => "12.2"
+           }
+  end
+
+  test "clear_cache/0" do
+    assert Hardware.clear_cache() == :ok
+  end
+end

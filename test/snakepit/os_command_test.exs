@@ -1,0 +1,36 @@
+defmodule Snakepit.OSCommandTest do
+  use ExUnit.Case, async: true
+
+  alias Snakepit.OSCommand
+
+  test "collects output and reports the exit status" do
+    assert {:ok, "hello\n"} = OSCommand.run("echo", ["hello"])
+
+    # stdout and stderr are separate pipes: their relative order is not kept.
+    assert {:error, {:exit_status, 3, output}} =
+             OSCommand.run("sh", ["-c", "echo out; echo err >&2; exit 3"])
+
+    assert output |> String.split("\n", trim: true) |> Enum.sort() == ["err", "out"]
+  end
+
+  test "a missing program is :not_found" do
+    assert {:error, :not_found} = OSCommand.run("no-such-program-here", [])
+    assert {:error, :not_found} = OSCommand.run("/nonexistent/bin/x", [])
+  end
+
+  @tag :tmp_dir
+  test "an overrunning command is killed, group and all, and reported as a timeout", %{
+    tmp_dir: dir
+  } do
+    pidfile = Path.join(dir, "sleep.pid")
+    script = "sleep 30 & echo $! > #{pidfile}; wait"
+    assert {:error, :timeout} = OSCommand.run("sh", ["-c", script], timeout_ms: 300)
+    sleeper = pidfile |> File.read!() |> String.trim() |> String.to_integer()
+
+    assert Snakepit.Test.AppPool.wait_until(
+             fn -> not Snakepit.Native.process_alive(sleeper) end,
+             1_000
+           ) !=
+             :timeout
+  end
+end
