@@ -401,6 +401,16 @@ defmodule Snakepit.ToolBridgeTest do
                Snakepit.execute("error_demo", %{error_type: "assertion"})
     end
 
+    test "ML errors the parser knows get their own structs" do
+      assert {:error, %Error.OutOfMemory{message: message}} =
+               Snakepit.execute("error_demo", %{
+                 error_type: "RuntimeError",
+                 message: "CUDA out of memory. Tried to allocate 20.00 MiB"
+               })
+
+      assert message =~ "RuntimeError: CUDA out of memory"
+    end
+
     test "wrong arguments are a TypeError naming the tool and the parameter" do
       assert {:error, %Error.TypeError{message: message}} = Snakepit.execute("add", %{a: 1})
       assert message =~ "add"

@@ -26,9 +26,17 @@ defmodule Snakepit.Error.PythonTranslation do
   Only the class name travels over the wire, not its ancestry, so the
   builtin subclasses in parentheses are mapped by name; `python_type`
   always keeps the real class name.
+
+  Errors of workers go through `from_tool_error/4`, which first lets
+  `Snakepit.Error.Parser` recognise the ML families it knows (out of memory,
+  tensors on different devices, shape mismatches: `Snakepit.Error.OutOfMemory`,
+  `Snakepit.Error.DeviceMismatch`, `Snakepit.Error.ShapeMismatch`), whatever
+  the Python class, and uses the table above for everything else.
   """
 
   alias Snakepit.Error
+
+  @ml_errors [Error.OutOfMemory, Error.DeviceMismatch, Error.ShapeMismatch]
 
   @modules %{
     "ValueError" => Error.ValueError,
@@ -52,6 +60,21 @@ defmodule Snakepit.Error.PythonTranslation do
   @doc "The struct module for the Python class `python_type`."
   @spec exception_module(String.t()) :: module()
   def exception_module(python_type), do: Map.get(@modules, python_type, Error.PythonException)
+
+  @doc """
+  The error for an exception a worker reported: an ML-specific struct when
+  `Snakepit.Error.Parser` recognises the message, `translate/4` otherwise.
+  """
+  @spec from_tool_error(String.t(), String.t(), String.t() | nil, map()) :: Exception.t()
+  def from_tool_error(python_type, message, traceback, context \\ %{}) do
+    parsed =
+      Error.Parser.parse(%{"type" => python_type, "message" => message, "traceback" => traceback})
+
+    case parsed do
+      {:ok, %module{} = ml_error} when module in @ml_errors -> ml_error
+      _ -> translate(python_type, message, traceback, context)
+    end
+  end
 
   @doc """
   The exception struct for a Python exception. An empty `python_type`

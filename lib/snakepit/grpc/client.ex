@@ -181,7 +181,12 @@ defmodule Snakepit.GRPC.Client do
           Error.validation_error(message, Map.merge(details, %{kind: kind, exception_type: type}))
 
         {:tool_error, type, message, traceback, kind} ->
-          PythonTranslation.translate(type, message, traceback, Map.put(details, :kind, kind))
+          PythonTranslation.from_tool_error(
+            type,
+            message,
+            traceback,
+            Map.put(details, :kind, kind)
+          )
 
         :timeout ->
           Error.timeout_error("#{tool} did not finish in time", details)

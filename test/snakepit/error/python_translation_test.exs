@@ -36,6 +36,22 @@ defmodule Snakepit.Error.PythonTranslationTest do
     end
   end
 
+  test "errors of workers: ML families first, then the table" do
+    assert %Error.OutOfMemory{requested_bytes: requested} =
+             PythonTranslation.from_tool_error(
+               "RuntimeError",
+               "CUDA out of memory. Tried to allocate 2.00 GiB",
+               "tb"
+             )
+
+    assert requested == 2 * 1024 * 1024 * 1024
+
+    assert %Error.RuntimeError{context: %{tool: "t"}} =
+             PythonTranslation.from_tool_error("RuntimeError", "plain", "tb", %{tool: "t"})
+
+    assert %Error.ValueError{} = PythonTranslation.from_tool_error("ValueError", "bad", nil)
+  end
+
   test "missing type and traceback" do
     assert %Error.PythonException{python_type: "Exception", python_traceback: nil, message: ""} =
              PythonTranslation.translate("", nil, "")
