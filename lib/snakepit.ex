@@ -7,8 +7,14 @@ defmodule Snakepit do
 
   Calls go from the caller's process through the Rust native core to a
   Python worker over gRPC; the pool only hands out workers. Configure pools
-  with `config :snakepit, ...` (see `Snakepit.Config`). Every failure is
+  with `config :snakepit, ...` (see `Snakepit.Config`). A Python exception
+  comes back as a pattern-matchable struct (`{:error,
+  %Snakepit.Error.ValueError{}}`, ..., `%Snakepit.Error.PythonException{}`;
+  see `Snakepit.Error.PythonTranslation`); every other failure is
   `{:error, %Snakepit.Error{}}` with a `category` to match on.
+
+  Python tools can call Elixir functions registered with
+  `Snakepit.Bridge.ToolRegistry` (see `docs/tool_bridge.md`).
   """
 
   alias Snakepit.Pool
@@ -19,6 +25,7 @@ defmodule Snakepit do
   @type pool_name :: atom() | pid()
   @type result :: term()
   @type callback_fn :: (term() -> any())
+  @type error :: Snakepit.Error.t() | Exception.t()
 
   @doc """
   Runs `command` with `args` on a free worker and returns its result.
@@ -27,8 +34,13 @@ defmodule Snakepit do
     * `:pool` - the pool's name (default: the first configured pool)
     * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
     * `:session_id` - prefer the worker that served this session before
+    * `:binary_parameters` - `%{name => binary}` passed to the tool as
+      Python `bytes` beside `args`
+
+  A tool returning Python `bytes` gives an Elixir binary. A streaming tool
+  called here is a `:validation` error naming `execute_stream/4`.
   """
-  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, Snakepit.Error.t()}
+  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, error()}
   def execute(command, args \\ %{}, opts \\ []), do: Pool.execute(command, args, opts)
 
   @doc """
@@ -37,26 +49,35 @@ defmodule Snakepit do
   session id in its context.
   """
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
-          {:ok, result()} | {:error, Snakepit.Error.t()}
+          {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
     Pool.execute(command, args, Keyword.put(opts, :session_id, session_id))
   end
 
   @doc """
-  Runs a streaming `command`, calling `callback_fn` with each chunk (a map
-  with `"is_final"`). Returning `:halt` from the callback stops the stream.
-  Returns `:ok` when the stream ends. Default timeout:
-  `Snakepit.Defaults.stream_timeout/0`.
+  Runs a streaming `command`, calling `callback_fn` with each chunk, in
+  order, in the calling process. Returns `:ok` when the stream ends.
+  Default timeout: `Snakepit.Defaults.stream_timeout/0`.
+
+  Each chunk is a map with `"is_final"`: a JSON object chunk is that map;
+  other JSON is under `"data"`; bytes that are not JSON are under
+  `"raw_data_base64"`. The last chunk has `"is_final" => true`.
+
+  Returning `:halt` from the callback cancels the call, which stops the
+  Python producer. At most `stream_window` chunks (config, default 32) are
+  in flight, so the caller's mailbox stays bounded however fast Python
+  produces. A tool that is not a streaming tool gives its result as one
+  final chunk; an exception, as `{:error, ...}` like `execute/3`.
   """
   @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
-          :ok | {:error, Snakepit.Error.t()}
+          :ok | {:error, error()}
   def execute_stream(command, args \\ %{}, callback_fn, opts \\ []) do
     Pool.execute_stream(command, args, callback_fn, opts)
   end
 
   @doc "`execute_stream/4` in the session `session_id`."
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
-          :ok | {:error, Snakepit.Error.t()}
+          :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
     Pool.execute_stream(command, args, callback_fn, Keyword.put(opts, :session_id, session_id))
   end

@@ -35,6 +35,14 @@ defmodule Snakepit.Defaults do
     pool_startup_batch_size: 10,
     pool_startup_batch_delay_ms: 500,
     stream_window: 32,
+    # The tool bridge: how long an Elixir tool called from Python may run
+    # when the call carries no budget, and how long other bridge calls
+    # (registration, sessions, heartbeats) may take.
+    bridge_tool_timeout_ms: 30_000,
+    bridge_call_timeout_ms: 10_000,
+    # :unix (sockets in the private runtime dir) or :tcp (loopback), for
+    # the workers' servers and the bridge server alike.
+    worker_transport: :unix,
     worker_restart_backoff_ms: 1_000,
     worker_restart_max_backoff_ms: 30_000
   ]

@@ -109,7 +109,8 @@ defmodule Snakepit.GRPCWorker do
       "worker-id": state.id,
       "snakepit-run-id": RunID.current(),
       "instance-name": Config.instance_name_identifier(),
-      "instance-token": Config.instance_token_identifier()
+      "instance-token": Config.instance_token_identifier(),
+      "elixir-address": Snakepit.GRPC.BridgeServer.address()
     )
   end
 

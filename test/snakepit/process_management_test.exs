@@ -80,6 +80,11 @@ defmodule Snakepit.ProcessManagementTest do
       Process.exit(Process.whereis(Snakepit.Pool), :kill)
       assert_receive {:DOWN, ^ref, :process, _, :killed}
       assert_clean("scenario 2, pool crash", "none", workers, 1_000 + 6_000)
+      # The OS processes can be gone a few ms before the supervisor has
+      # finished with their Elixir owners and restarted the pool.
+      assert AppPool.wait_until(fn -> Process.whereis(Snakepit.Pool) != nil end, 10_000) !=
+               :timeout
+
       assert :ok = Snakepit.Pool.await_init_complete()
       assert length(AppPool.worker_os_pids()) == @pool
       assert {:ok, _} = Snakepit.execute("ping", %{})
