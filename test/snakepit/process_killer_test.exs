@@ -34,14 +34,17 @@ defmodule Snakepit.ProcessKillerTest do
     {:ok, {pid, handle}} =
       Native.spawn_process(
         "/bin/sh",
-        ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"],
+        ["/bin/sh", "-c", "trap '' TERM; echo ready; while :; do sleep 1; done"],
         [{"PATH", "/bin:/usr/bin"}],
         nil,
         self()
       )
 
     on_exit(fn -> Native.release_process(handle) end)
+    # SIGTERM before the trap is set would kill it: wait until it is.
+    assert_receive {:snakepit_process, ^pid, {:stdout, "ready"}}, 5_000
     assert {:ok, cmd} = ProcessKiller.get_process_command(pid)
+
     assert cmd =~ "trap"
     assert {:ok, ^pid} = ProcessKiller.get_process_group_id(pid)
     assert :ok = ProcessKiller.kill_process_group_with_escalation(pid, 200)
