@@ -7,8 +7,14 @@ defmodule Snakepit do
 
   Calls go from the caller's process through the Rust native core to a
   Python worker over gRPC; the pool only hands out workers. Configure pools
-  with `config :snakepit, ...` (see `Snakepit.Config`). Every failure is
+  with `config :snakepit, ...` (see `Snakepit.Config`). A Python exception
+  comes back as a pattern-matchable struct (`{:error,
+  %Snakepit.Error.ValueError{}}`, ..., `%Snakepit.Error.PythonException{}`;
+  see `Snakepit.Error.PythonTranslation`); every other failure is
   `{:error, %Snakepit.Error{}}` with a `category` to match on.
+
+  Python tools can call Elixir functions registered with
+  `Snakepit.Bridge.ToolRegistry` (see `docs/tool_bridge.md`).
   """
 
   alias Snakepit.Pool
@@ -19,6 +25,7 @@ defmodule Snakepit do
   @type pool_name :: atom() | pid()
   @type result :: term()
   @type callback_fn :: (term() -> any())
+  @type error :: Snakepit.Error.t() | Exception.t()
 
   @doc """
   Runs `command` with `args` on a free worker and returns its result.
@@ -31,13 +38,18 @@ defmodule Snakepit do
     * `:affinity` - `:hint`, `:strict_queue` or `:strict_fail_fast` for this call
     * `:idempotent` - `true` lets the crash barrier retry the call on another
       worker when its worker crashes (so does `idempotent: true` in `args`)
+    * `:binary_parameters` - `%{name => binary}` passed to the tool as
+      Python `bytes` beside `args`
 
   Besides the tool's own errors, a call may fail with reason `:pool_saturated`
   (queue full), `:queue_timeout`, `:worker_busy` / `:session_worker_unavailable`
   (strict affinity) or `:worker_crash` in the error's `details`. See
   `Snakepit.Pool` and `docs/pools.md`.
+
+  A tool returning Python `bytes` gives an Elixir binary. A streaming tool
+  called here is a `:validation` error naming `execute_stream/4`.
   """
-  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, Snakepit.Error.t()}
+  @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, error()}
   def execute(command, args \\ %{}, opts \\ []), do: Pool.execute(command, args, opts)
 
   @doc """
@@ -46,31 +58,76 @@ defmodule Snakepit do
   session id in its context.
   """
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
-          {:ok, result()} | {:error, Snakepit.Error.t()}
+          {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
     Pool.execute(command, args, Keyword.put(opts, :session_id, session_id))
   end
 
   @doc """
-  Runs a streaming `command`, calling `callback_fn` with each chunk (a map
-  with `"is_final"`). Returning `:halt` from the callback stops the stream.
-  Returns `:ok` when the stream ends. Default timeout:
-  `Snakepit.Defaults.stream_timeout/0`.
+  Runs a streaming `command`, calling `callback_fn` with each chunk, in
+  order, in the calling process. Returns `:ok` when the stream ends.
+  Default timeout: `Snakepit.Defaults.stream_timeout/0`.
+
+  Each chunk is a map with `"is_final"`: a JSON object chunk is that map;
+  other JSON is under `"data"`; bytes that are not JSON are under
+  `"raw_data_base64"`. The last chunk has `"is_final" => true`.
+
+  Returning `:halt` from the callback cancels the call, which stops the
+  Python producer. At most `stream_window` chunks (config, default 32) are
+  in flight, so the caller's mailbox stays bounded however fast Python
+  produces. A tool that is not a streaming tool gives its result as one
+  final chunk; an exception, as `{:error, ...}` like `execute/3`.
   """
   @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
-          :ok | {:error, Snakepit.Error.t()}
+          :ok | {:error, error()}
   def execute_stream(command, args \\ %{}, callback_fn, opts \\ []) do
     Pool.execute_stream(command, args, callback_fn, opts)
   end
 
   @doc "`execute_stream/4` in the session `session_id`."
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
-          :ok | {:error, Snakepit.Error.t()}
+          :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
     Pool.execute_stream(command, args, callback_fn, Keyword.put(opts, :session_id, session_id))
   end
 
+  @doc """
+  Stops every worker process of this run now: SIGTERM, then SIGKILL for
+  what is left after the grace period. Returns `{:timeout, pids}` when some
+  survive even that.
+  """
+  @spec cleanup() :: :ok | {:timeout, list()}
+  def cleanup, do: Snakepit.RuntimeCleanup.cleanup_current_run()
+
+  @doc """
+  Starts Snakepit, runs `fun`, then cleans up and stops it, so that a
+  script or Mix task never leaves a Python process behind. Returns what
+  `fun` returns, or `{:error, reason}` when the pool does not start.
+
+  Options:
+    * `:timeout` - how long to wait for the pool (default 15000 ms)
+    * `:shutdown_timeout` - how long to wait for Snakepit to stop (default 15000 ms)
+    * `:cleanup_timeout` - grace for worker processes before SIGKILL (default 5000 ms;
+      0 skips the cleanup). Bounded: after `cleanup_timeout + 1000` ms the script goes on.
+    * `:restart` - `:auto` (default: restart a running Snakepit when its config
+      changed), `true` or `false`
+    * `:await_pool` - wait for the pool (default: the `pooling_enabled` setting)
+    * `:exit_mode` - `:none` (default: return; a raise is re-raised after cleanup),
+      `:halt` (`System.halt/1`: 0 when `fun` returned, 1 when it raised),
+      `:stop` (`System.stop/1`, same statuses) or `:auto` (`:halt` unless an
+      IEx shell runs). Also `SNAKEPIT_SCRIPT_EXIT=none|halt|stop|auto`.
+    * `:stop_mode` - `:if_started` (default: stop only if this call started it),
+      `:always` or `:never`
+    * `:halt` - legacy boolean for `exit_mode: :halt` (or `SNAKEPIT_SCRIPT_HALT=true`);
+      ignored when `:exit_mode` is set
+
+  A closed standard output never hangs the exit.
+  """
+  @spec run_as_script((-> any()), keyword()) :: any() | {:error, term()}
+  def run_as_script(fun, opts \\ []), do: Snakepit.Script.run(fun, opts)
+
   @doc "Request, error and worker counts summed over the pools."
+
   @spec get_stats(pool_name()) :: map()
   def get_stats(pool \\ Snakepit.Pool), do: Pool.get_stats(pool)
 

@@ -66,7 +66,7 @@ else
   say "Python requirements already installed in $VENV"
 fi
 
-say "building (mix compile builds the Rust NIF and generates the Python stubs)"
+say "building (mix compile builds the Rust NIF and mirrors the Python bridge into priv/)"
 export MIX_ENV=${MIX_ENV:-test}
 mix compile --warnings-as-errors
 say "setup done"

@@ -1,7 +1,10 @@
 defmodule Snakepit.Application do
   @moduledoc """
-  Starts Snakepit: the ETS owner and registries always; the worker
-  supervisor and the pool when `pooling_enabled` is not false.
+  Starts Snakepit: the ETS owner, the registries, the process registry
+  (which first kills what earlier crashed runs left behind), the shutdown
+  sweeper and the tool bridge (`Snakepit.Bridge.ToolRegistry`,
+  `Snakepit.GRPC.BridgeServer`) always; the worker supervisor and the pool
+  when `pooling_enabled` is not false.
 
   The pool and its workers sit under one `:one_for_all` supervisor, so a
   crash of the pool takes its workers down cleanly with it (their Python
@@ -18,7 +21,16 @@ defmodule Snakepit.Application do
       [
         Snakepit.ETSOwner,
         {Registry, keys: :unique, name: Snakepit.Pool.Registry},
-        {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry}
+        {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
+        # Kills what earlier runs left behind before any worker starts.
+        Snakepit.Pool.ProcessRegistry,
+        # Stopped after the pools: sweeps up anything of this run still alive.
+        Snakepit.Pool.ApplicationCleanup,
+        # The tool bridge comes before the pool: workers register their
+        # tools with it while they start.
+        Snakepit.Bridge.ToolRegistry,
+        {Task.Supervisor, name: Snakepit.Bridge.TaskSupervisor},
+        Snakepit.GRPC.BridgeServer
       ] ++ pooling_services()
 
     pool =

@@ -56,6 +56,11 @@ defmodule Snakepit.Defaults do
   @plain [
     {:affinity_cache_ttl_seconds, [:affinity_cache_ttl_seconds], 60, quote(do: pos_integer()),
      "TTL in seconds of the pool's session-affinity cache entries."},
+    {:bridge_call_timeout_ms, [:bridge_call_timeout_ms], 10_000, quote(do: pos_integer()),
+     "How long (ms) a tool-bridge call other than a tool call (registration, sessions, " <>
+       "heartbeats) may take."},
+    {:bridge_tool_timeout_ms, [:bridge_tool_timeout_ms], 30_000, quote(do: pos_integer()),
+     "How long (ms) an Elixir tool called from Python may run when the call carries no budget."},
     {:circuit_breaker_failure_threshold, [:circuit_breaker_failure_threshold], 5,
      quote(do: pos_integer()), "Failures before a `Snakepit.CircuitBreaker` opens."},
     {:circuit_breaker_half_open_max_calls, [:circuit_breaker_half_open_max_calls], 1,
@@ -208,6 +213,9 @@ defmodule Snakepit.Defaults do
      "Margin (ms) added to `graceful_shutdown_timeout_ms/0` for supervisor shutdown."},
     {:stream_window, [:stream_window], 32, quote(do: pos_integer()),
      "Stream chunks that may be in flight ahead of the consumer."},
+    {:worker_transport, [:worker_transport], :unix, quote(do: :unix | :tcp),
+     "Transport of the workers' servers and the bridge server: `:unix` (sockets in the " <>
+       "private runtime directory) or `:tcp` (loopback)."},
     {:worker_call_margin_ms, [:worker_call_margin_ms], 1_000, quote(do: pos_integer()),
      "Margin (ms) reserved for routing a call to its worker, subtracted by `rpc_timeout/1`."},
     {:worker_ready_timeout, [:worker_ready_timeout], 30_000, quote(do: timeout()),

@@ -15,7 +15,9 @@ defmodule Snakepit.GRPCWorker do
 
   require Logger
 
-  alias Snakepit.{Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir, Telemetry}
+  alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir, Telemetry}
+  alias Snakepit.Pool.ProcessRegistry
+
   alias Snakepit.Adapters.GRPCPython
 
   @sigterm 15
@@ -70,7 +72,10 @@ defmodule Snakepit.GRPCWorker do
     with {:ok, python} <- PythonRuntime.executable(),
          argv = [python | command_args(state)],
          env = PythonRuntime.worker_env(state.config.adapter_env),
+         # Recorded before the spawn, so a crash right after still leaves a trace.
+         :ok <- ProcessRegistry.reserve_worker(state.id),
          {:ok, {os_pid, handle}} <- spawn(python, argv, env, state.config) do
+      :ok = ProcessRegistry.activate_worker(state.id, self(), os_pid, RunID.current())
       timer = Process.send_after(self(), :startup_timeout, state.config.startup_timeout)
       {:noreply, %{state | os_pid: os_pid, handle: handle, startup_timer: timer}}
     else
@@ -79,7 +84,10 @@ defmodule Snakepit.GRPCWorker do
   end
 
   defp spawn(python, argv, env, config) do
-    case Native.spawn_process(python, argv, env, Map.get(config, :cwd), self()) do
+    # Off only in tests that must leave orphans behind on purpose.
+    orphan_protection = Application.get_env(:snakepit, :orphan_protection, true)
+
+    case Native.spawn_process(python, argv, env, Map.get(config, :cwd), self(), orphan_protection) do
       {:ok, _} = ok -> ok
       {:error, {:invalid_argument, message}} -> {:error, message}
       {:error, message} -> {:error, "#{python}: #{message}"}
@@ -100,7 +108,9 @@ defmodule Snakepit.GRPCWorker do
       address: address,
       "worker-id": state.id,
       "snakepit-run-id": RunID.current(),
-      "instance-name": Application.get_env(:snakepit, :instance_name)
+      "instance-name": Config.instance_name_identifier(),
+      "instance-token": Config.instance_token_identifier(),
+      "elixir-address": Snakepit.GRPC.BridgeServer.address()
     )
   end
 
@@ -332,6 +342,7 @@ defmodule Snakepit.GRPCWorker do
 
   defp release(state) do
     Native.release_process(state.handle)
+    ProcessRegistry.unregister_worker(state.id)
     %{state | handle: nil}
   end
 end

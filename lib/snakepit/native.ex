@@ -35,7 +35,8 @@ defmodule Snakepit.Native do
           pid()
         ) ::
           {:ok, {pos_integer(), reference()}} | {:error, term()}
-  def spawn_process(_program, _argv, _env, _cwd, _owner), do: not_loaded()
+  def spawn_process(_program, _argv, _env, _cwd, _owner, _orphan_protection \\ true),
+    do: not_loaded()
 
   @doc "Releases the guard of a spawned process: its whole group is SIGKILLed if still running."
   @spec release_process(reference()) :: :ok
@@ -102,4 +103,31 @@ defmodule Snakepit.Native do
 
   @spec stream_cancel(reference()) :: :ok
   def stream_cancel(_stream), do: not_loaded()
+
+  # -- bridge server (Python calls Elixir) ----------------------------------------
+
+  @doc """
+  Starts the ElixirBridge gRPC server on `address` (`unix:/abs/path.sock`
+  or a loopback `host:port`; port 0 picks one). Every call Python makes
+  arrives at `dispatcher` as `{:snakepit_bridge, call, rpc, request}` and
+  waits for `bridge_reply/2`; calls without a budget of their own wait
+  `default_timeout_ms`. Returns the handle and the bound address; the
+  server stops with `bridge_stop/1` or when the handle is garbage.
+  """
+  @spec bridge_start(String.t(), pid(), pos_integer()) ::
+          {:ok, {reference(), String.t()}} | {:error, {:invalid_argument, String.t()}}
+  def bridge_start(_address, _dispatcher, _default_timeout_ms), do: not_loaded()
+
+  @doc "Stops the bridge server; calls still waiting are answered `unavailable`. Idempotent."
+  @spec bridge_stop(reference()) :: :ok
+  def bridge_stop(_handle), do: not_loaded()
+
+  @doc """
+  Answers one bridge call (see `Snakepit.GRPC.BridgeServer` for the reply
+  shapes). Runs on a dirty CPU scheduler: results are encoded to JSON here.
+  """
+  @spec bridge_reply(reference(), term()) ::
+          :ok
+          | {:error, :already_replied | :expired | {:invalid_argument, String.t()}}
+  def bridge_reply(_call, _reply), do: not_loaded()
 end

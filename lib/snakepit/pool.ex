@@ -521,7 +521,6 @@ defmodule Snakepit.Pool do
           order: Enum.map(configs, & &1.name),
           default: hd(configs).name,
           runtime: Map.new(configs, &{&1.name, runtime(&1)}),
-          supervisor: Keyword.get(opts, :worker_supervisor, WorkerSupervisor),
           starters: %{},
           monitors: %{},
           callers: %{},
@@ -608,8 +607,7 @@ defmodule Snakepit.Pool do
       id: id,
       pool_name: pool_name,
       pool_pid: self(),
-      config: pool.config,
-      supervisor: state.supervisor
+      config: pool.config
     }
 
     case rt.profile.start_worker(args) do
@@ -929,7 +927,7 @@ defmodule Snakepit.Pool do
     Snakepit.Logger.error(:pool, "Snakepit worker #{id} failed to start: #{error.message}")
     # A worker that cannot start is not restarted in a loop: its starter goes.
     state = forget_starter(state, id)
-    stop_async(state.supervisor, id)
+    stop_async(id)
 
     {:noreply,
      state
@@ -1117,7 +1115,7 @@ defmodule Snakepit.Pool do
 
       {:stop_worker, worker}, acc ->
         acc = forget_starter(acc, worker.id)
-        stop_async(acc.supervisor, worker.id)
+        stop_async(worker.id)
         rt = acc.runtime[name]
 
         put_runtime(acc, name, %{
@@ -1130,8 +1128,8 @@ defmodule Snakepit.Pool do
 
   # Stopping a worker waits for its Python process to exit; the pool must
   # not wait with it.
-  defp stop_async(supervisor, id) do
-    Task.start(fn -> WorkerSupervisor.stop_worker_by_id(supervisor, id) end)
+  defp stop_async(id) do
+    Task.start(fn -> WorkerSupervisor.stop_worker_by_id(id) end)
   end
 
   # -- callers ----------------------------------------------------------------

@@ -31,7 +31,7 @@ defmodule Snakepit.WorkerProfile do
 
   @doc """
   Starts a worker. `config` holds `:id`, `:pool_name`, `:pool_pid`,
-  `:config` (the normalized pool config) and optionally `:supervisor`.
+  `:config` (the normalized pool config).
   """
   @callback start_worker(config()) :: {:ok, worker_handle()} | {:error, term()}
 
@@ -72,10 +72,16 @@ defmodule Snakepit.WorkerProfile do
   # Starts the worker with its pool config changed by `adjust` and returns
   # the GRPCWorker pid.
   def start_with(%{config: config} = args, adjust) do
-    args = %{args | config: adjust.(config)}
-    supervisor = Map.get(args, :supervisor, WorkerSupervisor)
+    config = config |> adjust.() |> Map.put(:pool_pid, args.pool_pid)
 
-    with {:ok, starter} <- WorkerSupervisor.start_worker(supervisor, args) do
+    with {:ok, starter} <-
+           WorkerSupervisor.start_worker(
+             args.id,
+             Snakepit.GRPCWorker,
+             nil,
+             args.pool_name,
+             config
+           ) do
       case Supervisor.which_children(starter) do
         [{_, pid, _, _}] when is_pid(pid) -> {:ok, pid}
         _ -> {:error, :worker_not_started}
@@ -106,6 +112,7 @@ defmodule Snakepit.WorkerProfile do
     with {:dictionary, dict} <- Process.info(worker, :dictionary),
          [starter | _] when is_pid(starter) <- Keyword.get(dict, :"$ancestors", []) do
       WorkerSupervisor.stop_worker(starter)
+      :ok
     else
       _ -> :ok
     end

@@ -21,7 +21,13 @@ from .generated import snakepit_bridge_pb2_grpc as pb_grpc
 
 log = logging.getLogger("snakepit_bridge.elixir_bridge")
 
-__all__ = ["ElixirBridgeClient", "get_default_client", "set_default_client", "grpc_channel_options"]
+__all__ = [
+    "ElixirBridgeClient",
+    "bridge_channel_options",
+    "get_default_client",
+    "set_default_client",
+    "grpc_channel_options",
+]
 
 DEFAULT_CALL_TIMEOUT_S = 30.0
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -32,6 +38,19 @@ def grpc_channel_options() -> list[tuple[str, Any]]:
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ]
+
+
+def bridge_channel_options(address: str) -> list[tuple[str, Any]]:
+    """Channel options for the ElixirBridge client.
+
+    Over a Unix socket, grpc-core sends the percent-encoded socket path as
+    ``:authority``, which the Rust (h2) server rightly rejects as malformed
+    (RST_STREAM PROTOCOL_ERROR); such channels announce ``localhost``.
+    """
+    options = grpc_channel_options()
+    if address.startswith("unix:"):
+        options.append(("grpc.default_authority", "localhost"))
+    return options
 
 
 def _split_params(
@@ -91,7 +110,7 @@ class ElixirBridgeClient:
     def _sync_stub(self) -> pb_grpc.ElixirBridgeStub:
         with self._lock:
             if self._stub is None:
-                self._channel = grpc.insecure_channel(self.address, options=grpc_channel_options())
+                self._channel = grpc.insecure_channel(self.address, options=bridge_channel_options(self.address))
                 self._stub = pb_grpc.ElixirBridgeStub(self._channel)
             return self._stub
 
@@ -99,7 +118,9 @@ class ElixirBridgeClient:
         loop = asyncio.get_running_loop()
         with self._lock:
             if self._aio_stub is None or self._aio_loop is not loop:
-                self._aio_channel = grpc.aio.insecure_channel(self.address, options=grpc_channel_options())
+                self._aio_channel = grpc.aio.insecure_channel(
+                    self.address, options=bridge_channel_options(self.address)
+                )
                 self._aio_stub = pb_grpc.ElixirBridgeStub(self._aio_channel)
                 self._aio_loop = loop
             return self._aio_stub

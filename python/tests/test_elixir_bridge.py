@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 
+import grpc
 import pytest
 from helpers import WAIT_S, fake_bridge, finish, read_handshake, request, result_of, run, running_worker, spawn_worker
 
 from snakepit_bridge import BaseAdapter, SessionContext, tool
 from snakepit_bridge.adapters.showcase import ShowcaseAdapter
+from snakepit_bridge.elixir_bridge import bridge_channel_options
 from snakepit_bridge.errors import ElixirBridgeUnavailable, ElixirToolError
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
+from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
 
 
 class Caller(BaseAdapter):
@@ -226,3 +229,51 @@ def test_telemetry_streams_to_elixir_and_obeys_controls(sock_dir):
                 assert later == [("showcase", "ml_analyze_text", "start"), ("showcase", "ml_analyze_text", "stop")]
 
     run(go())
+
+
+class _NoTelemetryBridge(pb_grpc.ElixirBridgeServicer):
+    """A bridge that, like Snakepit's own, does not collect telemetry."""
+
+    async def RegisterTools(self, request, context):
+        return pb.RegisterToolsResponse(success=True)
+
+    async def StreamTelemetry(self, request_iterator, context):
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "no telemetry here")
+        yield pb.TelemetryControl()  # pragma: no cover - makes this a stream handler
+
+
+def test_unimplemented_telemetry_leaves_no_pending_request_feeder(sock_dir):
+    async def go():
+        server = grpc.aio.server()
+        pb_grpc.add_ElixirBridgeServicer_to_server(_NoTelemetryBridge(), server)
+        address = f"unix:{sock_dir}/quiet-bridge.sock"
+        server.add_insecure_port(address)
+        await server.start()
+        try:
+            async with running_worker(ShowcaseAdapter(), sock_dir, elixir_address=address) as (worker, _):
+                task = worker._telemetry_stream._task
+                await asyncio.wait_for(asyncio.shield(task), WAIT_S)
+
+                def feeders():
+                    return [
+                        t for t in asyncio.all_tasks()
+                        if "_consume_request_iterator" in repr(t.get_coro()) and not t.done()
+                    ]
+
+                # The task feeding the request iterator ends with the call.
+                for _ in range(100):
+                    if not feeders():
+                        break
+                    await asyncio.sleep(0)
+                assert feeders() == []
+        finally:
+            await server.stop(0)
+
+    run(go())
+
+
+def test_unix_bridge_channels_announce_localhost_as_authority():
+    # grpc-core would send the percent-encoded socket path, which HTTP/2
+    # servers that check :authority (Snakepit's Rust bridge) reject.
+    assert ("grpc.default_authority", "localhost") in bridge_channel_options("unix:/tmp/b.sock")
+    assert all(key != "grpc.default_authority" for key, _ in bridge_channel_options("127.0.0.1:5000"))

@@ -8,6 +8,15 @@ defmodule Snakepit.ExecuteTest do
 
   setup_all do
     AppPool.start!(pool_size: 2)
+    both_workers!(30_000)
+  end
+
+  # await_ready answers once the pool can serve (its first worker is up),
+  # and after another test killed a worker the pool may still be replacing
+  # it; some tests need both workers.
+  defp both_workers!(timeout \\ 10_000) do
+    assert AppPool.wait_until(fn -> length(Snakepit.list_workers()) == 2 end, timeout) != :timeout
+    :ok
   end
 
   test "ping, echo and add answer with decoded JSON" do
@@ -78,10 +87,10 @@ defmodule Snakepit.ExecuteTest do
   end
 
   test "a Python exception comes back with its type and traceback" do
-    assert {:error, %Error{category: :python_error} = error} =
+    assert {:error, %Snakepit.Error.KeyError{} = error} =
              Snakepit.execute("error_demo", %{error_type: "KeyError"})
 
-    assert error.details.exception_type == "KeyError"
+    assert error.python_type == "KeyError"
     assert error.python_traceback =~ "Traceback"
   end
 
@@ -125,6 +134,8 @@ defmodule Snakepit.ExecuteTest do
   end
 
   test "calls run concurrently on both workers" do
+    both_workers!()
+
     pids =
       1..4
       |> Task.async_stream(fn _ -> Snakepit.execute("sleep", %{ms: 300}) end,
@@ -137,6 +148,7 @@ defmodule Snakepit.ExecuteTest do
   end
 
   test "stats and worker list describe the pool" do
+    both_workers!()
     assert length(Snakepit.list_workers()) == 2
     stats = Snakepit.get_stats()
     assert stats.workers == 2
@@ -160,14 +172,8 @@ defmodule Snakepit.ExecuteTest do
     :ok = Snakepit.Native.signal_process(victim, 9)
     assert_receive {:DOWN, ^ref, :process, _, {:python_exited, {:signaled, 9}}}, 5_000
     assert :ok = Snakepit.Pool.await_ready()
-    # The registry drops the dead worker on its own schedule; wait for the
-    # replacement to be registered and in the pool.
-    replaced? = fn ->
-      pids = AppPool.worker_os_pids()
-      length(pids) == 2 and victim not in pids and length(Snakepit.list_workers()) == 2
-    end
-
-    assert AppPool.wait_until(replaced?, 10_000) != :timeout
+    assert AppPool.await_workers(2, without: [victim]) != :timeout
+    refute victim in AppPool.worker_os_pids()
     assert {:ok, _} = Snakepit.execute("ping", %{})
   end
 

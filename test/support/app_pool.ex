@@ -21,7 +21,10 @@ defmodule Snakepit.Test.AppPool do
     :heartbeat,
     :lifecycle_check_interval,
     :pool_max_queue_size,
-    :pool_queue_timeout
+    :pool_queue_timeout,
+    :instance_name,
+    :instance_token,
+    :orphan_protection
   ]
 
   @doc """
@@ -52,7 +55,11 @@ defmodule Snakepit.Test.AppPool do
     end)
 
     Application.stop(:snakepit)
-    for key <- @keys, key != :pooling_enabled, do: Application.delete_env(:snakepit, key)
+    # python_path is kept: a test may set it before restarting.
+    for key <- @keys,
+        key not in [:pooling_enabled, :python_path],
+        do: Application.delete_env(:snakepit, key)
+
     Application.put_env(:snakepit, :pooling_enabled, true)
     for {key, value} <- env, do: Application.put_env(:snakepit, key, value)
     {:ok, _} = Application.ensure_all_started(:snakepit)
@@ -70,6 +77,22 @@ defmodule Snakepit.Test.AppPool do
     Registry.select(Snakepit.Pool.Registry, [{{:_, :_, :"$1"}, [], [:"$1"]}])
     |> Enum.map(& &1.os_pid)
     |> Enum.sort()
+  end
+
+  @doc """
+  Waits until exactly `n` workers are registered and none of them is in
+  `opts[:without]` (replaced workers). Returns elapsed ms or `:timeout`.
+  """
+  def await_workers(n, opts \\ []) do
+    gone = Keyword.get(opts, :without, [])
+
+    wait_until(
+      fn ->
+        pids = worker_os_pids()
+        length(pids) == n and Enum.all?(gone, &(&1 not in pids))
+      end,
+      Keyword.get(opts, :timeout, 10_000)
+    )
   end
 
   @doc """

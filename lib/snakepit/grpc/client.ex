@@ -6,6 +6,11 @@ defmodule Snakepit.GRPC.Client do
   """
 
   alias Snakepit.{Defaults, Error, Native, Telemetry}
+  alias Snakepit.Error.PythonTranslation
+
+  # ToolError kinds that mean "no tool ran": an unknown tool, or a
+  # streaming tool called with execute/3.
+  @caller_errors ["unknown_tool", "streaming_tool"]
 
   # Waiting past the call's own deadline is a safety net: the native core
   # always answers by its deadline.
@@ -17,8 +22,16 @@ defmodule Snakepit.GRPC.Client do
           optional(atom()) => term()
         }
 
-  @doc "Runs `tool` on `worker`. Options: `:deadline` (monotonic ms or `:infinity`), `:session_id`, `:metadata`, `:binary_parameters`."
-  @spec execute(worker(), String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  @doc """
+  Runs `tool` on `worker`. Options: `:deadline` (monotonic ms or
+  `:infinity`), `:session_id`, `:metadata`, `:binary_parameters`.
+
+  A Python exception comes back as one of the `Snakepit.Error.*` exception
+  structs (see `Snakepit.Error.PythonTranslation`); an unknown tool, or a
+  streaming tool called here, as a `:validation` `Snakepit.Error`.
+  """
+  @spec execute(worker(), String.t(), map(), keyword()) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
   def execute(worker, tool, args, opts) do
     ref = make_ref()
     call_opts = native_opts(opts)
@@ -51,7 +64,7 @@ defmodule Snakepit.GRPC.Client do
   Python producer. At most `stream_window` chunks are ever in flight.
   """
   @spec execute_stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
-          :ok | {:error, Error.t()}
+          :ok | {:error, Error.t() | Exception.t()}
   def execute_stream(worker, tool, args, callback, opts) do
     ref = make_ref()
     call_opts = Map.put(native_opts(opts), :window, Defaults.stream_window())
@@ -163,11 +176,17 @@ defmodule Snakepit.GRPC.Client do
 
     error =
       case reason do
-        {:tool_error, _type, message, _tb, "unknown_tool"} ->
-          Error.validation_error(message, details)
+        # The caller's mistakes, caught by the worker before any tool ran.
+        {:tool_error, type, message, _tb, kind} when kind in @caller_errors ->
+          Error.validation_error(message, Map.merge(details, %{kind: kind, exception_type: type}))
 
         {:tool_error, type, message, traceback, kind} ->
-          Error.python_error(type, message, traceback, Map.put(details, :kind, kind))
+          PythonTranslation.from_tool_error(
+            type,
+            message,
+            traceback,
+            Map.put(details, :kind, kind)
+          )
 
         :timeout ->
           Error.timeout_error("#{tool} did not finish in time", details)

@@ -1,47 +1,85 @@
 defmodule Snakepit.Pool.WorkerSupervisor do
   @moduledoc """
   DynamicSupervisor of every worker: one `Snakepit.Pool.Worker.Starter` per
-  worker, which in turn supervises the `Snakepit.GRPCWorker` that owns the
-  Python process.
+  worker, which in turn supervises the worker (`Snakepit.GRPCWorker`) that
+  owns the Python process and restarts it when that process dies.
   """
   use DynamicSupervisor
 
   alias Snakepit.Pool.Worker.Starter
 
   @doc false
-  def start_link(opts \\ []) do
-    DynamicSupervisor.start_link(__MODULE__, :ok, name: Keyword.get(opts, :name, __MODULE__))
-  end
+  def start_link(opts \\ []), do: DynamicSupervisor.start_link(__MODULE__, opts, name: __MODULE__)
 
   @impl true
-  def init(:ok), do: DynamicSupervisor.init(strategy: :one_for_one)
+  def init(_opts), do: DynamicSupervisor.init(strategy: :one_for_one)
 
-  @doc "Starts a worker (its starter) described by `args` (`:id`, `:pool_name`, `:pool_pid`, `:config`)."
-  @spec start_worker(GenServer.server(), map()) :: DynamicSupervisor.on_start_child()
-  def start_worker(supervisor \\ __MODULE__, args) do
-    DynamicSupervisor.start_child(supervisor, {Starter, args})
-  end
+  @doc """
+  Starts the worker `worker_id` (through its starter). `worker_config` is
+  the pool's normalized config; it may carry `:pool_pid`, the pool process
+  to notify (default: the `Snakepit.Pool` process). Returns the starter.
+  """
+  @spec start_worker(String.t(), module(), module() | nil, atom() | nil, map()) ::
+          DynamicSupervisor.on_start_child()
+  def start_worker(
+        worker_id,
+        worker_module \\ Snakepit.GRPCWorker,
+        adapter_module \\ nil,
+        pool_name \\ nil,
+        worker_config \\ %{}
+      ) do
+    config =
+      worker_config
+      |> Snakepit.Config.normalize_pool_config()
+      |> then(&if(adapter_module, do: Map.put(&1, :adapter_module, adapter_module), else: &1))
 
-  @doc "Stops the worker with id `worker_id` and its starter. `:ok` also when it is not running."
-  @spec stop_worker_by_id(GenServer.server(), String.t()) :: :ok
-  def stop_worker_by_id(supervisor \\ __MODULE__, worker_id) do
-    case Starter.whereis(worker_id) do
-      nil -> :ok
-      starter -> stop_worker(supervisor, starter)
-    end
+    args = %{
+      id: worker_id,
+      worker_module: worker_module,
+      pool_name: pool_name || config.name,
+      pool_pid: Map.get(worker_config, :pool_pid) || Process.whereis(Snakepit.Pool),
+      config: config
+    }
+
+    DynamicSupervisor.start_child(__MODULE__, {Starter, args})
   end
 
   @doc "Stops a worker starter (and so its worker) gracefully."
-  @spec stop_worker(GenServer.server(), pid()) :: :ok
-  def stop_worker(supervisor \\ __MODULE__, starter) do
-    case DynamicSupervisor.terminate_child(supervisor, starter) do
-      :ok -> :ok
-      {:error, :not_found} -> :ok
+  @spec stop_worker(pid()) :: :ok | {:error, :not_found}
+  def stop_worker(starter) when is_pid(starter),
+    do: DynamicSupervisor.terminate_child(__MODULE__, starter)
+
+  @doc "Stops the worker with id `worker_id`. `:ok` also when it is not running."
+  @spec stop_worker_by_id(String.t()) :: :ok
+  def stop_worker_by_id(worker_id) do
+    case Starter.whereis(worker_id) do
+      nil -> :ok
+      starter -> stop_worker(starter) |> then(fn _ -> :ok end)
     end
   end
 
+  @doc "Restarts the worker `worker_id`: its Python process is stopped and a fresh one started."
+  @spec restart_worker(String.t()) :: {:ok, pid()} | {:error, term()}
+  def restart_worker(worker_id) do
+    case Starter.whereis(worker_id) do
+      nil ->
+        {:error, :not_found}
+
+      starter ->
+        with :ok <- Supervisor.terminate_child(starter, :worker),
+             {:ok, pid} <- Supervisor.restart_child(starter, :worker) do
+          {:ok, pid}
+        end
+    end
+  end
+
+  @doc "Pids of the running worker starters."
+  @spec list_workers() :: [pid()]
+  def list_workers do
+    for {_, pid, _, _} <- DynamicSupervisor.which_children(__MODULE__), is_pid(pid), do: pid
+  end
+
   @doc "Number of running worker starters."
-  @spec worker_count(GenServer.server()) :: non_neg_integer()
-  def worker_count(supervisor \\ __MODULE__),
-    do: DynamicSupervisor.count_children(supervisor).active
+  @spec worker_count() :: non_neg_integer()
+  def worker_count, do: DynamicSupervisor.count_children(__MODULE__).active
 end

@@ -1,8 +1,9 @@
 //! The parts of Snakepit's native core that need no BEAM symbols, so that
 //! `cargo test` can exercise them directly: fork/exec from one long-lived
-//! thread with a group guard, signals and liveness, waiting for exits, and
-//! JSON parsing.
+//! thread with a group guard, signals and liveness, waiting for exits,
+//! JSON parsing, and the bridge server's addresses and argument checks.
 
+pub mod bridge;
 pub mod exit;
 pub mod json;
 pub mod signal;

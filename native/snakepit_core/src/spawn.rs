@@ -18,6 +18,18 @@ pub struct SpawnSpec {
     pub argv: Vec<CString>,
     pub envp: Vec<CString>,
     pub cwd: Option<CString>,
+    /// Parent-death signal and group guard. Off only in tests that need to
+    /// leave orphans behind on purpose (crash-recovery tests).
+    pub orphan_protection: bool,
+}
+
+/// The guard of one child's process group.
+pub struct Guard {
+    /// Write end of the guard's pipe. Closing it (or this process dying)
+    /// makes the guard SIGKILL the child's whole process group.
+    pub pipe: OwnedFd,
+    pub pid: i32,
+    pub pidfd: OwnedFd,
 }
 
 pub struct Spawned {
@@ -25,11 +37,7 @@ pub struct Spawned {
     pub stdout: OwnedFd,
     pub stderr: OwnedFd,
     pub pidfd: OwnedFd,
-    /// Write end of the guard's pipe. Closing it (or this process dying)
-    /// makes the guard SIGKILL the child's whole process group.
-    pub guard_pipe: OwnedFd,
-    pub guard_pid: i32,
-    pub guard_pidfd: OwnedFd,
+    pub guard: Option<Guard>,
 }
 
 type Job = (SpawnSpec, mpsc::Sender<io::Result<Spawned>>);
@@ -150,10 +158,12 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
             if libc::setsid() < 0 {
                 child_fail(efd, STEP_SETUP);
             }
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            if libc::getppid() != parent {
-                // The VM died between fork and prctl.
-                libc::_exit(127);
+            if spec.orphan_protection {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != parent {
+                    // The VM died between fork and prctl.
+                    libc::_exit(127);
+                }
             }
             reset_signals();
             if libc::dup2(devnull.as_raw_fd(), 0) < 0
@@ -202,16 +212,22 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
         return Err(io::Error::new(err.kind(), format!("{what} failed: {err}")));
     }
 
-    let (guard_pipe, guard_pid) = spawn_guard(pid)?;
-    let guard_pidfd = pidfd_open(guard_pid)?;
+    let guard = if spec.orphan_protection {
+        let (pipe, guard_pid) = spawn_guard(pid)?;
+        Some(Guard {
+            pipe,
+            pid: guard_pid,
+            pidfd: pidfd_open(guard_pid)?,
+        })
+    } else {
+        None
+    };
     Ok(Spawned {
         pid,
         stdout: out_r,
         stderr: err_r,
         pidfd,
-        guard_pipe,
-        guard_pid,
-        guard_pidfd,
+        guard,
     })
 }
 
@@ -260,6 +276,7 @@ mod tests {
             argv: argv.iter().map(|a| CString::new(*a).unwrap()).collect(),
             envp: vec![CString::new("PATH=/usr/bin:/bin").unwrap()],
             cwd: None,
+            orphan_protection: true,
         }
     }
 
@@ -334,12 +351,13 @@ mod tests {
             .unwrap();
         assert!(signal::alive(grandchild));
 
-        drop(child.guard_pipe);
+        let guard = child.guard.expect("guarded by default");
+        drop(guard.pipe);
         assert_eq!(
             wait_exit(child.pidfd).await,
             ExitStatus::Signaled(libc::SIGKILL)
         );
-        assert_eq!(wait_exit(child.guard_pidfd).await, ExitStatus::Exited(0));
+        assert_eq!(wait_exit(guard.pidfd).await, ExitStatus::Exited(0));
         // The grandchild is not our child: poll the process table briefly.
         let gone = (0..200).any(|_| {
             std::thread::sleep(std::time::Duration::from_millis(5));

@@ -68,21 +68,37 @@ class TelemetryStream:
             worker_id=self.worker_id,
         )
 
-    async def _events(self) -> AsyncIterator[Any]:
-        while True:
+    async def _events(self, finished: asyncio.Event) -> AsyncIterator[Any]:
+        """Events for one StreamTelemetry call; ends once ``finished`` is set.
+
+        grpc.aio does not cancel the task feeding a request iterator when the
+        call fails, so without ``finished`` that task would wait here forever
+        (and complain when the loop closes).
+        """
+        while not finished.is_set():
             for record in self.hub.drain():
                 self.sent += 1
                 yield self._to_proto(record)
-            await self.hub.wait_for_events()
+            more = asyncio.ensure_future(self.hub.wait_for_events())
+            done = asyncio.ensure_future(finished.wait())
+            try:
+                await asyncio.wait({more, done}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                more.cancel()
+                done.cancel()
 
     async def _run(self) -> None:
         backoff = 0.5
         while True:
+            finished = asyncio.Event()
             try:
-                call = self._stub_factory().StreamTelemetry(self._events())
-                async for control in call:
-                    backoff = 0.5
-                    self.hub.apply_control(control)
+                call = self._stub_factory().StreamTelemetry(self._events(finished))
+                try:
+                    async for control in call:
+                        backoff = 0.5
+                        self.hub.apply_control(control)
+                finally:
+                    finished.set()
                 log.debug("telemetry stream closed by Elixir; reconnecting")
             except asyncio.CancelledError:
                 raise

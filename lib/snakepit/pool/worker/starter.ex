@@ -37,7 +37,7 @@ defmodule Snakepit.Pool.Worker.Starter do
   def init(args) do
     worker = %{
       id: :worker,
-      start: {Snakepit.GRPCWorker, :start_link, [args]},
+      start: {Map.get(args, :worker_module, Snakepit.GRPCWorker), :start_link, [args]},
       restart: :transient,
       shutdown: Snakepit.GRPCWorker.supervisor_shutdown_timeout()
     }

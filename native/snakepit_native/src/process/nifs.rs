@@ -44,6 +44,7 @@ fn spawn_process<'a>(
     environment: Vec<(String, String)>,
     cwd: Option<String>,
     owner: LocalPid,
+    orphan_protection: bool,
 ) -> NifResult<Term<'a>> {
     let build = || -> Result<spawn::SpawnSpec, String> {
         Ok(spawn::SpawnSpec {
@@ -57,6 +58,7 @@ fn spawn_process<'a>(
                 .map(|(k, v)| cstring(&format!("{k}={v}"), "an environment variable"))
                 .collect::<Result<_, _>>()?,
             cwd: cwd.as_deref().map(|c| cstring(c, "cwd")).transpose()?,
+            orphan_protection,
         })
     };
     let spec = match build() {
@@ -66,19 +68,23 @@ fn spawn_process<'a>(
     match spawn::spawn(spec) {
         Ok(child) => {
             let os_pid = child.pid;
+            let (guard_pipe, guard_pidfd) = match child.guard {
+                Some(guard) => (Some(guard.pipe), Some(guard.pidfd)),
+                None => (None, None),
+            };
             let handle = ResourceArc::new(ProcessHandle {
                 os_pid,
-                guard_pipe: Mutex::new(Some(child.guard_pipe)),
+                guard_pipe: Mutex::new(guard_pipe),
             });
-            let _ = child.guard_pid;
             watch::watch(
                 owner,
                 os_pid,
                 child.stdout,
                 child.stderr,
                 child.pidfd,
-                child.guard_pidfd,
+                guard_pidfd,
             );
+
             Ok((atoms::ok(), (os_pid, handle)).encode(env))
         }
         Err(err) => Ok((atoms::error(), err.to_string()).encode(env)),

@@ -65,7 +65,7 @@ pub fn watch(
     stdout: OwnedFd,
     stderr: OwnedFd,
     pidfd: OwnedFd,
-    guard_pidfd: OwnedFd,
+    guard_pidfd: Option<OwnedFd>,
 ) {
     let rt = crate::runtime::get();
     let out = rt.spawn(forward_lines(stdout, owner, os_pid, false));
@@ -88,5 +88,7 @@ pub fn watch(
         });
     });
     // The guard is our child too; collect it whenever it exits.
-    rt.spawn(wait_exit(guard_pidfd));
+    if let Some(guard_pidfd) = guard_pidfd {
+        rt.spawn(wait_exit(guard_pidfd));
+    }
 }

@@ -1,0 +1,104 @@
+defmodule Snakepit.ScriptTest do
+  # run_as_script in real, separate VMs: exit codes, cleanup, closed stdout.
+  use ExUnit.Case, async: false
+  @moduletag :python
+  @moduletag timeout: 120_000
+
+  alias Snakepit.Test.ExternalBeam
+
+  defp script(body, opts) do
+    """
+    Application.put_env(:snakepit, :pooling_enabled, true)
+    Application.put_env(:snakepit, :pool_size, 2)
+    Application.put_env(:snakepit, :data_dir, #{inspect(Application.get_env(:snakepit, :data_dir))})
+    result = Snakepit.run_as_script(fn -> #{body} end, #{opts})
+    IO.puts("RESULT " <> inspect(result))
+    """
+  end
+
+  @report_pids ~s|IO.puts("PIDS " <> Enum.join(Snakepit.Pool.ProcessRegistry.get_active_process_pids(), ","))|
+
+  defp pids(output) do
+    [line] = Regex.run(~r/PIDS ([\d,]+)/, output, capture: :all_but_first)
+    line |> String.split(",") |> Enum.map(&String.to_integer/1)
+  end
+
+  test "returns the function's value, leaves no worker behind, exit status 0" do
+    {out, 0} =
+      ExternalBeam.run(
+        script(~s|#{@report_pids}; {:ok, r} = Snakepit.execute("add", %{a: 1, b: 2}); r|, "[]")
+      )
+
+    assert out =~ ~s|RESULT %{"result" => 3}|
+    assert length(pids(out)) == 2
+    refute Enum.any?(pids(out), &Snakepit.ProcessKiller.process_alive?/1)
+  end
+
+  test "exit_mode :halt exits 0 when the function returns and 1 when it raises" do
+    {_, 0} = ExternalBeam.run(script(":ok", "exit_mode: :halt"))
+    {out, 1} = ExternalBeam.run(script(~s|#{@report_pids}; raise "boom"|, "exit_mode: :halt"))
+    assert out =~ "boom"
+    refute out =~ "RESULT"
+    refute Enum.any?(pids(out), &Snakepit.ProcessKiller.process_alive?/1)
+  end
+
+  test "a raise with the default exit mode is re-raised after cleanup: non-zero exit" do
+    {out, status} = ExternalBeam.run(script(~s|#{@report_pids}; raise "kaboom"|, "[]"))
+    assert status != 0
+    assert out =~ "kaboom"
+    refute Enum.any?(pids(out), &Snakepit.ProcessKiller.process_alive?/1)
+  end
+
+  test "SNAKEPIT_SCRIPT_EXIT and SNAKEPIT_SCRIPT_HALT choose the exit" do
+    {_, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_EXIT", "halt"}])
+    {_, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_HALT", "true"}])
+    {out, 0} = ExternalBeam.run(script(":done", "[]"), [{"SNAKEPIT_SCRIPT_EXIT", "stop"}])
+    refute out =~ "RESULT :done\nRESULT"
+  end
+
+  test "a pool that cannot start returns an error, without hanging" do
+    body = ":never"
+    opts = ~s|timeout: 10_000|
+
+    {out, 0} =
+      ExternalBeam.run(
+        "Application.put_env(:snakepit, :adapter_args, [\"--adapter\", \"nope_mod.Nope\"])\n" <>
+          script(body, opts)
+      )
+
+    assert out =~ "RESULT {:error, %Snakepit.Error{"
+    assert out =~ "nope_mod"
+  end
+
+  test "bad options raise ArgumentError naming the option" do
+    assert_raise ArgumentError, ~r/:exit_mode/, fn ->
+      Snakepit.run_as_script(fn -> :ok end, exit_mode: :explode)
+    end
+  end
+
+  test "a closed stdout never hangs the exit" do
+    elixir = System.find_executable("elixir")
+    ebin = Path.join(:code.lib_dir(:snakepit), "ebin")
+    code = script(~s|Enum.each(1..2000, fn i -> IO.puts("line \#{i}") end)|, "exit_mode: :halt")
+
+    path =
+      Path.join(
+        System.tmp_dir!(),
+        "snakepit_closed_stdout_#{System.unique_integer([:positive])}.exs"
+      )
+
+    File.write!(path, code)
+    on_exit(fn -> File.rm(path) end)
+
+    # `true` exits at once: the VM's stdout is a pipe nobody reads.
+    task =
+      Task.async(fn ->
+        System.cmd("sh", ["-c", "#{elixir} -pa #{ebin} #{path} | true; echo done"],
+          stderr_to_stdout: true
+        )
+      end)
+
+    assert {:ok, {out, 0}} = Task.yield(task, 60_000) || Task.shutdown(task)
+    assert out =~ "done"
+  end
+end

@@ -1,0 +1,70 @@
+defmodule Snakepit.TelemetryTest do
+  use ExUnit.Case, async: false
+  @moduletag :python
+
+  alias Snakepit.Telemetry
+  alias Snakepit.Test.AppPool
+
+  defp forward(id, events) do
+    parent = self()
+
+    :ok =
+      Telemetry.attach_many(
+        id,
+        events,
+        fn event, m, meta, _ -> send(parent, {:event, event, m, meta}) end,
+        nil
+      )
+
+    on_exit(fn -> Telemetry.detach(id) end)
+  end
+
+  test "worker spawn and calls are reported through the built-in handler table" do
+    :ok = AppPool.restart(pool_size: 1)
+
+    forward("t-spawn", [
+      [:snakepit, :pool, :worker, :spawned],
+      [:snakepit, :grpc_worker, :execute, :stop]
+    ])
+
+    assert_receive {:event, [:snakepit, :pool, :worker, :spawned], %{duration: d},
+                    %{worker_id: "default_worker_1", os_pid: pid}},
+                   30_000
+
+    assert is_integer(d) and is_integer(pid)
+    assert {:ok, _} = Snakepit.execute("ping", %{})
+
+    assert_receive {:event, [:snakepit, :grpc_worker, :execute, :stop], %{duration: _},
+                    %{command: "ping", success: true}}
+  end
+
+  test "attach refuses a duplicate id; detach reports unknown ids; a raising handler is detached" do
+    forward("t-dup", [[:snakepit, :test, :event]])
+
+    assert {:error, :already_exists} =
+             Telemetry.attach("t-dup", [:snakepit, :test, :event], fn _, _, _, _ -> :ok end, nil)
+
+    assert {:error, :not_found} = Telemetry.detach("never-attached")
+
+    :ok =
+      Telemetry.attach(
+        "t-raise",
+        [:snakepit, :test, :event],
+        fn _, _, _, _ -> raise "handler bug" end,
+        nil
+      )
+
+    ExUnit.CaptureLog.capture_log(fn ->
+      Telemetry.emit([:snakepit, :test, :event], %{n: 1}, %{})
+    end)
+
+    assert {:error, :not_found} = Telemetry.detach("t-raise")
+    # The other handler still got the event.
+    assert_received {:event, [:snakepit, :test, :event], %{n: 1}, %{}}
+  end
+
+  test "the event catalogue lists what Snakepit emits" do
+    assert [:snakepit, :pool, :worker, :spawned] in Telemetry.events()
+    assert [:snakepit, :request, :executed] in Telemetry.pool_events()
+  end
+end
