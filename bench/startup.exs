@@ -22,7 +22,7 @@ defmodule Bench.Startup do
       [
         "startup  #{DateTime.utc_now() |> DateTime.truncate(:second)}  cores=#{System.schedulers_online()}  load1=#{load}  mix_env=#{Mix.env()}",
         python_baseline(),
-        "workers  batching                first ready   all ready   python cpu/worker   python cpu total / cores"
+        "workers  batching                first ready   all ready   python cpu/worker   python cpu total / cores   beam cpu"
       ] ++
         for n <- counts,
             {label, pool} <- [
@@ -65,12 +65,15 @@ defmodule Bench.Startup do
     Application.put_env(:snakepit, :pooling_enabled, true)
     Application.put_env(:snakepit, :pools, [Map.merge(%{name: :default, pool_size: n}, pool)])
 
+    beam = String.to_integer(System.pid())
+    beam0 = cpu_ms(beam)
     t0 = System.monotonic_time(:millisecond)
     {:ok, _} = Application.ensure_all_started(:snakepit)
     :ok = Snakepit.Pool.await_ready(Snakepit.Pool, 120_000)
     first = System.monotonic_time(:millisecond) - t0
     :ok = Snakepit.Pool.await_init_complete(Snakepit.Pool, 120_000)
     all = System.monotonic_time(:millisecond) - t0
+    beam_cpu = cpu_ms(beam) - beam0
 
     cpu =
       for id <- Snakepit.list_workers(), reduce: 0 do
@@ -81,13 +84,14 @@ defmodule Bench.Startup do
 
     ready = length(Snakepit.list_workers())
 
-    :io_lib.format("~7B  ~-22s ~8B ms  ~8B ms  ~13.1f ms  ~15.1f ms~s", [
+    :io_lib.format("~7B  ~-22s ~8B ms  ~8B ms  ~13.1f ms  ~15.1f ms  ~12B ms~s", [
       n,
       label,
       first,
       all,
       cpu / max(ready, 1),
       cpu / System.schedulers_online(),
+      beam_cpu,
       if(ready == n, do: "", else: "  (only #{ready} ready)")
     ])
     |> IO.iodata_to_binary()
