@@ -33,9 +33,18 @@ defmodule Snakepit do
   Options:
     * `:pool` - the pool's name (default: the first configured pool)
     * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
+    * `:deadline_ms` - an absolute deadline (`System.monotonic_time(:millisecond)`)
     * `:session_id` - prefer the worker that served this session before
+    * `:affinity` - `:hint`, `:strict_queue` or `:strict_fail_fast` for this call
+    * `:idempotent` - `true` lets the crash barrier retry the call on another
+      worker when its worker crashes (so does `idempotent: true` in `args`)
     * `:binary_parameters` - `%{name => binary}` passed to the tool as
       Python `bytes` beside `args`
+
+  Besides the tool's own errors, a call may fail with reason `:pool_saturated`
+  (queue full), `:queue_timeout`, `:worker_busy` / `:session_worker_unavailable`
+  (strict affinity) or `:worker_crash` in the error's `details`. See
+  `Snakepit.Pool` and `docs/pools.md`.
 
   A tool returning Python `bytes` gives an Elixir binary. A streaming tool
   called here is a `:validation` error naming `execute_stream/4`.

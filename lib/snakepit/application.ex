@@ -17,20 +17,21 @@ defmodule Snakepit.Application do
     Snakepit.Telemetry.choose_backend()
     Snakepit.RuntimeDir.create()
 
-    base = [
-      Snakepit.ETSOwner,
-      {Registry, keys: :unique, name: Snakepit.Pool.Registry},
-      {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
-      # Kills what earlier runs left behind before any worker starts.
-      Snakepit.Pool.ProcessRegistry,
-      # Stopped after the pools: sweeps up anything of this run still alive.
-      Snakepit.Pool.ApplicationCleanup,
-      # The tool bridge comes before the pool: workers register their
-      # tools with it while they start.
-      Snakepit.Bridge.ToolRegistry,
-      {Task.Supervisor, name: Snakepit.Bridge.TaskSupervisor},
-      Snakepit.GRPC.BridgeServer
-    ]
+    base =
+      [
+        Snakepit.ETSOwner,
+        {Registry, keys: :unique, name: Snakepit.Pool.Registry},
+        {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
+        # Kills what earlier runs left behind before any worker starts.
+        Snakepit.Pool.ProcessRegistry,
+        # Stopped after the pools: sweeps up anything of this run still alive.
+        Snakepit.Pool.ApplicationCleanup,
+        # The tool bridge comes before the pool: workers register their
+        # tools with it while they start.
+        Snakepit.Bridge.ToolRegistry,
+        {Task.Supervisor, name: Snakepit.Bridge.TaskSupervisor},
+        Snakepit.GRPC.BridgeServer
+      ] ++ pooling_services()
 
     pool =
       if Snakepit.Config.pooling_enabled?() do
@@ -51,6 +52,12 @@ defmodule Snakepit.Application do
       end
 
     Supervisor.start_link(base ++ pool, strategy: :one_for_one, name: Snakepit.Supervisor)
+  end
+
+  # Issue 4: sessions and worker recycling, started whether or not pooling
+  # is on (the session store serves the tool bridge too).
+  defp pooling_services do
+    [Snakepit.Bridge.SessionStore, Snakepit.Worker.LifecycleManager]
   end
 
   @impl true

@@ -2,11 +2,45 @@ defmodule Snakepit.Defaults do
   @moduledoc """
   Every configurable default in one place.
 
-  Each function returns `Application.get_env(:snakepit, key)` when set and
-  the built-in default otherwise. The three headline timeouts
-  (`default_timeout/0`, `stream_timeout/0`, `queue_timeout/0`) come from the
-  active `timeout_profile` unless the per-key setting is present, which
-  always wins.
+  Each function returns the value of `config :snakepit, key: ...` when it is
+  set and the built-in default otherwise, so an operator can override any of
+  them without touching code, and Snakepit behaves the same as before when
+  nothing is configured.
+
+      # config/runtime.exs
+      config :snakepit,
+        timeout_profile: :production,
+        pool_queue_timeout: 5_000,
+        pool_max_queue_size: 1000,
+        heartbeat_ping_interval_ms: 2_000
+
+  ## Timeout profiles
+
+  The three headline budgets come from `config :snakepit, timeout_profile: ...`:
+
+  | profile              | default_timeout | stream_timeout | queue_timeout |
+  |----------------------|-----------------|----------------|---------------|
+  | `:balanced` (default)| 300_000         | 900_000        | 10_000        |
+  | `:production`        | 300_000         | 900_000        | 10_000        |
+  | `:production_strict` | 60_000          | 300_000        | 5_000         |
+  | `:development`       | 900_000         | 3_600_000      | 60_000        |
+  | `:ml_inference`      | 900_000         | 3_600_000      | 60_000        |
+  | `:batch`             | 3_600_000       | `:infinity`    | 300_000       |
+
+  The per-key settings that existed before profiles (`pool_request_timeout`,
+  `pool_streaming_timeout`, `pool_queue_timeout`, `checkout_timeout`,
+  `default_command_timeout`, `grpc_command_timeout`,
+  `grpc_worker_execute_timeout`, `grpc_worker_stream_timeout`) still work and
+  take precedence over the profile when set; when not set they derive from
+  the profile.
+
+  ## Inner and outer timeouts
+
+  `rpc_timeout/1` turns a caller's total budget into the budget of the call
+  to Python by reserving `worker_call_margin_ms/0` and
+  `pool_reply_margin_ms/0`, so the inner timeout always fires first and the
+  caller gets a structured `{:error, %Snakepit.Error{category: :timeout}}`
+  instead of an exit.
   """
 
   @profiles %{
@@ -18,61 +52,296 @@ defmodule Snakepit.Defaults do
     batch: %{default_timeout: 3_600_000, stream_timeout: :infinity, queue_timeout: 300_000}
   }
 
+  # {function, config keys (first set wins), default, spec, doc}
   @plain [
-    default_command_timeout: 30_000,
-    pool_request_timeout: 60_000,
-    pool_streaming_timeout: 300_000,
-    pool_startup_timeout: 10_000,
-    pool_queue_timeout: 5_000,
-    checkout_timeout: 5_000,
-    grpc_worker_execute_timeout: 30_000,
-    grpc_worker_stream_timeout: 300_000,
-    grpc_command_timeout: 30_000,
-    grpc_server_ready_timeout: 30_000,
-    graceful_shutdown_timeout_ms: 6_000,
-    pool_max_queue_size: 1000,
-    pool_max_workers: 150,
-    pool_startup_batch_size: 10,
-    pool_startup_batch_delay_ms: 500,
-    stream_window: 32,
-    # The tool bridge: how long an Elixir tool called from Python may run
-    # when the call carries no budget, and how long other bridge calls
-    # (registration, sessions, heartbeats) may take.
-    bridge_tool_timeout_ms: 30_000,
-    bridge_call_timeout_ms: 10_000,
-    # :unix (sockets in the private runtime dir) or :tcp (loopback), for
-    # the workers' servers and the bridge server alike.
-    worker_transport: :unix,
-    worker_restart_backoff_ms: 1_000,
-    worker_restart_max_backoff_ms: 30_000
+    {:affinity_cache_ttl_seconds, [:affinity_cache_ttl_seconds], 60, quote(do: pos_integer()),
+     "TTL in seconds of the pool's session-affinity cache entries."},
+    {:bridge_call_timeout_ms, [:bridge_call_timeout_ms], 10_000, quote(do: pos_integer()),
+     "How long (ms) a tool-bridge call other than a tool call (registration, sessions, " <>
+       "heartbeats) may take."},
+    {:bridge_tool_timeout_ms, [:bridge_tool_timeout_ms], 30_000, quote(do: pos_integer()),
+     "How long (ms) an Elixir tool called from Python may run when the call carries no budget."},
+    {:circuit_breaker_failure_threshold, [:circuit_breaker_failure_threshold], 5,
+     quote(do: pos_integer()), "Failures before a `Snakepit.CircuitBreaker` opens."},
+    {:circuit_breaker_half_open_max_calls, [:circuit_breaker_half_open_max_calls], 1,
+     quote(do: pos_integer()), "Calls a half-open `Snakepit.CircuitBreaker` lets through."},
+    {:circuit_breaker_reset_timeout_ms,
+     [:circuit_breaker_reset_timeout_ms, :circuit_breaker_reset_timeout], 30_000,
+     quote(do: pos_integer()), "Time (ms) an open circuit waits before going half-open."},
+    {:cleanup_on_stop_timeout_ms, [:cleanup_on_stop_timeout_ms], 3_000, quote(do: pos_integer()),
+     "How long (ms) the application waits for worker cleanup when it stops."},
+    {:cleanup_poll_interval_ms, [:cleanup_poll_interval_ms], 50, quote(do: pos_integer()),
+     "Poll interval (ms) of cleanup operations."},
+    {:config_default_batch_delay, [:config_default_batch_delay], 750, quote(do: pos_integer()),
+     "Default `startup_batch_delay_ms` of a process-profile pool."},
+    {:config_default_batch_size, [:config_default_batch_size], 8, quote(do: pos_integer()),
+     "Default `startup_batch_size` of a process-profile pool."},
+    {:config_default_threads_per_worker, [:config_default_threads_per_worker], 10,
+     quote(do: pos_integer()), "Default `threads_per_worker` of a thread-profile pool."},
+    {:crash_barrier_backoff_ms, [:crash_barrier_backoff_ms], [50, 100, 200],
+     quote(do: [pos_integer()]), "Backoff (ms) before each crash-barrier retry."},
+    {:crash_barrier_checkout_timeout, [:crash_barrier_checkout_timeout], 5_000,
+     quote(do: timeout()), "Time (ms) a crash-barrier retry may wait for another worker."},
+    {:crash_barrier_max_restarts, [:crash_barrier_max_restarts], 1, quote(do: pos_integer()),
+     "Retries of an idempotent call after its worker crashed."},
+    {:crash_barrier_taint_duration_ms, [:crash_barrier_taint_duration_ms], 60_000,
+     quote(do: pos_integer()), "How long (ms) a worker that crashed stays tainted."},
+    {:default_affinity_mode, [:default_affinity_mode, :affinity], :hint,
+     quote(do: :hint | :strict_queue | :strict_fail_fast),
+     """
+     Default session affinity mode of a pool:
+
+       * `:hint` - prefer the session's last worker when it is free, else any worker
+       * `:strict_queue` - wait in the queue for the session's worker
+       * `:strict_fail_fast` - fail with reason `:worker_busy` when it is busy
+     """},
+    {:default_capacity_strategy, [:default_capacity_strategy, :capacity_strategy], :pool,
+     quote(do: :pool | :profile | :hybrid), "Default capacity strategy of a pool."},
+    {:default_worker_profile, [:default_worker_profile], :process, quote(do: :process | :thread),
+     "Default worker profile of a pool."},
+    {:executor_batch_timeout, [:executor_batch_timeout], 30_000, quote(do: timeout()),
+     "Timeout (ms) of `Snakepit.Executor.execute_batch/2`."},
+    {:graceful_shutdown_timeout_ms, [:graceful_shutdown_timeout_ms], 6_000,
+     quote(do: pos_integer()),
+     "How long (ms) a Python worker gets to exit after SIGTERM before SIGKILL. At least the " <>
+       "worker's own shutdown envelope (server stop 2 s + adapter cleanup)."},
+    {:grpc_batch_inference_timeout, [:grpc_batch_inference_timeout], 300_000,
+     quote(do: timeout()), "Timeout (ms) of batch inference commands."},
+    {:grpc_internal_host, [:grpc_internal_host], "127.0.0.1", quote(do: String.t()),
+     "Host of internal-only gRPC listeners (`grpc_listener: [mode: :internal]`)."},
+    {:grpc_large_dataset_timeout, [:grpc_large_dataset_timeout], 600_000, quote(do: timeout()),
+     "Timeout (ms) of large dataset processing commands."},
+    {:grpc_listener_port_check_interval_ms, [:grpc_listener_port_check_interval_ms], 25,
+     quote(do: pos_integer()),
+     "Interval (ms) between port checks when reusing an existing gRPC listener."},
+    {:grpc_listener_ready_timeout_ms, [:grpc_listener_ready_timeout_ms], 5_000,
+     quote(do: pos_integer()),
+     "How long (ms) to wait for the gRPC listener to publish its port."},
+    {:grpc_listener_reuse_attempts, [:grpc_listener_reuse_attempts], 3, quote(do: pos_integer()),
+     "Attempts to reuse or rebind a gRPC listener before failing."},
+    {:grpc_listener_reuse_retry_delay_ms, [:grpc_listener_reuse_retry_delay_ms], 100,
+     quote(do: pos_integer()), "Delay (ms) between gRPC listener reuse attempts."},
+    {:grpc_listener_reuse_wait_timeout_ms, [:grpc_listener_reuse_wait_timeout_ms], 500,
+     quote(do: pos_integer()),
+     "How long (ms) to wait for an already started gRPC listener to publish its port."},
+    {:grpc_max_connections, [:grpc_max_connections], 1000, quote(do: pos_integer()),
+     "Maximum connections of the Elixir gRPC server."},
+    {:grpc_num_acceptors, [:grpc_num_acceptors], 20, quote(do: pos_integer()),
+     "Acceptors of the Elixir gRPC server."},
+    {:grpc_port, [:grpc_port], 50_051, quote(do: pos_integer()),
+     "Port of the Elixir gRPC server (legacy, when `grpc_listener` is not configured)."},
+    {:grpc_port_pool_size, [:grpc_port_pool_size], 32, quote(do: pos_integer()),
+     "Ports of an `:external_pool` gRPC listener."},
+    {:grpc_server_ready_timeout, [:grpc_server_ready_timeout], 30_000, quote(do: timeout()),
+     "How long (ms) a worker may take to report ready."},
+    {:grpc_socket_backlog, [:grpc_socket_backlog], 512, quote(do: pos_integer()),
+     "Socket backlog of the Elixir gRPC server."},
+    {:grpc_worker_health_check_interval,
+     [:grpc_worker_health_check_interval, :health_check_interval], 30_000,
+     quote(do: pos_integer()), "Interval (ms) of worker health checks."},
+    {:health_monitor_check_interval, [:health_monitor_check_interval], 30_000,
+     quote(do: pos_integer()), "Cleanup interval (ms) of `Snakepit.HealthMonitor`."},
+    {:health_monitor_crash_window_ms, [:health_monitor_crash_window_ms], 60_000,
+     quote(do: pos_integer()), "Rolling crash window (ms) of `Snakepit.HealthMonitor`."},
+    {:health_monitor_max_crashes, [:health_monitor_max_crashes], 10, quote(do: pos_integer()),
+     "Crashes in the window before a pool counts as unhealthy."},
+    {:heartbeat_initial_delay_ms, [:heartbeat_initial_delay_ms], 0, quote(do: non_neg_integer()),
+     "Delay (ms) before a worker's first heartbeat."},
+    {:heartbeat_max_missed, [:heartbeat_max_missed, :heartbeat_max_missed_heartbeats], 3,
+     quote(do: pos_integer()), "Consecutive missed heartbeats before a worker is unhealthy."},
+    {:heartbeat_ping_interval_ms, [:heartbeat_ping_interval_ms], 2_000, quote(do: pos_integer()),
+     "Interval (ms) between heartbeats."},
+    {:heartbeat_timeout_ms, [:heartbeat_timeout_ms], 10_000, quote(do: pos_integer()),
+     "Time (ms) a heartbeat may take to be answered."},
+    {:instance_token, [:instance_token], nil, quote(do: String.t() | nil),
+     "Instance token for runtime isolation."},
+    {:lifecycle_check_interval, [:lifecycle_check_interval], 60_000, quote(do: pos_integer()),
+     "Interval (ms) of `Snakepit.Worker.LifecycleManager`'s TTL and memory checks."},
+    {:lifecycle_health_check_interval, [:lifecycle_health_check_interval], 300_000,
+     quote(do: pos_integer()), "Interval (ms) of the lifecycle manager's health checks."},
+    {:pool_await_ready_timeout, [:pool_await_ready_timeout], 15_000, quote(do: timeout()),
+     "Default timeout (ms) of `Snakepit.Pool.await_ready/2`."},
+    {:pool_cancelled_retention_multiplier, [:pool_cancelled_retention_multiplier], 4,
+     quote(do: pos_integer()),
+     "Cancelled requests are remembered for queue timeout times this multiplier."},
+    {:pool_max_cancelled_entries, [:pool_max_cancelled_entries], 1024, quote(do: pos_integer()),
+     "Most cancelled request entries a pool remembers."},
+    {:pool_max_queue_size, [:pool_max_queue_size], 1000, quote(do: pos_integer()),
+     "Most requests that may wait in one pool's queue; more are refused as `:pool_saturated`."},
+    {:pool_max_workers, [:pool_max_workers], 150, quote(do: pos_integer()),
+     "Most workers one pool may have."},
+    {:pool_reconcile_batch_size, [:pool_reconcile_batch_size], 2, quote(do: pos_integer()),
+     "Workers the pool restarts per reconcile round."},
+    {:pool_reconcile_interval_ms, [:pool_reconcile_interval_ms], 1_000,
+     quote(do: non_neg_integer()), "Interval (ms) of pool reconcile rounds."},
+    {:pool_reply_margin_ms, [:pool_reply_margin_ms], 200, quote(do: pos_integer()),
+     "Margin (ms) reserved for the pool's reply, subtracted by `rpc_timeout/1`."},
+    {:pool_startup_batch_delay_ms, [:pool_startup_batch_delay_ms], 500,
+     quote(do: non_neg_integer()), "Legacy global delay (ms) between worker startup batches."},
+    {:pool_startup_batch_size, [:pool_startup_batch_size], 10, quote(do: pos_integer()),
+     "Legacy global number of workers started per batch."},
+    {:pool_startup_timeout, [:pool_startup_timeout], 10_000, quote(do: timeout()),
+     "Timeout (ms) of one worker's startup."},
+    {:process_registry_cleanup_interval, [:process_registry_cleanup_interval], 30_000,
+     quote(do: pos_integer()), "Cleanup interval (ms) of the process registry."},
+    {:process_registry_unregister_cleanup_attempts,
+     [:process_registry_unregister_cleanup_attempts], 10, quote(do: pos_integer()),
+     "Attempts to retry an unregister whose process is still alive."},
+    {:process_registry_unregister_cleanup_delay, [:process_registry_unregister_cleanup_delay],
+     500, quote(do: pos_integer()), "Delay (ms) between unregister retries."},
+    {:retry_backoff_multiplier, [:retry_backoff_multiplier], 2.0, quote(do: float()),
+     "Multiplier of exponential retry backoff."},
+    {:retry_backoff_sequence, [:retry_backoff_sequence], [100, 200, 400, 800, 1600],
+     quote(do: [pos_integer()]), "Default backoff sequence (ms) of retries."},
+    {:retry_base_backoff_ms, [:retry_base_backoff_ms], 100, quote(do: pos_integer()),
+     "Base backoff (ms) of retries."},
+    {:retry_jitter_factor, [:retry_jitter_factor], 0.25, quote(do: float()),
+     "Jitter factor of retry delays."},
+    {:retry_max_attempts, [:retry_max_attempts], 3, quote(do: pos_integer()),
+     "Default maximum retry attempts."},
+    {:retry_max_backoff_ms, [:retry_max_backoff_ms], 30_000, quote(do: pos_integer()),
+     "Longest retry backoff (ms)."},
+    {:session_cleanup_interval, [:session_cleanup_interval], 60_000, quote(do: pos_integer()),
+     "Interval (ms) of `Snakepit.Bridge.SessionStore`'s expiry sweep."},
+    {:session_default_ttl, [:session_default_ttl], 3600, quote(do: pos_integer()),
+     "Default session TTL in seconds."},
+    {:session_max_sessions, [:session_max_sessions], 10_000, quote(do: pos_integer() | :infinity),
+     "Most sessions the session store holds."},
+    {:session_warning_threshold, [:session_warning_threshold], 0.8, quote(do: float()),
+     "Fraction of `session_max_sessions` above which a warning is logged."},
+    {:shutdown_margin_ms, [:shutdown_margin_ms], 2_000, quote(do: pos_integer()),
+     "Margin (ms) added to `graceful_shutdown_timeout_ms/0` for supervisor shutdown."},
+    {:stream_window, [:stream_window], 32, quote(do: pos_integer()),
+     "Stream chunks that may be in flight ahead of the consumer."},
+    {:worker_transport, [:worker_transport], :unix, quote(do: :unix | :tcp),
+     "Transport of the workers' servers and the bridge server: `:unix` (sockets in the " <>
+       "private runtime directory) or `:tcp` (loopback)."},
+    {:worker_call_margin_ms, [:worker_call_margin_ms], 1_000, quote(do: pos_integer()),
+     "Margin (ms) reserved for routing a call to its worker, subtracted by `rpc_timeout/1`."},
+    {:worker_ready_timeout, [:worker_ready_timeout], 30_000, quote(do: timeout()),
+     "Timeout (ms) of a worker's ready notification to its pool."},
+    {:worker_restart_backoff_ms, [:worker_restart_backoff_ms], 1_000, quote(do: pos_integer()),
+     "First delay (ms) before restarting a crashed worker."},
+    {:worker_restart_max_backoff_ms, [:worker_restart_max_backoff_ms], 30_000,
+     quote(do: pos_integer()), "Longest delay (ms) before restarting a crashed worker."},
+    {:worker_starter_max_restarts, [:worker_starter_max_restarts], 10,
+     quote(do: non_neg_integer()),
+     "Restarts of one worker within `worker_starter_max_seconds/0` before it is given up."},
+    {:worker_starter_max_seconds, [:worker_starter_max_seconds], 60, quote(do: pos_integer()),
+     "Window (s) of `worker_starter_max_restarts/0`."},
+    {:worker_supervisor_max_restarts, [:worker_supervisor_max_restarts], 3,
+     quote(do: non_neg_integer()), "Restart intensity of the worker supervisor."},
+    {:worker_supervisor_max_seconds, [:worker_supervisor_max_seconds], 5,
+     quote(do: pos_integer()), "Window (s) of `worker_supervisor_max_restarts/0`."}
   ]
 
-  for {key, default} <- @plain do
-    @doc "`config :snakepit, #{key}: ...`; default `#{inspect(default)}`."
-    @spec unquote(key)() :: term()
-    def unquote(key)(), do: Application.get_env(:snakepit, unquote(key), unquote(default))
+  for {name, keys, default, spec, doc} <- @plain do
+    @doc """
+    #{doc}
+
+    Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}; default: `#{inspect(default)}`.
+    """
+    @spec unquote(name)() :: unquote(spec)
+    def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
   end
 
-  @doc "The timeout profiles and their three timeouts."
+  # Timeouts that derive from the profile unless their legacy key is set.
+  @derived [
+    {:pool_request_timeout, :default_timeout, :identity,
+     "Total budget (ms) of `Snakepit.execute/3`."},
+    {:pool_streaming_timeout, :stream_timeout, :identity,
+     "Total budget (ms) of `Snakepit.execute_stream/4`."},
+    {:pool_queue_timeout, :queue_timeout, :identity,
+     "How long (ms) a request may wait in a pool's queue."},
+    {:checkout_timeout, :queue_timeout, :identity,
+     "How long (ms) a streaming call may wait for a worker."},
+    {:default_command_timeout, :default_timeout, :rpc,
+     "Budget (ms) of the call to Python inside an execute."},
+    {:grpc_command_timeout, :default_timeout, :rpc,
+     "Default command timeout (ms) of `Snakepit.Adapters.GRPCPython`."},
+    {:grpc_worker_execute_timeout, :default_timeout, :rpc,
+     "Default timeout (ms) of a call to one worker."},
+    {:grpc_worker_stream_timeout, :stream_timeout, :identity,
+     "Default timeout (ms) of a streaming call to one worker."}
+  ]
+
+  for {name, source, how, doc} <- @derived do
+    {derivation, body} =
+      case how do
+        :identity -> {"`#{source}/0`", quote(do: unquote(source)())}
+        :rpc -> {"`rpc_timeout(#{source}())`", quote(do: rpc_timeout(unquote(source)()))}
+      end
+
+    @doc """
+    #{doc}
+
+    Config key: `#{inspect(name)}`; when not set, #{derivation} of the active
+    timeout profile.
+    """
+    @spec unquote(name)() :: timeout()
+    def unquote(name)() do
+      case Application.fetch_env(:snakepit, unquote(name)) do
+        {:ok, value} -> value
+        :error -> unquote(body)
+      end
+    end
+  end
+
+  @doc """
+  Default timeout (ms) of `Snakepit.GRPC.Client` execute calls: the
+  `grpc_client_execute_timeout` key, else `grpc_command_timeout/0`.
+  """
+  @spec grpc_client_execute_timeout() :: timeout()
+  def grpc_client_execute_timeout do
+    case Application.fetch_env(:snakepit, :grpc_client_execute_timeout) do
+      {:ok, value} -> value
+      :error -> grpc_command_timeout()
+    end
+  end
+
+  defp get([key | rest], default) do
+    case Application.fetch_env(:snakepit, key) do
+      {:ok, value} -> value
+      :error -> get(rest, default)
+    end
+  end
+
+  defp get([], default), do: default
+
+  # -- profiles -----------------------------------------------------------------
+
+  @doc """
+  All timeout profiles, each with `default_timeout`, `stream_timeout` and
+  `queue_timeout`.
+
+      iex> Snakepit.Defaults.timeout_profiles().production_strict
+      %{default_timeout: 60_000, stream_timeout: 300_000, queue_timeout: 5_000}
+  """
   @spec timeout_profiles() :: %{required(atom()) => %{required(atom()) => timeout()}}
   def timeout_profiles, do: @profiles
 
-  @doc "The active profile (`config :snakepit, timeout_profile: ...`), `:balanced` by default."
+  @doc """
+  The active profile (`config :snakepit, timeout_profile: ...`); `:balanced`
+  when none or an unknown one is configured.
+  """
   @spec timeout_profile() :: atom()
   def timeout_profile do
     profile = Application.get_env(:snakepit, :timeout_profile, :balanced)
     if Map.has_key?(@profiles, profile), do: profile, else: :balanced
   end
 
-  @doc "Total budget of a regular execute call."
+  @doc """
+  Total budget (ms) of a regular call under the active profile. The
+  `default_timeout` key, when set, wins.
+  """
   @spec default_timeout() :: timeout()
   def default_timeout, do: profiled(:default_timeout)
 
-  @doc "Total budget of a streaming call."
+  @doc "Total budget (ms) of a streaming call under the active profile (`stream_timeout` key wins)."
   @spec stream_timeout() :: timeout()
   def stream_timeout, do: profiled(:stream_timeout)
 
-  @doc "How long a request may wait in a pool's queue."
+  @doc "Queue budget (ms) under the active profile (`queue_timeout` key wins)."
   @spec queue_timeout() :: timeout()
   def queue_timeout, do: profiled(:queue_timeout)
 
@@ -83,7 +352,35 @@ defmodule Snakepit.Defaults do
     end
   end
 
-  @doc "Pool size when none is configured: two workers per online scheduler."
+  @doc """
+  The budget of the inner call to Python out of a `total_timeout`:
+  `total_timeout - worker_call_margin_ms() - pool_reply_margin_ms()`.
+
+  Budgets too small to hold both margins (under ten times their sum) keep
+  90% of the total instead, so the result stays positive and grows with the
+  total.
+
+      iex> Snakepit.Defaults.rpc_timeout(60_000)
+      58_800
+      iex> Snakepit.Defaults.rpc_timeout(:infinity)
+      :infinity
+      iex> Snakepit.Defaults.rpc_timeout(1_000)
+      900
+  """
+  @spec rpc_timeout(timeout()) :: timeout()
+  def rpc_timeout(:infinity), do: :infinity
+
+  def rpc_timeout(total) when is_integer(total) and total >= 0 do
+    margins = worker_call_margin_ms() + pool_reply_margin_ms()
+    max(total - min(margins, div(total, 10)), 0)
+  end
+
+  # -- others -------------------------------------------------------------------
+
+  @doc """
+  Pool size when none is configured: the `pool_size` key, else two workers
+  per online scheduler.
+  """
   @spec default_pool_size() :: pos_integer()
   def default_pool_size,
     do: Application.get_env(:snakepit, :pool_size, System.schedulers_online() * 2)

@@ -11,15 +11,15 @@ defmodule Snakepit.ETSOwner do
   @tables %{
     snakepit_telemetry_handlers: [:bag, :public, :named_table, read_concurrency: true],
     snakepit_worker_taints: [:set, :public, :named_table, read_concurrency: true],
-    snakepit_zero_copy_handles: [:set, :public, :named_table, read_concurrency: true],
-    snakepit_bridge_sessions: [:set, :public, :named_table, read_concurrency: true]
+    snakepit_worker_lifecycle: [:set, :public, :named_table, write_concurrency: true],
+    snakepit_zero_copy_handles: [:set, :public, :named_table, read_concurrency: true]
   }
 
   @type table_name ::
           :snakepit_telemetry_handlers
           | :snakepit_worker_taints
+          | :snakepit_worker_lifecycle
           | :snakepit_zero_copy_handles
-          | :snakepit_bridge_sessions
 
   @doc false
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)

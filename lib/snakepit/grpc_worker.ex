@@ -123,6 +123,8 @@ defmodule Snakepit.GRPCWorker do
     fail_startup(state, "worker did not report ready within #{state.config.startup_timeout} ms")
   end
 
+  def handle_info({:EXIT, _monitor, :heartbeat_timeout}, state), do: heartbeat_failed(state)
+
   def handle_info(_other, state), do: {:noreply, state}
 
   defp handle_process_event({:stdout, "SNAKEPIT_READY " <> address}, %{status: :starting} = state) do
@@ -138,10 +140,10 @@ defmodule Snakepit.GRPCWorker do
           capacity: capacity(state.config)
         }
 
-        Registry.register(Snakepit.Pool.Registry, state.id, %{
-          pool: state.pool_name,
-          os_pid: state.os_pid
-        })
+        Snakepit.Pool.Registry.register_worker(
+          state.id,
+          registry_metadata(state, worker, address)
+        )
 
         send(state.pool_pid, {:worker_ready, state.pool_name, worker})
 
@@ -162,6 +164,8 @@ defmodule Snakepit.GRPCWorker do
             os_pid: state.os_pid
           }
         )
+
+        state = start_heartbeat(state, channel)
 
         {:noreply,
          %{state | status: :ready, channel: channel, address: address, startup_timer: nil}}
@@ -210,8 +214,68 @@ defmodule Snakepit.GRPCWorker do
     %{state | output: output}
   end
 
-  defp capacity(%{worker_profile: :thread, threads_per_worker: n}), do: n
-  defp capacity(_), do: 1
+  defp capacity(config), do: Snakepit.WorkerProfile.capacity(config)
+
+  # -- pool integration (issue 4): registry metadata and heartbeats ---------------
+
+  defp registry_metadata(state, worker, address) do
+    %{
+      worker_module: __MODULE__,
+      pool_name: state.pool_name,
+      pool_identifier: Map.get(state.config, :pool_identifier),
+      adapter_module: Map.get(state.config, :adapter_module),
+      worker_profile: Map.get(state.config, :worker_profile, :process),
+      capacity: worker.capacity,
+      os_pid: state.os_pid,
+      address: String.trim(address)
+    }
+  end
+
+  # The monitor pings the Python worker through the native core; after
+  # too many misses (dependent mode) it exits this worker with
+  # :heartbeat_timeout, handled below.
+  defp start_heartbeat(state, channel) do
+    config = Map.get(state.config, :heartbeat, %{})
+
+    if Map.get(config, :enabled, false) do
+      worker_id = state.id
+      timeout = Map.get(config, :timeout_ms, Defaults.heartbeat_timeout_ms())
+
+      ping = fn _ts ->
+        ref = make_ref()
+        :ok = Native.grpc_heartbeat(channel, self(), ref, worker_id, timeout)
+        {:ok, ref}
+      end
+
+      {:ok, monitor} =
+        Snakepit.HeartbeatMonitor.start_link(
+          worker_pid: self(),
+          worker_id: worker_id,
+          ping_interval_ms:
+            Map.get(config, :ping_interval_ms, Defaults.heartbeat_ping_interval_ms()),
+          timeout_ms: timeout,
+          max_missed_heartbeats:
+            Map.get(config, :max_missed_heartbeats, Defaults.heartbeat_max_missed()),
+          initial_delay_ms: Map.get(config, :initial_delay_ms, 0),
+          dependent: Map.get(config, :dependent, true),
+          ping_fun: ping
+        )
+
+      Map.put(state, :heartbeat_monitor, monitor)
+    else
+      state
+    end
+  end
+
+  # An unresponsive Python process will not honour SIGTERM: kill its group
+  # at once and stop abnormally so the starter replaces the worker.
+  defp heartbeat_failed(state) do
+    if state.os_pid, do: Native.signal_group(state.os_pid, @sigkill)
+    if state.os_pid, do: await_exit(state.os_pid, @kill_wait_ms)
+    {:stop, :heartbeat_timeout, release(%{state | os_pid: nil})}
+  end
+
+  # -- end of pool integration ----------------------------------------------------
 
   defp fail_startup(state, cause) do
     output = :queue.to_list(state.output)

@@ -76,6 +76,13 @@ defmodule Snakepit.Native do
   def grpc_ping(_channel, _owner, _ref, _message, _timeout_ms), do: not_loaded()
 
   @doc """
+  Calls the worker's Heartbeat RPC. Returns `:ok` at once; the answer
+  arrives as `{ref, {:ok, worker_timestamp_us}}` or `{ref, {:error, reason}}`.
+  """
+  @spec grpc_heartbeat(reference(), pid(), reference(), String.t(), non_neg_integer()) :: :ok
+  def grpc_heartbeat(_channel, _owner, _ref, _worker_id, _timeout_ms), do: not_loaded()
+
+  @doc """
   Starts ExecuteStreamingTool. Chunks arrive as `{ref, {:chunk, data, is_final}}`
   only while credit lasts (`opts.window` at first, one more per `stream_ack/1`),
   then `{ref, :done}` or `{ref, {:error, reason}}`.

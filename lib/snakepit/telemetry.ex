@@ -21,7 +21,19 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :worker, :startup_failed],
     [:snakepit, :pool, :saturated],
     [:snakepit, :pool, :queue, :timeout],
-    [:snakepit, :request, :executed]
+    [:snakepit, :request, :executed],
+    # Worker lifecycle, crash barrier, heartbeats and sessions (issue 4).
+    [:snakepit, :worker, :initialized],
+    [:snakepit, :worker, :recycled],
+    [:snakepit, :worker, :health_check_failed],
+    [:snakepit, :worker, :crash],
+    [:snakepit, :worker, :tainted],
+    [:snakepit, :worker, :restarted],
+    [:snakepit, :crash_barrier, :retry],
+    [:snakepit, :heartbeat, :missed],
+    [:snakepit, :heartbeat, :timeout],
+    [:snakepit, :session, :created],
+    [:snakepit, :session, :destroyed]
   ]
   @grpc_events [
     [:snakepit, :grpc_worker, :execute, :start],

@@ -40,6 +40,8 @@ import grpc
 
 from .elixir_bridge import ElixirBridgeClient, grpc_channel_options, set_default_client
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
+from .heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
+from .heartbeat import HeartbeatConfig, HeartbeatWatchdog
 from .runtime import ToolRunner
 from .servicer import BridgeServicer
 from . import telemetry
@@ -294,6 +296,7 @@ class Worker:
         worker_id: str = "",
         max_workers: int | None = None,
         elixir_address: str = "",
+        heartbeat: HeartbeatConfig | None = None,
     ):
         self.adapter = adapter
         self.requested_address = address
@@ -306,6 +309,7 @@ class Worker:
         self.runner = ToolRunner(adapter, worker_id=worker_id, executor=self.executor)
         self.server: grpc.aio.Server | None = None
         self.address = ""
+        self.watchdog = HeartbeatWatchdog(heartbeat) if heartbeat is not None else None
         self.bridge: ElixirBridgeClient | None = None
         self._telemetry_stream: Any = None
         self._cleaned_up = False
@@ -316,7 +320,9 @@ class Worker:
         _check_address(self.requested_address)
         options = grpc_channel_options() + [("grpc.so_reuseport", 0)]
         self.server = grpc.aio.server(options=options)
-        pb_grpc.add_BridgeServiceServicer_to_server(BridgeServicer(self.runner, self.worker_id), self.server)
+        pb_grpc.add_BridgeServiceServicer_to_server(
+            BridgeServicer(self.runner, self.worker_id, self.watchdog), self.server
+        )
         try:
             port = self.server.add_insecure_port(self.requested_address)
         except Exception as exc:  # noqa: BLE001 - grpc raises RuntimeError on bind failure
@@ -468,6 +474,7 @@ async def serve(args: argparse.Namespace) -> int:
         worker_id=args.worker_id,
         max_workers=args.max_workers,
         elixir_address=args.elixir_address,
+        heartbeat=HeartbeatConfig.from_env(),
     )
     try:
         worker.bind()
@@ -490,14 +497,30 @@ async def serve(args: argparse.Namespace) -> int:
              "threaded" if threaded else "process")
     _announce_ready(address)
 
+    # Dependent mode: exit when Elixir stops sending heartbeats.
+    exit_code = 0
+    watchdog_task: asyncio.Future[None] | None = None
+    if worker.watchdog is not None and worker.watchdog.config.watching:
+
+        def elixir_silent(silence_s: float) -> None:
+            nonlocal exit_code
+            exit_code = HEARTBEAT_EXIT_CODE
+            log.error("no heartbeat from Elixir for %.1fs (dependent mode); exiting", silence_s)
+            stop_requested.set()
+
+        worker.watchdog.start()
+        watchdog_task = asyncio.ensure_future(worker.watchdog.watch(elixir_silent))
+
     await stop_requested.wait()
+    if watchdog_task is not None:
+        watchdog_task.cancel()
     log.info("shutting down")
     try:
         await worker.stop()
     except Exception:  # noqa: BLE001 - past READY nothing is a startup error
         log.exception("error during shutdown")
         return 1
-    return 0
+    return exit_code
 
 
 def _lingering_threads() -> list[threading.Thread]:

@@ -23,14 +23,17 @@ def _now_us() -> int:
 class BridgeServicer(pb_grpc.BridgeServiceServicer):
     """Answers the Rust core's calls for one worker."""
 
-    def __init__(self, runner: ToolRunner, worker_id: str = ""):
+    def __init__(self, runner: ToolRunner, worker_id: str = "", watchdog: Any = None):
         self.runner = runner
         self.worker_id = worker_id
+        self.watchdog = watchdog
 
     async def Ping(self, request: Any, context: Any) -> Any:
         return pb.PingResponse(message=request.message, server_time_us=_now_us(), worker_id=self.worker_id)
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:
+        if self.watchdog is not None:
+            self.watchdog.beat()
         return pb.HeartbeatResponse(ok=True, timestamp_us=_now_us(), status="ok")
 
     async def ExecuteTool(self, request: Any, context: Any) -> Any:

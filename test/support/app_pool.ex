@@ -16,15 +16,24 @@ defmodule Snakepit.Test.AppPool do
     :adapter_env,
     :pool_config,
     :affinity,
+    :python_path,
+    :crash_barrier,
+    :heartbeat,
+    :lifecycle_check_interval,
+    :pool_max_queue_size,
+    :pool_queue_timeout,
     :instance_name,
     :instance_token,
     :orphan_protection
   ]
 
-  @doc "Starts Snakepit with `env` (keyword of `config :snakepit` keys) and awaits readiness."
+  @doc """
+  Starts Snakepit with `env` (keyword of `config :snakepit` keys) and waits
+  until every worker has started (not just the first one).
+  """
   def start!(env, timeout \\ 30_000) do
     :ok = restart(env)
-    :ok = Snakepit.Pool.await_ready(Snakepit.Pool, timeout)
+    :ok = Snakepit.Pool.await_init_complete(Snakepit.Pool, timeout)
     :ok
   end
 
@@ -46,12 +55,22 @@ defmodule Snakepit.Test.AppPool do
     end)
 
     Application.stop(:snakepit)
-    for key <- @keys, key != :pooling_enabled, do: Application.delete_env(:snakepit, key)
+    # python_path is kept: a test may set it before restarting.
+    for key <- @keys,
+        key not in [:pooling_enabled, :python_path],
+        do: Application.delete_env(:snakepit, key)
+
     Application.put_env(:snakepit, :pooling_enabled, true)
     for {key, value} <- env, do: Application.put_env(:snakepit, key, value)
     {:ok, _} = Application.ensure_all_started(:snakepit)
     :ok
   end
+
+  @doc "The directory of the Python test adapters (`test/fixtures/python`)."
+  def fixtures_dir, do: Path.expand("../fixtures/python", __DIR__)
+
+  @doc "The adapter args of a fixture adapter class in `pool_adapters.py`."
+  def fixture_adapter(class \\ "PoolTestAdapter"), do: ["--adapter", "pool_adapters.#{class}"]
 
   @doc "OS pids of the running workers."
   def worker_os_pids do

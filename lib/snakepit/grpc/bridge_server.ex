@@ -17,7 +17,7 @@ defmodule Snakepit.GRPC.BridgeServer do
   | `RegisterTools` | `Snakepit.Bridge.ToolRegistry.register_tools/2` |
   | `GetExposedElixirTools` | `Snakepit.Bridge.ToolRegistry.list_exposed_elixir_tools/1` |
   | `ExecuteElixirTool` | the tool's handler, in its own process, with a timeout |
-  | `InitializeSession`, `GetSession`, `CleanupSession` | `Snakepit.GRPC.BridgeServer.Sessions` (and the registry's `cleanup_session/1`) |
+  | `InitializeSession`, `GetSession`, `CleanupSession` | `Snakepit.GRPC.BridgeServer.Sessions`, on `Snakepit.Bridge.SessionStore` (and the registry's `cleanup_session/1`) |
   | `Heartbeat` | `:ok` |
   | `StreamTelemetry` | not implemented (the worker keeps its telemetry local) |
 

@@ -1,14 +1,49 @@
 defmodule Snakepit.Pool.State do
   @moduledoc """
   The scheduling state of one pool, as pure functions: which worker slots
-  are free, who waits in the queue, which caller holds which slot, and the
-  counters behind `Snakepit.get_stats/1`.
+  are free, who waits in the queue, which caller holds which slot, which
+  worker each session is pinned to, and the counters behind
+  `Snakepit.get_stats/1`.
 
   `Snakepit.Pool` owns one of these per pool and does the messaging; every
   decision is made here so it can be tested without processes.
 
+  ## Slots
+
   A worker of capacity `n` contributes `n` slots. A request either gets a
   slot at once, waits in a bounded FIFO queue, or is refused.
+
+  ## Choosing a worker
+
+  Among free slots the pool prefers, in order: the session's worker (when
+  the request has a session), then the least recently used worker that is
+  neither tainted (it crashed recently) nor in the request's `avoid` list
+  (workers a retry must not go back to). Tainted and avoided workers are
+  used only when no other slot is free: a request never waits because of a
+  taint.
+
+  ## Session affinity
+
+  A session is pinned to the worker (id and pid) that served it last. The
+  request's `affinity` (else the pool's) decides what happens when that
+  worker cannot take it:
+
+    * `:hint` - any other free worker serves it (and the session moves there)
+    * `:strict_queue` - it waits in the queue for its worker; queued
+      requests are dispatched affinity-aware, so it never runs elsewhere
+    * `:strict_fail_fast` - `{:error, :worker_busy}` at once
+
+  A pinned worker that died (or was replaced by a restart under the same
+  id) lost the session's in-memory state: strict modes answer
+  `{:error, :session_worker_unavailable}` once and drop the pin, `:hint`
+  moves on silently. A retiring worker (being recycled) still serves
+  strict requests pinned to it until it retires.
+
+  ## Actions
+
+  `checkin/3`, `dispatch/1`, `remove_worker/3` and `retire/2` return actions
+  for the pool to carry out: `{:grant, request, worker}`, `{:reject,
+  request, reason}` and `{:stop_worker, worker}`.
   """
 
   defstruct name: nil,
@@ -23,21 +58,35 @@ defmodule Snakepit.Pool.State do
             leases: %{},
             sessions: %{},
             failed: MapSet.new(),
+            tainted: MapSet.new(),
+            retiring: 0,
             stats: %{requests: 0, errors: 0, queue_timeouts: 0, pool_saturated: 0}
 
   @type worker :: %{
           required(:id) => String.t(),
           required(:pid) => pid(),
           required(:capacity) => pos_integer(),
-          required(:load) => non_neg_integer(),
+          optional(:load) => non_neg_integer(),
+          optional(:status) => :active | :retiring,
           optional(atom()) => term()
         }
 
+  @type affinity :: :hint | :strict_queue | :strict_fail_fast
+
   @type request :: %{
           required(:ref) => reference(),
-          required(:session_id) => String.t() | nil,
+          optional(:session_id) => String.t() | nil,
+          optional(:affinity) => affinity() | nil,
+          optional(:stored_worker) => String.t() | nil,
+          optional(:avoid) => [String.t()],
+          optional(:now) => integer(),
           optional(atom()) => term()
         }
+
+  @type action ::
+          {:grant, request(), worker()}
+          | {:reject, request(), atom()}
+          | {:stop_worker, worker()}
 
   @type t :: %__MODULE__{}
 
@@ -50,8 +99,8 @@ defmodule Snakepit.Pool.State do
   @doc "Adds (or re-adds after a restart) a ready worker with all its slots free."
   @spec add_worker(t(), worker()) :: t()
   def add_worker(state, %{id: id} = worker) do
-    state = remove_worker(state, id)
-    worker = Map.put(worker, :load, 0)
+    {_actions, state} = remove_worker(state, id)
+    worker = Map.merge(worker, %{load: 0, status: :active})
     free = Enum.reduce(1..worker.capacity, state.free, fn _, q -> :queue.in(id, q) end)
 
     %{
@@ -64,31 +113,35 @@ defmodule Snakepit.Pool.State do
   end
 
   @doc """
-  Removes a worker. Its leases are dropped (their callers learn of the
-  failure from their own call); sessions that preferred it forget it.
+  Removes a worker (it died or was stopped). Its leases are dropped: their
+  callers learn of the failure from their own call. Sessions pinned to it
+  keep their pin, now stale, so strict sessions learn that their worker is
+  gone. Requests waiting only for this worker are rejected.
+
+  A notice about an older process of a restarted worker (`pid` given and
+  not the current one) changes nothing.
   """
-  @spec remove_worker(t(), String.t(), pid() | nil) :: t()
+  @spec remove_worker(t(), String.t(), pid() | nil) :: {[action()], t()}
   def remove_worker(state, id, pid \\ nil) do
-    case Map.pop(state.workers, id) do
-      {nil, _} ->
-        state
+    case Map.fetch(state.workers, id) do
+      :error ->
+        {[], state}
 
-      # A restarted worker reuses its id; a late notice about the old
-      # process must not remove the new one.
-      {%{pid: current}, _} when pid != nil and pid != current ->
-        state
+      {:ok, %{pid: current}} when pid != nil and pid != current ->
+        {[], state}
 
-      {_worker, workers} ->
+      {:ok, worker} ->
         leases = Map.reject(state.leases, fn {_ref, lease} -> lease.worker_id == id end)
-        sessions = Map.reject(state.sessions, fn {_s, w} -> w == id end)
 
-        %{
+        state = %{
           state
-          | workers: workers,
+          | workers: Map.delete(state.workers, id),
             free: :queue.filter(&(&1 != id), state.free),
             leases: leases,
-            sessions: sessions
+            retiring: state.retiring - if(worker.status == :retiring, do: 1, else: 0)
         }
+
+        dispatch(state, true)
     end
   end
 
@@ -98,7 +151,8 @@ defmodule Snakepit.Pool.State do
   """
   @spec worker_failed(t(), String.t(), term()) :: t()
   def worker_failed(state, id, error) do
-    state = %{remove_worker(state, id) | failed: MapSet.put(state.failed, id)}
+    {_actions, state} = remove_worker(state, id)
+    state = %{state | failed: MapSet.put(state.failed, id)}
 
     if state.status == :starting and MapSet.size(state.failed) >= state.expected do
       %{state | status: :failed, startup_error: error}
@@ -112,22 +166,87 @@ defmodule Snakepit.Pool.State do
   def init_complete?(state),
     do: map_size(state.workers) + MapSet.size(state.failed) >= state.expected
 
+  @doc """
+  Starts retiring a worker: it gets no new requests (except strict
+  requests pinned to it) and is stopped once its in-flight requests are
+  done. Returns `{:stop_worker, worker}` at once when it is idle.
+  """
+  @spec retire(t(), String.t()) :: {[action()], t()}
+  def retire(state, id) do
+    case state.workers do
+      %{^id => %{status: :active} = worker} ->
+        worker = %{worker | status: :retiring}
+
+        state = %{
+          state
+          | workers: Map.put(state.workers, id, worker),
+            free: :queue.filter(&(&1 != id), state.free),
+            retiring: state.retiring + 1
+        }
+
+        maybe_stop(state, worker, [])
+
+      _ ->
+        {[], state}
+    end
+  end
+
+  defp maybe_stop(state, %{status: :retiring, load: 0} = worker, actions) do
+    state = %{state | workers: Map.delete(state.workers, worker.id), retiring: state.retiring - 1}
+    {[{:stop_worker, worker} | actions], state}
+  end
+
+  defp maybe_stop(state, _worker, actions), do: {actions, state}
+
+  @doc "Marks a worker as tainted: it is chosen only when nothing else is free."
+  @spec taint(t(), String.t()) :: t()
+  def taint(state, id), do: %{state | tainted: MapSet.put(state.tainted, id)}
+
+  @doc "Lifts a worker's taint."
+  @spec untaint(t(), String.t()) :: t()
+  def untaint(state, id), do: %{state | tainted: MapSet.delete(state.tainted, id)}
+
+  @doc "Is the worker tainted?"
+  @spec tainted?(t(), String.t()) :: boolean()
+  def tainted?(state, id), do: MapSet.member?(state.tainted, id)
+
+  @doc "Forgets session pins not used since `older_than` (same clock as `request.now`)."
+  @spec prune_sessions(t(), integer()) :: t()
+  def prune_sessions(state, older_than) do
+    %{state | sessions: Map.reject(state.sessions, fn {_s, {_id, _pid, t}} -> t < older_than end)}
+  end
+
+  @doc "The worker a session is pinned to, or nil."
+  @spec session_worker(t(), String.t()) :: String.t() | nil
+  def session_worker(state, session_id) do
+    case state.sessions do
+      %{^session_id => {id, _pid, _t}} -> id
+      _ -> nil
+    end
+  end
+
   # -- requests --------------------------------------------------------------
 
   @doc """
   Places a request: `{:granted, worker, state}` with a slot leased to the
-  request's ref, `{:queued, state}`, or `{:error, :pool_saturated | :pool_failed, state}`.
+  request's ref, `{:queued, state}`, or `{:error, reason, state}` with
+  reason `:pool_failed`, `:pool_saturated`, `:worker_busy` or
+  `:session_worker_unavailable`.
   """
   @spec checkout(t(), request()) ::
           {:granted, worker(), t()} | {:queued, t()} | {:error, atom(), t()}
   def checkout(%{status: :failed} = state, _request), do: {:error, :pool_failed, state}
 
   def checkout(state, request) do
-    case take_slot(state, request.session_id) do
+    case pick(state, request) do
       {:ok, id, state} ->
-        {:granted, state.workers[id], lease(state, request, id)}
+        state = lease(state, request, id)
+        {:granted, state.workers[id], state}
 
-      :none ->
+      {:error, reason, state} ->
+        {:error, reason, state}
+
+      {:wait, state} ->
         if :queue.len(state.queue) >= state.config.max_queue_size do
           {:error, :pool_saturated, bump(state, :pool_saturated)}
         else
@@ -141,27 +260,92 @@ defmodule Snakepit.Pool.State do
     end
   end
 
-  # Session affinity as a hint: the session's last worker when it has a free
-  # slot, otherwise whichever slot is next.
-  defp take_slot(state, session_id) do
-    preferred = session_id && Map.get(state.sessions, session_id)
+  defp affinity(state, request) do
+    Map.get(request, :affinity) || Map.get(state.config, :affinity) || :hint
+  end
 
-    cond do
-      preferred && free_slot?(state, preferred) ->
-        {:ok, preferred, %{state | free: :queue.delete(preferred, state.free)}}
+  # The session's worker: {:ok, id} when it still runs the process that
+  # served the session, :lost when it died or restarted, nil without a pin.
+  defp preferred(state, request) do
+    case Map.get(request, :session_id) do
+      nil ->
+        nil
 
-      true ->
-        case :queue.out(state.free) do
-          {{:value, id}, free} -> {:ok, id, %{state | free: free}}
-          {:empty, _} -> :none
+      session ->
+        case state.sessions do
+          %{^session => {id, pid, _t}} ->
+            case state.workers do
+              %{^id => %{pid: ^pid}} -> {:ok, id}
+              _ -> :lost
+            end
+
+          _ ->
+            # A pin remembered by the session store (e.g. before a pool
+            # restart) counts when the worker belongs to this pool.
+            stored = Map.get(request, :stored_worker)
+            if stored && Map.has_key?(state.workers, stored), do: {:ok, stored}
         end
     end
   end
 
-  defp free_slot?(state, id) do
-    case state.workers do
-      %{^id => w} -> w.load < w.capacity
-      _ -> false
+  # {:ok, id, state} (slot taken from the free queue), {:wait, state} or
+  # {:error, reason, state}.
+  defp pick(state, request) do
+    mode = affinity(state, request)
+
+    case {preferred(state, request), mode} do
+      {nil, _} ->
+        pick_any(state, request)
+
+      {:lost, :hint} ->
+        pick_any(state, request)
+
+      {:lost, _strict} ->
+        {:error, :session_worker_unavailable,
+         %{state | sessions: Map.delete(state.sessions, request.session_id)}}
+
+      {{:ok, id}, :hint} ->
+        worker = state.workers[id]
+
+        if worker.status == :active and worker.load < worker.capacity and
+             not tainted?(state, id) and id not in Map.get(request, :avoid, []),
+           do: take(state, id),
+           else: pick_any(state, request)
+
+      {{:ok, id}, strict} ->
+        worker = state.workers[id]
+
+        cond do
+          worker.load < worker.capacity -> take(state, id)
+          strict == :strict_fail_fast -> {:error, :worker_busy, state}
+          true -> {:wait, state}
+        end
+    end
+  end
+
+  defp take(state, id) do
+    case state.workers[id] do
+      %{status: :active} -> {:ok, id, %{state | free: :queue.delete(id, state.free)}}
+      _retiring -> {:ok, id, state}
+    end
+  end
+
+  defp pick_any(state, request) do
+    avoid = Map.get(request, :avoid, [])
+    good? = fn id -> id not in avoid and not tainted?(state, id) end
+
+    case :queue.out(state.free) do
+      {:empty, _} ->
+        {:wait, state}
+
+      # The common case: the least recently used slot will do.
+      {{:value, id}, rest} ->
+        if good?.(id) do
+          {:ok, id, %{state | free: rest}}
+        else
+          id = Enum.find(:queue.to_list(rest), id, good?)
+          {:ok, id, %{state | free: :queue.delete(id, state.free)}}
+        end
     end
   end
 
@@ -170,9 +354,10 @@ defmodule Snakepit.Pool.State do
     workers = Map.put(state.workers, id, %{worker | load: worker.load + 1})
 
     sessions =
-      if request.session_id,
-        do: Map.put(state.sessions, request.session_id, id),
-        else: state.sessions
+      case Map.get(request, :session_id) do
+        nil -> state.sessions
+        session -> Map.put(state.sessions, session, {id, worker.pid, Map.get(request, :now, 0)})
+      end
 
     lease = Map.put(request, :worker_id, id)
 
@@ -186,10 +371,10 @@ defmodule Snakepit.Pool.State do
   end
 
   @doc """
-  Returns the slot held by `ref` and hands freed slots to waiting requests
-  in FIFO order. Returns the grants to send: `[{request, worker}]`.
+  Returns the slot held by `ref` (`outcome` `:error` counts an error) and
+  hands freed slots to waiting requests. Returns the actions to carry out.
   """
-  @spec checkin(t(), reference(), :ok | :error) :: {[{request(), worker()}], t()}
+  @spec checkin(t(), reference(), :ok | :error) :: {[action()], t()}
   def checkin(state, ref, outcome \\ :ok) do
     case Map.pop(state.leases, ref) do
       {nil, _} ->
@@ -198,39 +383,77 @@ defmodule Snakepit.Pool.State do
       {lease, leases} ->
         state = %{state | leases: leases}
         state = if outcome == :error, do: bump(state, :errors), else: state
-
         id = lease.worker_id
 
-        state =
-          case state.workers do
-            %{^id => w} ->
-              %{
-                state
-                | workers: Map.put(state.workers, w.id, %{w | load: w.load - 1}),
-                  free: :queue.in(w.id, state.free)
-              }
+        case state.workers do
+          %{^id => %{status: :active} = w} ->
+            w = %{w | load: w.load - 1}
 
-            _ ->
+            dispatch(%{
               state
-          end
+              | workers: Map.put(state.workers, id, w),
+                free: :queue.in(id, state.free)
+            })
 
-        dispatch(state)
+          %{^id => w} ->
+            w = %{w | load: w.load - 1}
+            state = %{state | workers: Map.put(state.workers, id, w)}
+            {stop, state} = maybe_stop(state, w, [])
+            {actions, state} = dispatch(state)
+            {stop ++ actions, state}
+
+          _ ->
+            dispatch(state)
+        end
     end
   end
 
-  @doc "Grants free slots to queued requests, oldest first."
-  @spec dispatch(t()) :: {[{request(), worker()}], t()}
-  def dispatch(state), do: dispatch(state, [])
+  @doc """
+  Grants free slots to queued requests, oldest first, affinity-aware: a
+  request pinned to a busy worker keeps its place while younger requests
+  that may run anywhere go ahead. Requests whose pinned worker is gone are
+  rejected.
+  """
+  @spec dispatch(t()) :: {[action()], t()}
+  def dispatch(state), do: dispatch(state, false)
 
-  defp dispatch(state, grants) do
-    with {{:value, ref}, queue} <- :queue.out(state.queue),
-         {:ok, id, state} <-
-           take_slot(%{state | queue: queue}, Map.get(state.waiting, ref, %{})[:session_id]) do
-      {request, waiting} = Map.pop(state.waiting, ref)
-      state = %{state | waiting: waiting}
-      dispatch(lease(state, request, id), [{request, state.workers[id]} | grants])
+  defp dispatch(state, rescan) do
+    {actions, skipped, state} = dispatch_loop(state, rescan, [], [])
+    queue = :queue.join(:queue.from_list(Enum.reverse(skipped)), state.queue)
+    {Enum.reverse(actions), %{state | queue: queue}}
+  end
+
+  defp dispatch_loop(state, rescan, actions, skipped) do
+    if not rescan and :queue.is_empty(state.free) and state.retiring == 0 do
+      {actions, skipped, state}
     else
-      _ -> {Enum.reverse(grants), state}
+      case :queue.out(state.queue) do
+        {:empty, _} ->
+          {actions, skipped, state}
+
+        {{:value, ref}, rest} ->
+          state = %{state | queue: rest}
+          request = Map.fetch!(state.waiting, ref)
+
+          case pick(state, request) do
+            {:ok, id, state} ->
+              state = %{lease(state, request, id) | waiting: Map.delete(state.waiting, ref)}
+
+              dispatch_loop(
+                state,
+                rescan,
+                [{:grant, request, state.workers[id]} | actions],
+                skipped
+              )
+
+            {:wait, state} ->
+              dispatch_loop(state, rescan, actions, [ref | skipped])
+
+            {:error, reason, state} ->
+              state = %{state | waiting: Map.delete(state.waiting, ref)}
+              dispatch_loop(state, rescan, [{:reject, request, reason} | actions], skipped)
+          end
+      end
     end
   end
 
@@ -249,6 +472,18 @@ defmodule Snakepit.Pool.State do
         state = %{state | waiting: waiting, queue: :queue.delete(ref, state.queue)}
         state = if why == :timeout, do: bump(state, :queue_timeouts), else: state
         {:dropped, request, state}
+    end
+  end
+
+  @doc "Adds `fields` to a waiting request (e.g. the pool's timer for it)."
+  @spec annotate_waiting(t(), reference(), map()) :: t()
+  def annotate_waiting(state, ref, fields) do
+    case state.waiting do
+      %{^ref => request} ->
+        %{state | waiting: Map.put(state.waiting, ref, Map.merge(request, fields))}
+
+      _ ->
+        state
     end
   end
 

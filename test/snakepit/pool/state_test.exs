@@ -7,99 +7,333 @@ defmodule Snakepit.Pool.StateTest do
     State.new(%{
       name: :p,
       pool_size: Keyword.get(opts, :size, 2),
-      max_queue_size: Keyword.get(opts, :max_queue, 2)
+      max_queue_size: Keyword.get(opts, :max_queue, 2),
+      affinity: Keyword.get(opts, :affinity, :hint)
     })
   end
 
-  defp worker(id, capacity \\ 1), do: %{id: id, pid: self(), capacity: capacity}
-  defp req(session \\ nil), do: %{ref: make_ref(), session_id: session}
+  defp worker(id, capacity \\ 1), do: %{id: id, pid: spawn(fn -> :ok end), capacity: capacity}
 
-  test "grants free slots, then queues, then refuses when the queue is full" do
-    s = pool() |> State.add_worker(worker("w1"))
-    {:granted, %{id: "w1"}, s} = State.checkout(s, req())
-    {:queued, s} = State.checkout(s, req())
-    {:queued, s} = State.checkout(s, req())
-    assert {:error, :pool_saturated, s} = State.checkout(s, req())
-    assert State.stats(s).pool_saturated == 1
-    assert State.stats(s).queued == 2
+  defp req(session \\ nil, extra \\ %{}),
+    do: Map.merge(%{ref: make_ref(), session_id: session}, extra)
+
+  defp two_workers(opts \\ []),
+    do: pool(opts) |> State.add_worker(worker("w1")) |> State.add_worker(worker("w2"))
+
+  defp granted!(s, r) do
+    assert {:granted, w, s} = State.checkout(s, r)
+    {w.id, s}
   end
 
-  test "checkin hands the slot to the oldest waiting request" do
-    s = pool() |> State.add_worker(worker("w1"))
-    first = req()
-    {:granted, _, s} = State.checkout(s, first)
-    older = req()
-    newer = req()
-    {:queued, s} = State.checkout(s, older)
-    {:queued, s} = State.checkout(s, newer)
-    {[{granted, %{id: "w1"}}], s} = State.checkin(s, first.ref)
-    assert granted.ref == older.ref
-    assert State.leased?(s, older.ref)
-    refute State.leased?(s, newer.ref)
+  defp done(s, r) do
+    {actions, s} = State.checkin(s, r.ref)
+    {actions, s}
   end
 
-  test "a worker of capacity n serves n requests at once" do
-    s = pool() |> State.add_worker(worker("w1", 3))
-    s = Enum.reduce(1..3, s, fn _, s -> elem(State.checkout(s, req()), 2) end)
-    assert {:queued, _} = State.checkout(s, req())
-    assert State.stats(s).busy == 1
-  end
+  describe "slots and queue" do
+    test "grants free slots, then queues, then refuses when the queue is full" do
+      s = pool() |> State.add_worker(worker("w1"))
+      {"w1", s} = granted!(s, req())
+      {:queued, s} = State.checkout(s, req())
+      {:queued, s} = State.checkout(s, req())
+      assert {:error, :pool_saturated, s} = State.checkout(s, req())
+      assert State.stats(s).pool_saturated == 1
+      assert State.stats(s).queued == 2
+    end
 
-  test "a cancelled request is never granted and counts as a queue timeout" do
-    s = pool() |> State.add_worker(worker("w1"))
-    held = req()
-    {:granted, _, s} = State.checkout(s, held)
-    waiting = req()
-    {:queued, s} = State.checkout(s, waiting)
-    {:dropped, _, s} = State.cancel(s, waiting.ref, :timeout)
-    assert {:not_queued, _} = State.cancel(s, waiting.ref, :timeout)
-    {[], s} = State.checkin(s, held.ref)
-    assert State.stats(s).queue_timeouts == 1
-    assert State.stats(s).available == 1
-  end
+    test "a queue bound of zero refuses at once when no slot is free" do
+      s = pool(max_queue: 0) |> State.add_worker(worker("w1"))
+      {"w1", s} = granted!(s, req())
+      assert {:error, :pool_saturated, _} = State.checkout(s, req())
+    end
 
-  test "session affinity prefers the session's last worker when it is free" do
-    s = pool() |> State.add_worker(worker("w1")) |> State.add_worker(worker("w2"))
-    first = req("s1")
-    {:granted, %{id: id}, s} = State.checkout(s, first)
-    {_, s} = State.checkin(s, first.ref)
+    test "checkin hands the slot to the oldest waiting request" do
+      s = pool() |> State.add_worker(worker("w1"))
+      first = req()
+      {_, s} = granted!(s, first)
+      older = req()
+      newer = req()
+      {:queued, s} = State.checkout(s, older)
+      {:queued, s} = State.checkout(s, newer)
+      {[{:grant, granted, %{id: "w1"}}], s} = done(s, first)
+      assert granted.ref == older.ref
+      assert State.leased?(s, older.ref)
+      refute State.leased?(s, newer.ref)
+    end
 
-    for _ <- 1..5, reduce: s do
-      s ->
-        r = req("s1")
-        assert {:granted, %{id: ^id}, s} = State.checkout(s, r)
-        {_, s} = State.checkin(s, r.ref)
-        s
+    test "a worker of capacity n serves n requests at once" do
+      s = pool() |> State.add_worker(worker("w1", 3))
+      s = Enum.reduce(1..3, s, fn _, s -> elem(State.checkout(s, req()), 2) end)
+      assert {:queued, _} = State.checkout(s, req())
+      assert State.stats(s).busy == 1
+    end
+
+    test "slots go to the least recently used worker" do
+      s = two_workers()
+      a = req()
+      {"w1", s} = granted!(s, a)
+      {_, s} = done(s, a)
+      assert {"w2", _} = granted!(s, req())
+    end
+
+    test "a cancelled request is never granted and counts as a queue timeout" do
+      s = pool() |> State.add_worker(worker("w1"))
+      held = req()
+      {_, s} = granted!(s, held)
+      waiting = req()
+      {:queued, s} = State.checkout(s, waiting)
+      {:dropped, _, s} = State.cancel(s, waiting.ref, :timeout)
+      assert {:not_queued, _} = State.cancel(s, waiting.ref, :timeout)
+      {[], s} = done(s, held)
+      assert State.stats(s).queue_timeouts == 1
+      assert State.stats(s).available == 1
+    end
+
+    test "a caller that goes away while queued is dropped without counting a timeout" do
+      s = pool() |> State.add_worker(worker("w1"))
+      {_, s} = granted!(s, req())
+      waiting = req()
+      {:queued, s} = State.checkout(s, waiting)
+      {:dropped, _, s} = State.cancel(s, waiting.ref, :caller_down)
+      assert State.stats(s).queue_timeouts == 0
+      assert State.stats(s).queued == 0
+    end
+
+    test "errors are counted at checkin" do
+      s = pool() |> State.add_worker(worker("w1"))
+      r = req()
+      {_, s} = granted!(s, r)
+      {_, s} = State.checkin(s, r.ref, :error)
+      assert %{requests: 1, errors: 1} = State.stats(s)
     end
   end
 
-  test "removing a worker drops its slots and leases; a stale removal of a restarted worker is ignored" do
-    s = pool() |> State.add_worker(worker("w1"))
-    r = req()
-    {:granted, _, s} = State.checkout(s, r)
-    s = State.remove_worker(s, "w1")
-    refute State.leased?(s, r.ref)
-    assert State.stats(s).workers == 0
+  describe "workers" do
+    test "removing a worker drops its slots and leases; a stale removal of a restarted worker is ignored" do
+      s = pool() |> State.add_worker(worker("w1"))
+      r = req()
+      {_, s} = granted!(s, r)
+      {[], s} = State.remove_worker(s, "w1")
+      refute State.leased?(s, r.ref)
+      assert State.stats(s).workers == 0
 
-    old_pid = spawn(fn -> :ok end)
-    s = State.add_worker(s, worker("w1"))
-    assert State.remove_worker(s, "w1", old_pid).workers |> Map.has_key?("w1")
+      old_pid = spawn(fn -> :ok end)
+      s = State.add_worker(s, worker("w1"))
+      {[], s} = State.remove_worker(s, "w1", old_pid)
+      assert Map.has_key?(s.workers, "w1")
+    end
+
+    test "the pool fails only when every expected worker failed before any was ready" do
+      s = pool(size: 2)
+      s = State.worker_failed(s, "w1", :boom)
+      assert s.status == :starting
+      refute State.init_complete?(s)
+      s = State.worker_failed(s, "w2", :boom)
+      assert s.status == :failed
+      assert State.init_complete?(s)
+      assert {:error, :pool_failed, _} = State.checkout(s, req())
+
+      ready = pool(size: 2) |> State.add_worker(worker("w1")) |> State.worker_failed("w2", :boom)
+      assert ready.status == :ready
+      assert State.init_complete?(ready)
+    end
+
+    test "a re-added worker frees every slot once" do
+      s = pool() |> State.add_worker(worker("w1", 2)) |> State.add_worker(worker("w1", 2))
+      assert :queue.len(s.free) == 2
+    end
   end
 
-  test "the pool fails only when every expected worker failed before any was ready" do
-    s = pool(size: 2)
-    s = State.worker_failed(s, "w1", :boom)
-    assert s.status == :starting
-    s = State.worker_failed(s, "w2", :boom)
-    assert s.status == :failed
-    assert {:error, :pool_failed, _} = State.checkout(s, req())
+  describe "affinity :hint" do
+    test "prefers the session's last worker when it is free" do
+      s = two_workers()
+      first = req("s1")
+      {id, s} = granted!(s, first)
+      {_, s} = done(s, first)
 
-    ready = pool(size: 2) |> State.add_worker(worker("w1")) |> State.worker_failed("w2", :boom)
-    assert ready.status == :ready
+      for _ <- 1..5, reduce: s do
+        s ->
+          r = req("s1")
+          assert {^id, s} = granted!(s, r)
+          {_, s} = done(s, r)
+          s
+      end
+    end
+
+    test "falls back to another worker when the session's worker is busy, and moves the session" do
+      s = two_workers()
+      {"w1", s} = granted!(s, req("s1"))
+      assert {"w2", s} = granted!(s, req("s1"))
+      assert State.session_worker(s, "s1") == "w2"
+    end
+
+    test "a session whose worker died goes to any worker" do
+      s = two_workers()
+      r = req("s1")
+      {"w1", s} = granted!(s, r)
+      {_, s} = State.remove_worker(s, "w1")
+      assert {"w2", _} = granted!(s, req("s1"))
+    end
+
+    test "the session store's pin counts when the pool has no pin of its own" do
+      s = two_workers()
+      assert {"w2", _} = granted!(s, req("s9", %{stored_worker: "w2"}))
+      assert {"w1", _} = granted!(s, req("s9", %{stored_worker: "other_pool_worker_1"}))
+    end
   end
 
-  test "a re-added worker frees every slot once" do
-    s = pool() |> State.add_worker(worker("w1", 2)) |> State.add_worker(worker("w1", 2))
-    assert :queue.len(s.free) == 2
+  describe "affinity :strict_queue" do
+    test "waits for the session's worker while others go ahead" do
+      s = two_workers(affinity: :strict_queue)
+      pinned = req("s1")
+      {"w1", s} = granted!(s, pinned)
+      {_, s} = done(s, pinned)
+
+      busy = req(nil, %{avoid: ["w2"]})
+      {"w1", s} = granted!(s, busy)
+      # w2 is free, but the session waits for w1.
+      waiting = req("s1")
+      assert {:queued, s} = State.checkout(s, waiting)
+      # An unpinned request behind it is not held up.
+      assert {"w2", s} = granted!(s, req())
+      {[{:grant, granted, %{id: "w1"}}], _} = done(s, busy)
+      assert granted.ref == waiting.ref
+    end
+
+    test "a slot freed on another worker skips the pinned request and serves a younger one" do
+      s = two_workers(affinity: :strict_queue)
+      {"w1", s} = granted!(s, req("s1"))
+      other = req()
+      {"w2", s} = granted!(s, other)
+      pinned = req("s1")
+      {:queued, s} = State.checkout(s, pinned)
+      younger = req()
+      {:queued, s} = State.checkout(s, younger)
+      {[{:grant, granted, %{id: "w2"}}], s} = done(s, other)
+      assert granted.ref == younger.ref
+      assert [^pinned] = Map.values(s.waiting)
+    end
+
+    test "a queued request whose worker dies is rejected as :session_worker_unavailable" do
+      s = two_workers(affinity: :strict_queue)
+      {"w1", s} = granted!(s, req("s1"))
+      waiting = req("s1")
+      {:queued, s} = State.checkout(s, waiting)
+      {[{:reject, rejected, :session_worker_unavailable}], s} = State.remove_worker(s, "w1")
+      assert rejected.ref == waiting.ref
+      assert State.stats(s).queued == 0
+    end
+
+    test "a worker restarted under the same id lost the session: one error, then a new pin" do
+      s = two_workers(affinity: :strict_queue)
+      r = req("s1")
+      {"w1", s} = granted!(s, r)
+      {_, s} = done(s, r)
+      {_, s} = State.remove_worker(s, "w1")
+      s = State.add_worker(s, worker("w1"))
+      assert {:error, :session_worker_unavailable, s} = State.checkout(s, req("s1"))
+      assert {_, _} = granted!(s, req("s1"))
+    end
+
+    test "per-request affinity overrides the pool's" do
+      s = two_workers(affinity: :hint)
+      {"w1", s} = granted!(s, req("s1"))
+      assert {:queued, _} = State.checkout(s, req("s1", %{affinity: :strict_queue}))
+    end
+  end
+
+  describe "affinity :strict_fail_fast" do
+    test "fails at once with :worker_busy when the session's worker is busy" do
+      s = two_workers(affinity: :strict_fail_fast)
+      {"w1", s} = granted!(s, req("s1"))
+      assert {:error, :worker_busy, s} = State.checkout(s, req("s1"))
+      assert State.stats(s).queued == 0
+      # Without a session the free worker serves.
+      assert {"w2", _} = granted!(s, req())
+    end
+
+    test "a session whose worker is gone gets :session_worker_unavailable" do
+      s = two_workers(affinity: :strict_fail_fast)
+      {"w1", s} = granted!(s, req("s1"))
+      {_, s} = State.remove_worker(s, "w1")
+      assert {:error, :session_worker_unavailable, _} = State.checkout(s, req("s1"))
+    end
+  end
+
+  describe "taints and avoidance" do
+    test "a tainted worker is passed over while another is free" do
+      s = two_workers() |> State.taint("w1")
+      a = req()
+      assert {"w2", s} = granted!(s, a)
+      {_, s} = done(s, a)
+      assert {"w2", _} = granted!(s, req())
+    end
+
+    test "a tainted worker still serves when it is the only free one" do
+      s = two_workers() |> State.taint("w1")
+      {"w2", s} = granted!(s, req())
+      assert {"w1", _} = granted!(s, req())
+    end
+
+    test "a hint session avoids its tainted worker; untainting restores it" do
+      s = two_workers()
+      r = req("s1")
+      {"w1", s} = granted!(s, r)
+      {_, s} = done(s, r)
+      tainted = State.taint(s, "w1")
+      assert {"w2", _} = granted!(tainted, req("s1"))
+      assert {"w1", _} = granted!(State.untaint(tainted, "w1"), req("s1"))
+    end
+
+    test "a retry avoids the workers it lists" do
+      s = two_workers()
+      assert {"w2", _} = granted!(s, req(nil, %{avoid: ["w1"]}))
+    end
+  end
+
+  describe "retiring" do
+    test "an idle worker retires at once" do
+      s = two_workers()
+      {[{:stop_worker, %{id: "w1"}}], s} = State.retire(s, "w1")
+      assert Map.keys(s.workers) == ["w2"]
+    end
+
+    test "a busy worker takes no new requests and retires when its last request ends" do
+      s = two_workers()
+      r = req()
+      {"w1", s} = granted!(s, r)
+      {[], s} = State.retire(s, "w1")
+      assert {"w2", s} = granted!(s, req())
+      assert {:queued, s} = State.checkout(s, req())
+      {actions, s} = done(s, r)
+      assert [{:stop_worker, %{id: "w1"}}] = actions
+      refute Map.has_key?(s.workers, "w1")
+    end
+
+    test "strict sessions pinned to a retiring worker keep it until it retires" do
+      s = two_workers(affinity: :strict_queue)
+      r = req("s1")
+      {"w1", s} = granted!(s, r)
+      {[], s} = State.retire(s, "w1")
+      {[{:stop_worker, _}], s} = done(s, r)
+      assert {:error, :session_worker_unavailable, _} = State.checkout(s, req("s1"))
+
+      s = two_workers(affinity: :strict_queue)
+      {"w1", s} = granted!(s, req("s1"))
+      other = req()
+      {"w2", s} = granted!(s, other)
+      {[], s} = State.retire(s, "w1")
+      # Retiring but busy: the session waits for it, as before.
+      assert {:queued, _} = State.checkout(s, req("s1"))
+    end
+  end
+
+  test "session pins unused since a time are pruned" do
+    s = two_workers()
+    {_, s} = granted!(s, req("old", %{now: 10}))
+    {_, s} = granted!(s, req("new", %{now: 100}))
+    s = State.prune_sessions(s, 50)
+    assert State.session_worker(s, "old") == nil
+    assert State.session_worker(s, "new") != nil
   end
 end

@@ -1,15 +1,15 @@
 defmodule Snakepit.GRPC.BridgeServer.Sessions do
   @moduledoc """
-  The small session table behind the bridge's `InitializeSession`,
-  `GetSession` and `CleanupSession` calls: session id, the config the worker
-  sent, and creation / last-access times.
+  The bridge's `InitializeSession`, `GetSession` and `CleanupSession` calls,
+  on top of `Snakepit.Bridge.SessionStore`: a worker's session is a store
+  session (with its TTL, quotas and worker affinity) whose metadata holds
+  the config the worker sent under `:config`.
 
-  It exists because `Snakepit.Bridge.SessionStore` (sessions with TTLs,
-  quotas and programs) is not part of this code base yet; once it is, these
-  three functions should delegate to it.
+  Times are reported in wall-clock milliseconds, at the store's precision
+  (seconds).
   """
 
-  @table :snakepit_bridge_sessions
+  alias Snakepit.Bridge.{Session, SessionStore}
 
   @type info :: %{
           session_id: String.t(),
@@ -23,42 +23,45 @@ defmodule Snakepit.GRPC.BridgeServer.Sessions do
   def initialize("", _metadata), do: {:error, "session_id is required"}
 
   def initialize(id, metadata) when is_binary(id) do
-    table = Snakepit.ETSOwner.ensure_table(@table)
-    now = System.system_time(:millisecond)
-
-    created =
-      case :ets.lookup(table, id) do
-        [{^id, info}] -> info.created_at_ms
-        [] -> now
+    result =
+      case SessionStore.update_session(id, &Session.put_metadata(&1, :config, metadata)) do
+        {:error, :not_found} -> SessionStore.create_session(id, metadata: %{config: metadata})
+        other -> other
       end
 
-    info = %{session_id: id, metadata: metadata, created_at_ms: created, last_accessed_ms: now}
-    :ets.insert(table, {id, info})
-    {:ok, info}
+    case result do
+      {:ok, session} -> {:ok, info(session)}
+      {:error, :session_quota_exceeded} -> {:error, "session quota exceeded"}
+      {:error, :already_exists} -> initialize(id, metadata)
+      {:error, reason} -> {:error, "cannot initialize session: #{inspect(reason)}"}
+    end
   end
 
   @doc "The session `id`, marking it accessed now."
   @spec get(String.t()) :: {:ok, info()} | :not_found
   def get(id) when is_binary(id) do
-    table = Snakepit.ETSOwner.ensure_table(@table)
-
-    case :ets.lookup(table, id) do
-      [{^id, info}] ->
-        info = %{info | last_accessed_ms: System.system_time(:millisecond)}
-        :ets.insert(table, {id, info})
-        {:ok, info}
-
-      [] ->
-        :not_found
+    case SessionStore.get_session(id) do
+      {:ok, session} -> {:ok, info(session)}
+      {:error, :not_found} -> :not_found
     end
   end
 
   @doc "Removes the session `id`; true when it existed."
   @spec delete(String.t()) :: boolean()
   def delete(id) when is_binary(id) do
-    table = Snakepit.ETSOwner.ensure_table(@table)
-    existed = :ets.member(table, id)
-    :ets.delete(table, id)
+    existed = SessionStore.session_exists?(id)
+    :ok = SessionStore.delete_session(id)
     existed
+  end
+
+  defp info(%Session{} = session) do
+    offset = System.time_offset(:millisecond)
+
+    %{
+      session_id: session.id,
+      metadata: Session.get_metadata(session, :config, %{}),
+      created_at_ms: session.created_at * 1000 + offset,
+      last_accessed_ms: session.last_accessed * 1000 + offset
+    }
   end
 end

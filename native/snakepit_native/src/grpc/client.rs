@@ -11,7 +11,7 @@ use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::channel::WorkerChannel;
-use super::pb::{ExecuteToolRequest, PingRequest};
+use super::pb::{ExecuteToolRequest, HeartbeatRequest, PingRequest};
 use super::response;
 use crate::atoms;
 use crate::json;
@@ -193,6 +193,44 @@ fn grpc_ping<'a>(
             Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
             Ok(Err(status)) => response::status(status),
             Ok(Ok(resp)) => reply::ok(resp.into_inner().message),
+        }
+    });
+    atoms::ok().encode(env)
+}
+
+/// Calls the worker's Heartbeat RPC; replies `{ref, {:ok, worker_timestamp_us}}`
+/// or `{ref, {:error, reason}}`. A dependent worker counts these to know
+/// that the BEAM is still there.
+#[rustler::nif]
+fn grpc_heartbeat<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<WorkerChannel>,
+    owner: LocalPid,
+    reference: Term<'a>,
+    worker_id: String,
+    timeout_ms: u64,
+) -> Term<'a> {
+    let mut client = channel.client();
+    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let timestamp_us = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0);
+    reply::spawn_unary(ReplyTo::new(owner, reference), async move {
+        let started = tokio::time::Instant::now();
+        let req = with_deadline(
+            tonic::Request::new(HeartbeatRequest {
+                worker_id,
+                session_id: String::new(),
+                timestamp_us,
+            }),
+            Some(timeout),
+        );
+        match tokio::time::timeout(timeout + DEADLINE_SLACK, client.heartbeat(req)).await {
+            Err(_) => response::timeout(),
+            Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
+            Ok(Err(status)) => response::status(status),
+            Ok(Ok(resp)) => reply::ok(resp.into_inner().timestamp_us),
         }
     });
     atoms::ok().encode(env)

@@ -1,0 +1,101 @@
+defmodule Snakepit.Worker.TaintRegistry do
+  @moduledoc """
+  Workers (and devices) tainted after a crash, with when the taint ends.
+
+  Entries live in the shared `:snakepit_worker_taints` ETS table owned by
+  `Snakepit.ETSOwner`, so any process may read them without a message.
+  Expired taints read as absent and are removed lazily.
+  """
+
+  @table :snakepit_worker_taints
+
+  @type info :: %{
+          required(:worker_id) => String.t(),
+          required(:tainted_at_ms) => integer(),
+          required(:expires_at_ms) => integer(),
+          required(:restarts_left) => non_neg_integer(),
+          optional(atom()) => term()
+        }
+
+  @doc """
+  Taints `worker_id`. Options: `:duration_ms` (default
+  `Snakepit.Defaults.crash_barrier_taint_duration_ms/0`), `:max_restarts`
+  (restarts the crash barrier may spend on it, default
+  `Snakepit.Defaults.crash_barrier_max_restarts/0`), and any facts to keep
+  (`:reason`, `:exit_status`, `:pool`, `:device`).
+  """
+  @spec taint_worker(String.t(), keyword()) :: :ok
+  def taint_worker(worker_id, opts \\ []) do
+    now = now_ms()
+
+    duration =
+      Keyword.get_lazy(opts, :duration_ms, &Snakepit.Defaults.crash_barrier_taint_duration_ms/0)
+
+    restarts =
+      Keyword.get_lazy(opts, :max_restarts, &Snakepit.Defaults.crash_barrier_max_restarts/0)
+
+    info =
+      opts
+      |> Keyword.drop([:duration_ms, :max_restarts])
+      |> Map.new()
+      |> Map.merge(%{
+        worker_id: worker_id,
+        tainted_at_ms: now,
+        expires_at_ms: now + duration,
+        restarts_left: restarts
+      })
+
+    :ets.insert(table(), {worker_id, info})
+    :ok
+  end
+
+  @doc "Is `worker_id` tainted now?"
+  @spec worker_tainted?(String.t()) :: boolean()
+  def worker_tainted?(worker_id), do: worker_info(worker_id) != nil
+
+  @doc "The taint of `worker_id`, or nil when it has none (or it expired)."
+  @spec worker_info(String.t()) :: info() | nil
+  def worker_info(worker_id) do
+    case :ets.lookup(table(), worker_id) do
+      [{_, %{expires_at_ms: until} = info}] ->
+        if until > now_ms() do
+          info
+        else
+          :ets.delete_object(table(), {worker_id, info})
+          nil
+        end
+
+      [] ->
+        nil
+    end
+  end
+
+  @doc "Lifts the taint of `worker_id`."
+  @spec clear_worker(String.t()) :: :ok
+  def clear_worker(worker_id) do
+    :ets.delete(table(), worker_id)
+    :ok
+  end
+
+  @doc """
+  Spends one of the restarts a tainted worker has left:
+  `{:ok, remaining}`, `{:error, :no_restarts_left}` or `{:error, :not_tainted}`.
+  """
+  @spec consume_restart(String.t()) :: {:ok, non_neg_integer()} | {:error, atom()}
+  def consume_restart(worker_id) do
+    case worker_info(worker_id) do
+      nil ->
+        {:error, :not_tainted}
+
+      %{restarts_left: 0} ->
+        {:error, :no_restarts_left}
+
+      %{restarts_left: n} = info ->
+        :ets.insert(table(), {worker_id, %{info | restarts_left: n - 1}})
+        {:ok, n - 1}
+    end
+  end
+
+  defp table, do: Snakepit.ETSOwner.ensure_table(@table)
+  defp now_ms, do: System.monotonic_time(:millisecond)
+end

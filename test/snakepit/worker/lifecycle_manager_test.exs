@@ -1,0 +1,109 @@
+defmodule Snakepit.Worker.LifecycleManagerTest do
+  # Real Python workers being recycled.
+  use ExUnit.Case, async: false
+  @moduletag :python
+
+  alias Snakepit.Test.AppPool
+  alias Snakepit.Worker.LifecycleManager
+
+  doctest LifecycleManager
+
+  defp start(pool, env \\ []) do
+    base = %{name: :default, pool_size: 1, adapter_args: AppPool.fixture_adapter()}
+    AppPool.start!([python_path: [AppPool.fixtures_dir()], pools: [Map.merge(base, pool)]] ++ env)
+    # Handlers live in the application's tables: attach after the restart.
+    parent = self()
+    handler = "lc-#{System.unique_integer()}"
+
+    Snakepit.Telemetry.attach(
+      handler,
+      [:snakepit, :worker, :recycled],
+      fn _, _, meta, _ -> send(parent, {:recycled, meta}) end,
+      nil
+    )
+  end
+
+  defp pid! do
+    {:ok, %{"pid" => pid}} = Snakepit.execute("get_pid", %{})
+    pid
+  end
+
+  test "worker_max_requests recycles after that many requests; calls never fail meanwhile" do
+    start(%{worker_max_requests: 3})
+    first = pid!()
+    _ = pid!()
+    _ = pid!()
+
+    assert_receive {:recycled,
+                    %{reason: :max_requests, worker_id: "default_worker_1", request_count: 3}},
+                   10_000
+
+    # Capacity never dropped to zero: calls keep working throughout.
+    pids = for _ <- 1..3, do: pid!()
+    assert List.last(pids) != first
+    assert Snakepit.list_workers() == ["default_worker_2"]
+
+    assert AppPool.wait_until(fn -> not Snakepit.Native.process_alive(first) end, 10_000) !=
+             :timeout
+  end
+
+  test "worker_ttl recycles workers that have been up longer" do
+    start(%{worker_ttl: {1, :seconds}}, lifecycle_check_interval: 100)
+    first = pid!()
+    assert_receive {:recycled, %{reason: :ttl, worker_id: "default_worker_1"}}, 10_000
+    assert AppPool.wait_until(fn -> pid!() != first end, 10_000) != :timeout
+  end
+
+  test "memory_threshold_mb measures the Python process's resident memory" do
+    start(%{memory_threshold_mb: 150, pool_size: 2}, lifecycle_check_interval: 100)
+    {:ok, %{"pid" => fat}} = Snakepit.execute("allocate", %{mb: 200})
+    fat_id = Enum.find(Snakepit.list_workers(), &(os_pid(&1) == fat))
+
+    assert LifecycleManager.rss_mb(fat) >= 200
+    assert_receive {:recycled, %{reason: :memory_threshold, worker_id: ^fat_id}}, 10_000
+    assert LifecycleManager.memory_recycle_counts() == %{default: 1}
+
+    assert AppPool.wait_until(fn -> not Snakepit.Native.process_alive(fat) end, 10_000) !=
+             :timeout
+
+    # The slim worker was left alone.
+    assert length(Snakepit.list_workers()) == 2
+    assert LifecycleManager.get_stats().recycles == %{memory_threshold: 1}
+  end
+
+  test "recycle_worker/2: the replacement starts first, an in-flight call finishes on the old one" do
+    start(%{})
+    [old_id] = Snakepit.list_workers()
+    old = os_pid(old_id)
+    running = Task.async(fn -> Snakepit.execute("interval", %{ms: 600}) end)
+    assert AppPool.wait_until(fn -> Snakepit.get_stats().busy == 1 end, 5_000) != :timeout
+
+    assert :ok = LifecycleManager.recycle_worker(:default, old_id)
+    assert {:error, :already_recycling} = LifecycleManager.recycle_worker(:default, old_id)
+    assert {:error, :not_found} = LifecycleManager.recycle_worker(:default, "nobody")
+
+    # While the replacement starts, the pool still has its worker.
+    assert Snakepit.list_workers() != []
+    assert {:ok, %{"pid" => ^old}} = Task.await(running)
+    assert_receive {:recycled, %{reason: :manual, worker_id: ^old_id}}, 10_000
+
+    assert AppPool.wait_until(fn -> not Snakepit.Native.process_alive(old) end, 10_000) !=
+             :timeout
+
+    assert pid!() != old
+
+    # The pool untracks the old worker once its process has exited.
+    assert AppPool.wait_until(fn -> LifecycleManager.get_stats().total_workers == 1 end, 5_000) !=
+             :timeout
+
+    assert %{workers: [%{worker_id: "default_worker_2", request_count: n}]} =
+             LifecycleManager.get_stats()
+
+    assert n >= 1
+  end
+
+  defp os_pid(id) do
+    {:ok, meta} = Snakepit.Pool.Registry.get_worker_metadata(id)
+    meta.os_pid
+  end
+end
