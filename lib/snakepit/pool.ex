@@ -90,14 +90,32 @@ defmodule Snakepit.Pool do
       deadline = deadline(opts, total)
       idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
 
+      started = System.monotonic_time()
+
       attempt(opts, deadline, idempotent, 0, [], fn lease, rpc_deadline ->
-        Client.execute(lease.worker, command, args, call_opts(opts, rpc_deadline))
+        result = Client.execute(lease.worker, command, args, call_opts(opts, rpc_deadline))
+        emit_executed(lease, command, result, started)
+        result
       end)
     end
   end
 
+  # Queueing included: the time the caller waited for its answer.
+  defp emit_executed(lease, command, result, started) do
+    duration_us =
+      System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+
+    Telemetry.emit([:snakepit, :request, :executed], %{duration_us: duration_us}, %{
+      pool: lease.pool,
+      worker_id: lease.worker.id,
+      command: command,
+      success: match?({:ok, _}, result)
+    })
+  end
+
   @doc """
   Runs a streaming `command`, calling `callback` with each chunk. Options as
+
   `execute/3`; the default budget is `Snakepit.Defaults.pool_streaming_timeout/0`
   and the queue budget `Snakepit.Defaults.checkout_timeout/0`. Streams are
   never retried.

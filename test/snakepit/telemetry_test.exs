@@ -24,7 +24,8 @@ defmodule Snakepit.TelemetryTest do
 
     forward("t-spawn", [
       [:snakepit, :pool, :worker, :spawned],
-      [:snakepit, :grpc_worker, :execute, :stop]
+      [:snakepit, :grpc_worker, :execute, :stop],
+      [:snakepit, :request, :executed]
     ])
 
     assert_receive {:event, [:snakepit, :pool, :worker, :spawned], %{duration: d},
@@ -36,6 +37,16 @@ defmodule Snakepit.TelemetryTest do
 
     assert_receive {:event, [:snakepit, :grpc_worker, :execute, :stop], %{duration: _},
                     %{command: "ping", success: true}}
+
+    assert_receive {:event, [:snakepit, :request, :executed], %{duration_us: us},
+                    %{
+                      pool: :default,
+                      worker_id: "default_worker_1",
+                      command: "ping",
+                      success: true
+                    }}
+
+    assert is_integer(us) and us > 0
   end
 
   test "attach refuses a duplicate id; detach reports unknown ids; a raising handler is detached" do
