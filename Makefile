@@ -31,7 +31,9 @@ lint: setup
 	MIX_ENV=test mix compile --warnings-as-errors --force
 
 bench: setup
-	MIX_ENV=prod mix run bench/ping.exs
+	MIX_ENV=prod mix run bench/pool_throughput.exs
+	MIX_ENV=prod mix run bench/startup.exs
+
 
 clean:
 	rm -rf _build target priv/native priv/python
