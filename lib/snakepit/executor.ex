@@ -45,7 +45,6 @@ defmodule Snakepit.Executor do
     retriable_errors: [:timeout, :unavailable]
   ]
   @telemetry_keys [:pool, :operation]
-  @batch_timeout_ms 30_000
 
   @doc "Executes a function directly in the caller's process."
   @spec execute((-> any()), keyword()) :: any()
@@ -158,7 +157,8 @@ defmodule Snakepit.Executor do
       raise ArgumentError, "execute_batch/2 expects a list of zero-arity functions"
     end
 
-    timeout = timeout!(Keyword.get(opts, :timeout_ms, @batch_timeout_ms))
+    timeout =
+      timeout!(Keyword.get_lazy(opts, :timeout_ms, &Snakepit.Defaults.executor_batch_timeout/0))
 
     max_concurrency =
       case Keyword.get(opts, :max_concurrency, :infinity) do

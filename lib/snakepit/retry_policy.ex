@@ -60,6 +60,20 @@ defmodule Snakepit.RetryPolicy do
 
   defstruct @defaults
 
+  # The built-in defaults, overridden by `config :snakepit, retry_*` keys.
+  defp configured_defaults do
+    alias Snakepit.Defaults
+
+    Keyword.merge(@defaults,
+      max_attempts: Defaults.retry_max_attempts(),
+      backoff_ms: Defaults.retry_backoff_sequence(),
+      base_backoff_ms: Defaults.retry_base_backoff_ms(),
+      backoff_multiplier: Defaults.retry_backoff_multiplier(),
+      max_backoff_ms: Defaults.retry_max_backoff_ms(),
+      jitter_factor: Defaults.retry_jitter_factor()
+    )
+  end
+
   @doc """
   Creates a retry policy.
 
@@ -87,7 +101,7 @@ defmodule Snakepit.RetryPolicy do
             "Snakepit.RetryPolicy.new/1 expects a keyword list, got: #{inspect(opts)}"
     end
 
-    opts = Keyword.validate!(opts, @defaults)
+    opts = Keyword.validate!(opts, configured_defaults())
 
     %__MODULE__{
       max_attempts: validate!(opts, :max_attempts, &pos_int?/1, "a positive integer"),

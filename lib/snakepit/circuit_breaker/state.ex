@@ -58,9 +58,16 @@ defmodule Snakepit.CircuitBreaker.State do
   @spec new(keyword()) :: t()
   def new(opts \\ []) do
     %__MODULE__{
-      failure_threshold: pos_int!(opts, :failure_threshold, 5),
-      reset_timeout_ms: pos_int!(opts, :reset_timeout_ms, 30_000),
-      half_open_max_calls: pos_int!(opts, :half_open_max_calls, 1),
+      failure_threshold:
+        pos_int!(opts, :failure_threshold, Snakepit.Defaults.circuit_breaker_failure_threshold()),
+      reset_timeout_ms:
+        pos_int!(opts, :reset_timeout_ms, Snakepit.Defaults.circuit_breaker_reset_timeout_ms()),
+      half_open_max_calls:
+        pos_int!(
+          opts,
+          :half_open_max_calls,
+          Snakepit.Defaults.circuit_breaker_half_open_max_calls()
+        ),
       name: name!(opts)
     }
   end

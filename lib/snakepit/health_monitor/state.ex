@@ -60,8 +60,9 @@ defmodule Snakepit.HealthMonitor.State do
 
     %__MODULE__{
       pool: pool,
-      crash_window_ms: pos_int!(opts, :crash_window_ms, 60_000),
-      max_crashes: pos_int!(opts, :max_crashes, 10),
+      crash_window_ms:
+        pos_int!(opts, :crash_window_ms, Snakepit.Defaults.health_monitor_crash_window_ms()),
+      max_crashes: pos_int!(opts, :max_crashes, Snakepit.Defaults.health_monitor_max_crashes()),
       check_interval_ms: pos_int!(opts, :check_interval_ms, 30_000)
     }
   end
