@@ -20,19 +20,7 @@ defmodule Snakepit.DefaultsTest do
   ]
 
   setup do
-    saved = for k <- @keys, do: {k, Application.fetch_env(:snakepit, k)}
-
-    on_exit(fn ->
-      for {k, v} <- saved do
-        case v do
-          {:ok, v} -> Application.put_env(:snakepit, k, v)
-          :error -> Application.delete_env(:snakepit, k)
-        end
-      end
-    end)
-
-    for k <- @keys, do: Application.delete_env(:snakepit, k)
-    :ok
+    Snakepit.Test.AppEnv.isolate(@keys)
   end
 
   test "documented plain defaults" do

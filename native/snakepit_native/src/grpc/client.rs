@@ -11,11 +11,13 @@ use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::channel::WorkerChannel;
-use super::pb::{ExecuteToolRequest, HeartbeatRequest, PingRequest};
+use super::pb::{
+    ExecuteToolRequest, HeartbeatRequest, HeartbeatResponse, PingRequest, PingResponse,
+};
 use super::response;
 use crate::atoms;
 use crate::json;
-use crate::reply::{self, ReplyTo};
+use crate::reply::{self, Payload, ReplyTo};
 
 /// How long past the caller's budget the task waits for the worker before
 /// giving up on its own; the gRPC deadline normally fires first.
@@ -174,6 +176,22 @@ fn grpc_execute<'a>(
     atoms::ok().encode(env)
 }
 
+/// Awaits a small unary call with a hard deadline, mapping every outcome to
+/// the reply payload; `ok` turns the response into the success value.
+async fn bounded<T, F, Fut>(timeout: Duration, call: F, ok: impl FnOnce(T) -> Payload) -> Payload
+where
+    F: FnOnce(Duration) -> Fut,
+    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+{
+    let started = tokio::time::Instant::now();
+    match tokio::time::timeout(timeout + DEADLINE_SLACK, call(timeout)).await {
+        Err(_) => response::timeout(),
+        Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
+        Ok(Err(status)) => response::status(status),
+        Ok(Ok(resp)) => ok(resp.into_inner()),
+    }
+}
+
 #[rustler::nif]
 fn grpc_ping<'a>(
     env: Env<'a>,
@@ -186,14 +204,13 @@ fn grpc_ping<'a>(
     let mut client = channel.client();
     let timeout = Duration::from_millis(timeout_ms.max(1));
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
-        let started = tokio::time::Instant::now();
-        let req = with_deadline(tonic::Request::new(PingRequest { message }), Some(timeout));
-        match tokio::time::timeout(timeout + DEADLINE_SLACK, client.ping(req)).await {
-            Err(_) => response::timeout(),
-            Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
-            Ok(Err(status)) => response::status(status),
-            Ok(Ok(resp)) => reply::ok(resp.into_inner().message),
-        }
+        let call = |t| {
+            client.ping(with_deadline(
+                tonic::Request::new(PingRequest { message }),
+                Some(t),
+            ))
+        };
+        bounded(timeout, call, |resp: PingResponse| reply::ok(resp.message)).await
     });
     atoms::ok().encode(env)
 }
@@ -216,22 +233,17 @@ fn grpc_heartbeat<'a>(
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)
         .unwrap_or(0);
+    let req = HeartbeatRequest {
+        worker_id,
+        session_id: String::new(),
+        timestamp_us,
+    };
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
-        let started = tokio::time::Instant::now();
-        let req = with_deadline(
-            tonic::Request::new(HeartbeatRequest {
-                worker_id,
-                session_id: String::new(),
-                timestamp_us,
-            }),
-            Some(timeout),
-        );
-        match tokio::time::timeout(timeout + DEADLINE_SLACK, client.heartbeat(req)).await {
-            Err(_) => response::timeout(),
-            Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
-            Ok(Err(status)) => response::status(status),
-            Ok(Ok(resp)) => reply::ok(resp.into_inner().timestamp_us),
-        }
+        let call = |t| client.heartbeat(with_deadline(tonic::Request::new(req), Some(t)));
+        bounded(timeout, call, |resp: HeartbeatResponse| {
+            reply::ok(resp.timestamp_us)
+        })
+        .await
     });
     atoms::ok().encode(env)
 }
