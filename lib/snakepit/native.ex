@@ -42,9 +42,6 @@ defmodule Snakepit.Native do
   @spec release_process(reference()) :: :ok
   def release_process(_handle), do: not_loaded()
 
-  @doc false
-  def process_handle_pid(_handle), do: not_loaded()
-
   @spec signal_process(integer(), integer()) :: :ok | {:error, atom()}
   def signal_process(_pid, _signal), do: not_loaded()
 

@@ -15,7 +15,6 @@ use crate::atoms;
 /// A spawned worker as the BEAM holds it. Dropping the last reference
 /// closes the guard pipe, which takes the worker's process group down.
 pub struct ProcessHandle {
-    os_pid: i32,
     guard_pipe: Mutex<Option<OwnedFd>>,
 }
 
@@ -73,7 +72,6 @@ fn spawn_process<'a>(
                 None => (None, None),
             };
             let handle = ResourceArc::new(ProcessHandle {
-                os_pid,
                 guard_pipe: Mutex::new(guard_pipe),
             });
             watch::watch(
@@ -99,11 +97,6 @@ fn release_process(handle: ResourceArc<ProcessHandle>) -> Atom {
         pipe.take();
     }
     atoms::ok()
-}
-
-#[rustler::nif]
-fn process_handle_pid(handle: ResourceArc<ProcessHandle>) -> i32 {
-    handle.os_pid
 }
 
 fn signal_result(env: Env<'_>, result: io::Result<()>) -> Term<'_> {
