@@ -223,11 +223,41 @@ impl Bridge {
     }
 }
 
+impl Bridge {
+    /// A call with the default budget whose reply must be of one kind,
+    /// which `pick` takes out; any other reply is a failure.
+    async fn control<T>(
+        &self,
+        rpc: Rpc,
+        build: RequestBuilder,
+        pick: impl FnOnce(Reply) -> Option<T>,
+    ) -> Result<T, Status> {
+        let wait = core::reply_wait(0, self.default_timeout);
+        match self.dispatch(rpc, String::new(), wait, build).await {
+            Reply::Failed(status) => Err(status),
+            reply => pick(reply).ok_or_else(wrong_reply),
+        }
+    }
+}
+
+/// The worker id of a request: its own field, else the worker-id header.
+fn request_worker(field: String, header: String) -> String {
+    if field.is_empty() {
+        header
+    } else {
+        field
+    }
+}
+
 fn unexpected(reply: Reply) -> Status {
     match reply {
         Reply::Failed(status) => status,
-        _ => Status::internal("Elixir answered with the reply of another call"),
+        _ => wrong_reply(),
     }
+}
+
+fn wrong_reply() -> Status {
+    Status::internal("Elixir answered with the reply of another call")
 }
 
 fn tool_error(r#type: &str, message: String, kind: &str) -> ExecuteToolResponse {
@@ -252,11 +282,7 @@ impl ElixirBridge for Bridge {
         guarded(async {
             let header_worker = worker_id(&request);
             let req = request.into_inner();
-            let worker = if req.worker_id.is_empty() {
-                header_worker
-            } else {
-                req.worker_id
-            };
+            let worker = request_worker(req.worker_id, header_worker);
             let session_id = req.session_id;
             let tools = req.tools;
             let build: RequestBuilder = Box::new(move |env| {
@@ -270,14 +296,11 @@ impl ElixirBridge for Bridge {
                     ],
                 )
             });
-            let wait = core::reply_wait(0, self.default_timeout);
-            match self
-                .dispatch(Rpc::RegisterTools, String::new(), wait, build)
-                .await
-            {
-                Reply::RegisterTools(resp) => Ok(resp),
-                other => Err(unexpected(other)),
-            }
+            self.control(Rpc::RegisterTools, build, |r| match r {
+                Reply::RegisterTools(resp) => Some(resp),
+                _ => None,
+            })
+            .await
         })
         .await
     }
@@ -290,14 +313,11 @@ impl ElixirBridge for Bridge {
             let session_id = request.into_inner().session_id;
             let build: RequestBuilder =
                 Box::new(move |env| map(env, &[(atoms::session_id(), session_id.encode(env))]));
-            let wait = core::reply_wait(0, self.default_timeout);
-            match self
-                .dispatch(Rpc::GetExposedElixirTools, String::new(), wait, build)
-                .await
-            {
-                Reply::ExposedTools(resp) => Ok(resp),
-                other => Err(unexpected(other)),
-            }
+            self.control(Rpc::GetExposedElixirTools, build, |r| match r {
+                Reply::ExposedTools(resp) => Some(resp),
+                _ => None,
+            })
+            .await
         })
         .await
     }
@@ -404,14 +424,11 @@ impl ElixirBridge for Bridge {
                     ],
                 )
             });
-            let wait = core::reply_wait(0, self.default_timeout);
-            match self
-                .dispatch(Rpc::InitializeSession, String::new(), wait, build)
-                .await
-            {
-                Reply::InitializeSession(resp) => Ok(resp),
-                other => Err(unexpected(other)),
-            }
+            self.control(Rpc::InitializeSession, build, |r| match r {
+                Reply::InitializeSession(resp) => Some(resp),
+                _ => None,
+            })
+            .await
         })
         .await
     }
@@ -431,14 +448,11 @@ impl ElixirBridge for Bridge {
                     ],
                 )
             });
-            let wait = core::reply_wait(0, self.default_timeout);
-            match self
-                .dispatch(Rpc::CleanupSession, String::new(), wait, build)
-                .await
-            {
-                Reply::CleanupSession(resp) => Ok(resp),
-                other => Err(unexpected(other)),
-            }
+            self.control(Rpc::CleanupSession, build, |r| match r {
+                Reply::CleanupSession(resp) => Some(resp),
+                _ => None,
+            })
+            .await
         })
         .await
     }
@@ -474,11 +488,7 @@ impl ElixirBridge for Bridge {
         guarded(async {
             let header_worker = worker_id(&request);
             let req = request.into_inner();
-            let worker = if req.worker_id.is_empty() {
-                header_worker
-            } else {
-                req.worker_id
-            };
+            let worker = request_worker(req.worker_id, header_worker);
             let build: RequestBuilder = Box::new(move |env| {
                 map(
                     env,
@@ -489,14 +499,11 @@ impl ElixirBridge for Bridge {
                     ],
                 )
             });
-            let wait = core::reply_wait(0, self.default_timeout);
-            match self
-                .dispatch(Rpc::Heartbeat, String::new(), wait, build)
-                .await
-            {
-                Reply::Heartbeat(resp) => Ok(resp),
-                other => Err(unexpected(other)),
-            }
+            self.control(Rpc::Heartbeat, build, |r| match r {
+                Reply::Heartbeat(resp) => Some(resp),
+                _ => None,
+            })
+            .await
         })
         .await
     }
