@@ -7,7 +7,9 @@
 #
 # "first ready" is when await_ready/2 returns (each pool has a worker);
 # "all ready" when await_init_complete/2 returns (every worker started).
-# Python CPU is the summed utime+stime of the workers' processes once ready.
+# Python CPU is the summed utime+stime of the workers' processes once ready;
+# workers are forked from a warm fork server (Snakepit.ForkServer) unless
+# BENCH_FORK_SERVER=false, and its own CPU is shown apart.
 #
 # Prints the figures and writes them to bench/results/startup.txt.
 
@@ -20,9 +22,9 @@ defmodule Bench.Startup do
 
     lines =
       [
-        "startup  #{DateTime.utc_now() |> DateTime.truncate(:second)}  cores=#{System.schedulers_online()}  load1=#{load}  mix_env=#{Mix.env()}",
+        "startup  #{DateTime.utc_now() |> DateTime.truncate(:second)}  cores=#{System.schedulers_online()}  load1=#{load}  mix_env=#{Mix.env()}  fork_server=#{System.get_env("BENCH_FORK_SERVER") != "false"}",
         python_baseline(),
-        "workers  batching                first ready   all ready   python cpu/worker   python cpu total / cores   beam cpu"
+        "workers  batching                first ready   all ready   python cpu/worker   fork server cpu   python cpu total / cores   beam cpu"
       ] ++
         for n <- counts,
             {label, pool} <- [
@@ -63,6 +65,7 @@ defmodule Bench.Startup do
   defp measure(n, label, pool) do
     Application.stop(:snakepit)
     Application.put_env(:snakepit, :pooling_enabled, true)
+    Application.put_env(:snakepit, :fork_server, System.get_env("BENCH_FORK_SERVER") != "false")
     Application.put_env(:snakepit, :pools, [Map.merge(%{name: :default, pool_size: n}, pool)])
 
     beam = String.to_integer(System.pid())
@@ -83,14 +86,17 @@ defmodule Bench.Startup do
       end
 
     ready = length(Snakepit.list_workers())
+    # The fork server's own start (one import of grpc and the bridge).
+    fork_cpu = Enum.sum(Enum.map(Snakepit.ForkServer.os_pids(), &cpu_ms/1))
 
-    :io_lib.format("~7B  ~-22s ~8B ms  ~8B ms  ~13.1f ms  ~15.1f ms  ~12B ms~s", [
+    :io_lib.format("~7B  ~-22s ~8B ms  ~8B ms  ~13.1f ms  ~13B ms  ~19.1f ms  ~12B ms~s", [
       n,
       label,
       first,
       all,
       cpu / max(ready, 1),
-      cpu / System.schedulers_online(),
+      fork_cpu,
+      (cpu + fork_cpu) / System.schedulers_online(),
       beam_cpu,
       if(ready == n, do: "", else: "  (only #{ready} ready)")
     ])

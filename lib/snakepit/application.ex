@@ -30,7 +30,9 @@ defmodule Snakepit.Application do
         # tools with it while they start.
         Snakepit.Bridge.ToolRegistry,
         {Task.Supervisor, name: Snakepit.Bridge.TaskSupervisor},
-        Snakepit.GRPC.BridgeServer
+        Snakepit.GRPC.BridgeServer,
+        # Before the pools, so it outlives their workers at shutdown.
+        Snakepit.ForkServer
       ] ++ pooling_services()
 
     pool =

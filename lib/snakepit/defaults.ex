@@ -101,6 +101,11 @@ defmodule Snakepit.Defaults do
      "Default worker profile of a pool."},
     {:executor_batch_timeout, [:executor_batch_timeout], 30_000, quote(do: timeout()),
      "Timeout (ms) of `Snakepit.Executor.execute_batch/2`."},
+    {:fork_server, [:fork_server], true, quote(do: boolean()),
+     "Start workers by forking them from one warm Python process per " <>
+       "interpreter and environment (`Snakepit.ForkServer`), which imported grpc and the " <>
+       "bridge once, instead of starting a fresh interpreter for each. `false` spawns each " <>
+       "worker directly."},
     {:graceful_shutdown_timeout_ms, [:graceful_shutdown_timeout_ms], 6_000,
      quote(do: pos_integer()),
      "How long (ms) a Python worker gets to exit after SIGTERM before SIGKILL. At least the " <>

@@ -86,11 +86,27 @@ defmodule Snakepit.GRPCWorker do
   defp spawn(python, argv, env, config) do
     # Off only in tests that must leave orphans behind on purpose.
     orphan_protection = Application.get_env(:snakepit, :orphan_protection, true)
+    cwd = Map.get(config, :cwd)
 
-    case Native.spawn_process(python, argv, env, Map.get(config, :cwd), self(), orphan_protection) do
+    with false <- orphan_protection and Defaults.fork_server() and forked(python, argv, env, cwd),
+         {:ok, _} = ok <- Native.spawn_process(python, argv, env, cwd, self(), orphan_protection) do
+      ok
+    else
       {:ok, _} = ok -> ok
       {:error, {:invalid_argument, message}} -> {:error, message}
       {:error, message} -> {:error, "#{python}: #{message}"}
+    end
+  end
+
+  # A worker forked from a warm fork server, or false to spawn it directly.
+  defp forked(python, argv, env, cwd) do
+    case Snakepit.ForkServer.spawn(python, argv, env, cwd) do
+      {:ok, _} = ok ->
+        ok
+
+      {:error, reason} ->
+        Logger.debug("fork server not used (#{inspect(reason)}); spawning the worker directly")
+        false
     end
   end
 

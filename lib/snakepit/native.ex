@@ -38,6 +38,26 @@ defmodule Snakepit.Native do
   def spawn_process(_program, _argv, _env, _cwd, _owner, _orphan_protection \\ true),
     do: not_loaded()
 
+  @doc """
+  Connects to a fork server (`python -m snakepit_bridge.fork_server`)
+  listening at `path`. The fork server exits when the handle is dropped.
+  """
+  @spec fork_server_connect(String.t()) :: {:ok, reference()} | {:error, String.t()}
+  def fork_server_connect(_path), do: not_loaded()
+
+  @doc """
+  Forks a worker from a fork server: `argv` and exactly `env` in `cwd`,
+  with the same reply and messages to `owner` as `spawn_process/6`.
+  """
+  @spec fork_server_spawn(
+          reference(),
+          [String.t()],
+          [{String.t(), String.t()}],
+          String.t() | nil,
+          pid()
+        ) :: {:ok, {pos_integer(), reference()}} | {:error, String.t()}
+  def fork_server_spawn(_server, _argv, _env, _cwd, _owner), do: not_loaded()
+
   @doc "Releases the guard of a spawned process: its whole group is SIGKILLed if still running."
   @spec release_process(reference()) :: :ok
   def release_process(_handle), do: not_loaded()

@@ -527,6 +527,18 @@ def _lingering_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon and t.is_alive()]
 
 
+def settle_threads(timeout: float = 0.5) -> bool:
+    """Flush stdout/stderr and give non-daemon threads still running (e.g. a
+    tool sleeping for minutes) up to ``timeout`` seconds to end. True when
+    none is left, i.e. a normal interpreter exit would not wait on any."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    deadline = time.monotonic() + timeout
+    for thread in _lingering_threads():
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    return not _lingering_threads()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parse_args(argv)
     _configure_logging(args.log_level, args.worker_id)
@@ -545,14 +557,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry: exit with main()'s status, without waiting for
-    tool threads that are still running (e.g. a tool sleeping for minutes)."""
+    tool threads that are still running."""
     code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    deadline = time.monotonic() + 0.5
-    for thread in _lingering_threads():
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    if _lingering_threads():
+    if not settle_threads():
         os._exit(code)
     sys.exit(code)
 

@@ -285,6 +285,28 @@ class CleanupRecorder(BaseAdapter):
         return "printed"
 
 
+class ProcessInfo(CleanupRecorder):
+    """Reports the process state a worker runs with (fork server tests)."""
+
+    @tool
+    def process_info(self) -> dict:
+        import signal
+        import sys
+
+        return {
+            "pid": os.getpid(),
+            "cwd": os.getcwd(),
+            "environ": dict(os.environ),
+            "argv": sys.argv,
+            "path": sys.path,
+            "signals": {
+                name: str(signal.getsignal(getattr(signal, name)))
+                for name in ("SIGCHLD", "SIGPIPE", "SIGTERM", "SIGINT")
+            },
+            "stdout_write_through": sys.stdout.write_through,
+        }
+
+
 def marker_lines(path: str | Path) -> list[str]:
     p = Path(path)
     return p.read_text(encoding="utf-8").splitlines() if p.exists() else []

@@ -10,14 +10,20 @@ defmodule Snakepit.StartupFailureTest do
     Snakepit.Pool.await_ready(Snakepit.Pool, 30_000)
   end
 
+  # Python processes of this run, the fork server aside: it does not start
+  # adapters, stays for the next start and goes with the application
+  # (fork_server_test.exs).
   defp our_python_processes do
     run_id = Snakepit.RunID.current()
+    fork_servers = Snakepit.ForkServer.os_pids()
 
     for dir <- File.ls!("/proc"),
         String.match?(dir, ~r/^\d+$/),
         cmd = read_cmdline(dir),
         String.contains?(cmd, "--snakepit-run-id #{run_id}"),
-        do: String.to_integer(dir)
+        pid = String.to_integer(dir),
+        pid not in fork_servers,
+        do: pid
   end
 
   defp read_cmdline(pid) do

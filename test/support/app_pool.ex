@@ -24,7 +24,8 @@ defmodule Snakepit.Test.AppPool do
     :pool_queue_timeout,
     :instance_name,
     :instance_token,
-    :orphan_protection
+    :orphan_protection,
+    :fork_server
   ]
 
   @doc """

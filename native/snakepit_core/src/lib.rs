@@ -1,10 +1,11 @@
 //! The parts of Snakepit's native core that need no BEAM symbols, so that
 //! `cargo test` can exercise them directly: fork/exec from one long-lived
-//! thread with a group guard, signals and liveness, waiting for exits,
+//! thread with a group guard, the client of a fork server, signals and liveness, waiting for exits,
 //! JSON parsing, and the bridge server's addresses and argument checks.
 
 pub mod bridge;
 pub mod exit;
+pub mod fork_client;
 pub mod json;
 pub mod signal;
 pub mod spawn;

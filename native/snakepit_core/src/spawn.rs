@@ -40,7 +40,7 @@ pub struct Spawned {
     pub guard: Option<Guard>,
 }
 
-type Job = (SpawnSpec, mpsc::Sender<io::Result<Spawned>>);
+type Job = Box<dyn FnOnce() + Send>;
 
 static SPAWNER: OnceCell<Mutex<mpsc::Sender<Job>>> = OnceCell::new();
 
@@ -50,8 +50,8 @@ pub fn start_spawner() {
         std::thread::Builder::new()
             .name("snakepit-spawner".into())
             .spawn(move || {
-                for (spec, reply) in rx {
-                    let _ = reply.send(spawn_now(&spec));
+                for job in rx {
+                    job();
                 }
             })
             .expect("snakepit: cannot start the spawner thread");
@@ -59,20 +59,43 @@ pub fn start_spawner() {
     });
 }
 
-/// Spawns on the spawner thread and waits for the outcome.
-pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
+/// Runs `work` on the spawner thread and waits for its outcome.
+fn on_spawner<T: Send + 'static>(
+    work: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
     start_spawner();
     let (reply_tx, reply_rx) = mpsc::channel();
+    let job: Job = Box::new(move || {
+        let _ = reply_tx.send(work());
+    });
     SPAWNER
         .get()
         .expect("spawner started")
         .lock()
         .map_err(|_| io::Error::other("spawner lock poisoned"))?
-        .send((spec, reply_tx))
+        .send(job)
         .map_err(|_| io::Error::other("spawner thread is gone"))?;
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("spawner thread dropped the request"))?
+}
+
+/// Spawns on the spawner thread and waits for the outcome.
+pub fn spawn(spec: SpawnSpec) -> io::Result<Spawned> {
+    on_spawner(move || spawn_now(&spec))
+}
+
+/// A guard for the process group `pgid` of a process this VM did not fork
+/// itself (a worker forked by a fork server).
+pub fn guard(pgid: i32) -> io::Result<Guard> {
+    on_spawner(move || {
+        let (pipe, pid) = spawn_guard(pgid)?;
+        Ok(Guard {
+            pipe,
+            pid,
+            pidfd: pidfd_open(pid)?,
+        })
+    })
 }
 
 fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
@@ -83,7 +106,7 @@ fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
+pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
@@ -213,11 +236,11 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
     }
 
     let guard = if spec.orphan_protection {
-        let (pipe, guard_pid) = spawn_guard(pid)?;
+        let (pipe, pid) = spawn_guard(pid)?;
         Some(Guard {
             pipe,
-            pid: guard_pid,
-            pidfd: pidfd_open(guard_pid)?,
+            pid,
+            pidfd: pidfd_open(pid)?,
         })
     } else {
         None

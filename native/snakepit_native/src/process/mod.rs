@@ -1,6 +1,7 @@
 //! OS processes: spawning workers in their own session, watching them, and
 //! signalling them or their process group.
 
+mod fork_server;
 mod nifs;
 mod watch;
 

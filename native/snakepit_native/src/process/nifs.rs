@@ -1,12 +1,14 @@
 //! NIFs of the process domain.
 
 use std::ffi::CString;
+use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
+use snakepit_core::exit::{wait_exit, ExitStatus};
 use snakepit_core::{signal, spawn};
 
 use super::watch;
@@ -21,7 +23,7 @@ pub struct ProcessHandle {
 #[rustler::resource_impl]
 impl rustler::Resource for ProcessHandle {}
 
-fn cstring(s: &str, what: &str) -> Result<CString, String> {
+pub(super) fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
 }
 
@@ -66,26 +68,45 @@ fn spawn_process<'a>(
     };
     match spawn::spawn(spec) {
         Ok(child) => {
-            let os_pid = child.pid;
-            let (guard_pipe, guard_pidfd) = match child.guard {
-                Some(guard) => (Some(guard.pipe), Some(guard.pidfd)),
-                None => (None, None),
+            let exit = wait_exit(child.pidfd);
+            let started = Started {
+                pid: child.pid,
+                stdout: child.stdout,
+                stderr: child.stderr,
+                guard: child.guard,
             };
-            let handle = ResourceArc::new(ProcessHandle {
-                guard_pipe: Mutex::new(guard_pipe),
-            });
-            watch::watch(
-                owner,
-                os_pid,
-                child.stdout,
-                child.stderr,
-                child.pidfd,
-                guard_pidfd,
-            );
-
-            Ok((atoms::ok(), (os_pid, handle)).encode(env))
+            Ok(started.watch(env, owner, exit))
         }
         Err(err) => Ok((atoms::error(), err.to_string()).encode(env)),
+    }
+}
+
+/// A running child, however it was started, before anyone watches it.
+pub(super) struct Started {
+    pub pid: i32,
+    pub stdout: OwnedFd,
+    pub stderr: OwnedFd,
+    pub guard: Option<spawn::Guard>,
+}
+
+impl Started {
+    /// Forwards its output and `exit` to `owner` and returns
+    /// `{:ok, {os_pid, handle}}`.
+    pub fn watch<'a>(
+        self,
+        env: Env<'a>,
+        owner: LocalPid,
+        exit: impl Future<Output = ExitStatus> + Send + 'static,
+    ) -> Term<'a> {
+        let (guard_pipe, guard_pidfd) = match self.guard {
+            Some(guard) => (Some(guard.pipe), Some(guard.pidfd)),
+            None => (None, None),
+        };
+        let handle = ResourceArc::new(ProcessHandle {
+            guard_pipe: Mutex::new(guard_pipe),
+        });
+        watch::watch(owner, self.pid, self.stdout, self.stderr, exit, guard_pidfd);
+        (atoms::ok(), (self.pid, handle)).encode(env)
     }
 }
 

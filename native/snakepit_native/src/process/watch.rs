@@ -2,6 +2,7 @@
 //! `{:snakepit_process, os_pid, {:stdout | :stderr, line}}` and, last,
 //! `{:snakepit_process, os_pid, {:exit, status}}`.
 
+use std::future::Future;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
@@ -64,14 +65,14 @@ pub fn watch(
     os_pid: i32,
     stdout: OwnedFd,
     stderr: OwnedFd,
-    pidfd: OwnedFd,
+    exit: impl Future<Output = ExitStatus> + Send + 'static,
     guard_pidfd: Option<OwnedFd>,
 ) {
     let rt = crate::runtime::get();
     let out = rt.spawn(forward_lines(stdout, owner, os_pid, false));
     let err = rt.spawn(forward_lines(stderr, owner, os_pid, true));
     rt.spawn(async move {
-        let status = wait_exit(pidfd).await;
+        let status = exit.await;
         let _ = tokio::time::timeout(DRAIN_GRACE, async {
             let _ = out.await;
             let _ = err.await;

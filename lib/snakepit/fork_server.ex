@@ -1,0 +1,232 @@
+defmodule Snakepit.ForkServer do
+  @moduledoc """
+  Starts Python workers by forking them from a warm Python process.
+
+  A fresh interpreter spends most of its start importing grpc, protobuf and
+  the bridge (about 150-200 ms of CPU); a pool of 100 pays that 100 times.
+  A fork server (`python -m snakepit_bridge.fork_server`) pays it once and
+  then forks workers that only import their adapter and start serving.
+
+  There is one fork server per interpreter, environment and working
+  directory, started on first use and kept for the life of the
+  application. Forked workers are handled like spawned ones: each leads
+  its own session with a parent-death signal, gets its own group guard in
+  this VM, carries the run id on its command line (inherited from the fork
+  server) and reports output and exit to its owner with the same messages
+  as `Snakepit.Native.spawn_process/6`. If the fork server dies, its
+  workers die with it (parent-death signal) and are replaced like any
+  crashed worker; the next start launches a new fork server.
+
+  Turn it off with `config :snakepit, fork_server: false`; workers are then
+  spawned directly. Callers fall back to a direct spawn by themselves when
+  a fork server cannot be had.
+  """
+  use GenServer
+
+  require Logger
+
+  alias Snakepit.{Config, Native, RunID, RuntimeDir}
+  alias Snakepit.Pool.ProcessRegistry
+
+  # A fork server imports grpc and the bridge once; on a loaded machine
+  # that can take a few seconds.
+  @start_timeout_ms 30_000
+  @kept_lines 20
+
+  @doc false
+  def start_link(opts \\ []), do: GenServer.start_link(__MODULE__, opts, name: __MODULE__)
+
+  @doc """
+  Forks a worker running `argv` (`[python, "-m", "snakepit_bridge.server" | args]`)
+  with exactly `env` in `cwd`, owned by the calling process. Returns what
+  `Snakepit.Native.spawn_process/6` returns, or `{:error, reason}` when no
+  fork server can be had or `argv` does not start the bridge's server.
+  """
+  @spec spawn(String.t(), [String.t()], [{String.t(), String.t()}], String.t() | nil) ::
+          {:ok, {pos_integer(), reference()}} | {:error, term()}
+  def spawn(python, [python, "-m", "snakepit_bridge.server" | _] = argv, env, cwd) do
+    with {:ok, server} <- server_for({python, env, cwd}) do
+      Native.fork_server_spawn(server, argv, env, cwd, self())
+    end
+  end
+
+  def spawn(_python, _argv, _env, _cwd), do: {:error, :not_the_bridge_server}
+
+  @doc "OS pids of the running fork servers."
+  @spec os_pids() :: [pos_integer()]
+  def os_pids do
+    if Process.whereis(__MODULE__), do: GenServer.call(__MODULE__, :os_pids), else: []
+  end
+
+  defp server_for(key) do
+    if Process.whereis(__MODULE__) do
+      GenServer.call(__MODULE__, {:server, key}, @start_timeout_ms + 5_000)
+    else
+      {:error, :fork_server_not_running}
+    end
+  catch
+    :exit, reason -> {:error, {:fork_server_unavailable, reason}}
+  end
+
+  # -- server -------------------------------------------------------------------
+
+  @impl true
+  def init(_opts) do
+    Process.flag(:trap_exit, true)
+    {:ok, %{servers: %{}, keys: %{}}}
+  end
+
+  @impl true
+  def handle_call({:server, key}, from, state) do
+    case Map.fetch(state.servers, key) do
+      {:ok, %{status: :ready, conn: conn}} ->
+        {:reply, {:ok, conn}, state}
+
+      {:ok, %{status: :starting} = server} ->
+        {:noreply, put_server(state, key, %{server | waiters: [from | server.waiters]})}
+
+      :error ->
+        case start_server(key) do
+          {:ok, server} ->
+            state = put_server(state, key, %{server | waiters: [from]})
+            {:noreply, %{state | keys: Map.put(state.keys, server.os_pid, key)}}
+
+          {:error, _} = error ->
+            {:reply, error, state}
+        end
+    end
+  end
+
+  def handle_call(:os_pids, _from, state),
+    do: {:reply, Enum.map(Map.values(state.servers), & &1.os_pid), state}
+
+  @impl true
+  def handle_info({:snakepit_process, os_pid, event}, state) do
+    case Map.fetch(state.keys, os_pid) do
+      {:ok, key} -> {:noreply, handle_event(event, key, state.servers[key], state)}
+      :error -> {:noreply, state}
+    end
+  end
+
+  def handle_info({:start_timeout, os_pid}, state) do
+    with {:ok, key} <- Map.fetch(state.keys, os_pid),
+         %{status: :starting} = server <- state.servers[key] do
+      # Its exit notice then answers the waiters.
+      Native.release_process(server.handle)
+
+      {:noreply,
+       put_server(state, key, %{server | failure: "did not start within #{@start_timeout_ms} ms"})}
+    else
+      _ -> {:noreply, state}
+    end
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  @impl true
+  def terminate(_reason, state) do
+    # Workers were stopped before us; what is left of their fork servers goes.
+    for {_key, server} <- state.servers do
+      Native.release_process(server.handle)
+      ProcessRegistry.unregister_worker(server.id)
+    end
+
+    :ok
+  end
+
+  defp handle_event(
+         {:stdout, "SNAKEPIT_FORK_SERVER_READY"},
+         key,
+         %{status: :starting} = server,
+         state
+       ) do
+    case Native.fork_server_connect(server.path) do
+      {:ok, conn} ->
+        Enum.each(server.waiters, &GenServer.reply(&1, {:ok, conn}))
+        put_server(state, key, %{server | status: :ready, conn: conn, waiters: []})
+
+      {:error, reason} ->
+        Native.release_process(server.handle)
+        put_server(state, key, %{server | failure: "cannot connect: #{reason}"})
+    end
+  end
+
+  defp handle_event({stream, line}, key, server, state) when stream in [:stdout, :stderr] do
+    Logger.debug("[fork server #{server.os_pid}] #{line}")
+    lines = Enum.take([line | server.output], @kept_lines)
+    put_server(state, key, %{server | output: lines})
+  end
+
+  defp handle_event({:exit, status}, key, server, state) do
+    ProcessRegistry.unregister_worker(server.id)
+    Native.release_process(server.handle)
+
+    if server.waiters != [] do
+      reason = failure(server, status)
+      Enum.each(server.waiters, &GenServer.reply(&1, {:error, reason}))
+    end
+
+    if server.status == :ready do
+      Logger.warning(
+        "Snakepit fork server #{server.os_pid} exited (#{inspect(status)}); " <>
+          "its workers exit with it and are replaced"
+      )
+    end
+
+    %{
+      state
+      | servers: Map.delete(state.servers, key),
+        keys: Map.delete(state.keys, server.os_pid)
+    }
+  end
+
+  defp failure(server, status) do
+    cause = server.failure || "exited during startup (#{inspect(status)})"
+    output = server.output |> Enum.reverse() |> Enum.join("\n")
+    "fork server #{cause}" <> if(output == "", do: "", else: ":\n" <> output)
+  end
+
+  defp put_server(state, key, server), do: %{state | servers: Map.put(state.servers, key, server)}
+
+  defp start_server({python, env, cwd}) do
+    n = System.unique_integer([:positive])
+    id = "fork_server_#{n}"
+    path = Path.join(RuntimeDir.path(), "fork-#{n}.sock")
+
+    identity =
+      [
+        "snakepit-run-id": RunID.current(),
+        "instance-name": Config.instance_name_identifier(),
+        "instance-token": Config.instance_token_identifier()
+      ]
+      |> Enum.flat_map(fn
+        {_flag, nil} -> []
+        {flag, value} -> ["--#{flag}", to_string(value)]
+      end)
+
+    argv = [python, "-m", "snakepit_bridge.fork_server", "--control", path | identity]
+
+    with :ok <- ProcessRegistry.reserve_worker(id),
+         {:ok, {os_pid, handle}} <- Native.spawn_process(python, argv, env, cwd, self()) do
+      :ok = ProcessRegistry.activate_worker(id, self(), os_pid, RunID.current())
+      Process.send_after(self(), {:start_timeout, os_pid}, @start_timeout_ms)
+
+      {:ok,
+       %{
+         id: id,
+         os_pid: os_pid,
+         handle: handle,
+         path: path,
+         status: :starting,
+         conn: nil,
+         waiters: [],
+         output: [],
+         failure: nil
+       }}
+    else
+      {:error, reason} ->
+        ProcessRegistry.unregister_worker(id)
+        {:error, reason}
+    end
+  end
+end
