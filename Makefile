@@ -31,8 +31,9 @@ lint: setup
 	MIX_ENV=test mix compile --warnings-as-errors --force
 
 bench: setup
-	MIX_ENV=prod mix run bench/pool_throughput.exs
+	ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/pool_throughput.exs
 	MIX_ENV=prod mix run bench/startup.exs
+	cargo run --release -q -p snakepit_core --example wakeup_floor
 
 
 clean:

@@ -4,10 +4,13 @@
 # calling the same workers over the same sockets in the same run, in two
 # modes: "py-pooled" keeps one call in flight per worker, as the process
 # profile does; "py-open" lets every caller stick to a worker, so a worker
-# may have several calls in flight.
+# may have several calls in flight, as the thread profile does. Each
+# profile is compared with the client that keeps its discipline:
+# process-profile pools with py-pooled, thread-profile pools with py-open.
 #
 #     MIX_ENV=prod mix run bench/pool_throughput.exs
-#     BENCH_CALLS=3000 BENCH_POOL_SIZES=2,4 BENCH_CONCURRENCY=1,8,32 mix run bench/pool_throughput.exs
+#     BENCH_CALLS=3000 BENCH_POOL_SIZES=2,4 BENCH_CONCURRENCY=1,8,32 \
+#       BENCH_PROFILES=process,thread BENCH_ROUNDS=3 mix run bench/pool_throughput.exs
 #
 # CPU per call is measured from /proc: the BEAM's OS process (schedulers,
 # dirty schedulers and the native core's tokio threads: everything on the
@@ -26,40 +29,61 @@ defmodule Bench.PoolThroughput do
     calls = env_ints("BENCH_CALLS", [3_000]) |> hd()
     sizes = env_ints("BENCH_POOL_SIZES", [2, 4])
     concurrencies = env_ints("BENCH_CONCURRENCY", [1, 8, 32])
+    rounds = env_ints("BENCH_ROUNDS", [3]) |> hd()
+
+    profiles =
+      (System.get_env("BENCH_PROFILES") || "process,thread")
+      |> String.split(",", trim: true)
+      |> Enum.map(fn
+        "process" -> :process
+        "thread" -> :thread
+      end)
+
     {load, _} = File.read!("/proc/loadavg") |> String.split() |> hd() |> Float.parse()
 
     header = [
       "pool_throughput  #{DateTime.utc_now() |> DateTime.truncate(:second)}  " <>
-        "calls=#{calls}  cores=#{System.schedulers_online()}  load1=#{load}  " <>
+        "calls=#{calls}  rounds=#{rounds}  cores=#{System.schedulers_online()}  load1=#{load}  " <>
         "ERL_FLAGS=#{inspect(System.get_env("ERL_FLAGS"))}  mix_env=#{Mix.env()}",
-      "client     pool conc      ops/s    p50 us    p99 us   client-cpu us/call   worker-cpu us/call"
+      "client     profile pool conc      ops/s    p50 us    p99 us   client-cpu us/call   worker-cpu us/call"
     ]
 
     IO.puts(Enum.join(header, "\n"))
 
     rows =
-      for size <- sizes do
-        start_pool(size)
+      for profile <- profiles, size <- sizes do
+        start_pool(size, profile)
         addresses = worker_addresses()
         worker_pids = worker_os_pids()
         # Warm up the workers and the channels.
         measure_snakepit(8, 500)
 
         for c <- concurrencies do
-          sp = measure(fn -> measure_snakepit(c, calls) end, worker_pids, calls)
-          pooled = python_client(addresses, c, calls, worker_pids, "pooled")
-          open = python_client(addresses, c, calls, worker_pids, "open")
+          # Rounds alternate the three clients, so a noisy neighbour hits
+          # all of them alike; each figure is the round with median ops/s.
+          results =
+            for _ <- 1..rounds do
+              {measure(fn -> measure_snakepit(c, calls) end, worker_pids, calls),
+               python_client(addresses, c, calls, worker_pids, "pooled"),
+               python_client(addresses, c, calls, worker_pids, "open")}
+            end
+
+          [sp, pooled, open] = for i <- 0..2, do: median_by_ops(Enum.map(results, &elem(&1, i)))
+
+          {peer, peer_ops} =
+            if profile == :process, do: {"py-pooled", pooled}, else: {"py-open", open}
 
           lines = [
-            row("snakepit", size, c, sp),
-            row("py-pooled", size, c, pooled),
-            row("py-open", size, c, open),
-            "  -> snakepit ops / py-pooled #{Float.round(sp.ops / pooled.ops, 2)}, " <>
-              "/ py-open #{Float.round(sp.ops / open.ops, 2)}"
+            row("snakepit", profile, size, c, sp),
+            row("py-pooled", profile, size, c, pooled),
+            row("py-open", profile, size, c, open),
+            "  -> snakepit ops / #{peer} #{Float.round(sp.ops / peer_ops.ops, 2)} " <>
+              "(/ py-pooled #{Float.round(sp.ops / pooled.ops, 2)}, " <>
+              "/ py-open #{Float.round(sp.ops / open.ops, 2)})"
           ]
 
           Enum.each(lines, &IO.puts/1)
-          {lines, %{size: size, conc: c, sp: sp, py: pooled}}
+          {lines, %{size: size, conc: c, sp: sp, py: peer_ops}}
         end
       end
       |> List.flatten()
@@ -78,9 +102,13 @@ defmodule Bench.PoolThroughput do
     IO.puts("written to bench/results/pool_throughput.txt")
   end
 
-  defp row(client, size, c, m) do
-    :io_lib.format("~-10s ~4B ~4B ~10.1f ~9.1f ~9.1f ~20.1f ~20.1f", [
+  defp median_by_ops(results),
+    do: results |> Enum.sort_by(& &1.ops) |> Enum.at(div(length(results), 2))
+
+  defp row(client, profile, size, c, m) do
+    :io_lib.format("~-10s ~7s ~4B ~4B ~10.1f ~9.1f ~9.1f ~20.1f ~20.1f", [
       client,
+      Atom.to_string(profile),
       size,
       c,
       m.ops * 1.0,
@@ -105,7 +133,7 @@ defmodule Bench.PoolThroughput do
   #   native call     - Snakepit.GRPC.Client.execute straight to a worker
   #   full path       - Snakepit.execute (pool + native call)
   defp breakdown do
-    start_pool(2)
+    start_pool(2, :process)
     workers = worker_channels()
     calls = 6_000
     beam = String.to_integer(System.pid())
@@ -161,12 +189,25 @@ defmodule Bench.PoolThroughput do
     end
   end
 
-  defp start_pool(size) do
+  defp start_pool(size, profile) do
     Application.stop(:snakepit)
     Application.put_env(:snakepit, :pooling_enabled, true)
 
+    # Thread-profile workers need a thread-safe adapter: the same ping,
+    # declared so (bench/bench_adapters.py).
+    adapter =
+      if profile == :thread, do: ["--adapter", "bench_adapters.ThreadedPing"], else: []
+
+    Application.put_env(:snakepit, :python_path, [Path.expand("bench")])
+
     Application.put_env(:snakepit, :pools, [
-      %{name: :default, pool_size: size, startup_batch_size: size}
+      %{
+        name: :default,
+        pool_size: size,
+        startup_batch_size: size,
+        worker_profile: profile,
+        adapter_args: adapter
+      }
     ])
 
     {:ok, _} = Application.ensure_all_started(:snakepit)

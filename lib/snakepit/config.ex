@@ -153,6 +153,10 @@ defmodule Snakepit.Config do
   @spec pooling_enabled?() :: boolean()
   def pooling_enabled?, do: Application.get_env(:snakepit, :pooling_enabled, true) != false
 
+  @doc "True unless `config :snakepit, fork_server: false` (see `Snakepit.ForkServer`)."
+  @spec fork_server?() :: boolean()
+  def fork_server?, do: Defaults.fork_server() != false
+
   # -- pools ------------------------------------------------------------------
 
   @doc """

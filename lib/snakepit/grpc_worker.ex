@@ -88,7 +88,7 @@ defmodule Snakepit.GRPCWorker do
     orphan_protection = Application.get_env(:snakepit, :orphan_protection, true)
     cwd = Map.get(config, :cwd)
 
-    with false <- orphan_protection and Defaults.fork_server() and forked(python, argv, env, cwd),
+    with false <- orphan_protection and Config.fork_server?() and forked(python, argv, env, cwd),
          {:ok, _} = ok <- Native.spawn_process(python, argv, env, cwd, self(), orphan_protection) do
       ok
     else
