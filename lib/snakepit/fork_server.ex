@@ -125,8 +125,10 @@ defmodule Snakepit.ForkServer do
 
   @impl true
   def terminate(_reason, state) do
-    # Workers were stopped before us; what is left of their fork servers goes.
+    # Workers were stopped before us; their fork servers go now, not when
+    # the guard gets to it, so the shutdown sweep finds nothing left.
     for {_key, server} <- state.servers do
+      Native.signal_group(server.os_pid, 9)
       Native.release_process(server.handle)
       ProcessRegistry.unregister_worker(server.id)
     end

@@ -84,21 +84,26 @@ defmodule Snakepit.GRPCWorker do
   end
 
   defp spawn(python, argv, env, config) do
-    # Off only in tests that must leave orphans behind on purpose.
+    # Off only in tests that must leave orphans behind on purpose; those
+    # workers are never forked (a fork server's workers die with it).
     orphan_protection = Application.get_env(:snakepit, :orphan_protection, true)
     cwd = Map.get(config, :cwd)
+    fork? = orphan_protection == true and Config.fork_server?()
 
-    with false <- orphan_protection and Config.fork_server?() and forked(python, argv, env, cwd),
-         {:ok, _} = ok <- Native.spawn_process(python, argv, env, cwd, self(), orphan_protection) do
-      ok
-    else
-      {:ok, _} = ok -> ok
-      {:error, {:invalid_argument, message}} -> {:error, message}
-      {:error, message} -> {:error, "#{python}: #{message}"}
+    case if(fork?, do: forked(python, argv, env, cwd), else: :spawn) do
+      {:ok, _} = forked ->
+        forked
+
+      :spawn ->
+        case Native.spawn_process(python, argv, env, cwd, self(), orphan_protection) do
+          {:ok, _} = ok -> ok
+          {:error, {:invalid_argument, message}} -> {:error, message}
+          {:error, message} -> {:error, "#{python}: #{message}"}
+        end
     end
   end
 
-  # A worker forked from a warm fork server, or false to spawn it directly.
+  # A worker forked from a warm fork server, or :spawn to spawn it directly.
   defp forked(python, argv, env, cwd) do
     case Snakepit.ForkServer.spawn(python, argv, env, cwd) do
       {:ok, _} = ok ->
@@ -106,7 +111,7 @@ defmodule Snakepit.GRPCWorker do
 
       {:error, reason} ->
         Logger.debug("fork server not used (#{inspect(reason)}); spawning the worker directly")
-        false
+        :spawn
     end
   end
 

@@ -24,6 +24,13 @@ defmodule Snakepit.ExecuteTest do
     assert {:ok, %{"result" => 5}} = Snakepit.execute("add", %{a: 2, b: 3})
   end
 
+  test "a 20 MB argument and its 20 MB echo cross the HTTP/2 flow-control windows both ways" do
+    big = String.duplicate("snakepit", 2_500_000)
+    assert {:ok, %{"blob" => echoed}} = Snakepit.execute("echo", %{blob: big}, timeout: 60_000)
+    assert byte_size(echoed) == 20_000_000
+    assert echoed == big
+  end
+
   test "every JSON type round-trips, integers stay integers" do
     args = %{
       "int" => 9_007_199_254_740_993,

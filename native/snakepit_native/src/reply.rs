@@ -8,7 +8,6 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 
 use futures::FutureExt;
-use rustler::env::SavedTerm;
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
@@ -16,38 +15,38 @@ use crate::atoms;
 /// Builds the result term of a task inside the reply env.
 pub type Payload = Box<dyn for<'a> FnOnce(Env<'a>) -> Term<'a> + Send>;
 
-/// Where a task's messages go: the caller's pid and its reference, copied
-/// into an env that outlives the NIF call.
+/// Where a task's messages go: the caller's pid and its reference.
+///
+/// The reference is kept in external term format in Rust's heap, and the
+/// message env is made by the task's own thread, so no ERTS memory taken on
+/// a scheduler is freed on a tokio thread (ERTS defers such frees to the
+/// scheduler that owns the memory).
 pub struct ReplyTo {
     pid: LocalPid,
-    env: OwnedEnv,
-    reference: SavedTerm,
-    msg_env: OwnedEnv,
+    reference: Vec<u8>,
+    msg_env: Option<OwnedEnv>,
 }
 
 impl ReplyTo {
     pub fn new(pid: LocalPid, reference: Term<'_>) -> Self {
-        let env = OwnedEnv::new();
-        let reference = env.save(reference);
         ReplyTo {
             pid,
-            env,
-            reference,
-            msg_env: OwnedEnv::new(),
+            reference: reference.to_binary().as_slice().to_vec(),
+            msg_env: None,
         }
     }
 
-    /// Sends `{ref, payload}`. The reference stays in its own env and is
-    /// copied into each message's env, so a stream can send many messages.
+    /// Sends `{ref, payload}`; a stream sends many through one env.
     pub fn send(&mut self, payload: Payload) -> bool {
-        let (ref_env, reference, pid) = (&self.env, &self.reference, self.pid);
-        let msg_env = &mut self.msg_env;
-        ref_env
-            .run(|env| {
-                let reference = reference.load(env);
-                msg_env.send_and_clear(&pid, |msg| {
-                    (reference.in_env(msg), payload(msg)).encode(msg)
-                })
+        let (reference, pid) = (&self.reference, self.pid);
+        let msg_env = self.msg_env.get_or_insert_with(OwnedEnv::new);
+        msg_env
+            .send_and_clear(&pid, |msg| {
+                let reference = match msg.binary_to_term(reference) {
+                    Some((term, _)) => term,
+                    None => atoms::error().to_term(msg),
+                };
+                (reference, payload(msg)).encode(msg)
             })
             .is_ok()
     }

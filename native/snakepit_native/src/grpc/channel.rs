@@ -2,6 +2,7 @@
 //! loopback TCP (`host:port`) where configured.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use rustler::{Encoder, Env, ResourceArc, Term};
@@ -9,16 +10,20 @@ use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
 use super::pb::bridge_service_client::BridgeServiceClient;
+use super::unary::Unary;
 use crate::atoms;
 
 /// Largest message either way. Tensors and documents can be big; gRPC's
 /// 4 MiB default would turn them into opaque transport errors.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
-/// A lazily connected HTTP/2 channel to one worker. tonic's channel is not
-/// `RefUnwindSafe`; it holds no state a caught panic could leave broken.
+/// Lazily connected HTTP/2 connections to one worker: tonic's channel for
+/// streams, pings and heartbeats, and the lean path for `ExecuteTool`.
+/// tonic's channel is not `RefUnwindSafe`; it holds no state a caught panic
+/// could leave broken.
 pub struct WorkerChannel {
     client: AssertUnwindSafe<BridgeServiceClient<Channel>>,
+    pub unary: Arc<Unary>,
 }
 
 #[rustler::resource_impl]
@@ -67,6 +72,7 @@ fn grpc_connect(env: Env<'_>, address: String) -> Term<'_> {
                 .max_encoding_message_size(MAX_MESSAGE_BYTES);
             let res = ResourceArc::new(WorkerChannel {
                 client: AssertUnwindSafe(client),
+                unary: Arc::new(Unary::new(address)),
             });
             (atoms::ok(), res).encode(env)
         }

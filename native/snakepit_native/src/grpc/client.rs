@@ -156,10 +156,10 @@ fn grpc_execute<'a>(
         Ok(built) => built,
         Err(msg) => return invalid(env, msg),
     };
-    let mut client = channel.client();
+    let unary = channel.unary.clone();
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
         let started = tokio::time::Instant::now();
-        let call = client.execute_tool(with_deadline(tonic::Request::new(req), timeout));
+        let call = unary.execute(req, timeout);
         let result = match timeout {
             Some(t) => match tokio::time::timeout(t + DEADLINE_SLACK, call).await {
                 Ok(result) => result,
@@ -168,7 +168,7 @@ fn grpc_execute<'a>(
             None => call.await,
         };
         match result {
-            Ok(resp) => response::execute(resp.into_inner()),
+            Ok(resp) => response::execute(resp),
             Err(status) if deadline_hit(&status, timeout, started) => response::timeout(),
             Err(status) => response::status(status),
         }

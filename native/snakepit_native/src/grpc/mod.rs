@@ -5,6 +5,7 @@ mod bridge_server;
 mod channel;
 mod client;
 mod response;
+mod unary;
 
 pub mod pb {
     tonic::include_proto!("snakepit.bridge");

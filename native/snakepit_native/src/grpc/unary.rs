@@ -1,0 +1,200 @@
+//! The lean path of the hot call, `ExecuteTool`, straight on an HTTP/2
+//! connection of its own (the h2 crate), beside the tonic channel that
+//! carries streams, pings and heartbeats.
+//!
+//! Through tonic a unary call passes a buffer task, hyper's dispatcher and a
+//! body-pipe task, and its HEADERS and DATA frames leave in two writes, so
+//! the Python worker wakes twice per request. Here the request's headers
+//! and its one DATA frame are queued together before the connection task
+//! flushes: one write, one wake-up of the worker, no extra tasks.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use h2::client::SendRequest;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::{Code, Status};
+
+use super::channel::MAX_MESSAGE_BYTES;
+use super::pb::{ExecuteToolRequest, ExecuteToolResponse};
+
+const PATH: &str = "/snakepit.bridge.BridgeService/ExecuteTool";
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// A worker's address and, once dialled, the connection's request handle.
+pub struct Unary {
+    address: String,
+    sender: Mutex<Option<SendRequest<Bytes>>>,
+    /// Held while dialling, so concurrent first calls share one connection.
+    dialling: tokio::sync::Mutex<()>,
+}
+
+fn h2_status(err: h2::Error) -> Status {
+    if let Some(reason) = err.reason() {
+        let code = match reason {
+            h2::Reason::CANCEL => Code::Cancelled,
+            h2::Reason::REFUSED_STREAM => Code::Unavailable,
+            h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+            _ => Code::Internal,
+        };
+        return Status::new(code, format!("HTTP/2 error from the worker: {err}"));
+    }
+    Status::unavailable(format!("connection to the worker failed: {err}"))
+}
+
+impl Unary {
+    pub fn new(address: String) -> Self {
+        Unary {
+            address,
+            sender: Mutex::new(None),
+            dialling: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self) -> Option<SendRequest<Bytes>> {
+        self.sender.lock().ok().and_then(|s| s.clone())
+    }
+
+    fn forget(&self) {
+        if let Ok(mut sender) = self.sender.lock() {
+            *sender = None;
+        }
+    }
+
+    async fn dial(&self) -> Result<SendRequest<Bytes>, Status> {
+        let _dialling = self.dialling.lock().await;
+        if let Some(sender) = self.cached() {
+            return Ok(sender);
+        }
+        let unavailable = |e: std::io::Error| {
+            Status::unavailable(format!("cannot connect to {}: {e}", self.address))
+        };
+        let io: Box<dyn Io> = match self.address.strip_prefix("unix:") {
+            Some(path) => Box::new(
+                tokio::net::UnixStream::connect(path)
+                    .await
+                    .map_err(unavailable)?,
+            ),
+            None => {
+                let stream = tokio::net::TcpStream::connect(&self.address)
+                    .await
+                    .map_err(unavailable)?;
+                stream.set_nodelay(true).map_err(unavailable)?;
+                Box::new(stream)
+            }
+        };
+        let (sender, connection) = h2::client::Builder::new()
+            .initial_window_size(8 * 1024 * 1024)
+            .initial_connection_window_size(32 * 1024 * 1024)
+            .handshake::<_, Bytes>(io)
+            .await
+            .map_err(h2_status)?;
+        tokio::spawn(async move {
+            // Ends when the worker goes away; the next call dials again.
+            let _ = connection.await;
+        });
+        if let Ok(mut cached) = self.sender.lock() {
+            *cached = Some(sender.clone());
+        }
+        Ok(sender)
+    }
+
+    /// A handle ready for one more stream. A connection that died before
+    /// this call sent anything is replaced once: nothing was executed.
+    async fn ready(&self) -> Result<SendRequest<Bytes>, Status> {
+        if let Some(sender) = self.cached() {
+            match sender.ready().await {
+                Ok(ready) => return Ok(ready),
+                Err(_) => self.forget(),
+            }
+        }
+        self.dial().await?.ready().await.map_err(|e| {
+            self.forget();
+            h2_status(e)
+        })
+    }
+
+    pub async fn execute(
+        &self,
+        req: ExecuteToolRequest,
+        timeout: Option<Duration>,
+    ) -> Result<ExecuteToolResponse, Status> {
+        let mut sender = self.ready().await?;
+
+        let len = req.encoded_len();
+        let mut body = BytesMut::with_capacity(5 + len);
+        body.put_u8(0); // not compressed
+        body.put_u32(len as u32);
+        req.encode(&mut body)
+            .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))?;
+
+        let mut request = http::Request::post(format!("http://localhost{PATH}"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers");
+        if let Some(t) = timeout {
+            request = request.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+        }
+        let request = request
+            .body(())
+            .map_err(|e| Status::internal(format!("cannot build the request: {e}")))?;
+
+        let (response, mut send) = sender.send_request(request, false).map_err(h2_status)?;
+        send.send_data(body.freeze(), true).map_err(h2_status)?;
+
+        let (parts, mut recv) = response.await.map_err(h2_status)?.into_parts();
+        // An error may come as headers alone ("trailers-only").
+        if let Some(status) = Status::from_header_map(&parts.headers) {
+            if status.code() != Code::Ok {
+                return Err(status);
+            }
+        }
+        if parts.status != http::StatusCode::OK {
+            return Err(Status::unknown(format!(
+                "the worker answered HTTP {}",
+                parts.status
+            )));
+        }
+
+        let mut data = BytesMut::new();
+        while let Some(chunk) = recv.data().await {
+            let chunk = chunk.map_err(h2_status)?;
+            let _ = recv.flow_control().release_capacity(chunk.len());
+            if data.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
+                return Err(Status::resource_exhausted(format!(
+                    "the worker's reply is larger than {MAX_MESSAGE_BYTES} bytes"
+                )));
+            }
+            data.extend_from_slice(&chunk);
+        }
+        let trailers = recv.trailers().await.map_err(h2_status)?;
+        let status = trailers
+            .as_ref()
+            .and_then(Status::from_header_map)
+            .or_else(|| Status::from_header_map(&parts.headers))
+            .ok_or_else(|| Status::internal("the worker's reply has no grpc-status"))?;
+        if status.code() != Code::Ok {
+            return Err(status);
+        }
+        decode_message(&data)
+    }
+}
+
+/// The one length-prefixed, uncompressed message of a unary reply.
+fn decode_message(data: &[u8]) -> Result<ExecuteToolResponse, Status> {
+    let bad = |what: &str| Status::internal(format!("malformed reply from the worker: {what}"));
+    if data.len() < 5 {
+        return Err(bad("no message"));
+    }
+    if data[0] != 0 {
+        return Err(bad("compressed message"));
+    }
+    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
+    if data.len() != 5 + len {
+        return Err(bad("length prefix does not match"));
+    }
+    ExecuteToolResponse::decode(&data[5..]).map_err(|e| bad(&e.to_string()))
+}
