@@ -1,7 +1,7 @@
 defmodule Mix.Tasks.Compile.SnakepitNative do
   @moduledoc """
   Builds the `snakepit_native` Rust crate with cargo and installs the shared
-  library under `priv/native/`, and mirrors the `snakepit_bridge` Python
+  library and the `snakepit_guard` program under `priv/native/`, and mirrors the `snakepit_bridge` Python
   package into `priv/python/` so that a release carries both.
 
   The library is installed atomically (copy to a temporary name, then
@@ -34,7 +34,8 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     cargo = System.find_executable("cargo") || Path.expand("~/.cargo/bin/cargo")
 
     args =
-      ["build", "--quiet", "-p", @crate, "--manifest-path", Path.join(root, "Cargo.toml")] ++
+      ["build", "--quiet", "-p", @crate, "-p", "snakepit_core"] ++
+        ["--manifest-path", Path.join(root, "Cargo.toml")] ++
         if profile() == "release", do: ["--release"], else: []
 
     case System.cmd(cargo, args, cd: root, stderr_to_stdout: true, into: IO.stream()) do
@@ -45,11 +46,18 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     e in ErlangError -> {:error, "cannot run cargo: #{Exception.message(e)}"}
   end
 
+  # The NIF library and the guard program every worker's guard execs.
   defp install_library(root, priv) do
     target = System.get_env("CARGO_TARGET_DIR", Path.join(root, "target"))
-    built = Path.join([target, profile(), "lib#{@crate}.so"])
+
+    with :ok <- install(Path.join([target, profile(), "lib#{@crate}.so"]), priv) do
+      install(Path.join([target, profile(), "snakepit_guard"]), priv)
+    end
+  end
+
+  defp install(built, priv) do
     dest_dir = Path.join(priv, "native")
-    dest = Path.join(dest_dir, "lib#{@crate}.so")
+    dest = Path.join(dest_dir, Path.basename(built))
 
     cond do
       not File.exists?(built) ->
@@ -62,6 +70,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
         File.mkdir_p!(dest_dir)
         tmp = dest <> ".tmp-#{System.unique_integer([:positive])}"
         File.cp!(built, tmp)
+        File.chmod!(tmp, 0o755)
         File.rename!(tmp, dest)
         :ok
     end

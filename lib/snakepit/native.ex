@@ -12,8 +12,11 @@ defmodule Snakepit.Native do
 
   @doc false
   def load_nif do
-    path = Path.join(:code.priv_dir(:snakepit), "native/libsnakepit_native")
-    :erlang.load_nif(String.to_charlist(path), 0)
+    dir = Path.join(:code.priv_dir(:snakepit), "native")
+    # The guard program each worker's group guard execs (see snakepit_core's
+    # spawn.rs); load info, so the NIF knows it before any spawn.
+    guard = Path.join(dir, "snakepit_guard")
+    :erlang.load_nif(String.to_charlist(Path.join(dir, "libsnakepit_native")), guard)
   end
 
   defp not_loaded, do: :erlang.nif_error(:nif_not_loaded)

@@ -254,6 +254,21 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
     })
 }
 
+static GUARD_PROGRAM: OnceCell<CString> = OnceCell::new();
+
+/// The `snakepit_guard` executable guards exec after the fork. Without it
+/// a guard stays a forked copy of the VM, which pins a copy-on-write image
+/// of the VM's memory for as long as its worker lives.
+pub fn set_guard_program(path: &str) -> io::Result<()> {
+    let program = CString::new(path)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in the path"))?;
+    if unsafe { libc::access(program.as_ptr(), libc::X_OK) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let _ = GUARD_PROGRAM.set(program);
+    Ok(())
+}
+
 /// Forks a tiny guard that blocks reading a pipe whose only write end stays
 /// in this VM. When the VM dies (any way, `kill -9` included) or the handle
 /// is released, the read returns and the guard SIGKILLs the worker's whole
@@ -261,18 +276,35 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
 /// the worker alone would miss.
 fn spawn_guard(pgid: i32) -> io::Result<(OwnedFd, i32)> {
     let (r, w) = pipe_cloexec()?;
+    // Built before the fork: the child may not allocate.
+    let program = GUARD_PROGRAM.get();
+    let pgid_arg = CString::new(pgid.to_string()).expect("digits only");
+    let argv: [*const libc::c_char; 3] = [
+        program.map_or(std::ptr::null(), |p| p.as_ptr()),
+        pgid_arg.as_ptr(),
+        std::ptr::null(),
+    ];
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
     let pid = cvt(unsafe { libc::fork() })?;
     if pid == 0 {
         unsafe {
-            let rfd = r.as_raw_fd();
             // Own group, so signals aimed at the VM's group pass it by.
             libc::setpgid(0, 0);
             reset_signals();
-            // Keep only the pipe: a guard must not hold the VM's sockets.
-            close_fds_except(0, rfd);
+            // Keep only the pipe, as fd 0: a guard must not hold the VM's
+            // sockets.
+            if libc::dup2(r.as_raw_fd(), 0) < 0 {
+                libc::kill(-pgid, libc::SIGKILL);
+                libc::_exit(1);
+            }
+            libc::syscall(libc::SYS_close_range, 1, u32::MAX, 0);
+            if let Some(program) = program {
+                libc::execve(program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            }
+            // No program, or it could not run: guard from this copy.
             let mut byte = 0u8;
             loop {
-                let n = libc::read(rfd, (&mut byte as *mut u8).cast(), 1);
+                let n = libc::read(0, (&mut byte as *mut u8).cast(), 1);
                 if n < 0 && *libc::__errno_location() == libc::EINTR {
                     continue;
                 }

@@ -9,8 +9,9 @@ mod process;
 mod reply;
 mod runtime;
 
-fn load(_env: rustler::Env, _info: rustler::Term) -> bool {
-    process::on_load();
+fn load(_env: rustler::Env, info: rustler::Term) -> bool {
+    // The load info is the path of the `snakepit_guard` program.
+    process::on_load(info.decode::<String>().ok().as_deref());
     true
 }
 

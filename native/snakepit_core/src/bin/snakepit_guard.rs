@@ -1,0 +1,29 @@
+//! The guard of one worker's process group: `snakepit_guard PGID`, with fd 0
+//! the read end of a pipe whose only write end is held by the VM.
+//!
+//! The VM's spawner forks the guard and at once execs this program, so the
+//! guard does not keep a copy-on-write image of the VM's memory for the
+//! worker's whole life. When the read returns (the VM died or released the
+//! worker), the guard SIGKILLs the whole group, grandchildren included.
+
+fn main() {
+    let pgid = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse::<i32>().ok())
+        .filter(|&p| p > 1);
+    let Some(pgid) = pgid else {
+        eprintln!("usage: snakepit_guard PGID (with the guard pipe on fd 0)");
+        std::process::exit(2);
+    };
+    let mut byte = 0u8;
+    loop {
+        let n = unsafe { libc::read(0, (&mut byte as *mut u8).cast(), 1) };
+        if n < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        break;
+    }
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
