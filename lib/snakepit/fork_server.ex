@@ -73,7 +73,7 @@ defmodule Snakepit.ForkServer do
   @impl true
   def init(_opts) do
     Process.flag(:trap_exit, true)
-    {:ok, %{servers: %{}, keys: %{}}}
+    {:ok, %{servers: %{}}}
   end
 
   @impl true
@@ -88,8 +88,7 @@ defmodule Snakepit.ForkServer do
       :error ->
         case start_server(key) do
           {:ok, server} ->
-            state = put_server(state, key, %{server | waiters: [from]})
-            {:noreply, %{state | keys: Map.put(state.keys, server.os_pid, key)}}
+            {:noreply, put_server(state, key, %{server | waiters: [from]})}
 
           {:error, _} = error ->
             {:reply, error, state}
@@ -102,14 +101,14 @@ defmodule Snakepit.ForkServer do
 
   @impl true
   def handle_info({:snakepit_process, os_pid, event}, state) do
-    case Map.fetch(state.keys, os_pid) do
-      {:ok, key} -> {:noreply, handle_event(event, key, state.servers[key], state)}
-      :error -> {:noreply, state}
+    case key_of(state, os_pid) do
+      nil -> {:noreply, state}
+      key -> {:noreply, handle_event(event, key, state.servers[key], state)}
     end
   end
 
   def handle_info({:start_timeout, os_pid}, state) do
-    with {:ok, key} <- Map.fetch(state.keys, os_pid),
+    with key when key != nil <- key_of(state, os_pid),
          %{status: :starting} = server <- state.servers[key] do
       # Its exit notice then answers the waiters.
       Native.release_process(server.handle)
@@ -175,12 +174,12 @@ defmodule Snakepit.ForkServer do
       )
     end
 
-    %{
-      state
-      | servers: Map.delete(state.servers, key),
-        keys: Map.delete(state.keys, server.os_pid)
-    }
+    %{state | servers: Map.delete(state.servers, key)}
   end
+
+  # A handful of fork servers at most: a scan is cheaper than an index to keep.
+  defp key_of(state, os_pid),
+    do: Enum.find_value(state.servers, fn {key, server} -> server.os_pid == os_pid && key end)
 
   defp failure(server, status) do
     cause = server.failure || "exited during startup (#{inspect(status)})"
