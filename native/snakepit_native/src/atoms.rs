@@ -22,7 +22,6 @@ rustler::atoms! {
     native_panic,
     invalid_argument,
     not_found,
-    already_released,
     // gRPC status codes, mapped one to one.
     cancelled,
     deadline_exceeded,
@@ -58,6 +57,8 @@ rustler::atoms! {
     binary_parameters,
     metadata,
     timeout_ms,
+    request_id,
+    window,
     config,
     force,
     timestamp_us,

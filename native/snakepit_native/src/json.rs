@@ -3,6 +3,8 @@
 //! schedulers). Integers stay integers; map keys come back as binaries,
 //! never atoms.
 
+use std::borrow::Cow;
+
 use rustler::types::map::MapIterator;
 use rustler::{Binary, Encoder, Env, ListIterator, Term, TermType};
 use serde_json::Value;
@@ -13,8 +15,10 @@ pub use snakepit_core::json::parse;
 /// Why a term cannot travel as JSON, with the path to the offending value.
 #[derive(Debug)]
 pub struct EncodeError {
-    pub path: String,
-    pub what: String,
+    /// Path segments (`[2]`, `.key`), innermost first: each level adds its
+    /// own as the error passes back up, so a successful encode builds none.
+    path: Vec<String>,
+    what: String,
 }
 
 impl EncodeError {
@@ -22,21 +26,26 @@ impl EncodeError {
         if self.path.is_empty() {
             self.what.clone()
         } else {
-            format!("{} at {}", self.what, self.path)
+            let path: String = self.path.iter().rev().map(String::as_str).collect();
+            format!("{} at {}", self.what, path)
         }
+    }
+
+    fn within(mut self, segment: String) -> Self {
+        self.path.push(segment);
+        self
     }
 }
 
 pub fn encode(term: Term) -> Result<Vec<u8>, EncodeError> {
     let mut out = Vec::with_capacity(64);
-    let mut path = Vec::new();
-    write_term(term, &mut out, &mut path)?;
+    write_term(term, &mut out)?;
     Ok(out)
 }
 
-fn fail(path: &[String], what: impl Into<String>) -> EncodeError {
+fn fail(what: impl Into<String>) -> EncodeError {
     EncodeError {
-        path: path.concat(),
+        path: Vec::new(),
         what: what.into(),
     }
 }
@@ -45,19 +54,17 @@ fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
-fn utf8<'a>(term: Term<'a>, path: &[String]) -> Result<&'a str, EncodeError> {
+fn utf8(term: Term<'_>) -> Result<&str, EncodeError> {
     let bin: Binary = term
         .decode()
-        .map_err(|_| fail(path, "bitstring that is not a whole binary"))?;
-    std::str::from_utf8(bin.as_slice()).map_err(|_| fail(path, "binary that is not valid UTF-8"))
+        .map_err(|_| fail("bitstring that is not a whole binary"))?;
+    std::str::from_utf8(bin.as_slice()).map_err(|_| fail("binary that is not valid UTF-8"))
 }
 
-fn write_term(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<(), EncodeError> {
+fn write_term(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     match term.get_type() {
         TermType::Atom => {
-            let name = term
-                .atom_to_string()
-                .map_err(|_| fail(path, "unreadable atom"))?;
+            let name = term.atom_to_string().map_err(|_| fail("unreadable atom"))?;
             match name.as_str() {
                 "nil" => out.extend_from_slice(b"null"),
                 "true" => out.extend_from_slice(b"true"),
@@ -65,35 +72,36 @@ fn write_term(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<(
                 other => write_str(out, other),
             }
         }
-        TermType::Binary => write_str(out, utf8(term, path)?),
+        TermType::Binary => write_str(out, utf8(term)?),
         TermType::Integer => {
-            if let Ok(i) = term.decode::<i64>() {
-                out.extend_from_slice(i.to_string().as_bytes());
+            let written = if let Ok(i) = term.decode::<i64>() {
+                serde_json::to_writer(&mut *out, &i)
             } else if let Ok(u) = term.decode::<u64>() {
-                out.extend_from_slice(u.to_string().as_bytes());
+                serde_json::to_writer(&mut *out, &u)
             } else {
-                return Err(fail(path, "integer outside the 64-bit range"));
-            }
+                return Err(fail("integer outside the 64-bit range"));
+            };
+            written.expect("writing to a Vec cannot fail");
         }
         TermType::Float => {
-            let f: f64 = term.decode().map_err(|_| fail(path, "unreadable float"))?;
+            let f: f64 = term.decode().map_err(|_| fail("unreadable float"))?;
             serde_json::to_writer(&mut *out, &f).expect("finite float");
         }
         TermType::List => {
-            let items: ListIterator = term.decode().map_err(|_| fail(path, "improper list"))?;
-            write_seq(items, out, path)?;
+            let items: ListIterator = term.decode().map_err(|_| fail("improper list"))?;
+            write_seq(items, out)?;
         }
         TermType::Tuple => {
-            let items = rustler::types::tuple::get_tuple(term)
-                .map_err(|_| fail(path, "unreadable tuple"))?;
-            write_seq(items.into_iter(), out, path)?;
+            let items =
+                rustler::types::tuple::get_tuple(term).map_err(|_| fail("unreadable tuple"))?;
+            write_seq(items.into_iter(), out)?;
         }
-        TermType::Map => write_map(term, out, path)?,
-        TermType::Pid => return Err(fail(path, "a pid cannot be encoded as JSON")),
-        TermType::Port => return Err(fail(path, "a port cannot be encoded as JSON")),
-        TermType::Ref => return Err(fail(path, "a reference cannot be encoded as JSON")),
-        TermType::Fun => return Err(fail(path, "a function cannot be encoded as JSON")),
-        TermType::Unknown => return Err(fail(path, "a term of unknown type")),
+        TermType::Map => write_map(term, out)?,
+        TermType::Pid => return Err(fail("a pid cannot be encoded as JSON")),
+        TermType::Port => return Err(fail("a port cannot be encoded as JSON")),
+        TermType::Ref => return Err(fail("a reference cannot be encoded as JSON")),
+        TermType::Fun => return Err(fail("a function cannot be encoded as JSON")),
+        TermType::Unknown => return Err(fail("a term of unknown type")),
     }
     Ok(())
 }
@@ -101,56 +109,51 @@ fn write_term(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<(
 fn write_seq<'a>(
     items: impl Iterator<Item = Term<'a>>,
     out: &mut Vec<u8>,
-    path: &mut Vec<String>,
 ) -> Result<(), EncodeError> {
     out.push(b'[');
     for (i, item) in items.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        path.push(format!("[{i}]"));
-        write_term(item, out, path)?;
-        path.pop();
+        write_term(item, out).map_err(|e| e.within(format!("[{i}]")))?;
     }
     out.push(b']');
     Ok(())
 }
 
-fn map_key(key: Term, path: &[String]) -> Result<String, EncodeError> {
+fn map_key(key: Term<'_>) -> Result<Cow<'_, str>, EncodeError> {
     match key.get_type() {
-        TermType::Binary => Ok(utf8(key, path)?.to_string()),
+        TermType::Binary => Ok(Cow::Borrowed(utf8(key)?)),
         TermType::Atom => key
             .atom_to_string()
-            .map_err(|_| fail(path, "unreadable atom key")),
+            .map(Cow::Owned)
+            .map_err(|_| fail("unreadable atom key")),
         TermType::Integer => key
             .decode::<i64>()
-            .map(|i| i.to_string())
-            .map_err(|_| fail(path, "integer key outside the 64-bit range")),
-        _ => Err(fail(path, "map key that is not a string, atom or integer")),
+            .map(|i| Cow::Owned(i.to_string()))
+            .map_err(|_| fail("integer key outside the 64-bit range")),
+        _ => Err(fail("map key that is not a string, atom or integer")),
     }
 }
 
-fn write_map(term: Term, out: &mut Vec<u8>, path: &mut Vec<String>) -> Result<(), EncodeError> {
+fn write_map(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     if let Ok(name) = term.map_get(rustler::types::atom::__struct__()) {
         let name = name.atom_to_string().unwrap_or_default();
         let name = name.strip_prefix("Elixir.").unwrap_or(&name);
-        return Err(fail(
-            path,
-            format!("a %{name}{{}} struct cannot be encoded as JSON; convert it to a map or string first"),
-        ));
+        return Err(fail(format!(
+            "a %{name}{{}} struct cannot be encoded as JSON; convert it to a map or string first"
+        )));
     }
-    let iter = MapIterator::new(term).ok_or_else(|| fail(path, "unreadable map"))?;
+    let iter = MapIterator::new(term).ok_or_else(|| fail("unreadable map"))?;
     out.push(b'{');
     for (i, (key, value)) in iter.enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let key = map_key(key, path)?;
+        let key = map_key(key)?;
         write_str(out, &key);
         out.push(b':');
-        path.push(format!(".{key}"));
-        write_term(value, out, path)?;
-        path.pop();
+        write_term(value, out).map_err(|e| e.within(format!(".{key}")))?;
     }
     out.push(b'}');
     Ok(())

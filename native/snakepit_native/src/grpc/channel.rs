@@ -17,6 +17,11 @@ use crate::atoms;
 /// 4 MiB default would turn them into opaque transport errors.
 pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
 
+/// HTTP/2 receive windows of both connections to a worker: large enough
+/// that a big reply is not paced by window updates.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
+
 /// Lazily connected HTTP/2 connections to one worker: tonic's channel for
 /// streams, pings and heartbeats, and the lean path for `ExecuteTool`.
 /// tonic's channel is not `RefUnwindSafe`; it holds no state a caught panic
@@ -39,8 +44,8 @@ fn endpoint(uri: String) -> Result<Endpoint, String> {
     Ok(Endpoint::from_shared(uri)
         .map_err(|e| format!("bad worker address: {e}"))?
         .tcp_nodelay(true)
-        .initial_stream_window_size(Some(8 * 1024 * 1024))
-        .initial_connection_window_size(Some(32 * 1024 * 1024)))
+        .initial_stream_window_size(Some(STREAM_WINDOW))
+        .initial_connection_window_size(Some(CONNECTION_WINDOW)))
 }
 
 fn connect(address: &str) -> Result<Channel, String> {

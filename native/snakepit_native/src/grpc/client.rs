@@ -37,9 +37,11 @@ struct CallOpts {
     request_id: String,
 }
 
-fn opt<'a, T: rustler::Decoder<'a>>(map: Term<'a>, key: &str) -> Result<Option<T>, String> {
-    // Option names are fixed by this module, never taken from data.
-    let atom = rustler::Atom::from_str(map.get_env(), key).map_err(|_| "bad option name")?;
+fn opt<'a, T: rustler::Decoder<'a>>(
+    map: Term<'a>,
+    atom: rustler::Atom,
+    key: &str,
+) -> Result<Option<T>, String> {
     match map.map_get(atom) {
         Ok(v) if v == atoms::nil().to_term(map.get_env()) => Ok(None),
         Ok(v) => v
@@ -77,16 +79,20 @@ impl CallOpts {
         if !term.is_map() {
             return Err("call options must be a map".into());
         }
-        let binaries = string_map(opt(term, "binary_parameters")?, "binary_parameters", |v| {
-            v.decode::<Binary>().ok().map(|b| b.as_slice().to_vec())
+        let binaries = string_map(
+            opt(term, atoms::binary_parameters(), "binary_parameters")?,
+            "binary_parameters",
+            |v| v.decode::<Binary>().ok().map(|b| b.as_slice().to_vec()),
+        )?;
+        let metadata = string_map(opt(term, atoms::metadata(), "metadata")?, "metadata", |v| {
+            v.decode().ok()
         })?;
-        let metadata = string_map(opt(term, "metadata")?, "metadata", |v| v.decode().ok())?;
         Ok(CallOpts {
-            session_id: opt(term, "session_id")?.unwrap_or_default(),
-            timeout_ms: opt(term, "timeout_ms")?.unwrap_or(0),
+            session_id: opt(term, atoms::session_id(), "session_id")?.unwrap_or_default(),
+            timeout_ms: opt(term, atoms::timeout_ms(), "timeout_ms")?.unwrap_or(0),
             binary_parameters: binaries,
             metadata,
-            request_id: opt(term, "request_id")?.unwrap_or_default(),
+            request_id: opt(term, atoms::request_id(), "request_id")?.unwrap_or_default(),
         })
     }
 
@@ -269,7 +275,7 @@ fn grpc_execute_stream<'a>(
     arguments: Term<'a>,
     opts: Term<'a>,
 ) -> Term<'a> {
-    let window: u32 = match opt(opts, "window") {
+    let window: u32 = match opt(opts, atoms::window(), "window") {
         Ok(window) => window.unwrap_or(DEFAULT_WINDOW),
         Err(msg) => return invalid(env, msg),
     };

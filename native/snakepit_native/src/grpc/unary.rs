@@ -17,10 +17,10 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Code, Status};
 
-use super::channel::MAX_MESSAGE_BYTES;
+use super::channel::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES, STREAM_WINDOW};
 use super::pb::{ExecuteToolRequest, ExecuteToolResponse};
 
-const PATH: &str = "/snakepit.bridge.BridgeService/ExecuteTool";
+const URI: &str = "http://localhost/snakepit.bridge.BridgeService/ExecuteTool";
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -88,8 +88,8 @@ impl Unary {
             }
         };
         let (sender, connection) = h2::client::Builder::new()
-            .initial_window_size(8 * 1024 * 1024)
-            .initial_connection_window_size(32 * 1024 * 1024)
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
             .handshake::<_, Bytes>(io)
             .await
             .map_err(h2_status)?;
@@ -126,17 +126,22 @@ impl Unary {
         let mut sender = self.ready().await?;
 
         let len = req.encoded_len();
+        if len > MAX_MESSAGE_BYTES {
+            return Err(Status::resource_exhausted(format!(
+                "the request is {len} bytes, larger than {MAX_MESSAGE_BYTES}"
+            )));
+        }
         let mut body = BytesMut::with_capacity(5 + len);
         body.put_u8(0); // not compressed
         body.put_u32(len as u32);
         req.encode(&mut body)
             .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))?;
 
-        let mut request = http::Request::post(format!("http://localhost{PATH}"))
-            .header("content-type", "application/grpc")
-            .header("te", "trailers");
+        let mut request = http::Request::post(http::Uri::from_static(URI))
+            .header(http::header::CONTENT_TYPE, "application/grpc")
+            .header(http::header::TE, "trailers");
         if let Some(t) = timeout {
-            request = request.header("grpc-timeout", format!("{}m", t.as_millis().max(1)));
+            request = request.header("grpc-timeout", grpc_timeout(t));
         }
         let request = request
             .body(())
@@ -180,6 +185,20 @@ impl Unary {
             return Err(status);
         }
         decode_message(&data)
+    }
+}
+
+/// A `grpc-timeout` value: at most 8 digits, so long budgets go in coarser
+/// units.
+fn grpc_timeout(t: Duration) -> String {
+    const MAX: u128 = 99_999_999;
+    let ms = t.as_millis().max(1);
+    if ms <= MAX {
+        format!("{ms}m")
+    } else if ms / 1000 <= MAX {
+        format!("{}S", ms / 1000)
+    } else {
+        format!("{}M", (ms / 60_000).min(MAX))
     }
 }
 

@@ -19,8 +19,7 @@ const MAX_LINE: usize = 64 * 1024;
 /// grandchild may hold them open long after the child itself is gone.
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
-fn send_line(owner: LocalPid, os_pid: i32, stderr: bool, line: &[u8]) -> bool {
-    let mut env = OwnedEnv::new();
+fn send_line(env: &mut OwnedEnv, owner: LocalPid, os_pid: i32, stderr: bool, line: &[u8]) -> bool {
     env.send_and_clear(&owner, |env| {
         let tag = if stderr {
             atoms::stderr()
@@ -39,6 +38,8 @@ async fn forward_lines(fd: OwnedFd, owner: LocalPid, os_pid: i32, stderr: bool) 
     };
     let mut reader = BufReader::with_capacity(16 * 1024, rx);
     let mut line = Vec::with_capacity(256);
+    // One env for every line of this pipe; sending clears it.
+    let mut env = OwnedEnv::new();
     loop {
         line.clear();
         match (&mut reader)
@@ -53,7 +54,7 @@ async fn forward_lines(fd: OwnedFd, owner: LocalPid, os_pid: i32, stderr: bool) 
                 }
                 // Keep reading even when the owner is gone, so the child
                 // never blocks on a full pipe.
-                send_line(owner, os_pid, stderr, &line);
+                send_line(&mut env, owner, os_pid, stderr, &line);
             }
         }
     }
