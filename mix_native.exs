@@ -88,9 +88,12 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
     requirements = Path.join([root, "python", "requirements.txt"])
 
-    if File.exists?(requirements) do
-      File.mkdir_p!(Path.join(priv, "python"))
-      File.cp!(requirements, Path.join([priv, "python", "requirements.txt"]))
+    installed = Path.join([priv, "python", "requirements.txt"])
+
+    if File.exists?(requirements) and
+         not (File.exists?(installed) and same_file?(requirements, installed)) do
+      File.mkdir_p!(Path.dirname(installed))
+      File.cp!(requirements, installed)
     end
 
     if File.dir?(src) do
@@ -103,7 +106,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
         from = Path.join(src, rel)
         to = Path.join(dest, rel)
 
-        unless File.exists?(to) and File.read!(to) == File.read!(from) do
+        unless File.exists?(to) and same_file?(from, to) do
           File.mkdir_p!(Path.dirname(to))
           File.cp!(from, to)
         end

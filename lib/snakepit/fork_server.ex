@@ -195,15 +195,11 @@ defmodule Snakepit.ForkServer do
     path = Path.join(RuntimeDir.path(), "fork-#{n}.sock")
 
     identity =
-      [
+      Snakepit.Adapters.GRPCPython.flags(
         "snakepit-run-id": RunID.current(),
         "instance-name": Config.instance_name_identifier(),
         "instance-token": Config.instance_token_identifier()
-      ]
-      |> Enum.flat_map(fn
-        {_flag, nil} -> []
-        {flag, value} -> ["--#{flag}", to_string(value)]
-      end)
+      )
 
     argv = [python, "-m", "snakepit_bridge.fork_server", "--control", path | identity]
 

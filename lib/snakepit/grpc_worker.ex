@@ -120,7 +120,7 @@ defmodule Snakepit.GRPCWorker do
 
   defp command_args(state) do
     address =
-      case Application.get_env(:snakepit, :worker_transport, :unix) do
+      case Defaults.worker_transport() do
         :tcp -> "127.0.0.1:0"
         :unix -> RuntimeDir.socket_address(state.id)
       end
@@ -203,9 +203,14 @@ defmodule Snakepit.GRPCWorker do
     {:noreply, keep_output(%{state | startup_error: message}, message)}
   end
 
+  # Output is kept only to explain a failed start; once ready it is logged.
+  defp handle_process_event({stream, line}, %{status: :starting} = state)
+       when stream in [:stdout, :stderr],
+       do: {:noreply, keep_output(state, line)}
+
   defp handle_process_event({stream, line}, state) when stream in [:stdout, :stderr] do
-    if state.status != :starting, do: Logger.debug("[#{state.id}] #{line}")
-    {:noreply, keep_output(state, line)}
+    Logger.debug("[#{state.id}] #{line}")
+    {:noreply, state}
   end
 
   defp handle_process_event({:exit, status}, %{status: :starting} = state) do
@@ -291,8 +296,11 @@ defmodule Snakepit.GRPCWorker do
   # An unresponsive Python process will not honour SIGTERM: kill its group
   # at once and stop abnormally so the starter replaces the worker.
   defp heartbeat_failed(state) do
-    if state.os_pid, do: Native.signal_group(state.os_pid, @sigkill)
-    if state.os_pid, do: await_exit(state.os_pid, @kill_wait_ms)
+    if state.os_pid do
+      Native.signal_group(state.os_pid, @sigkill)
+      await_exit(state.os_pid, @kill_wait_ms)
+    end
+
     {:stop, :heartbeat_timeout, release(%{state | os_pid: nil})}
   end
 

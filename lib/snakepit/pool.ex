@@ -141,7 +141,7 @@ defmodule Snakepit.Pool do
             callback,
             call_opts(opts, rpc_deadline)
           )
-          |> confirm_crash(lease, command)
+          |> confirm_crash(lease)
 
         checkin(lease, result)
         result
@@ -155,7 +155,7 @@ defmodule Snakepit.Pool do
     opts = if avoid == [], do: opts, else: Keyword.put(opts, :avoid, avoid)
 
     with {:ok, lease} <- checkout(opts, deadline) do
-      result = fun.(lease, rpc_deadline(deadline)) |> confirm_crash(lease, nil)
+      result = fun.(lease, rpc_deadline(deadline)) |> confirm_crash(lease)
       checkin(lease, result)
 
       case CrashBarrier.crash_info(result, lease.crash_barrier) do
@@ -200,8 +200,7 @@ defmodule Snakepit.Pool do
   # report it as a crash.
   defp confirm_crash(
          {:error, %Error{category: :grpc_error, grpc_status: status} = error} = result,
-         lease,
-         _command
+         lease
        )
        when status in @transport_statuses do
     worker = lease.worker
@@ -220,7 +219,7 @@ defmodule Snakepit.Pool do
     end
   end
 
-  defp confirm_crash(result, _lease, _command), do: result
+  defp confirm_crash(result, _lease), do: result
 
   defp exit_status({:python_exited, status}), do: status
   defp exit_status(:heartbeat_timeout), do: :heartbeat_timeout
@@ -1114,8 +1113,6 @@ defmodule Snakepit.Pool do
         })
     end
   end
-
-  defp perform(state, _name, []), do: state
 
   defp perform(state, name, actions) do
     Enum.reduce(actions, state, fn

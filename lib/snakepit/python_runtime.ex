@@ -17,16 +17,17 @@ defmodule Snakepit.PythonRuntime do
   @doc "Absolute path of the Python interpreter, or an error saying what was tried."
   @spec executable() :: {:ok, String.t()} | {:error, String.t()}
   def executable do
+    # Looked at in order and only as far as needed: every worker start asks.
     candidates = [
-      {"config :snakepit, python_executable", Application.get_env(:snakepit, :python_executable)},
-      {"SNAKEPIT_PYTHON", System.get_env("SNAKEPIT_PYTHON")},
-      {".venv in #{File.cwd!()}", venv_python()},
-      {"python3 on PATH", System.find_executable("python3")}
+      {"config :snakepit, python_executable",
+       fn -> Application.get_env(:snakepit, :python_executable) end},
+      {"SNAKEPIT_PYTHON", fn -> System.get_env("SNAKEPIT_PYTHON") end},
+      {".venv in #{File.cwd!()}", &venv_python/0},
+      {"python3 on PATH", fn -> System.find_executable("python3") end}
     ]
 
-    Enum.find_value(candidates, fn
-      {_what, nil} -> nil
-      {_what, path} -> resolve(path)
+    Enum.find_value(candidates, fn {_what, lookup} ->
+      if path = lookup.(), do: resolve(path)
     end) ||
       {:error,
        "no Python interpreter found (tried #{Enum.map_join(candidates, ", ", &elem(&1, 0))}); " <>

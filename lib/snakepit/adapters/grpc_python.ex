@@ -36,7 +36,13 @@ defmodule Snakepit.Adapters.GRPCPython do
         do: adapter_args,
         else: ["--adapter", Defaults.default_python_adapter() | adapter_args]
 
-    flags = for {flag, value} <- identity, value != nil, do: ["--#{flag}", to_string(value)]
-    ["-m", script_path()] ++ adapter_args ++ List.flatten(flags)
+    ["-m", script_path()] ++ adapter_args ++ flags(identity)
   end
+
+  @doc "`--flag value` pairs for the identity keywords that are set."
+  @spec flags(keyword()) :: [String.t()]
+  def flags(identity),
+    do:
+      for({flag, value} <- identity, value != nil, do: ["--#{flag}", to_string(value)])
+      |> List.flatten()
 end

@@ -12,7 +12,13 @@ defmodule Snakepit.Pool.WorkerSupervisor do
   def start_link(opts \\ []), do: DynamicSupervisor.start_link(__MODULE__, opts, name: __MODULE__)
 
   @impl true
-  def init(_opts), do: DynamicSupervisor.init(strategy: :one_for_one)
+  def init(_opts) do
+    DynamicSupervisor.init(
+      strategy: :one_for_one,
+      max_restarts: Snakepit.Defaults.worker_supervisor_max_restarts(),
+      max_seconds: Snakepit.Defaults.worker_supervisor_max_seconds()
+    )
+  end
 
   @doc """
   Starts the worker `worker_id` (through its starter). `worker_config` is

@@ -42,8 +42,13 @@ defmodule Snakepit.Pool.Worker.Starter do
       shutdown: Snakepit.GRPCWorker.supervisor_shutdown_timeout()
     }
 
-    # A crash-looping Python process gives up after 10 restarts a minute;
-    # the pool sees the starter go and the worker stays out of rotation.
-    Supervisor.init([worker], strategy: :one_for_one, max_restarts: 10, max_seconds: 60)
+    # A crash-looping Python process gives up (by default after 10 restarts
+    # a minute); the pool sees the starter go and the worker stays out of
+    # rotation.
+    Supervisor.init([worker],
+      strategy: :one_for_one,
+      max_restarts: Snakepit.Defaults.worker_starter_max_restarts(),
+      max_seconds: Snakepit.Defaults.worker_starter_max_seconds()
+    )
   end
 end
