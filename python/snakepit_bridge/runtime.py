@@ -108,6 +108,10 @@ class ToolRunner:
         self.tools: dict[str, ToolInfo] = discover_tools(adapter)
         legacy = getattr(adapter, "execute_tool", None)
         self.legacy_execute: Callable[..., Any] | None = legacy if callable(legacy) else None
+        # Looked at once, not on every call.
+        self.legacy_is_async = self.legacy_execute is not None and inspect.iscoroutinefunction(
+            inspect.unwrap(getattr(self.legacy_execute, "__func__", self.legacy_execute))
+        )
         self._uses_base_context = _has_context_property(adapter)
 
     # ------------------------------------------------------------ specs
@@ -139,24 +143,18 @@ class ToolRunner:
             args[key] = bytes(value)
         return args
 
-    def _resolve(self, request: Any, ctx: SessionContext, stream: ToolStream | None) -> tuple[_Call, bool]:
-        """Return the call and whether the tool is declared as producing a stream."""
+    def _resolve(self, request: Any, ctx: SessionContext, stream: ToolStream | None) -> _Call:
         args = self._arguments(request)
         name = request.tool_name
         if self.legacy_execute is not None:
-            func = self.legacy_execute
-            raw = inspect.unwrap(getattr(func, "__func__", func))
-            is_async = inspect.iscoroutinefunction(raw)
-            streams = inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw)
-            return _Call(name, func, [name, args, ctx], {}, is_async=is_async), streams
+            return _Call(name, self.legacy_execute, [name, args, ctx], {}, is_async=self.legacy_is_async)
         info = self.tools.get(name)
         if info is None:
             raise ToolNotFoundError(name, list(self.tools))
         if stream is None and info.produces_stream:
             raise StreamingToolError(name)
         positional, keywords = info.bind(args, stream)
-        is_async = info.is_coroutine
-        return _Call(name, info.func, positional, keywords, is_async=is_async), info.produces_stream
+        return _Call(name, info.func, positional, keywords, is_async=info.is_coroutine)
 
     # ------------------------------------------------------------ running
 
@@ -199,7 +197,7 @@ class ToolRunner:
         telemetry.emit(("tool", "execution", "start"), {"system_time": time.time_ns()}, tele_meta)
         try:
             try:
-                call, _ = self._resolve(request, ctx, None)
+                call = self._resolve(request, ctx, None)
                 result = await self._run_call(call)
                 if inspect.isgenerator(result) or inspect.isasyncgen(result):
                     await _close_generator(result)
@@ -259,7 +257,7 @@ class ToolRunner:
         token = self._enter_context(ctx)
         try:
             try:
-                call, _ = self._resolve(request, ctx, tool_stream)
+                call = self._resolve(request, ctx, tool_stream)
             except Exception as exc:  # noqa: BLE001
                 kind = "invalid_arguments" if isinstance(exc, ArgumentBindingError) else None
                 yield self._error_chunk(0, exc, kind)

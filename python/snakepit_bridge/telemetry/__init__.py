@@ -179,6 +179,10 @@ class TelemetryHub:
         metadata: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
     ) -> None:
+        # The usual case in a worker: nobody listens (no handler, and the
+        # bridge's stream is off), so build nothing.
+        if not self._handlers and not self._buffering:
+            return
         try:
             parts = _parts(event)
             if not parts:
