@@ -8,7 +8,7 @@ import time
 from helpers import WAIT_S, request, result_of, run, running_worker
 from sample_adapters import LegacyAdapter, TestAdapter
 
-from snakepit_bridge import serialization
+from snakepit_bridge import serialization, sessions
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 
 
@@ -218,7 +218,7 @@ def test_session_context_is_per_call(sock_dir):
     run(go())
 
 
-def test_sessions_table(sock_dir):
+def test_sessions_table(sock_dir, monkeypatch):
     async def go():
         async with running_worker(TestAdapter(), sock_dir) as (_, stub):
             missing = await stub.GetSession(pb.GetSessionRequest(session_id="s1"))
@@ -239,9 +239,12 @@ def test_sessions_table(sock_dir):
             assert got.created_at_ms > 0 and got.last_accessed_ms >= got.created_at_ms
             assert got.tool_count == len(init.tools)
 
+            # A call in the session touches it: with a clock that has moved
+            # on, its last access is that clock's time.
+            monkeypatch.setattr(sessions, "now_ms", lambda: 10**13)
             await stub.ExecuteTool(request("add", {"a": 1, "b": 1}, session_id="s1"))
             touched = await stub.GetSession(pb.GetSessionRequest(session_id="s1"))
-            assert touched.last_accessed_ms >= got.last_accessed_ms
+            assert touched.last_accessed_ms == 10**13
 
             cleaned = await stub.CleanupSession(pb.CleanupSessionRequest(session_id="s1"))
             assert cleaned.success and cleaned.resources_cleaned == 1

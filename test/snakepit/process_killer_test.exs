@@ -1,7 +1,7 @@
 defmodule Snakepit.ProcessKillerTest do
   use ExUnit.Case, async: true
 
-  alias Snakepit.{Native, OSCommand, ProcessKiller}
+  alias Snakepit.{Native, ProcessKiller}
 
   defp own_pid, do: String.to_integer(System.pid())
 
@@ -76,24 +76,21 @@ defmodule Snakepit.ProcessKillerTest do
     assert {:error, :invalid_run_id} = ProcessKiller.kill_by_run_id("../etc")
   end
 
+  @tag :python
   test "find_python_processes sees a Python process" do
-    python = Path.expand("../../.venv/bin/python", __DIR__)
+    {:ok, python} = Snakepit.PythonRuntime.executable()
 
-    if File.exists?(python) do
-      {:ok, {pid, handle}} =
-        Native.spawn_process(
-          python,
-          [python, "-c", "import time; time.sleep(30)"],
-          [],
-          nil,
-          self()
-        )
+    {:ok, {pid, handle}} =
+      Native.spawn_process(
+        python,
+        [python, "-c", "import time; time.sleep(30)"],
+        [],
+        nil,
+        self()
+      )
 
-      on_exit(fn -> Native.release_process(handle) end)
-      assert pid in ProcessKiller.find_python_processes()
-    end
-
-    assert {:ok, _} = OSCommand.run("true", [])
+    on_exit(fn -> Native.release_process(handle) end)
+    assert pid in ProcessKiller.find_python_processes()
   end
 
   test "setsid and process groups" do

@@ -66,7 +66,7 @@ defmodule Snakepit.Pool.MultiPoolTest do
     by_pid = Enum.group_by(results, & &1["pid"])
     assert map_size(by_pid) == 2
 
-    for {_pid, [a, b]} <- by_pid do
+    for {_pid, runs} <- by_pid, a <- runs, b <- runs, a != b do
       refute overlap?(a, b)
     end
   end
