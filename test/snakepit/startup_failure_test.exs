@@ -10,28 +10,13 @@ defmodule Snakepit.StartupFailureTest do
     Snakepit.Pool.await_ready(Snakepit.Pool, 30_000)
   end
 
-  # Python processes of this run, the fork server aside: it does not start
+  # Processes of this run, the fork server aside: it does not start
   # adapters, stays for the next start and goes with the application
   # (fork_server_test.exs).
-  defp our_python_processes do
-    run_id = Snakepit.RunID.current()
-    fork_servers = Snakepit.ForkServer.os_pids()
-
-    for dir <- File.ls!("/proc"),
-        String.match?(dir, ~r/^\d+$/),
-        cmd = read_cmdline(dir),
-        String.contains?(cmd, "--snakepit-run-id #{run_id}"),
-        pid = String.to_integer(dir),
-        pid not in fork_servers,
-        do: pid
-  end
-
-  defp read_cmdline(pid) do
-    case File.read("/proc/#{pid}/cmdline") do
-      {:ok, raw} -> String.replace(raw, <<0>>, " ")
-      _ -> ""
-    end
-  end
+  defp our_python_processes,
+    do:
+      Snakepit.ProcessKiller.find_by_run_id(Snakepit.RunID.current()) --
+        Snakepit.ForkServer.os_pids()
 
   test "a missing adapter module fails await_ready with the cause and the worker's output" do
     assert {:error, %Error{category: :pool} = error} =
