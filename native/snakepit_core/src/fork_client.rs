@@ -26,6 +26,7 @@ use tokio::sync::oneshot;
 
 use crate::exit::ExitStatus;
 use crate::signal;
+use crate::spawn::cvt;
 
 /// Largest message either way; requests carry argv and the environment.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -53,14 +54,6 @@ pub struct ForkedChild {
     /// Resolves with the exit status the fork server reports; fails when the
     /// fork server is gone before it could report one.
     pub exit: oneshot::Receiver<ExitStatus>,
-}
-
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
 }
 
 impl ForkClient {

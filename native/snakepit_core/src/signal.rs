@@ -3,13 +3,7 @@
 
 use std::io;
 
-fn check(ret: libc::c_int) -> io::Result<()> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
-}
+use crate::spawn::cvt;
 
 /// Refuses 0, 1, negatives and the VM's own pid.
 pub fn valid_target(pid: i32) -> bool {
@@ -17,11 +11,11 @@ pub fn valid_target(pid: i32) -> bool {
 }
 
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
-    check(unsafe { libc::kill(pid, sig) })
+    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
 pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
-    check(unsafe { libc::kill(-pgid, sig) })
+    cvt(unsafe { libc::kill(-pgid, sig) }).map(drop)
 }
 
 pub fn own_group() -> i32 {

@@ -91,7 +91,8 @@ pub fn guard(pgid: i32) -> io::Result<Guard> {
     on_spawner(move || spawn_guard(pgid))
 }
 
-fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
+/// A libc return value as an `io::Result`: negative means errno.
+pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
