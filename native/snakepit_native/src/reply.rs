@@ -57,14 +57,20 @@ fn panic_payload(message: String) -> Payload {
     Box::new(move |env| (atoms::error(), (atoms::native_panic(), message.as_str())).encode(env))
 }
 
-fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+/// The text a panic carried, or `fallback` when it carried none.
+pub fn panic_message(panic: Box<dyn std::any::Any + Send>, fallback: &str) -> String {
     if let Some(s) = panic.downcast_ref::<&str>() {
         s.to_string()
     } else if let Some(s) = panic.downcast_ref::<String>() {
         s.clone()
     } else {
-        "task panicked".to_string()
+        fallback.to_string()
     }
+}
+
+/// `{:error, {:invalid_argument, message}}`: bad input, answered at once.
+pub fn invalid_argument<'a>(env: Env<'a>, message: String) -> Term<'a> {
+    (atoms::error(), (atoms::invalid_argument(), message)).encode(env)
 }
 
 /// Runs `task` on the runtime and sends exactly one `{ref, payload}`,
@@ -76,7 +82,7 @@ where
     crate::runtime::get().spawn(async move {
         let payload = match AssertUnwindSafe(task).catch_unwind().await {
             Ok(payload) => payload,
-            Err(panic) => panic_payload(panic_message(panic)),
+            Err(panic) => panic_payload(panic_message(panic, "task panicked")),
         };
         to.send(payload);
     });
@@ -93,7 +99,7 @@ where
     crate::runtime::get().spawn(async move {
         let fut = task(to.clone());
         if let Err(panic) = AssertUnwindSafe(fut).catch_unwind().await {
-            let message = panic_message(panic);
+            let message = panic_message(panic, "task panicked");
             if let Ok(mut to) = to.lock() {
                 to.send(panic_payload(message));
             }

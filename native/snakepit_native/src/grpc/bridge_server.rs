@@ -158,16 +158,6 @@ fn worker_id<T>(request: &Request<T>) -> String {
         .to_string()
 }
 
-fn panic_text(panic: Box<dyn std::any::Any + Send>) -> String {
-    if let Some(s) = panic.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = panic.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic".to_string()
-    }
-}
-
 /// Runs a handler, turning a panic into an `internal` status.
 async fn guarded<T, F>(fut: F) -> Result<Response<T>, Status>
 where
@@ -177,7 +167,7 @@ where
         Ok(result) => result.map(Response::new),
         Err(panic) => Err(Status::internal(format!(
             "Elixir bridge failed: {}",
-            panic_text(panic)
+            crate::reply::panic_message(panic, "panic")
         ))),
     }
 }
@@ -798,10 +788,7 @@ fn decode_reply(call: &BridgeCall, reply: Term) -> Result<Reply, String> {
         }
         Rpc::Heartbeat if ok => Reply::Heartbeat(HeartbeatResponse {
             ok: true,
-            timestamp_us: std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_micros() as i64)
-                .unwrap_or(0),
+            timestamp_us: super::now_us(),
             status: "ok".into(),
         }),
         _ => return Err(format!("unexpected reply for {:?}", call.rpc)),
@@ -819,10 +806,6 @@ fn fallback(call: &BridgeCall, message: &str) -> Reply {
 
 // ------------------------------------------------------------------ NIFs
 
-fn invalid<'a>(env: Env<'a>, msg: String) -> Term<'a> {
-    (atoms::error(), (atoms::invalid_argument(), msg)).encode(env)
-}
-
 /// Starts the server on `address` (`unix:/abs/path` or loopback
 /// `host:port`), sending every call to `dispatcher`. Calls with no budget of
 /// their own wait `default_timeout_ms` for Elixir. Returns
@@ -836,7 +819,7 @@ fn bridge_start<'a>(
 ) -> Term<'a> {
     let listen = match core::parse_address(&address) {
         Ok(listen) => listen,
-        Err(msg) => return invalid(env, msg),
+        Err(msg) => return crate::reply::invalid_argument(env, msg),
     };
     // Listeners are registered with the runtime's reactor on this thread.
     let rt = crate::runtime::get();
@@ -860,13 +843,21 @@ fn bridge_start<'a>(
         Listen::Unix(path) => {
             let (std_listener, file) = match core::bind_unix(&path) {
                 Ok(bound) => bound,
-                Err(e) => return invalid(env, format!("cannot listen on {address}: {e}")),
+                Err(e) => {
+                    return crate::reply::invalid_argument(
+                        env,
+                        format!("cannot listen on {address}: {e}"),
+                    )
+                }
             };
             let listener = match tokio::net::UnixListener::from_std(std_listener) {
                 Ok(l) => l,
                 Err(e) => {
                     file.remove();
-                    return invalid(env, format!("cannot listen on {address}: {e}"));
+                    return crate::reply::invalid_argument(
+                        env,
+                        format!("cannot listen on {address}: {e}"),
+                    );
                 }
             };
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -876,11 +867,21 @@ fn bridge_start<'a>(
         Listen::Tcp(addr) => {
             let (std_listener, bound) = match core::bind_tcp(&addr) {
                 Ok(bound) => bound,
-                Err(e) => return invalid(env, format!("cannot listen on {address}: {e}")),
+                Err(e) => {
+                    return crate::reply::invalid_argument(
+                        env,
+                        format!("cannot listen on {address}: {e}"),
+                    )
+                }
             };
             let listener = match tokio::net::TcpListener::from_std(std_listener) {
                 Ok(l) => l,
-                Err(e) => return invalid(env, format!("cannot listen on {address}: {e}")),
+                Err(e) => {
+                    return crate::reply::invalid_argument(
+                        env,
+                        format!("cannot listen on {address}: {e}"),
+                    )
+                }
             };
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             rt.spawn(router.serve_with_incoming_shutdown(incoming, signal));
@@ -918,7 +919,7 @@ fn bridge_reply<'a>(env: Env<'a>, call: ResourceArc<BridgeCall>, reply: Term<'a>
     };
     let delivered = sender.send(answer).is_ok();
     match (problem, delivered) {
-        (Some(msg), _) => invalid(env, msg),
+        (Some(msg), _) => crate::reply::invalid_argument(env, msg),
         (None, true) => atoms::ok().encode(env),
         (None, false) => (atoms::error(), atoms::expired()).encode(env),
     }

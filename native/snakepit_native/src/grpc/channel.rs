@@ -81,6 +81,6 @@ fn grpc_connect(env: Env<'_>, address: String) -> Term<'_> {
             });
             (atoms::ok(), res).encode(env)
         }
-        Err(msg) => (atoms::error(), (atoms::invalid_argument(), msg)).encode(env),
+        Err(msg) => crate::reply::invalid_argument(env, msg),
     }
 }

@@ -101,10 +101,6 @@ impl CallOpts {
     }
 }
 
-fn invalid<'a>(env: Env<'a>, msg: String) -> Term<'a> {
-    (atoms::error(), (atoms::invalid_argument(), msg)).encode(env)
-}
-
 /// Encodes and checks everything before any task is spawned, so bad input
 /// is answered synchronously and nothing is sent.
 fn build_request(
@@ -160,7 +156,7 @@ fn grpc_execute<'a>(
 ) -> Term<'a> {
     let (req, timeout) = match build_request(tool, arguments, opts) {
         Ok(built) => built,
-        Err(msg) => return invalid(env, msg),
+        Err(msg) => return reply::invalid_argument(env, msg),
     };
     let unary = channel.unary.clone();
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
@@ -235,10 +231,7 @@ fn grpc_heartbeat<'a>(
 ) -> Term<'a> {
     let mut client = channel.client();
     let timeout = Duration::from_millis(timeout_ms.max(1));
-    let timestamp_us = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
+    let timestamp_us = super::now_us();
     let req = HeartbeatRequest {
         worker_id,
         session_id: String::new(),
@@ -277,11 +270,11 @@ fn grpc_execute_stream<'a>(
 ) -> Term<'a> {
     let window: u32 = match opt(opts, atoms::window(), "window") {
         Ok(window) => window.unwrap_or(DEFAULT_WINDOW),
-        Err(msg) => return invalid(env, msg),
+        Err(msg) => return reply::invalid_argument(env, msg),
     };
     let (req, timeout) = match build_request(tool, arguments, opts) {
         Ok(built) => built,
-        Err(msg) => return invalid(env, msg),
+        Err(msg) => return reply::invalid_argument(env, msg),
     };
     let credits = Arc::new(Semaphore::new(window.max(1) as usize));
     let (cancel_tx, mut cancel_rx) = oneshot::channel::<()>();

@@ -7,6 +7,14 @@ mod client;
 mod response;
 mod unary;
 
+/// Wall-clock microseconds since the epoch, as heartbeats carry them.
+pub(crate) fn now_us() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
 pub mod pb {
     tonic::include_proto!("snakepit.bridge");
 }

@@ -64,7 +64,7 @@ fn spawn_process<'a>(
     };
     let spec = match build() {
         Ok(spec) => spec,
-        Err(msg) => return Ok((atoms::error(), (atoms::invalid_argument(), msg)).encode(env)),
+        Err(msg) => return Ok(crate::reply::invalid_argument(env, msg)),
     };
     match spawn::spawn(spec) {
         Ok(child) => {
