@@ -11,9 +11,7 @@ use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::channel::WorkerChannel;
-use super::pb::{
-    ExecuteToolRequest, HeartbeatRequest, HeartbeatResponse, PingRequest, PingResponse,
-};
+use super::pb::{ExecuteToolRequest, HeartbeatRequest, PingRequest};
 use super::response;
 use crate::atoms;
 use crate::json;
@@ -160,37 +158,31 @@ fn grpc_execute<'a>(
     };
     let unary = channel.unary.clone();
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
-        let started = tokio::time::Instant::now();
-        let call = unary.execute(req, timeout);
-        let result = match timeout {
-            Some(t) => match tokio::time::timeout(t + DEADLINE_SLACK, call).await {
-                Ok(result) => result,
-                Err(_) => return response::timeout(),
-            },
-            None => call.await,
-        };
-        match result {
-            Ok(resp) => response::execute(resp),
-            Err(status) if deadline_hit(&status, timeout, started) => response::timeout(),
-            Err(status) => response::status(status),
-        }
+        settle(timeout, unary.execute(req, timeout), response::execute).await
     });
     atoms::ok().encode(env)
 }
 
-/// Awaits a small unary call with a hard deadline, mapping every outcome to
-/// the reply payload; `ok` turns the response into the success value.
-async fn bounded<T, F, Fut>(timeout: Duration, call: F, ok: impl FnOnce(T) -> Payload) -> Payload
-where
-    F: FnOnce(Duration) -> Fut,
-    Fut: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
-{
+/// Awaits a unary call, past its budget (if any) by `DEADLINE_SLACK` at
+/// most, mapping every outcome to the reply payload; `ok` turns the
+/// response into the success value.
+async fn settle<T>(
+    timeout: Option<Duration>,
+    call: impl std::future::Future<Output = Result<T, tonic::Status>>,
+    ok: impl FnOnce(T) -> Payload,
+) -> Payload {
     let started = tokio::time::Instant::now();
-    match tokio::time::timeout(timeout + DEADLINE_SLACK, call(timeout)).await {
-        Err(_) => response::timeout(),
-        Ok(Err(status)) if deadline_hit(&status, Some(timeout), started) => response::timeout(),
-        Ok(Err(status)) => response::status(status),
-        Ok(Ok(resp)) => ok(resp.into_inner()),
+    let result = match timeout {
+        Some(t) => match tokio::time::timeout(t + DEADLINE_SLACK, call).await {
+            Ok(result) => result,
+            Err(_) => return response::timeout(),
+        },
+        None => call.await,
+    };
+    match result {
+        Ok(value) => ok(value),
+        Err(status) if deadline_hit(&status, timeout, started) => response::timeout(),
+        Err(status) => response::status(status),
     }
 }
 
@@ -204,15 +196,13 @@ fn grpc_ping<'a>(
     timeout_ms: u64,
 ) -> Term<'a> {
     let mut client = channel.client();
-    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let timeout = Some(Duration::from_millis(timeout_ms.max(1)));
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
-        let call = |t| {
-            client.ping(with_deadline(
-                tonic::Request::new(PingRequest { message }),
-                Some(t),
-            ))
-        };
-        bounded(timeout, call, |resp: PingResponse| reply::ok(resp.message)).await
+        let request = with_deadline(tonic::Request::new(PingRequest { message }), timeout);
+        settle(timeout, client.ping(request), |resp| {
+            reply::ok(resp.into_inner().message)
+        })
+        .await
     });
     atoms::ok().encode(env)
 }
@@ -230,7 +220,7 @@ fn grpc_heartbeat<'a>(
     timeout_ms: u64,
 ) -> Term<'a> {
     let mut client = channel.client();
-    let timeout = Duration::from_millis(timeout_ms.max(1));
+    let timeout = Some(Duration::from_millis(timeout_ms.max(1)));
     let timestamp_us = super::now_us();
     let req = HeartbeatRequest {
         worker_id,
@@ -238,9 +228,9 @@ fn grpc_heartbeat<'a>(
         timestamp_us,
     };
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
-        let call = |t| client.heartbeat(with_deadline(tonic::Request::new(req), Some(t)));
-        bounded(timeout, call, |resp: HeartbeatResponse| {
-            reply::ok(resp.timestamp_us)
+        let request = with_deadline(tonic::Request::new(req), timeout);
+        settle(timeout, client.heartbeat(request), |resp| {
+            reply::ok(resp.into_inner().timestamp_us)
         })
         .await
     });
