@@ -38,12 +38,18 @@ async def run(addresses: list[str], concurrency: int, calls: int, warmup: int, m
     request = pb.ExecuteToolRequest(tool_name="ping", args_json=b"{}")
     latencies: list[int] = []
     remaining = warmup + calls
+    # Set when the last warm-up call has been started.
+    warmed = asyncio.Event()
+    if warmup == 0:
+        warmed.set()
 
     async def caller(i: int) -> None:
         nonlocal remaining
         own = stubs[i % len(stubs)]
         while remaining > 0:
             remaining -= 1
+            if remaining == calls:
+                warmed.set()
             measured = remaining < calls
             started = time.perf_counter_ns()
             stub = await free.get() if mode == "pooled" else own
@@ -60,8 +66,7 @@ async def run(addresses: list[str], concurrency: int, calls: int, warmup: int, m
     # Warm-up calls are excluded from the figures by counting.
     cpu0 = wall0 = None
     workers = [asyncio.ensure_future(caller(i)) for i in range(concurrency)]
-    while remaining > calls:
-        await asyncio.sleep(0)
+    await warmed.wait()
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*workers)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
