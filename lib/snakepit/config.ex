@@ -663,6 +663,11 @@ defmodule Snakepit.Config do
   @spec instance_token_identifier() :: String.t() | nil
   def instance_token_identifier, do: identifier(instance_token())
 
+  @doc "This instance's name and token identifiers, as `Snakepit.ProcessKiller.find_by_run_id/2` filters take them."
+  @spec instance_filters() :: [instance_name: String.t() | nil, instance_token: String.t() | nil]
+  def instance_filters,
+    do: [instance_name: instance_name_identifier(), instance_token: instance_token_identifier()]
+
   defp setting(key, env_var) do
     case Application.get_env(:snakepit, key) do
       nil -> blank_to_nil(System.get_env(env_var))

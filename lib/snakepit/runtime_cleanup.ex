@@ -56,10 +56,7 @@ defmodule Snakepit.RuntimeCleanup do
   @spec cleanup_current_run(keyword()) :: :ok | {:timeout, [integer()]}
   def cleanup_current_run(opts \\ []) do
     RunID.current()
-    |> ProcessKiller.find_by_run_id(
-      instance_name: Config.instance_name_identifier(),
-      instance_token: Config.instance_token_identifier()
-    )
+    |> ProcessKiller.find_by_run_id(Config.instance_filters())
     |> Enum.map(&%{process_pid: &1, pgid: &1})
     |> run(opts)
   end

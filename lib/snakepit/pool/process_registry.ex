@@ -261,19 +261,12 @@ defmodule Snakepit.Pool.ProcessRegistry do
 
     scanned =
       for run <- runs,
-          pid <- ProcessKiller.find_by_run_id(run, instance_filters()),
+          pid <- ProcessKiller.find_by_run_id(run, Config.instance_filters()),
           do: %{process_pid: pid, pgid: pid}
 
     targets = Enum.uniq_by(recorded ++ scanned, & &1.process_pid)
     RuntimeCleanup.run(targets, timeout_ms: 2_000)
     Enum.map(targets, & &1.process_pid)
-  end
-
-  defp instance_filters do
-    [
-      instance_name: Config.instance_name_identifier(),
-      instance_token: Config.instance_token_identifier()
-    ]
   end
 
   # Guards against pid reuse: only a process still carrying the run id is ours.
