@@ -136,7 +136,7 @@ defmodule Snakepit.CrashBarrier do
   def crash_info(_result, _config), do: nil
 
   @doc """
-  What an exit status says about a crash.
+  What an exit status says about a crash (see `Snakepit.ExitStatus.classify/1`).
 
       iex> Snakepit.CrashBarrier.classify({:signaled, 9})
       :killed
@@ -144,15 +144,7 @@ defmodule Snakepit.CrashBarrier do
       :exit
   """
   @spec classify(term()) :: atom()
-  def classify({:signaled, 9}), do: :killed
-  def classify({:signaled, 11}), do: :segfault
-  def classify({:signaled, 6}), do: :abort
-  def classify({:signaled, 7}), do: :bus_error
-  def classify({:signaled, _}), do: :signaled
-  def classify({:exited, 137}), do: :killed
-  def classify({:exited, _}), do: :exit
-  def classify(:heartbeat_timeout), do: :unresponsive
-  def classify(_), do: :unknown
+  defdelegate classify(status), to: Snakepit.ExitStatus
 
   @doc """
   The error a call returns for a crash it could not (or may not) retry.

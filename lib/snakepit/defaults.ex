@@ -225,11 +225,17 @@ defmodule Snakepit.Defaults do
      "Margin (ms) reserved for routing a call to its worker, subtracted by `rpc_timeout/1`."},
     {:worker_ready_timeout, [:worker_ready_timeout], 30_000, quote(do: timeout()),
      "Timeout (ms) of a worker's ready notification to its pool."},
-    {:worker_starter_max_restarts, [:worker_starter_max_restarts], 10,
+    {:worker_restart_backoff_base_ms, [:worker_restart_backoff_base_ms], 100,
      quote(do: non_neg_integer()),
-     "Restarts of one worker within `worker_starter_max_seconds/0` before it is given up."},
-    {:worker_starter_max_seconds, [:worker_starter_max_seconds], 60, quote(do: pos_integer()),
-     "Window (s) of `worker_starter_max_restarts/0`."},
+     "Wait (ms) before restarting a worker slot after its second failure in a row; it " <>
+       "doubles with each further failure (see `Snakepit.Pool.Worker.Starter`)."},
+    {:worker_restart_backoff_max_ms, [:worker_restart_backoff_max_ms], 30_000,
+     quote(do: non_neg_integer()),
+     "Longest wait (ms) between restarts of a failing worker slot. Slots are restarted " <>
+       "for as long as the pool lives."},
+    {:worker_restart_stable_ms, [:worker_restart_stable_ms], 1_000, quote(do: non_neg_integer()),
+     "A worker that was ready this long (ms) before it ended is restarted at once, and its " <>
+       "slot's failures in a row start over."},
     {:worker_supervisor_max_restarts, [:worker_supervisor_max_restarts], 3,
      quote(do: non_neg_integer()), "Restart intensity of the worker supervisor."},
     {:worker_supervisor_max_seconds, [:worker_supervisor_max_seconds], 5,

@@ -70,6 +70,14 @@ defmodule Snakepit.ForkServer do
 
   # -- server -------------------------------------------------------------------
 
+  # Servers are keyed by their environment, which may hold secrets.
+  @impl true
+  def format_status(status) do
+    status
+    |> Map.update(:state, nil, fn state -> %{fork_servers: length(Map.keys(state.servers))} end)
+    |> Snakepit.Redact.status()
+  end
+
   @impl true
   def init(_opts) do
     Process.flag(:trap_exit, true)

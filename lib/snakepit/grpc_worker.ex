@@ -15,7 +15,8 @@ defmodule Snakepit.GRPCWorker do
 
   require Logger
 
-  alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir, Telemetry}
+  alias Snakepit.{Config, Defaults, Error, ExitStatus, Native, PythonRuntime, RunID, RuntimeDir}
+  alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
 
   alias Snakepit.Adapters.GRPCPython
@@ -42,6 +43,14 @@ defmodule Snakepit.GRPCWorker do
   @spec get_info(pid()) :: map()
   def get_info(worker), do: GenServer.call(worker, :info)
 
+  @doc """
+  Kills the worker's Python process at once (SIGKILL to its group): the
+  hard stop of a cancelled call that would not stop. The worker then ends
+  with `{:shutdown, :hard_stop}` and its starter replaces it.
+  """
+  @spec hard_stop(pid()) :: :ok
+  def hard_stop(worker), do: GenServer.cast(worker, :hard_stop)
+
   # -- lifecycle -------------------------------------------------------------
 
   @impl true
@@ -52,7 +61,8 @@ defmodule Snakepit.GRPCWorker do
       id: args.id,
       pool_name: args.pool_name,
       pool_pid: args.pool_pid,
-      config: args.config,
+      starter: Map.get(args, :starter),
+      config: Snakepit.Redact.unseal(args.config),
       status: :starting,
       os_pid: nil,
       handle: nil,
@@ -167,6 +177,7 @@ defmodule Snakepit.GRPCWorker do
         )
 
         send(state.pool_pid, {:worker_ready, state.pool_name, worker})
+        if state.starter, do: send(state.starter, {:snakepit_worker_ready, self()})
 
         duration_ms =
           System.convert_time_unit(
@@ -214,25 +225,29 @@ defmodule Snakepit.GRPCWorker do
   end
 
   defp handle_process_event({:exit, status}, %{status: :starting} = state) do
-    cause = state.startup_error || "Python exited during startup (#{describe_exit(status)})"
-    fail_startup(%{state | os_pid: nil}, cause)
+    cause = state.startup_error || "Python #{ExitStatus.describe(status)} during startup"
+
+    fail_startup(%{state | os_pid: nil}, cause,
+      transient: state.startup_error == nil and ExitStatus.killed_from_outside?(status)
+    )
   end
 
   defp handle_process_event({:exit, status}, state) do
     Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
       worker_id: state.id,
       pool_name: state.pool_name,
-      reason: describe_exit(status)
+      reason: ExitStatus.describe(status)
     })
 
-    release(state)
-    # Abnormal on purpose: the starter replaces this worker.
-    {:stop, {:python_exited, status}, %{state | os_pid: nil, handle: nil}}
-  end
+    # One line, not a crash report: the starter replaces this worker.
+    Snakepit.Logger.error(
+      :worker,
+      "worker #{state.id} (OS pid #{state.os_pid}) #{ExitStatus.describe(status)}; restarting it"
+    )
 
-  defp describe_exit({:exited, code}), do: "exit status #{code}"
-  defp describe_exit({:signaled, sig}), do: "killed by signal #{sig}"
-  defp describe_exit(:unknown), do: "exit status unknown"
+    release(state)
+    {:stop, {:shutdown, {:python_exited, status}}, %{state | os_pid: nil, handle: nil}}
+  end
 
   defp keep_output(state, line) do
     output = :queue.in(line, state.output)
@@ -301,12 +316,12 @@ defmodule Snakepit.GRPCWorker do
       await_exit(state.os_pid, @kill_wait_ms)
     end
 
-    {:stop, :heartbeat_timeout, release(%{state | os_pid: nil})}
+    {:stop, {:shutdown, :heartbeat_timeout}, release(%{state | os_pid: nil})}
   end
 
   # -- end of pool integration ----------------------------------------------------
 
-  defp fail_startup(state, cause) do
+  defp fail_startup(state, cause, opts \\ []) do
     output = :queue.to_list(state.output)
 
     last =
@@ -319,7 +334,8 @@ defmodule Snakepit.GRPCWorker do
         worker_id: state.id,
         pool: state.pool_name,
         cause: cause,
-        output: output
+        output: output,
+        transient: Keyword.get(opts, :transient, false)
       })
 
     Telemetry.emit([:snakepit, :pool, :worker, :startup_failed], %{}, %{
@@ -331,6 +347,26 @@ defmodule Snakepit.GRPCWorker do
     send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
     {:stop, {:shutdown, :startup_failed}, stop_process(state)}
   end
+
+  @impl true
+  def handle_cast(:hard_stop, state) do
+    Snakepit.Logger.error(
+      :worker,
+      "worker #{state.id} (OS pid #{state.os_pid}) is killed: a cancelled call did not stop in time"
+    )
+
+    if state.os_pid do
+      Native.signal_group(state.os_pid, @sigkill)
+      await_exit(state.os_pid, @kill_wait_ms)
+    end
+
+    {:stop, {:shutdown, :hard_stop}, release(%{state | os_pid: nil})}
+  end
+
+  # The config carries adapter_env (secrets), the last message may carry
+  # output lines: neither goes into a crash report.
+  @impl true
+  def format_status(status), do: Snakepit.Redact.status(status)
 
   @impl true
   def handle_call(:info, _from, state) do

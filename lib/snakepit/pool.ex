@@ -41,7 +41,7 @@ defmodule Snakepit.Pool do
   """
   use GenServer
 
-  alias Snakepit.{Config, CrashBarrier, Defaults, Error, Telemetry}
+  alias Snakepit.{Config, CrashBarrier, Defaults, Error, ExitStatus, Telemetry}
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
   alias Snakepit.Pool.{State, WorkerSupervisor}
@@ -208,7 +208,7 @@ defmodule Snakepit.Pool do
 
     receive do
       {:DOWN, ^mref, :process, _, reason} ->
-        {:error, crash_error(error, lease, exit_status(reason))}
+        {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
     after
       @crash_confirm_ms ->
         Process.demonitor(mref, [:flush])
@@ -221,15 +221,11 @@ defmodule Snakepit.Pool do
 
   defp confirm_crash(result, _lease), do: result
 
-  defp exit_status({:python_exited, status}), do: status
-  defp exit_status(:heartbeat_timeout), do: :heartbeat_timeout
-  defp exit_status(_other), do: :unknown
-
   defp crash_error(error, lease, status) do
     id = lease.worker.id
 
     Error.worker_error(
-      "worker #{id} crashed during the call (#{describe_status(status)}): #{error.message}",
+      "worker #{id} crashed during the call (it #{ExitStatus.describe(status)}): #{error.message}",
       Map.merge(error.details, %{
         reason: :worker_crash,
         worker_id: id,
@@ -238,11 +234,6 @@ defmodule Snakepit.Pool do
       })
     )
   end
-
-  defp describe_status({:signaled, sig}), do: "killed by signal #{sig}"
-  defp describe_status({:exited, code}), do: "exit status #{code}"
-  defp describe_status(:heartbeat_timeout), do: "stopped answering heartbeats"
-  defp describe_status(_), do: "exit status unknown"
 
   defp validate_call(command, args, timeout) do
     cond do
@@ -577,6 +568,10 @@ defmodule Snakepit.Pool do
 
   defp worker_id(pool_name, n), do: "#{pool_name}_worker_#{n}"
 
+  # Pool configs carry adapter_env (secrets): never in a crash report.
+  @impl true
+  def format_status(status), do: Snakepit.Redact.status(status)
+
   @impl true
   def handle_continue(:start_workers, state) do
     {:noreply, Enum.reduce(state.order, state, &start_batch(&2, &1))}
@@ -645,8 +640,11 @@ defmodule Snakepit.Pool do
         error =
           Error.worker_error("could not start worker #{id}: #{inspect(reason)}", %{worker_id: id})
 
+        {actions, pool} = State.worker_failed(state.pools[pool_name], id, error)
+
         state
-        |> update_pool(pool_name, &State.worker_failed(&1, id, error))
+        |> put_pool(pool_name, pool)
+        |> perform(pool_name, actions)
         |> batch_settled(pool_name, id)
         |> replacement_failed(pool_name, id)
         |> answer_waiters()
@@ -707,7 +705,7 @@ defmodule Snakepit.Pool do
       state.pools
       |> Map.values()
       |> Enum.map(&State.stats/1)
-      |> Enum.reduce(&Map.merge(&1, &2, fn _k, a, b -> a + b end))
+      |> Enum.reduce(&Map.merge(&1, &2, fn _k, a, b -> sum_stat(a, b) end))
 
     {:reply, stats, state}
   end
@@ -817,9 +815,12 @@ defmodule Snakepit.Pool do
   end
 
   defp checkout_error(:pool_failed, pool, _request) do
+    down = map_size(pool.down)
+
     Error.pool_error(
-      "pool #{inspect(pool.name)} failed to start: #{error_message(pool.startup_error)}",
-      %{pool: pool.name, reason: :pool_failed, cause: pool.startup_error}
+      "pool #{inspect(pool.name)} has no ready worker (#{down} of #{pool.expected} slots down, " <>
+        "restarting with backoff): #{error_message(pool.startup_error)}",
+      %{pool: pool.name, reason: :pool_failed, cause: pool.startup_error, slots_down: down}
     )
   end
 
@@ -942,16 +943,39 @@ defmodule Snakepit.Pool do
 
   def handle_info({:worker_failed, name, id, error}, state) do
     Snakepit.Logger.error(:pool, "Snakepit worker #{id} failed to start: #{error.message}")
-    # A worker that cannot start is not restarted in a loop: its starter goes.
-    state = forget_starter(state, id)
-    stop_async(id)
 
-    {:noreply,
-     state
-     |> update_pool(name, &State.worker_failed(&1, id, error))
-     |> batch_settled(name, id)
-     |> replacement_failed(name, id)
-     |> answer_waiters()}
+    if Map.has_key?(state.runtime[name].replacing, id) do
+      # A failed replacement is not retried: the worker it was to replace
+      # keeps serving.
+      state = forget_starter(state, id)
+      stop_async(id)
+
+      {:noreply,
+       state
+       |> update_pool(name, &State.forget_slot(&1, id))
+       |> replacement_failed(name, id)}
+    else
+      failing? = not Map.get(error.details, :transient, false)
+      {actions, pool} = State.worker_failed(state.pools[name], id, error, failing?)
+
+      {:noreply,
+       state
+       |> put_pool(name, pool)
+       |> perform(name, actions)
+       |> batch_settled(name, id)
+       |> answer_waiters()}
+    end
+  end
+
+  def handle_info({:worker_restarting, name, id, info}, state) do
+    case state.pools[name] do
+      nil ->
+        {:noreply, state}
+
+      pool ->
+        {actions, pool} = State.worker_restarting(pool, id, info)
+        {:noreply, state |> put_pool(name, pool) |> perform(name, actions) |> answer_waiters()}
+    end
   end
 
   def handle_info({:max_requests, name, id}, state) do
@@ -1003,50 +1027,58 @@ defmodule Snakepit.Pool do
   # barrier is on.
   defp worker_down(state, name, id, pid, reason) do
     LifecycleManager.untrack_worker(id, pid)
-    {actions, pool} = State.remove_worker(state.pools[name], id, pid)
-    state = state |> put_pool(name, pool) |> perform(name, actions)
 
-    if crash?(reason) do
-      status = exit_status(reason)
+    if ExitStatus.crash?(reason) do
+      status = ExitStatus.of_reason(reason)
       info = %{worker_id: id, exit_status: status, classification: CrashBarrier.classify(status)}
-
       Telemetry.emit([:snakepit, :worker, :crash], %{}, Map.put(info, :pool, name))
-      config = state.runtime[name].crash_barrier
 
-      if CrashBarrier.enabled?(config) do
-        CrashBarrier.taint_worker(name, id, info, config)
-        Process.send_after(self(), {:untaint, name, id}, config.taint_ms)
-        update_pool(state, name, &State.taint(&1, id))
-      else
-        state
-      end
+      error =
+        Error.worker_error("worker #{id} #{ExitStatus.describe(status)}", %{
+          worker_id: id,
+          pool: name,
+          exit_status: status
+        })
+
+      {actions, pool} = State.worker_crashed(state.pools[name], id, pid, error)
+      state = state |> put_pool(name, pool) |> perform(name, actions)
+      maybe_taint(state, name, id, info)
+    else
+      {actions, pool} = State.remove_worker(state.pools[name], id, pid)
+      state |> put_pool(name, pool) |> perform(name, actions)
+    end
+  end
+
+  defp maybe_taint(state, name, id, %{classification: classification} = info)
+       when classification != :hard_stop do
+    config = state.runtime[name].crash_barrier
+
+    if CrashBarrier.enabled?(config) do
+      CrashBarrier.taint_worker(name, id, info, config)
+      Process.send_after(self(), {:untaint, name, id}, config.taint_ms)
+      update_pool(state, name, &State.taint(&1, id))
     else
       state
     end
   end
 
-  defp crash?(:normal), do: false
-  defp crash?(:shutdown), do: false
-  defp crash?({:shutdown, _}), do: false
-  defp crash?(_), do: true
+  defp maybe_taint(state, _name, _id, _info), do: state
 
-  # The pool demonitors a starter before stopping it, so a starter that goes
-  # down on its own gave up after repeated worker crashes. That counts as a
-  # failed worker: a pool whose workers can never run fails await_ready
-  # instead of hanging it.
+  # The pool demonitors a starter before stopping it, so a starter that
+  # goes down on its own crashed: the slot gets a new one.
   defp starter_down(state, name, id, reason) do
-    error =
-      Error.worker_error("worker #{id} kept crashing and was given up: #{inspect(reason)}", %{
-        worker_id: id
-      })
+    Snakepit.Logger.error(
+      :pool,
+      "the starter of worker #{id} stopped (#{inspect(reason)}); restarting it"
+    )
 
-    Snakepit.Logger.error(:pool, error.message)
+    rt = state.runtime[name]
 
-    state
-    |> update_pool(name, &State.worker_failed(&1, id, error))
-    |> batch_settled(name, id)
-    |> replacement_failed(name, id)
-    |> answer_waiters()
+    if MapSet.member?(rt.retiring, id) do
+      state
+    else
+      start_worker(state, name, id)
+    end
   end
 
   defp forget_starter(state, id) do
@@ -1088,7 +1120,13 @@ defmodule Snakepit.Pool do
           )
         end
 
-        {actions, pool} = State.retire(state.pools[name], old_id)
+        # An old worker already down (its starter restarting it) is
+        # stopped for good; a live one retires after its requests.
+        {actions, pool} =
+          if old,
+            do: State.retire(state.pools[name], old_id),
+            else: {[{:stop_worker, %{id: old_id}}], state.pools[name]}
+
         state |> put_pool(name, pool) |> perform(name, actions)
     end
   end
@@ -1133,7 +1171,9 @@ defmodule Snakepit.Pool do
         stop_async(worker.id)
         rt = acc.runtime[name]
 
-        put_runtime(acc, name, %{
+        acc
+        |> update_pool(name, &State.forget_slot(&1, worker.id))
+        |> put_runtime(name, %{
           rt
           | retiring: MapSet.delete(rt.retiring, worker.id),
             started_at: Map.delete(rt.started_at, worker.id)
@@ -1232,6 +1272,10 @@ defmodule Snakepit.Pool do
         :waiting
     end
   end
+
+  # Counters add up across pools; per-slot maps (`down`) merge.
+  defp sum_stat(a, b) when is_map(a), do: Map.merge(a, b)
+  defp sum_stat(a, b), do: a + b
 
   defp put_pool(state, name, pool), do: %{state | pools: Map.put(state.pools, name, pool)}
   defp update_pool(state, name, fun), do: put_pool(state, name, fun.(state.pools[name]))

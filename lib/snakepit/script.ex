@@ -36,8 +36,10 @@ defmodule Snakepit.Script do
         {:error, _} = error -> {:start_failed, error}
       end
 
-    cleanup(opts[:cleanup_timeout])
+    # Stop first, so workers go through their own graceful stop; the sweep
+    # then finds only what that left behind.
     maybe_stop(opts, was_started)
+    cleanup(opts[:cleanup_timeout])
     finish(outcome, opts[:exit_mode])
   end
 

@@ -82,9 +82,9 @@ defmodule Snakepit.WorkerProfile do
              args.pool_name,
              config
            ) do
-      case Supervisor.which_children(starter) do
-        [{_, pid, _, _}] when is_pid(pid) -> {:ok, pid}
-        _ -> {:error, :worker_not_started}
+      case Starter.worker_pid(starter) do
+        pid when is_pid(pid) -> {:ok, pid}
+        nil -> {:error, :worker_not_started}
       end
     end
   end

@@ -23,7 +23,7 @@ defmodule Snakepit.HeartbeatIntegrationTest do
     {worker, os_pid} = start(%{dependent: true})
     ref = Process.monitor(worker)
     :ok = Snakepit.Native.signal_process(os_pid, @sigstop)
-    assert_receive {:DOWN, ^ref, :process, ^worker, :heartbeat_timeout}, 5_000
+    assert_receive {:DOWN, ^ref, :process, ^worker, {:shutdown, :heartbeat_timeout}}, 5_000
     refute Snakepit.Native.process_alive(os_pid)
 
     assert AppPool.wait_until(fn -> Snakepit.list_workers() != [] end, 10_000) != :timeout
@@ -36,7 +36,10 @@ defmodule Snakepit.HeartbeatIntegrationTest do
     ref = Process.monitor(worker)
     # Freeze the Elixir side of the heartbeat: no more pings reach Python.
     :ok = :sys.suspend(:sys.get_state(worker).heartbeat_monitor)
-    assert_receive {:DOWN, ^ref, :process, ^worker, {:python_exited, {:exited, 3}}}, 5_000
+
+    assert_receive {:DOWN, ^ref, :process, ^worker, {:shutdown, {:python_exited, {:exited, 3}}}},
+                   5_000
+
     refute Snakepit.Native.process_alive(os_pid)
   end
 

@@ -57,7 +57,8 @@ defmodule Snakepit.Pool.State do
             waiting: %{},
             leases: %{},
             sessions: %{},
-            failed: MapSet.new(),
+            settled: MapSet.new(),
+            down: %{},
             tainted: MapSet.new(),
             retiring: 0,
             stats: %{requests: 0, errors: 0, queue_timeouts: 0, pool_saturated: 0}
@@ -107,7 +108,8 @@ defmodule Snakepit.Pool.State do
       state
       | workers: Map.put(state.workers, id, worker),
         free: free,
-        failed: MapSet.delete(state.failed, id),
+        settled: MapSet.put(state.settled, id),
+        down: Map.delete(state.down, id),
         status: :ready
     }
   end
@@ -146,25 +148,98 @@ defmodule Snakepit.Pool.State do
   end
 
   @doc """
-  Records a worker that failed to start. When every expected worker has
-  failed before any became ready, the pool itself has failed with `error`.
+  A ready worker's process died (`pid` as in `remove_worker/3`): it is
+  removed, and its slot is down, restarting, with `error` as the reason.
   """
-  @spec worker_failed(t(), String.t(), term()) :: t()
-  def worker_failed(state, id, error) do
-    {_actions, state} = remove_worker(state, id)
-    state = %{state | failed: MapSet.put(state.failed, id)}
+  @spec worker_crashed(t(), String.t(), pid() | nil, term()) :: {[action()], t()}
+  def worker_crashed(state, id, pid, error) do
+    case state.workers do
+      %{^id => %{pid: current}} when pid == nil or pid == current ->
+        {actions, state} = remove_worker(state, id, pid)
+        state = mark_down(state, id, :restarting, error, false)
+        {more, state} = settle_status(state)
+        {actions ++ more, state}
 
-    if state.status == :starting and MapSet.size(state.failed) >= state.expected do
-      %{state | status: :failed, startup_error: error}
-    else
-      state
+      _ ->
+        {[], state}
     end
+  end
+
+  @doc """
+  Records a worker that failed to start. `failing?` says the failure was
+  the worker's own (an exception at start, a missing module, Python
+  exiting); false when it was killed from outside and is expected back.
+
+  When no worker is ready and every slot is failing, after every expected
+  worker had its first try, the pool is `:failed`: requests are refused at
+  once (the queued ones too, as `:reject` actions) with `error` as the
+  cause, instead of waiting for a worker that may never come. The slots are
+  still restarted (with backoff) and the pool is `:ready` again as soon as
+  one worker is.
+  """
+  @spec worker_failed(t(), String.t(), term(), boolean()) :: {[action()], t()}
+  def worker_failed(state, id, error, failing? \\ true) do
+    {_actions, state} = remove_worker(state, id)
+    status = if failing?, do: :failing, else: :restarting
+    state = %{state | settled: MapSet.put(state.settled, id)}
+    settle_status(mark_down(state, id, status, error, true))
+  end
+
+  @doc """
+  The slot of `id` is restarting (its starter announced the next start:
+  `%{delay_ms:, failures:}`). A slot whose start failed three times in a
+  row counts as failing even when each was a kill from outside.
+  """
+  @spec worker_restarting(t(), String.t(), map()) :: {[action()], t()}
+  def worker_restarting(state, id, %{failures: failures} = info) do
+    case state.down do
+      %{^id => slot} ->
+        status = if failures >= 3 and slot.at_start, do: :failing, else: slot.status
+        slot = %{slot | status: status, failures: failures, retry_in_ms: info.delay_ms}
+        settle_status(%{state | down: Map.put(state.down, id, slot)})
+
+      _ ->
+        {[], state}
+    end
+  end
+
+  @doc "Forgets a slot for good (its starter was stopped on purpose)."
+  @spec forget_slot(t(), String.t()) :: t()
+  def forget_slot(state, id) do
+    %{state | down: Map.delete(state.down, id), settled: MapSet.delete(state.settled, id)}
+  end
+
+  defp mark_down(state, id, status, error, at_start) do
+    slot = Map.get(state.down, id, %{failures: 0, retry_in_ms: 0})
+    slot = Map.merge(slot, %{status: status, error: error, at_start: at_start})
+    %{state | down: Map.put(state.down, id, slot), startup_error: error}
+  end
+
+  # :ready with a worker; :failed when every slot has had its try and is
+  # failing; :starting until the first worker is ready; else :recovering
+  # (no worker now, but one is being restarted).
+  defp settle_status(state) do
+    cond do
+      map_size(state.workers) > 0 -> {[], %{state | status: :ready}}
+      failing?(state) -> reject_waiting(%{state | status: :failed}, :pool_failed)
+      state.status == :starting -> {[], state}
+      true -> {[], %{state | status: :recovering}}
+    end
+  end
+
+  defp failing?(state) do
+    MapSet.size(state.settled) >= state.expected and map_size(state.down) > 0 and
+      Enum.all?(state.down, fn {_id, slot} -> slot.status == :failing end)
+  end
+
+  defp reject_waiting(state, reason) do
+    actions = for ref <- :queue.to_list(state.queue), do: {:reject, state.waiting[ref], reason}
+    {actions, %{state | queue: :queue.new(), waiting: %{}}}
   end
 
   @doc "True once every expected worker has either become ready or failed."
   @spec init_complete?(t()) :: boolean()
-  def init_complete?(state),
-    do: map_size(state.workers) + MapSet.size(state.failed) >= state.expected
+  def init_complete?(state), do: MapSet.size(state.settled) >= state.expected
 
   @doc """
   Starts retiring a worker: it gets no new requests (except strict
@@ -500,9 +575,23 @@ defmodule Snakepit.Pool.State do
       queued: :queue.len(state.queue),
       workers: map_size(state.workers),
       available: map_size(state.workers) - busy,
-      busy: busy
+      busy: busy,
+      slots_down: map_size(state.down),
+      down: Map.new(state.down, fn {id, slot} -> {id, slot_summary(slot)} end)
     })
   end
+
+  defp slot_summary(slot) do
+    %{
+      status: slot.status,
+      reason: describe(slot.error),
+      failures: slot.failures,
+      retry_in_ms: slot.retry_in_ms
+    }
+  end
+
+  defp describe(%{message: message}) when is_binary(message), do: message
+  defp describe(other), do: inspect(other)
 
   defp bump(state, key), do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
 end

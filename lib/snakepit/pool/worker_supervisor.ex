@@ -44,7 +44,8 @@ defmodule Snakepit.Pool.WorkerSupervisor do
       worker_module: worker_module,
       pool_name: pool_name || config.name,
       pool_pid: Map.get(worker_config, :pool_pid) || Process.whereis(Snakepit.Pool),
-      config: config
+      # Child specs may be printed by supervisors: no secrets in them.
+      config: Snakepit.Redact.seal(config)
     }
 
     DynamicSupervisor.start_child(__MODULE__, {Starter, args})
@@ -68,14 +69,8 @@ defmodule Snakepit.Pool.WorkerSupervisor do
   @spec restart_worker(String.t()) :: {:ok, pid()} | {:error, term()}
   def restart_worker(worker_id) do
     case Starter.whereis(worker_id) do
-      nil ->
-        {:error, :not_found}
-
-      starter ->
-        with :ok <- Supervisor.terminate_child(starter, :worker),
-             {:ok, pid} <- Supervisor.restart_child(starter, :worker) do
-          {:ok, pid}
-        end
+      nil -> {:error, :not_found}
+      starter -> Starter.restart_worker(starter)
     end
   end
 

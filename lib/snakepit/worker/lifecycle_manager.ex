@@ -159,6 +159,10 @@ defmodule Snakepit.Worker.LifecycleManager do
 
   # -- server -------------------------------------------------------------------
 
+  # Lifecycle configs carry adapter_env (secrets): never in a crash report.
+  @impl true
+  def format_status(status), do: Snakepit.Redact.status(status)
+
   @impl true
   def init(opts) do
     Snakepit.ETSOwner.ensure_table(@table)

@@ -125,17 +125,68 @@ defmodule Snakepit.Pool.StateTest do
 
     test "the pool fails only when every expected worker failed before any was ready" do
       s = pool(size: 2)
-      s = State.worker_failed(s, "w1", :boom)
+      {[], s} = State.worker_failed(s, "w1", :boom)
       assert s.status == :starting
       refute State.init_complete?(s)
-      s = State.worker_failed(s, "w2", :boom)
+      {[], s} = State.worker_failed(s, "w2", :boom)
       assert s.status == :failed
       assert State.init_complete?(s)
       assert {:error, :pool_failed, _} = State.checkout(s, req())
 
-      ready = pool(size: 2) |> State.add_worker(worker("w1")) |> State.worker_failed("w2", :boom)
+      {[], ready} =
+        pool(size: 2) |> State.add_worker(worker("w1")) |> State.worker_failed("w2", :boom)
+
       assert ready.status == :ready
       assert State.init_complete?(ready)
+    end
+
+    test "a failed pool is ready again as soon as one slot's restart works" do
+      {_, s} = State.worker_failed(pool(size: 2), "w1", :boom)
+      {_, s} = State.worker_failed(s, "w2", :boom)
+      assert s.status == :failed
+      s = State.add_worker(s, worker("w2"))
+      assert s.status == :ready
+      assert {:granted, %{id: "w2"}, s} = State.checkout(s, req())
+
+      assert %{slots_down: 1, down: %{"w1" => %{status: :failing, reason: ":boom"}}} =
+               State.stats(s)
+    end
+
+    test "with no worker ready, requests queue while a slot restarts after a crash" do
+      s = pool(size: 2) |> State.add_worker(worker("w1")) |> State.add_worker(worker("w2"))
+      {[], s} = State.worker_crashed(s, "w1", nil, :killed)
+      {[], s} = State.worker_crashed(s, "w2", nil, :killed)
+      assert s.status == :recovering
+      assert {:queued, s} = State.checkout(s, req())
+      assert %{slots_down: 2, queued: 1} = State.stats(s)
+    end
+
+    test "queued requests are refused at once when the last restarting slot fails on its own" do
+      s = pool(size: 2) |> State.add_worker(worker("w1")) |> State.add_worker(worker("w2"))
+      {[], s} = State.worker_crashed(s, "w1", nil, :killed)
+      {[], s} = State.worker_crashed(s, "w2", nil, :killed)
+      {:queued, s} = State.checkout(s, r = req())
+      {[], s} = State.worker_failed(s, "w1", :import_error)
+      # w2 is still expected back: the request keeps waiting.
+      assert s.status == :recovering
+      assert {[{:reject, ^r, :pool_failed}], s} = State.worker_failed(s, "w2", :import_error)
+      assert s.status == :failed
+      assert State.stats(s).queued == 0
+    end
+
+    test "a slot killed from outside three times in a row while starting counts as failing" do
+      {[], s} = State.worker_failed(pool(size: 1), "w1", :killed, false)
+      assert s.status == :starting
+      {[], s} = State.worker_restarting(s, "w1", %{failures: 2, delay_ms: 100})
+      assert s.down["w1"].status == :restarting
+      {[], s} = State.worker_restarting(s, "w1", %{failures: 3, delay_ms: 200})
+      assert s.status == :failed
+      assert %{down: %{"w1" => %{failures: 3, retry_in_ms: 200}}} = State.stats(s)
+    end
+
+    test "a crash of an older process of a restarted worker changes nothing" do
+      s = pool(size: 1) |> State.add_worker(worker("w1"))
+      assert {[], ^s} = State.worker_crashed(s, "w1", spawn(fn -> :ok end), :killed)
     end
 
     test "a re-added worker frees every slot once" do
