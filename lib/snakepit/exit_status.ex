@@ -44,6 +44,7 @@ defmodule Snakepit.ExitStatus do
   """
   @spec of_reason(term()) :: t()
   def of_reason({:shutdown, {:python_exited, status}}), do: status
+  def of_reason({:shutdown, {:startup_failed, status}}), do: status
   def of_reason({:shutdown, status}) when status in [:heartbeat_timeout, :hard_stop], do: status
   def of_reason(_other), do: :unknown
 
@@ -108,15 +109,20 @@ defmodule Snakepit.ExitStatus do
   def classify(_), do: :unknown
 
   @doc """
-  Was a process that ended with `status` killed from outside (so that it
-  is expected to start fine next time), rather than failing on its own?
+  Was a process that ended with `status` killed from outside (SIGKILL or
+  SIGTERM from someone else, or taken down with a fork server that died:
+  status `:unknown`), so that it is expected to start fine next time,
+  rather than failing on its own? An OOM kill is the process's own doing.
 
       iex> Snakepit.ExitStatus.killed_from_outside?({:signaled, 9})
       true
       iex> Snakepit.ExitStatus.killed_from_outside?({:exited, 2})
       false
+      iex> Snakepit.ExitStatus.killed_from_outside?(:oom_killed)
+      false
   """
   @spec killed_from_outside?(t() | term()) :: boolean()
   def killed_from_outside?({:signaled, sig}) when sig in [9, 15], do: true
+  def killed_from_outside?(:unknown), do: true
   def killed_from_outside?(_status), do: false
 end

@@ -227,9 +227,10 @@ defmodule Snakepit.GRPCWorker do
   defp handle_process_event({:exit, status}, %{status: :starting} = state) do
     cause = state.startup_error || "Python #{ExitStatus.describe(status)} during startup"
 
-    fail_startup(%{state | os_pid: nil}, cause,
-      transient: state.startup_error == nil and ExitStatus.killed_from_outside?(status)
-    )
+    # Killed from outside (not by its own failure) it is expected to start
+    # next time; the exit status travels in the exit reason for the starter.
+    status = if state.startup_error, do: {:exited, 2}, else: status
+    fail_startup(%{state | os_pid: nil}, cause, status: status)
   end
 
   defp handle_process_event({:exit, status}, state) do
@@ -335,7 +336,7 @@ defmodule Snakepit.GRPCWorker do
         pool: state.pool_name,
         cause: cause,
         output: output,
-        transient: Keyword.get(opts, :transient, false)
+        transient: ExitStatus.killed_from_outside?(Keyword.get(opts, :status))
       })
 
     Telemetry.emit([:snakepit, :pool, :worker, :startup_failed], %{}, %{
@@ -345,7 +346,9 @@ defmodule Snakepit.GRPCWorker do
     })
 
     send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
-    {:stop, {:shutdown, :startup_failed}, stop_process(state)}
+
+    {:stop, {:shutdown, {:startup_failed, Keyword.get(opts, :status, :error)}},
+     stop_process(state)}
   end
 
   @impl true

@@ -973,8 +973,7 @@ defmodule Snakepit.Pool do
         {:noreply, state}
 
       pool ->
-        {actions, pool} = State.worker_restarting(pool, id, info)
-        {:noreply, state |> put_pool(name, pool) |> perform(name, actions) |> answer_waiters()}
+        {:noreply, put_pool(state, name, State.worker_restarting(pool, id, info))}
     end
   end
 

@@ -156,7 +156,7 @@ defmodule Snakepit.Pool.State do
     case state.workers do
       %{^id => %{pid: current}} when pid == nil or pid == current ->
         {actions, state} = remove_worker(state, id, pid)
-        state = mark_down(state, id, :restarting, error, false)
+        state = mark_down(state, id, :restarting, error)
         {more, state} = settle_status(state)
         {actions ++ more, state}
 
@@ -182,24 +182,22 @@ defmodule Snakepit.Pool.State do
     {_actions, state} = remove_worker(state, id)
     status = if failing?, do: :failing, else: :restarting
     state = %{state | settled: MapSet.put(state.settled, id)}
-    settle_status(mark_down(state, id, status, error, true))
+    settle_status(mark_down(state, id, status, error))
   end
 
   @doc """
-  The slot of `id` is restarting (its starter announced the next start:
-  `%{delay_ms:, failures:}`). A slot whose start failed three times in a
-  row counts as failing even when each was a kill from outside.
+  The slot of `id` is restarting: its starter announced the next start
+  (`%{delay_ms:, failures:}`), which `get_stats/1` reports.
   """
-  @spec worker_restarting(t(), String.t(), map()) :: {[action()], t()}
-  def worker_restarting(state, id, %{failures: failures} = info) do
+  @spec worker_restarting(t(), String.t(), map()) :: t()
+  def worker_restarting(state, id, %{failures: failures, delay_ms: delay}) do
     case state.down do
       %{^id => slot} ->
-        status = if failures >= 3 and slot.at_start, do: :failing, else: slot.status
-        slot = %{slot | status: status, failures: failures, retry_in_ms: info.delay_ms}
-        settle_status(%{state | down: Map.put(state.down, id, slot)})
+        slot = %{slot | failures: failures, retry_in_ms: delay}
+        %{state | down: Map.put(state.down, id, slot)}
 
       _ ->
-        {[], state}
+        state
     end
   end
 
@@ -209,9 +207,9 @@ defmodule Snakepit.Pool.State do
     %{state | down: Map.delete(state.down, id), settled: MapSet.delete(state.settled, id)}
   end
 
-  defp mark_down(state, id, status, error, at_start) do
+  defp mark_down(state, id, status, error) do
     slot = Map.get(state.down, id, %{failures: 0, retry_in_ms: 0})
-    slot = Map.merge(slot, %{status: status, error: error, at_start: at_start})
+    slot = Map.merge(slot, %{status: status, error: error})
     %{state | down: Map.put(state.down, id, slot), startup_error: error}
   end
 

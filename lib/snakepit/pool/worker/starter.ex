@@ -14,8 +14,10 @@ defmodule Snakepit.Pool.Worker.Starter do
       once, each further one waits `worker_restart_backoff_base_ms`
       doubled per failure, capped at `worker_restart_backoff_max_ms`
       (see `restart_delay/2`);
-    * a worker stopped on purpose by a hard stop (a cancelled call that
-      would not stop) is replaced at once and counts as no failure.
+    * a worker killed from outside (SIGKILL or SIGTERM from someone else,
+      or taken down by a fork server that died) or stopped by a hard stop
+      (a cancelled call that would not stop) is replaced at once and counts
+      as no failure: nothing says the next one will fail.
 
   Each restart is announced to the pool (`{:worker_restarting, pool, id,
   info}`) and as `[:snakepit, :worker, :restart_scheduled]` with the delay
@@ -24,7 +26,7 @@ defmodule Snakepit.Pool.Worker.Starter do
   """
   use GenServer
 
-  alias Snakepit.{Defaults, Telemetry}
+  alias Snakepit.{Defaults, ExitStatus, Telemetry}
 
   @type restart_policy :: %{
           base_ms: non_neg_integer(),
@@ -198,13 +200,28 @@ defmodule Snakepit.Pool.Worker.Starter do
     end
   end
 
-  defp schedule_restart(state, {:shutdown, :hard_stop}, _ready_for) do
-    announce(state, 0, :hard_stop)
+  defp schedule_restart(state, reason, ready_for) do
+    if not_a_failure?(reason),
+      do: restart_now(state, reason),
+      else: back_off(state, reason, ready_for)
+  end
+
+  # A hard stop, or a kill from outside (kill -9, the fork server going
+  # down), is nothing the slot did: restart at once, count nothing.
+  defp not_a_failure?({:shutdown, :hard_stop}), do: true
+
+  defp not_a_failure?({:shutdown, {tag, status}}) when tag in [:python_exited, :startup_failed],
+    do: ExitStatus.killed_from_outside?(status)
+
+  defp not_a_failure?(_reason), do: false
+
+  defp restart_now(state, reason) do
+    announce(state, 0, reason)
     send(self(), :restart)
     state
   end
 
-  defp schedule_restart(state, reason, ready_for) do
+  defp back_off(state, reason, ready_for) do
     failures = next_failures(state.failures, ready_for, state.policy)
     delay = restart_delay(failures, state.policy)
     announce(%{state | failures: failures}, delay, reason)
