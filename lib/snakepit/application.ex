@@ -15,6 +15,7 @@ defmodule Snakepit.Application do
   @impl true
   def start(_type, _args) do
     Snakepit.Telemetry.choose_backend()
+    Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
     Snakepit.RuntimeDir.create()
 
     base =

@@ -44,6 +44,9 @@ defmodule Snakepit.Config do
     * `worker_ttl` - `:infinity` or `{n, :seconds | :minutes | :hours}`
     * `worker_max_requests` - `:infinity` or a positive integer
     * `memory_threshold_mb` - recycle a worker whose Python process uses more (`nil`: off)
+    * `worker_memory_limit_mb` - hard cap on a worker's heap and anonymous memory
+      (`RLIMIT_DATA`; `nil`: none): an allocation past it raises `MemoryError` in the
+      tool (`Snakepit.Error.OutOfMemory` in Elixir) instead of waking the OOM killer
     * `heartbeat` - map or keyword of heartbeat options (see `heartbeat_defaults/0`)
     * `crash_barrier` - crash barrier options for this pool (see `Snakepit.CrashBarrier`)
     * process profile: `startup_batch_size` (default 8), `startup_batch_delay_ms` (default 750)
@@ -97,6 +100,7 @@ defmodule Snakepit.Config do
     :worker_ttl,
     :worker_max_requests,
     :memory_threshold_mb,
+    :worker_memory_limit_mb,
     :heartbeat,
     :pool_identifier
   ]
@@ -301,6 +305,7 @@ defmodule Snakepit.Config do
       {:worker_max_requests, &(&1 == :infinity or pos_int?(&1)),
        ":infinity or a positive integer"},
       {:memory_threshold_mb, &(is_nil(&1) or pos_int?(&1)), "nil or a positive integer (MB)"},
+      {:worker_memory_limit_mb, &(is_nil(&1) or pos_int?(&1)), "nil or a positive integer (MB)"},
       {:heartbeat, &heartbeat?/1,
        "a map or keyword list with keys among #{inspect(@heartbeat_keys)}"},
       {:crash_barrier, &(is_map(&1) or Keyword.keyword?(&1)), "a map or keyword list"},
@@ -394,6 +399,7 @@ defmodule Snakepit.Config do
       worker_ttl: :infinity,
       worker_max_requests: :infinity,
       memory_threshold_mb: nil,
+      worker_memory_limit_mb: nil,
       startup_batch_size: default_batch_size(),
       startup_batch_delay_ms: default_batch_delay(),
       threads_per_worker: Defaults.config_default_threads_per_worker(),

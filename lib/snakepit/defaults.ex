@@ -61,6 +61,11 @@ defmodule Snakepit.Defaults do
        "heartbeats) may take."},
     {:bridge_tool_timeout_ms, [:bridge_tool_timeout_ms], 30_000, quote(do: pos_integer()),
      "How long (ms) an Elixir tool called from Python may run when the call carries no budget."},
+    {:cancel_grace_ms, [:cancel_grace_ms], 2_000, quote(do: non_neg_integer()),
+     "How long (ms) a call whose caller gave up (its deadline passed, it died, its stream " <>
+       "was halted) may keep running in Python after it was told to stop (an async tool is " <>
+       "cancelled, a sync tool gets `CallCancelled` raised in its thread). Past it the worker " <>
+       "is killed and replaced; its slot is not reused before either."},
     {:circuit_breaker_failure_threshold, [:circuit_breaker_failure_threshold], 5,
      quote(do: pos_integer()), "Failures before a `Snakepit.CircuitBreaker` opens."},
     {:circuit_breaker_half_open_max_calls, [:circuit_breaker_half_open_max_calls], 1,
@@ -164,6 +169,12 @@ defmodule Snakepit.Defaults do
      "Interval (ms) of `Snakepit.Worker.LifecycleManager`'s TTL and memory checks."},
     {:lifecycle_health_check_interval, [:lifecycle_health_check_interval], 300_000,
      quote(do: pos_integer()), "Interval (ms) of the lifecycle manager's health checks."},
+    {:max_message_bytes, [:max_message_bytes], 268_435_456, quote(do: pos_integer()),
+     "Largest message (bytes) between the VM and its workers, both ways, on every " <>
+       "connection (calls, replies, stream chunks, the tool bridge). A call over it is " <>
+       "refused before anything is sent, a reply over it comes back as an error naming " <>
+       "the limit. Large arrays and tables are better passed as `Snakepit.ZeroCopy` " <>
+       "references."},
     {:pool_await_ready_timeout, [:pool_await_ready_timeout], 15_000, quote(do: timeout()),
      "Default timeout (ms) of `Snakepit.Pool.await_ready/2`."},
     {:pool_cancelled_retention_multiplier, [:pool_cancelled_retention_multiplier], 4,

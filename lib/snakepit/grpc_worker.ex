@@ -70,6 +70,7 @@ defmodule Snakepit.GRPCWorker do
       address: nil,
       output: :queue.new(),
       startup_error: nil,
+      oom_kills: nil,
       started_at: System.monotonic_time(),
       startup_timer: nil
     }
@@ -198,6 +199,8 @@ defmodule Snakepit.GRPCWorker do
         )
 
         state = start_heartbeat(state, channel)
+        # To tell an OOM kill from another SIGKILL when the process dies.
+        state = Map.put(state, :oom_kills, Snakepit.OOMKills.count())
 
         {:noreply,
          %{state | status: :ready, channel: channel, address: address, startup_timer: nil}}
@@ -234,6 +237,8 @@ defmodule Snakepit.GRPCWorker do
   end
 
   defp handle_process_event({:exit, status}, state) do
+    status = Snakepit.OOMKills.classify(status, state.oom_kills, Snakepit.OOMKills.count())
+
     Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
       worker_id: state.id,
       pool_name: state.pool_name,

@@ -92,6 +92,10 @@ defmodule Snakepit.Native do
           :ok | {:error, term()}
   def grpc_execute(_channel, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
 
+  @doc "Sets the largest message (bytes) on every connection to and from workers."
+  @spec set_max_message_bytes(pos_integer()) :: :ok
+  def set_max_message_bytes(_bytes), do: not_loaded()
+
   @spec grpc_ping(reference(), pid(), reference(), String.t(), non_neg_integer()) :: :ok
   def grpc_ping(_channel, _owner, _ref, _message, _timeout_ms), do: not_loaded()
 
@@ -101,6 +105,14 @@ defmodule Snakepit.Native do
   """
   @spec grpc_heartbeat(reference(), pid(), reference(), String.t(), non_neg_integer()) :: :ok
   def grpc_heartbeat(_channel, _owner, _ref, _worker_id, _timeout_ms), do: not_loaded()
+
+  @doc """
+  Asks the worker to stop the call `request_id` and to answer once it has
+  ended or `wait_ms` passed: `{ref, {:ok, state}}` (the worker's state
+  string, see `Snakepit.GRPC.Client.cancel/3`) or `{ref, {:error, reason}}`.
+  """
+  @spec grpc_cancel(reference(), pid(), reference(), String.t(), non_neg_integer()) :: :ok
+  def grpc_cancel(_channel, _owner, _ref, _request_id, _wait_ms), do: not_loaded()
 
   @doc """
   Starts ExecuteStreamingTool. Chunks arrive as `{ref, {:chunk, data, is_final}}`

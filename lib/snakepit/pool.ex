@@ -41,9 +41,10 @@ defmodule Snakepit.Pool do
   """
   use GenServer
 
-  alias Snakepit.{Config, CrashBarrier, Defaults, Error, ExitStatus, Telemetry}
+  alias Snakepit.{Config, CrashBarrier, Deadline, Defaults, Error, ExitStatus, Telemetry}
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
+  alias Snakepit.{GRPCWorker, Native}
   alias Snakepit.Pool.{State, WorkerSupervisor}
   alias Snakepit.Pool.Worker.Starter
   alias Snakepit.Worker.LifecycleManager
@@ -58,6 +59,7 @@ defmodule Snakepit.Pool do
 
   @type lease :: %{
           ref: reference(),
+          request_id: String.t(),
           pool: atom(),
           pool_pid: pid(),
           worker: map(),
@@ -87,13 +89,13 @@ defmodule Snakepit.Pool do
     total = get_default_timeout_for_call(:execute, args, opts)
 
     with :ok <- validate_call(command, args, total) do
-      deadline = deadline(opts, total)
+      deadline = Deadline.of(opts, total)
       idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
 
       started = System.monotonic_time()
 
-      attempt(opts, deadline, idempotent, 0, [], fn lease, rpc_deadline ->
-        result = Client.execute(lease.worker, command, args, call_opts(opts, rpc_deadline))
+      attempt(opts, deadline, idempotent, 0, [], fn lease ->
+        result = Client.execute(lease.worker, command, args, call_opts(opts, lease, deadline))
         emit_executed(lease, command, result, started)
         result
       end)
@@ -127,23 +129,28 @@ defmodule Snakepit.Pool do
 
     with :ok <- validate_call(command, args, total),
          :ok <- validate_callback(callback) do
-      deadline = deadline(opts, total)
+      deadline = Deadline.of(opts, total)
       opts = Keyword.put_new(opts, :queue_timeout, Defaults.checkout_timeout())
 
       with {:ok, lease} <- checkout(opts, deadline) do
-        rpc_deadline = rpc_deadline(deadline)
+        call_opts = call_opts(opts, lease, deadline)
+        # Checked in whatever happens, a raising callback included; a
+        # stream that did not end is stopped before its slot is reused.
+        {result, ended} =
+          try do
+            Client.stream(lease.worker, command, args, callback, call_opts)
+          rescue
+            e ->
+              checkin(lease, :cancel)
+              reraise e, __STACKTRACE__
+          catch
+            kind, reason ->
+              checkin(lease, :cancel)
+              :erlang.raise(kind, reason, __STACKTRACE__)
+          end
 
-        result =
-          Client.execute_stream(
-            lease.worker,
-            command,
-            args,
-            callback,
-            call_opts(opts, rpc_deadline)
-          )
-          |> confirm_crash(lease)
-
-        checkin(lease, result)
+        result = confirm_crash(result, lease)
+        checkin(lease, if(ended == :ended, do: result, else: :cancel))
         result
       end
     end
@@ -155,7 +162,7 @@ defmodule Snakepit.Pool do
     opts = if avoid == [], do: opts, else: Keyword.put(opts, :avoid, avoid)
 
     with {:ok, lease} <- checkout(opts, deadline) do
-      result = fun.(lease, rpc_deadline(deadline)) |> confirm_crash(lease)
+      result = fun.(lease) |> confirm_crash(lease)
       checkin(lease, result)
 
       case CrashBarrier.crash_info(result, lease.crash_barrier) do
@@ -165,7 +172,8 @@ defmodule Snakepit.Pool do
         info ->
           config = lease.crash_barrier
 
-          if CrashBarrier.retry_allowed?(config, idempotent, n) and remaining(deadline) > 0 do
+          if CrashBarrier.retry_allowed?(config, idempotent, n) and
+               Deadline.remaining(deadline) > 0 do
             backoff = CrashBarrier.retry_backoff(config, n)
 
             Telemetry.emit(
@@ -175,13 +183,13 @@ defmodule Snakepit.Pool do
             )
 
             # A deliberate pause before the retry, not a wait for an event.
-            Process.sleep(min(backoff, remaining(deadline)))
+            Process.sleep(min(backoff, Deadline.remaining(deadline)))
 
             opts =
               Keyword.put(
                 opts,
                 :queue_timeout,
-                min_timeout(
+                Deadline.earliest(
                   Keyword.get(opts, :queue_timeout, :infinity),
                   Defaults.crash_barrier_checkout_timeout()
                 )
@@ -262,35 +270,19 @@ defmodule Snakepit.Pool do
       {:error,
        Error.validation_error("callback must be a function of arity 1, got: #{inspect(other)}")}
 
-  defp deadline(opts, total) do
-    from_timeout = if total == :infinity, do: :infinity, else: now() + total
+  defp now, do: Deadline.now()
 
-    case Keyword.get(opts, :deadline_ms) do
-      nil -> from_timeout
-      :infinity -> from_timeout
-      given -> min_timeout(given, from_timeout)
-    end
-  end
-
-  defp rpc_deadline(:infinity), do: :infinity
-
-  defp rpc_deadline(deadline),
-    do: now() + derive_rpc_timeout_from_opts([deadline_ms: deadline], 0)
-
-  defp min_timeout(:infinity, b), do: b
-  defp min_timeout(a, :infinity), do: a
-  defp min_timeout(a, b), do: min(a, b)
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  @doc false
-  def remaining(:infinity), do: :infinity
-  def remaining(deadline), do: max(deadline - now(), 0)
-
-  defp call_opts(opts, deadline) do
+  # The call to Python gets the rpc deadline; a timed-out call is stopped
+  # in the worker by its request id, learning how within the caller's own
+  # deadline.
+  defp call_opts(opts, lease, deadline) do
     opts
     |> Keyword.take([:session_id, :metadata, :binary_parameters])
-    |> Keyword.put(:deadline, deadline)
+    |> Keyword.merge(
+      deadline: Deadline.rpc_deadline(deadline),
+      stop_by: deadline,
+      request_id: lease.request_id
+    )
   end
 
   @doc """
@@ -329,7 +321,7 @@ defmodule Snakepit.Pool do
       case Keyword.get(opts, :deadline_ms) do
         nil -> Keyword.get(opts, :timeout, default_timeout)
         :infinity -> Keyword.get(opts, :timeout, default_timeout)
-        deadline -> remaining(deadline)
+        deadline -> Deadline.remaining(deadline)
       end
 
     Defaults.rpc_timeout(total)
@@ -347,7 +339,7 @@ defmodule Snakepit.Pool do
     case Keyword.get(opts, :deadline_ms) do
       nil -> configured
       :infinity -> configured
-      deadline -> min_timeout(configured, remaining(deadline))
+      deadline -> Deadline.queue_timeout(deadline, configured)
     end
   end
 
@@ -382,6 +374,8 @@ defmodule Snakepit.Pool do
 
       request = %{
         ref: ref,
+        # Names the call in the worker, so it can be stopped there.
+        request_id: Integer.to_string(System.unique_integer([:positive])),
         pool: name,
         session_id: session,
         affinity: Keyword.get(opts, :affinity),
@@ -392,7 +386,9 @@ defmodule Snakepit.Pool do
       }
 
       wait =
-        if deadline == :infinity, do: :infinity, else: remaining(deadline) + @checkout_slack_ms
+        if deadline == :infinity,
+          do: :infinity,
+          else: Deadline.remaining(deadline) + @checkout_slack_ms
 
       try do
         GenServer.call(pid, {:checkout, request}, wait)
@@ -408,12 +404,27 @@ defmodule Snakepit.Pool do
   end
 
   @doc false
+  # Gives the slot back. `result` is the call's result, or `:cancel` when
+  # the call may still run in the worker (it timed out, its stream was
+  # abandoned, its transport failed): the pool then stops it first.
   @spec checkin(lease(), term()) :: :ok
   def checkin(lease, result) do
-    outcome = if match?({:error, _}, result), do: :error, else: :ok
-    send(lease.pool_pid, {:checkin, lease.pool, lease.ref, outcome})
+    send(lease.pool_pid, {:checkin, lease.pool, lease.ref, checkin_outcome(result)})
     :ok
   end
+
+  defp checkin_outcome(:cancel), do: :cancel
+
+  defp checkin_outcome({:error, %Error{details: %{stop: stop}}})
+       when stop in [:running, :unconfirmed],
+       do: :cancel
+
+  defp checkin_outcome({:error, %Error{category: :grpc_error, grpc_status: status}})
+       when status in @transport_statuses,
+       do: :cancel
+
+  defp checkin_outcome({:error, _}), do: :error
+  defp checkin_outcome(_ok), do: :ok
 
   @doc """
   Waits until the pools are ready for service: each has at least one ready
@@ -532,6 +543,8 @@ defmodule Snakepit.Pool do
           starters: %{},
           monitors: %{},
           callers: %{},
+          # CancelTool calls in flight: ref => {pool, lease ref, worker pid, timer}
+          stopping: %{},
           waiters: []
         }
 
@@ -786,6 +799,7 @@ defmodule Snakepit.Pool do
   defp lease(state, request, worker) do
     %{
       ref: request.ref,
+      request_id: request.request_id,
       pool: request.pool,
       pool_pid: self(),
       worker: worker,
@@ -845,7 +859,7 @@ defmodule Snakepit.Pool do
   defp error_message(other), do: inspect(other)
 
   defp schedule_queue_timeout(request, configured) do
-    cap = min_timeout(configured, request.queue_cap)
+    cap = Deadline.earliest(configured, request.queue_cap)
 
     case effective_queue_timeout_ms([deadline_ms: request.deadline], cap) do
       :infinity ->
@@ -863,8 +877,33 @@ defmodule Snakepit.Pool do
   defp cancel_queue_timer(_request), do: :ok
 
   @impl true
+  def handle_info({:checkin, name, ref, :cancel}, state) do
+    {:noreply, stop_call(state, name, ref, true)}
+  end
+
   def handle_info({:checkin, name, ref, outcome}, state) do
     {:noreply, release(state, name, ref, outcome)}
+  end
+
+  # The worker's answer to a CancelTool the pool sent (stop_call/4).
+  def handle_info({cref, reply}, state) when is_map_key(state.stopping, cref) do
+    {{name, ref, worker, timer}, stopping} = Map.pop(state.stopping, cref)
+    Process.cancel_timer(timer)
+    state = %{state | stopping: stopping}
+
+    case reply do
+      {:ok, answer} when answer != "running" ->
+        emit_stopped(name, worker, Client.stop_state(answer))
+        {:noreply, release(state, name, ref, :error, false)}
+
+      _still_running_or_unreachable ->
+        {:noreply, hard_stop(state, name, worker)}
+    end
+  end
+
+  def handle_info({:stop_timeout, cref}, state) when is_map_key(state.stopping, cref) do
+    {{name, _ref, worker, _timer}, stopping} = Map.pop(state.stopping, cref)
+    {:noreply, hard_stop(%{state | stopping: stopping}, name, worker)}
   end
 
   def handle_info({:queue_timeout, name, ref, ms}, state) do
@@ -1196,8 +1235,50 @@ defmodule Snakepit.Pool do
         put_pool(state, name, pool)
 
       {:not_queued, _} ->
-        release(state, name, ref, :error, false)
+        # Its call may still run in the worker: stop it there first.
+        stop_call(state, name, ref, false)
     end
+  end
+
+  # A call may still run in its worker (its caller gave up or died): ask
+  # the worker to stop it, keeping the slot leased meanwhile, so the worker
+  # never runs more calls than its capacity. The slot comes back when the
+  # worker says the call ended; when it still runs after cancel_grace_ms,
+  # or the worker cannot be asked, the worker is killed and replaced.
+  defp stop_call(state, name, ref, demonitor) do
+    pool = state.pools[name]
+
+    with %{^ref => lease} <- pool.leases,
+         %{} = worker <- pool.workers[lease.worker_id] do
+      if demonitor, do: Process.demonitor(lease.mref, [:flush])
+      grace = Defaults.cancel_grace_ms()
+      cref = make_ref()
+      :ok = Native.grpc_cancel(worker.channel, self(), cref, lease.request_id, grace)
+      timer = Process.send_after(self(), {:stop_timeout, cref}, grace + @crash_confirm_ms)
+
+      %{
+        state
+        | callers: Map.delete(state.callers, lease.mref),
+          stopping: Map.put(state.stopping, cref, {name, ref, worker.pid, timer})
+      }
+    else
+      _ -> release(state, name, ref, :error, demonitor)
+    end
+  end
+
+  defp hard_stop(state, name, worker_pid) do
+    emit_stopped(name, worker_pid, :hard_stop)
+    # Its leases go when it is down (worker_down/5).
+    GRPCWorker.hard_stop(worker_pid)
+    state
+  end
+
+  defp emit_stopped(name, worker_pid, stop) do
+    Telemetry.emit([:snakepit, :request, :stopped], %{}, %{
+      pool: name,
+      worker_pid: worker_pid,
+      stop: stop
+    })
   end
 
   defp release(state, name, ref, outcome, demonitor \\ true) do

@@ -91,14 +91,23 @@ defmodule Snakepit.WorkerProfile do
 
   @doc false
   # The environment every worker gets from its pool config: the heartbeat
-  # settings the Python side mirrors, then `extra`, then the user's
-  # adapter_env (which wins).
+  # settings the Python side mirrors, the message-size and memory limits,
+  # then `extra`, then the user's adapter_env (which wins).
   def worker_env(config, extra) do
-    heartbeat = {"SNAKEPIT_HEARTBEAT_CONFIG", JSON.encode!(Map.get(config, :heartbeat, %{}))}
+    settings =
+      [
+        {"SNAKEPIT_HEARTBEAT_CONFIG", JSON.encode!(Map.get(config, :heartbeat, %{}))},
+        {"SNAKEPIT_MAX_MESSAGE_BYTES", Integer.to_string(Snakepit.Defaults.max_message_bytes())}
+      ] ++ memory_limit(config) ++ extra
+
     user = config.adapter_env
-    defaults = Enum.reject([heartbeat | extra], fn {k, _} -> List.keymember?(user, k, 0) end)
-    defaults ++ user
+    Enum.reject(settings, fn {k, _} -> List.keymember?(user, k, 0) end) ++ user
   end
+
+  defp memory_limit(%{worker_memory_limit_mb: mb}) when is_integer(mb),
+    do: [{"SNAKEPIT_MEMORY_LIMIT_MB", Integer.to_string(mb)}]
+
+  defp memory_limit(_config), do: []
 
   @doc false
   def stop(worker) when is_pid(worker) do

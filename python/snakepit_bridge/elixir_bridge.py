@@ -8,6 +8,7 @@ worker's ``--elixir-address`` flag.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 import threading
 from typing import Any, Mapping
@@ -30,7 +31,24 @@ __all__ = [
 ]
 
 DEFAULT_CALL_TIMEOUT_S = 30.0
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+def _max_message_bytes() -> int:
+    """The VM's max_message_bytes (SNAKEPIT_MAX_MESSAGE_BYTES), so both sides
+    agree on one limit; 256 MiB when run outside Snakepit."""
+    try:
+        return max(int(os.environ.get("SNAKEPIT_MAX_MESSAGE_BYTES", "")), 1024)
+    except ValueError:
+        return 256 * 1024 * 1024
+
+
+MAX_MESSAGE_BYTES = _max_message_bytes()
+
+
+def refresh_limits() -> int:
+    """Re-read the limit from the environment (a forked worker's differs from
+    the fork server's)."""
+    global MAX_MESSAGE_BYTES
+    MAX_MESSAGE_BYTES = _max_message_bytes()
+    return MAX_MESSAGE_BYTES
 
 
 def grpc_channel_options() -> list[tuple[str, Any]]:

@@ -12,6 +12,7 @@ __all__ = [
     "ArgumentBindingError",
     "SerializationError",
     "StreamCancelled",
+    "CallCancelled",
     "ElixirToolError",
     "ElixirBridgeUnavailable",
 ]
@@ -67,6 +68,18 @@ class SerializationError(BridgeError):
 
 class StreamCancelled(Exception):
     """Raised inside a streaming producer when the consumer went away."""
+
+
+class CallCancelled(BaseException):
+    """Raised inside a sync tool's thread when its call was cancelled: its
+    deadline passed or its caller went away.
+
+    A ``BaseException`` (like ``KeyboardInterrupt``), so that ``except
+    Exception`` in tool code does not swallow the stop. Clean up in
+    ``finally`` blocks as usual.
+    """
+
+    kind = "cancelled"
 
 
 class ElixirToolError(Exception):

@@ -33,9 +33,12 @@ import traceback
 from typing import Any, AsyncIterator, Callable
 
 from . import serialization, telemetry
+from . import elixir_bridge
+from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
 from .errors import (
     ArgumentBindingError,
     BridgeError,
+    CallCancelled,
     SerializationError,
     StreamCancelled,
     StreamingToolError,
@@ -105,6 +108,7 @@ class ToolRunner:
         self.worker_id = worker_id
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(thread_name_prefix="snakepit-tool")
         self.sessions = sessions or SessionTable()
+        self.calls = CallRegistry()
         self.tools: dict[str, ToolInfo] = discover_tools(adapter)
         legacy = getattr(adapter, "execute_tool", None)
         self.legacy_execute: Callable[..., Any] | None = legacy if callable(legacy) else None
@@ -173,16 +177,26 @@ class ToolRunner:
                 pass
         return token
 
-    async def _run_call(self, call: _Call) -> Any:
-        """Run a call to completion: awaited on the loop or in the thread pool."""
+    async def _run_call(self, call: _Call, active: ActiveCall | None = None) -> Any:
+        """Run a call to completion: awaited on the loop or in the thread pool.
+
+        With ``active`` (the call has a request id) a sync tool runs under it,
+        so a cancel can stop it in its thread, and async work runs in a task
+        of its own, which a cancel cancels.
+        """
         if call.is_async:
             result = call.func(*call.args, **call.kwargs)
         else:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
             fn = functools.partial(call.func, *call.args, **call.kwargs)
+            if active is not None:
+                fn = functools.partial(active.run_in_thread, fn)
             result = await loop.run_in_executor(self.executor, ctx.run, fn)
         if inspect.isawaitable(result):
+            if active is not None:
+                active.task = asyncio.ensure_future(result)
+                result = active.task
             result = await result
         return result
 
@@ -195,15 +209,28 @@ class ToolRunner:
         token = self._enter_context(ctx)
         tele_meta = {"tool": request.tool_name, "session_id": request.session_id}
         telemetry.emit(("tool", "execution", "start"), {"system_time": time.time_ns()}, tele_meta)
+        active: ActiveCall | None = None
         try:
             try:
+                active = self.calls.begin(request.request_id, request.tool_name)
                 call = self._resolve(request, ctx, None)
-                result = await self._run_call(call)
+                result = await self._run_call(call, active)
                 if inspect.isgenerator(result) or inspect.isasyncgen(result):
                     await _close_generator(result)
                     raise StreamingToolError(request.tool_name)
             except asyncio.CancelledError:
-                raise
+                # The client went away (this coroutine is cancelled) or
+                # CancelTool cancelled the tool's task: either way it stops.
+                if active is None:
+                    raise
+                active.cancel()
+                if active.task is not None:
+                    self.calls.end(active, CANCELLED)
+                if _cancelling():
+                    raise
+                return self._failure(CallCancelled("the call was cancelled"), started, tele_meta, "cancelled")
+            except CallCancelled as exc:
+                return self._failure(exc, started, tele_meta, "cancelled")
             except ArgumentBindingError as exc:
                 return self._failure(exc, started, tele_meta, "invalid_arguments")
             except Exception as exc:  # noqa: BLE001 - everything a tool raises is reported
@@ -216,7 +243,15 @@ class ToolRunner:
             telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, tele_meta)
             return response
         finally:
+            # Sync tools end their call in their own thread; a call that never
+            # reached a thread (bad arguments, an async tool) ends here.
+            if active is not None and (active.task is not None or active.thread_id is None):
+                self.calls.end(active, FINISHED)
             _current.reset(token)
+
+    async def cancel(self, request_id: str, wait_s: float) -> str:
+        """Cancel the call ``request_id``; see :mod:`snakepit_bridge.cancellation`."""
+        return await self.calls.cancel(request_id, wait_s)
 
     def _success(self, result: Any, started: int) -> Any:
         response = pb.ExecuteToolResponse(success=True)
@@ -226,6 +261,7 @@ class ToolRunner:
         else:
             response.result_json = serialization.dumps(result)
         response.execution_time_us = (time.perf_counter_ns() - started) // 1000
+        _check_size(response, "result")
         return response
 
     def _failure(self, exc: BaseException, started: int, meta: dict[str, Any], kind: str | None = None) -> Any:
@@ -255,14 +291,21 @@ class ToolRunner:
         channel = Channel(loop)
         tool_stream = ToolStream(channel)
         token = self._enter_context(ctx)
+        active: ActiveCall | None = None
         try:
             try:
+                active = self.calls.begin(request.request_id, request.tool_name)
                 call = self._resolve(request, ctx, tool_stream)
+            except CallCancelled as exc:
+                yield self._error_chunk(0, exc, "cancelled")
+                return
             except Exception as exc:  # noqa: BLE001
                 kind = "invalid_arguments" if isinstance(exc, ArgumentBindingError) else None
+                if active is not None:
+                    self.calls.end(active, FINISHED)
                 yield self._error_chunk(0, exc, kind)
                 return
-            producer = self._start_producer(call, channel)
+            producer = self._start_producer(call, channel, active)
         finally:
             _current.reset(token)
 
@@ -305,12 +348,21 @@ class ToolRunner:
             if not finished:
                 log.debug("stream of '%s' cancelled after %d chunks", request.tool_name, index)
 
-    def _start_producer(self, call: _Call, channel: Channel) -> Any:
-        if call.is_async or inspect.isasyncgenfunction(inspect.unwrap(getattr(call.func, "__func__", call.func))):
-            return asyncio.get_running_loop().create_task(self._produce_async(call, channel))
-        ctx = contextvars.copy_context()
+    def _start_producer(self, call: _Call, channel: Channel, active: ActiveCall | None = None) -> Any:
         loop = asyncio.get_running_loop()
-        return loop.run_in_executor(self.executor, ctx.run, functools.partial(self._produce_sync, call, channel))
+        if call.is_async or inspect.isasyncgenfunction(inspect.unwrap(getattr(call.func, "__func__", call.func))):
+            task = loop.create_task(self._produce_async(call, channel))
+            if active is not None:
+                active.task = task
+                task.add_done_callback(
+                    lambda t: self.calls.end(active, CANCELLED if t.cancelled() or active.cancel_requested else FINISHED)
+                )
+            return task
+        ctx = contextvars.copy_context()
+        produce = functools.partial(self._produce_sync, call, channel)
+        if active is not None:
+            produce = functools.partial(_stoppable_producer, active, produce, channel)
+        return loop.run_in_executor(self.executor, ctx.run, produce)
 
     async def _produce_async(self, call: _Call, channel: Channel) -> None:
         try:
@@ -382,6 +434,7 @@ class ToolRunner:
             chunk.data = serialization.dumps(data)
         for key, value in metadata.items():
             chunk.metadata[key] = value
+        _check_size(chunk, "stream chunk")
         return chunk
 
     def _error_chunk(self, index: int, exc: BaseException, kind: str | None = None) -> Any:
@@ -391,6 +444,33 @@ class ToolRunner:
 
 
 _ALREADY_FINAL = object()
+
+
+def _check_size(message: Any, what: str) -> None:
+    size = message.ByteSize()
+    limit = elixir_bridge.MAX_MESSAGE_BYTES
+    if size > limit:
+        raise SerializationError(
+            f"the {what} is {size} bytes, more than max_message_bytes ({limit}); "
+            "return large arrays and tables as zero-copy handles (snakepit_bridge.zero_copy.export)"
+        )
+
+
+def _cancelling() -> bool:
+    """Is the current task itself being cancelled (not just a task it awaited)?"""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _stoppable_producer(active: ActiveCall, produce: Callable[[], None], channel: Channel) -> None:
+    """A sync producer under its call, so a cancel stops it in its thread."""
+    try:
+        active.run_in_thread(produce)
+    except CallCancelled as exc:
+        try:
+            channel.fail(exc)
+        except StreamCancelled:
+            pass
 
 
 def _drain_generator(gen: Any, channel: Channel) -> Any:

@@ -39,6 +39,10 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
     async def ExecuteTool(self, request: Any, context: Any) -> Any:
         return await self.runner.execute(request)
 
+    async def CancelTool(self, request: Any, context: Any) -> Any:
+        wait_s = max(request.wait_ms, 0) / 1000.0
+        return pb.CancelToolResponse(state=await self.runner.cancel(request.request_id, wait_s))
+
     async def ExecuteStreamingTool(self, request: Any, context: Any) -> AsyncIterator[Any]:
         async for chunk in self.runner.stream(request):
             yield chunk

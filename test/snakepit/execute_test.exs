@@ -103,10 +103,18 @@ defmodule Snakepit.ExecuteTest do
   end
 
   test "a call that outlives its timeout returns a timeout error, not an exit" do
-    assert {:error, %Error{category: :timeout}} =
-             Snakepit.execute("sleep", %{ms: 2_000}, timeout: 200)
+    # `sleep` is one C call, which a cooperative stop cannot reach: the
+    # error says the tool still runs, and its worker is replaced.
+    assert {:error, %Error{category: :timeout, details: %{stop: :running}}} =
+             Snakepit.execute("sleep", %{ms: 5_000}, timeout: 200)
 
     assert {:ok, _} = Snakepit.execute("ping", %{})
+
+    # Back to two free workers once the hard stop replaced the sleeper.
+    assert AppPool.wait_until(
+             fn -> match?(%{busy: 0, workers: 2, slots_down: 0}, Snakepit.get_stats()) end,
+             15_000
+           ) != :timeout
   end
 
   test "stream chunks arrive in order and end with a final chunk" do

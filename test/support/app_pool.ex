@@ -25,7 +25,9 @@ defmodule Snakepit.Test.AppPool do
     :instance_name,
     :instance_token,
     :orphan_protection,
-    :fork_server
+    :fork_server,
+    :max_message_bytes,
+    :cancel_grace_ms
   ]
 
   @doc """

@@ -5,7 +5,7 @@ defmodule Snakepit.GRPC.Client do
   turns replies into results and `Snakepit.Error`s.
   """
 
-  alias Snakepit.{Defaults, Error, Native, Telemetry}
+  alias Snakepit.{Deadline, Defaults, Error, Native, Telemetry}
   alias Snakepit.Error.PythonTranslation
 
   # ToolError kinds that mean "no tool ran": an unknown tool, or a
@@ -24,7 +24,13 @@ defmodule Snakepit.GRPC.Client do
 
   @doc """
   Runs `tool` on `worker`. Options: `:deadline` (monotonic ms or
-  `:infinity`), `:session_id`, `:metadata`, `:binary_parameters`.
+  `:infinity`), `:request_id` (lets a timed-out call be stopped in the
+  worker, see `cancel/3`), `:stop_by` (how long, at most, to wait for that
+  stop: the caller's own deadline), `:session_id`, `:metadata`,
+  `:binary_parameters`.
+
+  When the worker does not answer by the deadline, the call is stopped
+  and the error's `details.stop` says how (`cancel/3`).
 
   A Python exception comes back as one of the `Snakepit.Error.*` exception
   structs (see `Snakepit.Error.PythonTranslation`); an unknown tool, or a
@@ -40,8 +46,14 @@ defmodule Snakepit.GRPC.Client do
 
     result =
       case Native.grpc_execute(worker.channel, self(), ref, tool, args, call_opts) do
-        :ok -> await(ref, call_opts.timeout_ms) |> translate(tool, worker)
-        {:error, {:invalid_argument, message}} -> {:error, invalid_args(tool, message)}
+        :ok ->
+          case await(ref, call_opts.timeout_ms) do
+            {:error, :timeout} -> timed_out(worker, tool, opts)
+            reply -> translate(reply, tool, worker)
+          end
+
+        {:error, {:invalid_argument, message}} ->
+          {:error, invalid_args(tool, message)}
       end
 
     duration = System.monotonic_time() - started
@@ -66,6 +78,18 @@ defmodule Snakepit.GRPC.Client do
   @spec execute_stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
           :ok | {:error, Error.t() | Exception.t()}
   def execute_stream(worker, tool, args, callback, opts) do
+    {result, _ended} = stream(worker, tool, args, callback, opts)
+    result
+  end
+
+  @doc false
+  # As execute_stream/5, with whether the producer is known to have ended
+  # (`:ended`) or may still run (`:abandoned`: halted, timed out, the
+  # callback raised, the transport failed), so its worker's slot is only
+  # reused once the call is stopped.
+  @spec stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
+          {:ok | {:error, term()}, :ended | :abandoned}
+  def stream(worker, tool, args, callback, opts) do
     ref = make_ref()
     call_opts = Map.put(native_opts(opts), :window, Defaults.stream_window())
 
@@ -79,7 +103,7 @@ defmodule Snakepit.GRPC.Client do
         end
 
       {:error, {:invalid_argument, message}} ->
-        {:error, invalid_args(tool, message)}
+        {{:error, invalid_args(tool, message)}, :ended}
     end
   end
 
@@ -90,7 +114,7 @@ defmodule Snakepit.GRPC.Client do
           :halt ->
             Native.stream_cancel(stream)
             flush(ref)
-            :ok
+            {:ok, if(is_final, do: :ended, else: :abandoned)}
 
           _ ->
             Native.stream_ack(stream)
@@ -98,18 +122,100 @@ defmodule Snakepit.GRPC.Client do
         end
 
       {^ref, :done} ->
-        :ok
+        {:ok, :ended}
+
+      {^ref, {:error, :timeout}} ->
+        {{:error, Error.timeout_error("stream #{tool} did not finish in time", %{tool: tool})},
+         :abandoned}
+
+      {^ref, {:error, {:grpc, _, _}} = error} ->
+        {translate(error, tool, worker), :abandoned}
 
       {^ref, {:error, _} = error} ->
-        translate(error, tool, worker)
+        {translate(error, tool, worker), :ended}
     after
       wait_ms(timeout_ms) ->
-        {:error,
-         Error.timeout_error("stream #{tool} sent nothing for #{wait_ms(timeout_ms)} ms", %{
-           tool: tool
-         })}
+        {{:error,
+          Error.timeout_error("stream #{tool} sent nothing for #{wait_ms(timeout_ms)} ms", %{
+            tool: tool
+          })}, :abandoned}
     end
   end
+
+  @doc """
+  Asks `worker` to stop the call `request_id` and waits up to `wait_ms` for
+  it to end. `{:ok, stop}` where `stop` is `:cancelled` (an async tool's
+  task was cancelled), `:interrupted` (a sync tool was stopped by
+  `CallCancelled` raised in its thread), `:finished` (it ended by itself),
+  `:not_running` (no such call: it ended long ago or never arrived, and
+  will not run) or `:running` (still running after `wait_ms`: a hard stop
+  follows); `{:error, error}` when the worker cannot be asked.
+  """
+  @spec cancel(worker(), String.t(), non_neg_integer()) :: {:ok, atom()} | {:error, Error.t()}
+  def cancel(worker, request_id, wait_ms) do
+    ref = make_ref()
+    :ok = Native.grpc_cancel(worker.channel, self(), ref, request_id, wait_ms)
+
+    case await(ref, wait_ms + 1_000) do
+      {:ok, state} -> {:ok, stop_state(state)}
+      error -> translate(error, "CancelTool", worker)
+    end
+  end
+
+  @doc false
+  # The worker's answer to CancelTool, as an atom (from a fixed table: no
+  # atom is made from data).
+  def stop_state("cancelled"), do: :cancelled
+  def stop_state("interrupted"), do: :interrupted
+  def stop_state("finished"), do: :finished
+  def stop_state("unknown"), do: :not_running
+  def stop_state(_running), do: :running
+
+  # The worker did not answer by the call's deadline: stop the call, using
+  # what is left of the caller's budget to learn how it stopped.
+  defp timed_out(worker, tool, opts) do
+    details = %{tool: tool, worker_id: worker.id}
+
+    stop =
+      case Keyword.get(opts, :request_id) do
+        nil ->
+          :unconfirmed
+
+        request_id ->
+          case cancel(worker, request_id, stop_wait(opts)) do
+            {:ok, stop} -> stop
+            {:error, _} -> :unconfirmed
+          end
+      end
+
+    {:error,
+     Error.timeout_error(
+       "#{tool} did not finish in time; #{describe_stop(stop)}",
+       Map.put(details, :stop, stop)
+     )}
+  end
+
+  defp stop_wait(opts) do
+    grace = Defaults.cancel_grace_ms()
+
+    case Keyword.get(opts, :stop_by, :infinity) do
+      :infinity -> grace
+      stop_by -> min(grace, Deadline.remaining(stop_by))
+    end
+  end
+
+  defp describe_stop(:cancelled), do: "the tool was cancelled"
+
+  defp describe_stop(:interrupted),
+    do: "the tool was stopped (CallCancelled raised in its thread)"
+
+  defp describe_stop(:finished), do: "the tool finished anyway; its result is dropped"
+  defp describe_stop(:not_running), do: "the tool is not running"
+
+  defp describe_stop(_running),
+    do:
+      "the tool is still running; its worker is killed and replaced unless it stops " <>
+        "within cancel_grace_ms (#{Defaults.cancel_grace_ms()} ms)"
 
   defp flush(ref) do
     receive do
@@ -142,11 +248,12 @@ defmodule Snakepit.GRPC.Client do
     timeout_ms =
       case Keyword.get(opts, :deadline, :infinity) do
         :infinity -> 0
-        deadline -> max(Snakepit.Pool.remaining(deadline), 1)
+        deadline -> max(Deadline.remaining(deadline), 1)
       end
 
     %{
       timeout_ms: timeout_ms,
+      request_id: Keyword.get(opts, :request_id),
       session_id: Keyword.get(opts, :session_id),
       metadata: Keyword.get(opts, :metadata),
       binary_parameters: Keyword.get(opts, :binary_parameters)
@@ -179,6 +286,12 @@ defmodule Snakepit.GRPC.Client do
         # The caller's mistakes, caught by the worker before any tool ran.
         {:tool_error, type, message, _tb, kind} when kind in @caller_errors ->
           Error.validation_error(message, Map.merge(details, %{kind: kind, exception_type: type}))
+
+        {:tool_error, _type, message, _tb, "cancelled"} ->
+          Error.timeout_error(
+            "#{tool} was cancelled: #{message}",
+            Map.put(details, :stop, :interrupted)
+          )
 
         {:tool_error, type, message, traceback, kind} ->
           PythonTranslation.from_tool_error(

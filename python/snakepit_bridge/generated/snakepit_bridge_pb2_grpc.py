@@ -71,6 +71,11 @@ class BridgeServiceStub:
                 request_serializer=snakepit__bridge__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=snakepit__bridge__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.CancelTool = channel.unary_unary(
+                '/snakepit.bridge.BridgeService/CancelTool',
+                request_serializer=snakepit__bridge__pb2.CancelToolRequest.SerializeToString,
+                response_deserializer=snakepit__bridge__pb2.CancelToolResponse.FromString,
+                _registered_method=True)
 
 
 class BridgeServiceServicer:
@@ -120,6 +125,14 @@ class BridgeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CancelTool(self, request, context):
+        """Stops the call with this request_id (its caller gave up) and answers
+        once it has ended, or after wait_ms.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BridgeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -157,6 +170,11 @@ def add_BridgeServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=snakepit__bridge__pb2.HeartbeatRequest.FromString,
                     response_serializer=snakepit__bridge__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'CancelTool': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelTool,
+                    request_deserializer=snakepit__bridge__pb2.CancelToolRequest.FromString,
+                    response_serializer=snakepit__bridge__pb2.CancelToolResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -350,6 +368,33 @@ class BridgeService:
             '/snakepit.bridge.BridgeService/Heartbeat',
             snakepit__bridge__pb2.HeartbeatRequest.SerializeToString,
             snakepit__bridge__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelTool(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snakepit.bridge.BridgeService/CancelTool',
+            snakepit__bridge__pb2.CancelToolRequest.SerializeToString,
+            snakepit__bridge__pb2.CancelToolResponse.FromString,
             options,
             channel_credentials,
             insecure,

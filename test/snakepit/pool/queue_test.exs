@@ -114,6 +114,13 @@ defmodule Snakepit.Pool.QueueTest do
 
     assert System.monotonic_time(:millisecond) - started < 1_500
     Task.await(blocker)
+    # The timed-out sleep keeps the only slot until it is stopped (here:
+    # its worker killed after cancel_grace_ms), then the pool serves again.
+    assert AppPool.wait_until(
+             fn -> match?(%{busy: 0, workers: 1, slots_down: 0}, Snakepit.get_stats()) end,
+             15_000
+           ) != :timeout
+
     assert {:ok, _} = Snakepit.execute("get_pid", %{})
   end
 

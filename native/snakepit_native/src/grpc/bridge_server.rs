@@ -40,7 +40,7 @@ use tonic::{Request, Response, Status};
 
 use snakepit_core::bridge::{self as core, Listen, SocketFile};
 
-use super::channel::MAX_MESSAGE_BYTES;
+use super::channel::max_message_bytes;
 use super::pb::elixir_bridge_server::{ElixirBridge, ElixirBridgeServer};
 use super::pb::{
     CleanupSessionRequest, CleanupSessionResponse, ExecuteElixirToolRequest, ExecuteToolResponse,
@@ -831,8 +831,8 @@ fn bridge_start<'a>(
         shutdown: shutdown_rx.clone(),
     };
     let service = ElixirBridgeServer::new(bridge)
-        .max_decoding_message_size(MAX_MESSAGE_BYTES)
-        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        .max_decoding_message_size(max_message_bytes())
+        .max_encoding_message_size(max_message_bytes());
     let router = tonic::transport::Server::builder().add_service(service);
     let mut stopped = shutdown_rx;
     let signal = async move {

@@ -2,6 +2,7 @@
 //! loopback TCP (`host:port`) where configured.
 
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
@@ -13,9 +14,21 @@ use super::pb::bridge_service_client::BridgeServiceClient;
 use super::unary::Unary;
 use crate::atoms;
 
-/// Largest message either way. Tensors and documents can be big; gRPC's
-/// 4 MiB default would turn them into opaque transport errors.
-pub const MAX_MESSAGE_BYTES: usize = 512 * 1024 * 1024;
+/// Largest message either way, on every connection to and from workers:
+/// `config :snakepit, max_message_bytes:` (set once at start through
+/// `set_max_message_bytes`); the workers get the same value. gRPC's 4 MiB
+/// default would turn big tensors into opaque transport errors.
+static MAX_MESSAGE_BYTES: AtomicUsize = AtomicUsize::new(256 * 1024 * 1024);
+
+pub fn max_message_bytes() -> usize {
+    MAX_MESSAGE_BYTES.load(Ordering::Relaxed)
+}
+
+#[rustler::nif]
+fn set_max_message_bytes(bytes: usize) -> rustler::Atom {
+    MAX_MESSAGE_BYTES.store(bytes.max(1024), Ordering::Relaxed);
+    atoms::ok()
+}
 
 /// HTTP/2 receive windows of both connections to a worker: large enough
 /// that a big reply is not paced by window updates.
@@ -73,8 +86,8 @@ fn grpc_connect(env: Env<'_>, address: String) -> Term<'_> {
     match connect(&address) {
         Ok(channel) => {
             let client = BridgeServiceClient::new(channel)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+                .max_decoding_message_size(max_message_bytes())
+                .max_encoding_message_size(max_message_bytes());
             let res = ResourceArc::new(WorkerChannel {
                 client: AssertUnwindSafe(client),
                 unary: Arc::new(Unary::new(address)),

@@ -11,7 +11,7 @@ use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::sync::{oneshot, Semaphore};
 
 use super::channel::WorkerChannel;
-use super::pb::{ExecuteToolRequest, HeartbeatRequest, PingRequest};
+use super::pb::{CancelToolRequest, ExecuteToolRequest, HeartbeatRequest, PingRequest};
 use super::response;
 use crate::atoms;
 use crate::json;
@@ -118,6 +118,15 @@ fn build_request(
         timeout_ms: opts.timeout_ms as i64,
         request_id: opts.request_id,
     };
+    // Refused here, before anything is sent, naming the limit.
+    let len = prost::Message::encoded_len(&req);
+    let max = super::channel::max_message_bytes();
+    if len > max {
+        return Err(format!(
+            "the call is {len} bytes, more than max_message_bytes ({max}); pass large \
+             arrays and tables as Snakepit.ZeroCopy references instead of bytes"
+        ));
+    }
     Ok((req, timeout))
 }
 
@@ -231,6 +240,36 @@ fn grpc_heartbeat<'a>(
         let request = with_deadline(tonic::Request::new(req), timeout);
         settle(timeout, client.heartbeat(request), |resp| {
             reply::ok(resp.into_inner().timestamp_us)
+        })
+        .await
+    });
+    atoms::ok().encode(env)
+}
+
+/// Asks the worker to stop the call `request_id` (its caller gave up) and to
+/// answer once it has ended or `wait_ms` passed; replies `{ref, {:ok,
+/// state}}` with the worker's state string ("cancelled", "interrupted",
+/// "finished", "running", "unknown") or `{ref, {:error, reason}}`.
+#[rustler::nif]
+fn grpc_cancel<'a>(
+    env: Env<'a>,
+    channel: ResourceArc<WorkerChannel>,
+    owner: LocalPid,
+    reference: Term<'a>,
+    request_id: String,
+    wait_ms: u64,
+) -> Term<'a> {
+    let mut client = channel.client();
+    // The worker answers by wait_ms; the rest is room for the round trip.
+    let timeout = Some(Duration::from_millis(wait_ms + 1_000));
+    let req = CancelToolRequest {
+        request_id,
+        wait_ms: wait_ms as i64,
+    };
+    reply::spawn_unary(ReplyTo::new(owner, reference), async move {
+        let request = with_deadline(tonic::Request::new(req), timeout);
+        settle(timeout, client.cancel_tool(request), |resp| {
+            reply::ok(resp.into_inner().state)
         })
         .await
     });

@@ -17,7 +17,7 @@ use prost::Message;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Code, Status};
 
-use super::channel::{CONNECTION_WINDOW, MAX_MESSAGE_BYTES, STREAM_WINDOW};
+use super::channel::{max_message_bytes, CONNECTION_WINDOW, STREAM_WINDOW};
 use super::pb::{ExecuteToolRequest, ExecuteToolResponse};
 
 const URI: &str = "http://localhost/snakepit.bridge.BridgeService/ExecuteTool";
@@ -126,9 +126,10 @@ impl Unary {
         let mut sender = self.ready().await?;
 
         let len = req.encoded_len();
-        if len > MAX_MESSAGE_BYTES {
+        let max = max_message_bytes();
+        if len > max {
             return Err(Status::resource_exhausted(format!(
-                "the request is {len} bytes, larger than {MAX_MESSAGE_BYTES}"
+                "the request is {len} bytes, larger than max_message_bytes ({max})"
             )));
         }
         let mut body = BytesMut::with_capacity(5 + len);
@@ -168,9 +169,9 @@ impl Unary {
         while let Some(chunk) = recv.data().await {
             let chunk = chunk.map_err(h2_status)?;
             let _ = recv.flow_control().release_capacity(chunk.len());
-            if data.len() + chunk.len() > MAX_MESSAGE_BYTES + 5 {
+            if data.len() + chunk.len() > max + 5 {
                 return Err(Status::resource_exhausted(format!(
-                    "the worker's reply is larger than {MAX_MESSAGE_BYTES} bytes"
+                    "the worker's reply is larger than max_message_bytes ({max})"
                 )));
             }
             data.extend_from_slice(&chunk);
