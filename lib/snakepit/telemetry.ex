@@ -22,6 +22,8 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :saturated],
     [:snakepit, :pool, :queue, :timeout],
     [:snakepit, :request, :executed],
+    [:snakepit, :request, :stopped],
+    [:snakepit, :worker, :restart_scheduled],
     # Worker lifecycle, crash barrier, heartbeats and sessions (issue 4).
     [:snakepit, :worker, :initialized],
     [:snakepit, :worker, :recycled],
