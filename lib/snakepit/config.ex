@@ -643,6 +643,52 @@ defmodule Snakepit.Config do
   @spec grpc_listener_reuse_wait_timeout_ms() :: pos_integer()
   def grpc_listener_reuse_wait_timeout_ms, do: Defaults.grpc_listener_reuse_wait_timeout_ms()
 
+  # -- TCP transport ------------------------------------------------------------
+
+  @doc """
+  The host TCP listeners bind to (`tcp_host`, loopback by default):
+  `{:ok, host}`, or `{:error, message}` for a non-loopback address without
+  `allow_non_loopback_bind: true`.
+
+      iex> Snakepit.Config.tcp_host("127.0.0.1", false)
+      {:ok, "127.0.0.1"}
+      iex> {:error, message} = Snakepit.Config.tcp_host("0.0.0.0", false)
+      iex> message =~ "allow_non_loopback_bind"
+      true
+  """
+  @spec tcp_host(String.t(), boolean()) :: {:ok, String.t()} | {:error, String.t()}
+  def tcp_host(host \\ Defaults.tcp_host(), allowed \\ Defaults.allow_non_loopback_bind()) do
+    cond do
+      not is_binary(host) or host == "" ->
+        {:error, "tcp_host must be an address string, got: #{inspect(host)}"}
+
+      loopback?(host) or allowed == true ->
+        {:ok, host}
+
+      true ->
+        {:error,
+         "tcp_host #{inspect(host)} is not a loopback address: any machine that reaches it " <>
+           "could talk to the workers. Bind to 127.0.0.1 (the default), or set " <>
+           "allow_non_loopback_bind: true to accept that"}
+    end
+  end
+
+  @doc "Is `host` a loopback address (127.0.0.0/8, ::1, localhost)?"
+  @spec loopback?(String.t()) :: boolean()
+  def loopback?("localhost"), do: true
+
+  def loopback?(host) do
+    case :inet.parse_address(String.to_charlist(host)) do
+      {:ok, {127, _, _, _}} -> true
+      {:ok, {0, 0, 0, 0, 0, 0, 0, 1}} -> true
+      _ -> false
+    end
+  end
+
+  @doc "`host:0` for an ephemeral TCP listener on `tcp_host/2` (IPv6 in brackets)."
+  @spec tcp_listen_address(String.t()) :: String.t()
+  def tcp_listen_address(host), do: if(host =~ ":", do: "[#{host}]:0", else: "#{host}:0")
+
   # -- instance ---------------------------------------------------------------
 
   @doc "This instance's name: `config :snakepit, instance_name:`, else `SNAKEPIT_INSTANCE_NAME`, else nil."

@@ -232,6 +232,13 @@ defmodule Snakepit.Defaults do
     {:worker_transport, [:worker_transport], :unix, quote(do: :unix | :tcp),
      "Transport of the workers' servers and the bridge server: `:unix` (sockets in the " <>
        "private runtime directory) or `:tcp` (loopback)."},
+    {:tcp_host, [:tcp_host], "127.0.0.1", quote(do: String.t()),
+     "Address the workers' servers and the bridge server bind to under `worker_transport: " <>
+       ":tcp`. Must be a loopback address unless `allow_non_loopback_bind: true` (see the " <>
+       "README's threat model)."},
+    {:allow_non_loopback_bind, [:allow_non_loopback_bind], false, quote(do: boolean()),
+     "Let `tcp_host` be an address other machines can reach. Every call still needs the " <>
+       "VM's secret, but the traffic is not encrypted; Snakepit logs a warning at start."},
     {:worker_call_margin_ms, [:worker_call_margin_ms], 1_000, quote(do: pos_integer()),
      "Margin (ms) reserved for routing a call to its worker, subtracted by `rpc_timeout/1`."},
     {:worker_ready_timeout, [:worker_ready_timeout], 30_000, quote(do: timeout()),

@@ -205,14 +205,17 @@ defmodule Snakepit.ForkServer do
     identity =
       Snakepit.Adapters.GRPCPython.flags(
         "snakepit-run-id": RunID.current(),
-        "instance-name": Config.instance_name_identifier(),
-        "instance-token": Config.instance_token_identifier()
+        "instance-name": Config.instance_name_identifier()
       )
 
     argv = [python, "-m", "snakepit_bridge.fork_server", "--control", path | identity]
 
     with :ok <- ProcessRegistry.reserve_worker(id),
-         {:ok, {os_pid, handle}} <- Native.spawn_process(python, argv, env, cwd, self()) do
+         {:ok, {os_pid, handle}} <-
+           Native.spawn_process(python, argv, env, cwd, self(), %{
+             orphan_protection: true,
+             with_secret: true
+           }) do
       :ok = ProcessRegistry.activate_worker(id, self(), os_pid, RunID.current())
       Process.send_after(self(), {:start_timeout, os_pid}, @start_timeout_ms)
 

@@ -106,7 +106,10 @@ defmodule Snakepit.GRPCWorker do
         forked
 
       :spawn ->
-        case Native.spawn_process(python, argv, env, cwd, self(), orphan_protection) do
+        case Native.spawn_process(python, argv, env, cwd, self(), %{
+               orphan_protection: orphan_protection,
+               with_secret: true
+             }) do
           {:ok, _} = ok -> ok
           {:error, {:invalid_argument, message}} -> {:error, message}
           {:error, message} -> {:error, "#{python}: #{message}"}
@@ -132,7 +135,7 @@ defmodule Snakepit.GRPCWorker do
   defp command_args(state) do
     address =
       case Defaults.worker_transport() do
-        :tcp -> "127.0.0.1:0"
+        :tcp -> Config.tcp_listen_address(Defaults.tcp_host())
         :unix -> RuntimeDir.socket_address(state.id)
       end
 
@@ -141,7 +144,6 @@ defmodule Snakepit.GRPCWorker do
       "worker-id": state.id,
       "snakepit-run-id": RunID.current(),
       "instance-name": Config.instance_name_identifier(),
-      "instance-token": Config.instance_token_identifier(),
       "elixir-address": Snakepit.GRPC.BridgeServer.address()
     )
   end

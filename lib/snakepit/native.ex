@@ -29,7 +29,24 @@ defmodule Snakepit.Native do
   lines and the exit arrive at `owner` as
   `{:snakepit_process, os_pid, {:stdout | :stderr, line}}` and
   `{:snakepit_process, os_pid, {:exit, {:exited, code} | {:signaled, sig} | :unknown}}`.
+
+  Options: `orphan_protection` (default true: a guard kills the process
+  group when the VM dies) and `with_secret` (default false: add this VM's
+  transport secret to the environment as `SNAKEPIT_AUTH_TOKEN`, for
+  Snakepit's own Python processes only; the secret never enters the BEAM).
   """
+  @spec spawn_process(
+          String.t(),
+          [String.t()],
+          [{String.t(), String.t()}],
+          String.t() | nil,
+          pid(),
+          %{orphan_protection: boolean(), with_secret: boolean()}
+        ) ::
+          {:ok, {pos_integer(), reference()}} | {:error, term()}
+  def spawn_process(_program, _argv, _env, _cwd, _owner, _opts), do: not_loaded()
+
+  @doc "`spawn_process/6` with orphan protection and no secret."
   @spec spawn_process(
           String.t(),
           [String.t()],
@@ -38,8 +55,9 @@ defmodule Snakepit.Native do
           pid()
         ) ::
           {:ok, {pos_integer(), reference()}} | {:error, term()}
-  def spawn_process(_program, _argv, _env, _cwd, _owner, _orphan_protection \\ true),
-    do: not_loaded()
+  def spawn_process(program, argv, env, cwd, owner),
+    do:
+      spawn_process(program, argv, env, cwd, owner, %{orphan_protection: true, with_secret: false})
 
   @doc """
   Connects to a fork server (`python -m snakepit_bridge.fork_server`)
@@ -140,15 +158,18 @@ defmodule Snakepit.Native do
 
   @doc """
   Starts the ElixirBridge gRPC server on `address` (`unix:/abs/path.sock`
-  or a loopback `host:port`; port 0 picks one). Every call Python makes
+  or `host:port`, loopback unless `allow_non_loopback`; port 0 picks
+  one). Calls without the VM's secret are refused (`UNAUTHENTICATED`)
+  and reported to `dispatcher` as `{:snakepit_auth_refused, reason}`. Every call Python makes
   arrives at `dispatcher` as `{:snakepit_bridge, call, rpc, request}` and
   waits for `bridge_reply/2`; calls without a budget of their own wait
   `default_timeout_ms`. Returns the handle and the bound address; the
   server stops with `bridge_stop/1` or when the handle is garbage.
   """
-  @spec bridge_start(String.t(), pid(), pos_integer()) ::
+  @spec bridge_start(String.t(), pid(), pos_integer(), boolean()) ::
           {:ok, {reference(), String.t()}} | {:error, {:invalid_argument, String.t()}}
-  def bridge_start(_address, _dispatcher, _default_timeout_ms), do: not_loaded()
+  def bridge_start(_address, _dispatcher, _default_timeout_ms, _allow_non_loopback \\ false),
+    do: not_loaded()
 
   @doc "Stops the bridge server; calls still waiting are answered `unavailable`. Idempotent."
   @spec bridge_stop(reference()) :: :ok

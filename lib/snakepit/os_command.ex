@@ -16,7 +16,10 @@ defmodule Snakepit.OSCommand do
   output}}` otherwise, `{:error, :not_found}` when there is no such program
   and `{:error, :timeout}` after `timeout_ms`.
 
-  Options: `:timeout_ms` (default 5000), `:env` (extra `{name, value}` pairs).
+  Options: `:timeout_ms` (default 5000), `:env` (extra `{name, value}`
+  pairs), `:with_secret` (default false: give the command this VM's
+  transport secret in its environment, as Snakepit's own workers get it,
+  for Snakepit's own Python tools that talk to the bridge).
   """
   @spec run(String.t(), [String.t()], keyword()) :: {:ok, String.t()} | {:error, term()}
   def run(program, args, opts \\ []) do
@@ -24,7 +27,7 @@ defmodule Snakepit.OSCommand do
     env = System.get_env() |> Map.merge(Map.new(Keyword.get(opts, :env, []))) |> Enum.to_list()
 
     with {:ok, path} <- find(program),
-         {:ok, {os_pid, handle}} <- start(path, args, env) do
+         {:ok, {os_pid, handle}} <- start(path, args, env, Keyword.get(opts, :with_secret, false)) do
       deadline = System.monotonic_time(:millisecond) + timeout
 
       try do
@@ -40,8 +43,11 @@ defmodule Snakepit.OSCommand do
     if path && File.regular?(path), do: {:ok, path}, else: {:error, :not_found}
   end
 
-  defp start(path, args, env) do
-    case Native.spawn_process(path, [path | args], env, nil, self()) do
+  defp start(path, args, env, with_secret) do
+    case Native.spawn_process(path, [path | args], env, nil, self(), %{
+           orphan_protection: true,
+           with_secret: with_secret
+         }) do
       {:ok, _} = ok -> ok
       {:error, reason} -> {:error, {:spawn_failed, reason}}
     end

@@ -142,9 +142,9 @@ defmodule Snakepit.ProcessKiller do
   end
 
   @doc """
-  Kills every process whose command line carries `--snakepit-run-id run_id`
-  (and, when given, `--instance-name` / `--instance-token` equal to
-  `opts[:instance_name]` / `opts[:instance_token]`), with its process group:
+  Kills every process `find_by_run_id/2` finds (the run id and instance
+  name on its command line, the instance token in its environment), with
+  its process group:
   SIGTERM, then SIGKILL after `opts[:timeout_ms]` (default 2000).
   Returns `{:ok, pids_found}`.
   """
@@ -163,15 +163,16 @@ defmodule Snakepit.ProcessKiller do
     end
   end
 
-  @doc "OS pids whose command line carries the run id (and instance flags, when given)."
+  @doc """
+  OS pids whose command line carries the run id and, when given, the
+  instance name (`--instance-name`), and whose environment carries the
+  instance token (`SNAKEPIT_INSTANCE_TOKEN`: a token is kept off command
+  lines, which every user can read; `/proc/PID/environ` is the owner's).
+  """
   @spec find_by_run_id(String.t(), keyword()) :: [integer()]
   def find_by_run_id(run_id, opts \\ []) do
     wanted =
-      [
-        {"--snakepit-run-id", run_id},
-        {"--instance-name", opts[:instance_name]},
-        {"--instance-token", opts[:instance_token]}
-      ]
+      [{"--snakepit-run-id", run_id}, {"--instance-name", opts[:instance_name]}]
       |> Enum.reject(fn {_, v} -> is_nil(v) end)
 
     for pid <- list_pids(),
@@ -179,7 +180,19 @@ defmodule Snakepit.ProcessKiller do
         {:ok, cmd} <- [get_process_command(pid)],
         args = String.split(cmd, " "),
         Enum.all?(wanted, fn {flag, value} -> flag_value(args, flag) == value end),
+        token_matches?(pid, opts[:instance_token]),
         do: pid
+  end
+
+  @token_var "SNAKEPIT_INSTANCE_TOKEN"
+
+  defp token_matches?(_pid, nil), do: true
+
+  defp token_matches?(pid, token) do
+    case File.read("/proc/#{pid}/environ") do
+      {:ok, environ} -> "#{@token_var}=#{token}" in String.split(environ, <<0>>)
+      {:error, _} -> false
+    end
   end
 
   defp flag_value([flag, value | _], flag), do: value

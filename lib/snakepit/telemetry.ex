@@ -23,6 +23,7 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :queue, :timeout],
     [:snakepit, :request, :executed],
     [:snakepit, :request, :stopped],
+    [:snakepit, :security, :unauthenticated],
     [:snakepit, :worker, :restart_scheduled],
     # Worker lifecycle, crash barrier, heartbeats and sessions (issue 4).
     [:snakepit, :worker, :initialized],

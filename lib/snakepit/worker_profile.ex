@@ -98,10 +98,18 @@ defmodule Snakepit.WorkerProfile do
       [
         {"SNAKEPIT_HEARTBEAT_CONFIG", JSON.encode!(Map.get(config, :heartbeat, %{}))},
         {"SNAKEPIT_MAX_MESSAGE_BYTES", Integer.to_string(Snakepit.Defaults.max_message_bytes())}
-      ] ++ memory_limit(config) ++ extra
+      ] ++ instance_token() ++ memory_limit(config) ++ extra
 
     user = config.adapter_env
     Enum.reject(settings, fn {k, _} -> List.keymember?(user, k, 0) end) ++ user
+  end
+
+  # In the environment, never on the (world-readable) command line.
+  defp instance_token do
+    case Snakepit.Config.instance_token_identifier() do
+      nil -> []
+      token -> [{"SNAKEPIT_INSTANCE_TOKEN", token}]
+    end
   end
 
   defp memory_limit(%{worker_memory_limit_mb: mb}) when is_integer(mb),

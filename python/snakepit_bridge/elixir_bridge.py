@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import grpc
 
-from . import serialization
+from . import auth, serialization
 from .errors import ElixirBridgeUnavailable, ElixirToolError
 from .generated import snakepit_bridge_pb2 as pb
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
@@ -144,7 +144,8 @@ class ElixirBridgeClient:
             return self._aio_stub
 
     def _metadata(self) -> list[tuple[str, str]]:
-        return [("x-snakepit-worker-id", self.worker_id)] if self.worker_id else []
+        worker = [("x-snakepit-worker-id", self.worker_id)] if self.worker_id else []
+        return worker + auth.metadata()
 
     # ------------------------------------------------------------ requests
 

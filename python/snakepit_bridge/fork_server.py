@@ -54,12 +54,13 @@ import os
 import select
 import signal
 import socket
+import struct
 import sys
 import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping, NoReturn, Sequence
 
-from . import server
+from . import auth, server
 
 READY_LINE = "SNAKEPIT_FORK_SERVER_READY"
 MAX_MESSAGE_BYTES = 1 << 20
@@ -118,8 +119,12 @@ def _env(env: Any) -> dict[str, str]:
     return result
 
 
-def parse_request(data: bytes, fds: Sequence[int]) -> SpawnRequest:
-    """Decode one request; raises BadRequest (with the id when there is one)."""
+def parse_request(data: bytes, fds: Sequence[int], token: str | None = None) -> SpawnRequest:
+    """Decode one request; raises BadRequest (with the id when there is one).
+
+    With ``token`` (the VM's secret), a request that does not carry it in
+    ``"token"`` is refused before anything else is looked at.
+    """
     try:
         message = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
@@ -127,6 +132,9 @@ def parse_request(data: bytes, fds: Sequence[int]) -> SpawnRequest:
     if not isinstance(message, dict) or not _is_int(message.get("id")):
         raise BadRequest("request must be an object with an integer 'id'")
     request_id = message["id"]
+    presented = message.get("token")
+    if token and not (isinstance(presented, str) and auth.valid(presented, token)):
+        raise BadRequest("unauthenticated: the request does not carry this VM's secret", request_id)
     try:
         if len(fds) != 2:
             raise ValueError(f"expected 2 file descriptors (stdout, stderr), got {len(fds)}")
@@ -179,6 +187,9 @@ def _exit_status(exc: SystemExit) -> int:
 class ForkServer:
     def __init__(self) -> None:
         self.pid = os.getpid()
+        # The VM's secret, out of the environment (the workers get theirs
+        # in each request's environment).
+        self.token = auth.load_from_env()
         self.children: set[int] = set()
         self.initial_handlers = {sig: signal.getsignal(sig) for sig in CHANGED_SIGNALS}
         self.site_path = _site_path()
@@ -202,6 +213,13 @@ class ForkServer:
             listener.close()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(control_path)
+        # Only the VM that started us may control us: the connection must
+        # come from our parent (and each request carry the VM's secret).
+        peer_pid, _uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+        if peer_pid != os.getppid():
+            sys.stderr.write(f"snakepit fork server: refused a controller that is not our parent (pid {peer_pid})\n")
+            conn.close()
+            return 1
 
         # SIGCHLD only wakes up select() through the wakeup fd; all reaping
         # happens in the loop, so a pid reply always precedes its exit message.
@@ -238,7 +256,7 @@ class ForkServer:
         try:
             if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
                 raise BadRequest("request truncated (too large, or too many file descriptors)")
-            request = parse_request(data, fds)
+            request = parse_request(data, fds, self.token)
         except BadRequest as exc:
             _close_all(fds)
             self.send(conn, {"id": exc.request_id, "error": str(exc)})

@@ -44,7 +44,7 @@ from .heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
 from .heartbeat import HeartbeatConfig, HeartbeatWatchdog
 from .runtime import ToolRunner
 from .servicer import BridgeServicer
-from . import telemetry
+from . import auth, telemetry
 
 log = logging.getLogger("snakepit_bridge.server")
 
@@ -567,6 +567,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parse_args(argv)
     _configure_logging(args.log_level, args.worker_id)
     refresh_limits()
+    # Out of the environment before any adapter code runs.
+    auth.load_from_env()
     if unknown:
         sys.stderr.write(f"snakepit_bridge: warning: ignoring unknown arguments: {' '.join(unknown)}\n")
         sys.stderr.flush()

@@ -6,7 +6,7 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
-from . import serialization
+from . import auth, serialization
 from .generated import snakepit_bridge_pb2 as pb
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
 from .runtime import ToolRunner
@@ -21,7 +21,8 @@ def _now_us() -> int:
 
 
 class BridgeServicer(pb_grpc.BridgeServiceServicer):
-    """Answers the Rust core's calls for one worker."""
+    """Answers the Rust core's calls for one worker. Every method first
+    refuses calls without the VM's secret (:mod:`snakepit_bridge.auth`)."""
 
     def __init__(self, runner: ToolRunner, worker_id: str = "", watchdog: Any = None):
         self.runner = runner
@@ -29,25 +30,31 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         self.watchdog = watchdog
 
     async def Ping(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         return pb.PingResponse(message=request.message, server_time_us=_now_us(), worker_id=self.worker_id)
 
     async def Heartbeat(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         if self.watchdog is not None:
             self.watchdog.beat()
         return pb.HeartbeatResponse(ok=True, timestamp_us=_now_us(), status="ok")
 
     async def ExecuteTool(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         return await self.runner.execute(request)
 
     async def CancelTool(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         wait_s = max(request.wait_ms, 0) / 1000.0
         return pb.CancelToolResponse(state=await self.runner.cancel(request.request_id, wait_s))
 
     async def ExecuteStreamingTool(self, request: Any, context: Any) -> AsyncIterator[Any]:
+        await auth.refuse_unless_valid(context)
         async for chunk in self.runner.stream(request):
             yield chunk
 
     async def InitializeSession(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         if not request.session_id:
             return pb.InitializeSessionResponse(success=False, error_message="session_id is required")
         try:
@@ -64,10 +71,12 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
         return response
 
     async def CleanupSession(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         removed = self.runner.sessions.remove(request.session_id)
         return pb.CleanupSessionResponse(success=True, resources_cleaned=1 if removed else 0)
 
     async def GetSession(self, request: Any, context: Any) -> Any:
+        await auth.refuse_unless_valid(context)
         session = self.runner.sessions.get(request.session_id)
         if session is None:
             return pb.GetSessionResponse(found=False, session_id=request.session_id)

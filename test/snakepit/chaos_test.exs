@@ -68,7 +68,8 @@ defmodule Snakepit.ChaosTest do
     assert calls > 0
 
     for reply <- replies do
-      assert match?({:ok, %{"pid" => _}}, reply) or match?({:error, %{__exception__: true}}, reply),
+      assert match?({:ok, %{"pid" => _}}, reply) or
+               match?({:error, %{__exception__: true}}, reply),
              "unstructured reply: #{inspect(reply)}"
     end
 
@@ -161,6 +162,7 @@ defmodule Snakepit.ChaosTest do
     [frozen | _] = AppPool.worker_os_pids()
     Snakepit.ProcessKiller.kill_process(frozen, :sigstop)
     assert_receive {:heartbeat_timeout, _id}, 15_000
+
     assert AppPool.wait_until(fn -> not Snakepit.ProcessKiller.process_alive?(frozen) end, 10_000) !=
              :timeout
 

@@ -81,7 +81,12 @@ defmodule Snakepit.GRPC.BridgeServer do
   end
 
   defp start_server([address | fallbacks]) do
-    case Native.bridge_start(address, self(), Defaults.bridge_call_timeout_ms()) do
+    case Native.bridge_start(
+           address,
+           self(),
+           Defaults.bridge_call_timeout_ms(),
+           Defaults.allow_non_loopback_bind()
+         ) do
       {:ok, _} = ok ->
         ok
 
@@ -98,9 +103,16 @@ defmodule Snakepit.GRPC.BridgeServer do
   defp listen_addresses do
     case Defaults.worker_transport() do
       :tcp ->
+        fresh = Snakepit.Config.tcp_listen_address(Defaults.tcp_host())
+
+        host = String.trim_trailing(fresh, ":0")
+
         case :persistent_term.get(@tcp_key, nil) do
-          nil -> ["127.0.0.1:0"]
-          previous -> [previous, "127.0.0.1:0"]
+          nil ->
+            [fresh]
+
+          previous ->
+            if String.starts_with?(previous, host <> ":"), do: [previous, fresh], else: [fresh]
         end
 
       _unix ->
@@ -117,6 +129,16 @@ defmodule Snakepit.GRPC.BridgeServer do
       {:error, reason} ->
         Native.bridge_reply(call, failure(rpc, "cannot run the call: #{inspect(reason)}"))
     end
+
+    {:noreply, state}
+  end
+
+  # A call without this VM's secret was refused before any code ran.
+  def handle_info({:snakepit_auth_refused, reason}, state) do
+    Snakepit.Telemetry.emit([:snakepit, :security, :unauthenticated], %{count: 1}, %{
+      server: :bridge,
+      reason: reason
+    })
 
     {:noreply, state}
   end

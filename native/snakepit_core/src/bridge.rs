@@ -21,8 +21,9 @@ pub enum Listen {
     Tcp(String),
 }
 
-/// Parses `unix:/path` or a loopback `host:port`.
-pub fn parse_address(address: &str) -> Result<Listen, String> {
+/// Parses `unix:/path` or `host:port`; the host must be a loopback address
+/// unless `any_host` (the operator's explicit `allow_non_loopback_bind`).
+pub fn parse_address(address: &str, any_host: bool) -> Result<Listen, String> {
     if let Some(path) = address.strip_prefix("unix:") {
         let path = path.strip_prefix("//").unwrap_or(path);
         if path.is_empty() {
@@ -51,7 +52,7 @@ pub fn parse_address(address: &str) -> Result<Listen, String> {
             .parse::<std::net::IpAddr>()
             .map(|ip| ip.is_loopback())
             .unwrap_or(false);
-    if !loopback {
+    if !loopback && !any_host {
         return Err(format!(
             "bridge address {address:?} is not a loopback address; the bridge is local only"
         ));
@@ -176,27 +177,30 @@ mod tests {
     #[test]
     fn addresses_parse_and_refuse_what_is_not_local() {
         assert_eq!(
-            parse_address("unix:/tmp/x.sock").unwrap(),
+            parse_address("unix:/tmp/x.sock", false).unwrap(),
             Listen::Unix("/tmp/x.sock".into())
         );
         assert_eq!(
-            parse_address("unix:///tmp/x.sock").unwrap(),
+            parse_address("unix:///tmp/x.sock", false).unwrap(),
             Listen::Unix("/tmp/x.sock".into())
         );
-        assert!(parse_address("unix:").is_err());
-        assert!(parse_address("unix:relative.sock").is_err());
+        assert!(parse_address("unix:", false).is_err());
+        assert!(parse_address("unix:relative.sock", false).is_err());
         let long = format!("unix:/{}", "a".repeat(UNIX_PATH_MAX));
-        assert!(parse_address(&long).unwrap_err().contains("longer"));
+        assert!(parse_address(&long, false).unwrap_err().contains("longer"));
         assert_eq!(
-            parse_address("127.0.0.1:0").unwrap(),
+            parse_address("127.0.0.1:0", false).unwrap(),
             Listen::Tcp("127.0.0.1:0".into())
         );
-        assert!(parse_address("[::1]:0").is_ok());
-        assert!(parse_address("localhost:5000").is_ok());
-        assert!(parse_address("0.0.0.0:0").unwrap_err().contains("loopback"));
-        assert!(parse_address("10.1.2.3:80").is_err());
-        assert!(parse_address("127.0.0.1:notaport").is_err());
-        assert!(parse_address("nonsense").is_err());
+        assert!(parse_address("[::1]:0", false).is_ok());
+        assert!(parse_address("localhost:5000", false).is_ok());
+        assert!(parse_address("0.0.0.0:0", false)
+            .unwrap_err()
+            .contains("loopback"));
+        assert!(parse_address("10.1.2.3:80", false).is_err());
+        assert!(parse_address("127.0.0.1:notaport", false).is_err());
+        assert!(parse_address("nonsense", false).is_err());
+        assert!(parse_address("0.0.0.0:0", true).is_ok());
     }
 
     fn tmp_dir(name: &str) -> PathBuf {

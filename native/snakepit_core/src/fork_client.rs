@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::sync::oneshot;
 
+use crate::auth;
 use crate::exit::ExitStatus;
 use crate::signal;
 use crate::spawn::cvt;
@@ -116,7 +117,19 @@ impl ForkClient {
             }
             routes.pending.insert(id, (reply_tx, exit_tx));
         }
-        let message = json!({"id": id, "argv": argv, "env": env, "cwd": cwd}).to_string();
+        // The fork server refuses requests without this VM's secret; the
+        // worker gets it in its environment, never on its command line.
+        let mut env = env.to_vec();
+        env.retain(|(k, _)| k != auth::ENV_VAR);
+        env.push((auth::ENV_VAR.to_string(), auth::token().to_string()));
+        let message = json!({
+            "id": id,
+            "argv": argv,
+            "env": env,
+            "cwd": cwd,
+            "token": auth::token(),
+        })
+        .to_string();
         let sent = send_with_fds(
             self.socket.as_raw_fd(),
             message.as_bytes(),

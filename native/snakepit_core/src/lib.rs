@@ -3,6 +3,7 @@
 //! thread with a group guard, the client of a fork server, signals and liveness, waiting for exits,
 //! JSON parsing, and the bridge server's addresses and argument checks.
 
+pub mod auth;
 pub mod bridge;
 pub mod exit;
 pub mod fork_client;

@@ -22,6 +22,9 @@ rustler::atoms! {
     native_panic,
     invalid_argument,
     not_found,
+    snakepit_auth_refused,
+    missing,
+    wrong,
     // gRPC status codes, mapped one to one.
     cancelled,
     deadline_exceeded,

@@ -14,7 +14,7 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from .. import serialization
+from .. import auth, serialization
 from ..generated import snakepit_bridge_pb2 as pb
 from . import TelemetryHub, hub as default_hub
 
@@ -92,7 +92,7 @@ class TelemetryStream:
         while True:
             finished = asyncio.Event()
             try:
-                call = self._stub_factory().StreamTelemetry(self._events(finished))
+                call = self._stub_factory().StreamTelemetry(self._events(finished), metadata=auth.metadata())
                 try:
                     async for control in call:
                         backoff = 0.5

@@ -36,10 +36,12 @@ use rustler::types::map::MapIterator;
 use rustler::{Atom, Binary, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use serde_json::Value;
 use tokio::sync::{oneshot, watch};
+use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Response, Status};
 
 use snakepit_core::bridge::{self as core, Listen, SocketFile};
 
+use super::auth::RequireSecret;
 use super::channel::max_message_bytes;
 use super::pb::elixir_bridge_server::{ElixirBridge, ElixirBridgeServer};
 use super::pb::{
@@ -816,8 +818,9 @@ fn bridge_start<'a>(
     address: String,
     dispatcher: LocalPid,
     default_timeout_ms: u64,
+    allow_non_loopback: bool,
 ) -> Term<'a> {
-    let listen = match core::parse_address(&address) {
+    let listen = match core::parse_address(&address, allow_non_loopback) {
         Ok(listen) => listen,
         Err(msg) => return crate::reply::invalid_argument(env, msg),
     };
@@ -830,9 +833,12 @@ fn bridge_start<'a>(
         default_timeout: Duration::from_millis(default_timeout_ms.max(1)),
         shutdown: shutdown_rx.clone(),
     };
-    let service = ElixirBridgeServer::new(bridge)
-        .max_decoding_message_size(max_message_bytes())
-        .max_encoding_message_size(max_message_bytes());
+    let service = InterceptedService::new(
+        ElixirBridgeServer::new(bridge)
+            .max_decoding_message_size(max_message_bytes())
+            .max_encoding_message_size(max_message_bytes()),
+        RequireSecret { dispatcher },
+    );
     let router = tonic::transport::Server::builder().add_service(service);
     let mut stopped = shutdown_rx;
     let signal = async move {

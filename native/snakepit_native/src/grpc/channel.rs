@@ -7,9 +7,11 @@ use std::sync::Arc;
 
 use hyper_util::rt::TokioIo;
 use rustler::{Encoder, Env, ResourceArc, Term};
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint, Uri};
 use tower::service_fn;
 
+use super::auth::WithSecret;
 use super::pb::bridge_service_client::BridgeServiceClient;
 use super::unary::Unary;
 use crate::atoms;
@@ -35,12 +37,15 @@ fn set_max_message_bytes(bytes: usize) -> rustler::Atom {
 pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
 pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
+/// A worker's tonic client: every call carries the VM's secret.
+pub type Client = BridgeServiceClient<InterceptedService<Channel, WithSecret>>;
+
 /// Lazily connected HTTP/2 connections to one worker: tonic's channel for
 /// streams, pings and heartbeats, and the lean path for `ExecuteTool`.
 /// tonic's channel is not `RefUnwindSafe`; it holds no state a caught panic
 /// could leave broken.
 pub struct WorkerChannel {
-    client: AssertUnwindSafe<BridgeServiceClient<Channel>>,
+    client: AssertUnwindSafe<Client>,
     pub unary: Arc<Unary>,
 }
 
@@ -48,7 +53,7 @@ pub struct WorkerChannel {
 impl rustler::Resource for WorkerChannel {}
 
 impl WorkerChannel {
-    pub fn client(&self) -> BridgeServiceClient<Channel> {
+    pub fn client(&self) -> Client {
         self.client.0.clone()
     }
 }
@@ -85,7 +90,7 @@ fn connect(address: &str) -> Result<Channel, String> {
 fn grpc_connect(env: Env<'_>, address: String) -> Term<'_> {
     match connect(&address) {
         Ok(channel) => {
-            let client = BridgeServiceClient::new(channel)
+            let client = BridgeServiceClient::with_interceptor(channel, WithSecret)
                 .max_decoding_message_size(max_message_bytes())
                 .max_encoding_message_size(max_message_bytes());
             let res = ResourceArc::new(WorkerChannel {

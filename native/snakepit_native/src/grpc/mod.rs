@@ -1,6 +1,7 @@
 //! gRPC: the client the BEAM uses to call Python workers, and the bridge
 //! server the workers call back into.
 
+mod auth;
 mod bridge_server;
 mod channel;
 mod client;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use prost::Message;
+use snakepit_core::auth;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Code, Status};
 
@@ -140,7 +141,8 @@ impl Unary {
 
         let mut request = http::Request::post(http::Uri::from_static(URI))
             .header(http::header::CONTENT_TYPE, "application/grpc")
-            .header(http::header::TE, "trailers");
+            .header(http::header::TE, "trailers")
+            .header(auth::HEADER, auth::token());
         if let Some(t) = timeout {
             request = request.header("grpc-timeout", grpc_timeout(t));
         }

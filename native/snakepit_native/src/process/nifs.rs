@@ -8,6 +8,7 @@ use std::sync::Mutex;
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
+use snakepit_core::auth;
 use snakepit_core::exit::{wait_exit, ExitStatus};
 use snakepit_core::{signal, spawn};
 
@@ -35,8 +36,18 @@ fn error_reason(err: &io::Error) -> Atom {
     }
 }
 
+/// `%{orphan_protection: boolean, with_secret: boolean}`.
+#[derive(rustler::NifMap)]
+struct SpawnOpts {
+    orphan_protection: bool,
+    with_secret: bool,
+}
+
 /// Spawns `program` with `argv` (argv[0] included) and exactly `env`,
-/// in its own session; output and exit go to `owner` as messages.
+/// in its own session; output and exit go to `owner` as messages. With
+/// `with_secret`, the environment also gets this VM's secret (for Snakepit's
+/// own Python processes: workers and fork servers), which the BEAM never
+/// sees.
 #[rustler::nif(schedule = "DirtyIo")]
 fn spawn_process<'a>(
     env: Env<'a>,
@@ -45,8 +56,17 @@ fn spawn_process<'a>(
     environment: Vec<(String, String)>,
     cwd: Option<String>,
     owner: LocalPid,
-    orphan_protection: bool,
+    opts: SpawnOpts,
 ) -> NifResult<Term<'a>> {
+    let SpawnOpts {
+        orphan_protection,
+        with_secret,
+    } = opts;
+    let mut environment = environment;
+    environment.retain(|(k, _)| k != auth::ENV_VAR);
+    if with_secret {
+        environment.push((auth::ENV_VAR.to_string(), auth::token().to_string()));
+    }
     let build = || -> Result<spawn::SpawnSpec, String> {
         Ok(spawn::SpawnSpec {
             program: cstring(&program, "program")?,
