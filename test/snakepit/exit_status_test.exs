@@ -1,6 +1,6 @@
 defmodule Snakepit.ExitStatusTest do
   use ExUnit.Case, async: true
-  doctest Snakepit.ExitStatus
+  doctest Snakepit.Worker.ExitStatus
   doctest Snakepit.Redact
 
   test "a worker's state is redacted in its crash report" do

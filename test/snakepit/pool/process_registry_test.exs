@@ -26,6 +26,7 @@ defmodule Snakepit.Pool.ProcessRegistryTest do
     dir = ProcessRegistry.instance_dir()
     File.mkdir_p!(dir)
     corrupt = Path.join(dir, "zzzzzzz.dets")
+    on_exit(fn -> Enum.each(Path.wildcard(corrupt <> ".corrupt-*"), &File.rm/1) end)
     File.write!(corrupt, :crypto.strong_rand_bytes(4096))
 
     log =
@@ -37,7 +38,6 @@ defmodule Snakepit.Pool.ProcessRegistryTest do
     refute File.exists?(corrupt)
     assert [_aside] = Path.wildcard(corrupt <> ".corrupt-*")
     assert {:ok, _} = Snakepit.execute("ping", %{})
-    Enum.each(Path.wildcard(corrupt <> ".corrupt-*"), &File.rm!/1)
   end
 
   test "a reserved-only record (crash between reserve and spawn) is cleaned at boot" do

@@ -1,4 +1,4 @@
-defmodule Snakepit.ExitStatus do
+defmodule Snakepit.Worker.ExitStatus do
   @moduledoc """
   What a worker's end means, as pure functions shared by the worker, the
   pool and the crash barrier.
@@ -35,11 +35,11 @@ defmodule Snakepit.ExitStatus do
   @doc """
   The status behind a worker's exit reason.
 
-      iex> Snakepit.ExitStatus.of_reason({:shutdown, {:python_exited, {:signaled, 9}}})
+      iex> Snakepit.Worker.ExitStatus.of_reason({:shutdown, {:python_exited, {:signaled, 9}}})
       {:signaled, 9}
-      iex> Snakepit.ExitStatus.of_reason({:shutdown, :heartbeat_timeout})
+      iex> Snakepit.Worker.ExitStatus.of_reason({:shutdown, :heartbeat_timeout})
       :heartbeat_timeout
-      iex> Snakepit.ExitStatus.of_reason(:killed)
+      iex> Snakepit.Worker.ExitStatus.of_reason(:killed)
       :unknown
   """
   @spec of_reason(term()) :: t()
@@ -52,9 +52,9 @@ defmodule Snakepit.ExitStatus do
   Did the worker end by accident (its process died, hung, or was stopped
   hard), as opposed to a stop that was asked for?
 
-      iex> Snakepit.ExitStatus.crash?(:shutdown)
+      iex> Snakepit.Worker.ExitStatus.crash?(:shutdown)
       false
-      iex> Snakepit.ExitStatus.crash?({:shutdown, {:python_exited, {:exited, 1}}})
+      iex> Snakepit.Worker.ExitStatus.crash?({:shutdown, {:python_exited, {:exited, 1}}})
       true
   """
   @spec crash?(term()) :: boolean()
@@ -68,9 +68,9 @@ defmodule Snakepit.ExitStatus do
   @doc """
   The status in words, after the worker's name.
 
-      iex> Snakepit.ExitStatus.describe({:signaled, 9})
+      iex> Snakepit.Worker.ExitStatus.describe({:signaled, 9})
       "was killed by signal 9 (SIGKILL)"
-      iex> Snakepit.ExitStatus.describe({:exited, 3})
+      iex> Snakepit.Worker.ExitStatus.describe({:exited, 3})
       "exited with status 3"
   """
   @spec describe(t() | term()) :: String.t()
@@ -90,9 +90,9 @@ defmodule Snakepit.ExitStatus do
   @doc """
   What a crash status says about its cause.
 
-      iex> Snakepit.ExitStatus.classify({:signaled, 11})
+      iex> Snakepit.Worker.ExitStatus.classify({:signaled, 11})
       :segfault
-      iex> Snakepit.ExitStatus.classify({:exited, 137})
+      iex> Snakepit.Worker.ExitStatus.classify({:exited, 137})
       :killed
   """
   @spec classify(t() | term()) :: atom()
@@ -114,11 +114,11 @@ defmodule Snakepit.ExitStatus do
   status `:unknown`), so that it is expected to start fine next time,
   rather than failing on its own? An OOM kill is the process's own doing.
 
-      iex> Snakepit.ExitStatus.killed_from_outside?({:signaled, 9})
+      iex> Snakepit.Worker.ExitStatus.killed_from_outside?({:signaled, 9})
       true
-      iex> Snakepit.ExitStatus.killed_from_outside?({:exited, 2})
+      iex> Snakepit.Worker.ExitStatus.killed_from_outside?({:exited, 2})
       false
-      iex> Snakepit.ExitStatus.killed_from_outside?(:oom_killed)
+      iex> Snakepit.Worker.ExitStatus.killed_from_outside?(:oom_killed)
       false
   """
   @spec killed_from_outside?(t() | term()) :: boolean()

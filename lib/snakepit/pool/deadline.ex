@@ -1,4 +1,4 @@
-defmodule Snakepit.Deadline do
+defmodule Snakepit.Pool.Deadline do
   @moduledoc """
   A call's time budget as pure arithmetic on absolute deadlines
   (`System.monotonic_time(:millisecond)`, or `:infinity`).
@@ -23,9 +23,9 @@ defmodule Snakepit.Deadline do
   The deadline of a call with total budget `total` (ms or `:infinity`) and
   the options' `:deadline_ms`, whichever is earlier.
 
-      iex> Snakepit.Deadline.of([], :infinity)
+      iex> Snakepit.Pool.Deadline.of([], :infinity)
       :infinity
-      iex> Snakepit.Deadline.of([deadline_ms: 5], :infinity)
+      iex> Snakepit.Pool.Deadline.of([deadline_ms: 5], :infinity)
       5
   """
   @spec of(keyword(), timeout()) :: t()
@@ -42,9 +42,9 @@ defmodule Snakepit.Deadline do
   @doc """
   Milliseconds left until `deadline`, never negative.
 
-      iex> Snakepit.Deadline.remaining(:infinity)
+      iex> Snakepit.Pool.Deadline.remaining(:infinity)
       :infinity
-      iex> Snakepit.Deadline.remaining(Snakepit.Deadline.now() - 10)
+      iex> Snakepit.Pool.Deadline.remaining(Snakepit.Pool.Deadline.now() - 10)
       0
   """
   @spec remaining(t()) :: non_neg_integer() | :infinity
@@ -60,7 +60,7 @@ defmodule Snakepit.Deadline do
   How long (ms) a request may wait in a queue whose own budget is
   `configured`: that budget, capped by what is left until `deadline`.
 
-      iex> Snakepit.Deadline.queue_timeout(:infinity, 10_000)
+      iex> Snakepit.Pool.Deadline.queue_timeout(:infinity, 10_000)
       10_000
   """
   @spec queue_timeout(t(), timeout()) :: timeout()
@@ -69,9 +69,9 @@ defmodule Snakepit.Deadline do
   @doc """
   The earlier of two timeouts or deadlines (`:infinity` is latest).
 
-      iex> Snakepit.Deadline.earliest(:infinity, 3)
+      iex> Snakepit.Pool.Deadline.earliest(:infinity, 3)
       3
-      iex> Snakepit.Deadline.earliest(4, 3)
+      iex> Snakepit.Pool.Deadline.earliest(4, 3)
       3
   """
   @spec earliest(timeout(), timeout()) :: timeout()

@@ -15,7 +15,8 @@ defmodule Snakepit.GRPCWorker do
 
   require Logger
 
-  alias Snakepit.{Config, Defaults, Error, ExitStatus, Native, PythonRuntime, RunID, RuntimeDir}
+  alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir}
+  alias Snakepit.Worker.ExitStatus
   alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
 
@@ -202,7 +203,7 @@ defmodule Snakepit.GRPCWorker do
 
         state = start_heartbeat(state, channel)
         # To tell an OOM kill from another SIGKILL when the process dies.
-        state = Map.put(state, :oom_kills, Snakepit.OOMKills.count())
+        state = Map.put(state, :oom_kills, Snakepit.Worker.OOMKills.count())
 
         {:noreply,
          %{state | status: :ready, channel: channel, address: address, startup_timer: nil}}
@@ -239,7 +240,8 @@ defmodule Snakepit.GRPCWorker do
   end
 
   defp handle_process_event({:exit, status}, state) do
-    status = Snakepit.OOMKills.classify(status, state.oom_kills, Snakepit.OOMKills.count())
+    status =
+      Snakepit.Worker.OOMKills.classify(status, state.oom_kills, Snakepit.Worker.OOMKills.count())
 
     Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
       worker_id: state.id,

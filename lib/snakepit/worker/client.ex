@@ -5,7 +5,8 @@ defmodule Snakepit.GRPC.Client do
   turns replies into results and `Snakepit.Error`s.
   """
 
-  alias Snakepit.{Deadline, Defaults, Error, Native, Telemetry}
+  alias Snakepit.{Defaults, Error, Native, Telemetry}
+  alias Snakepit.Pool.Deadline
   alias Snakepit.Error.PythonTranslation
 
   # ToolError kinds that mean "no tool ran": an unknown tool, or a

@@ -26,7 +26,8 @@ defmodule Snakepit.Pool.Worker.Starter do
   """
   use GenServer
 
-  alias Snakepit.{Defaults, ExitStatus, Telemetry}
+  alias Snakepit.{Defaults, Telemetry}
+  alias Snakepit.Worker.ExitStatus
 
   @type restart_policy :: %{
           base_ms: non_neg_integer(),

@@ -1,4 +1,4 @@
-defmodule Snakepit.OOMKills do
+defmodule Snakepit.Worker.OOMKills do
   @moduledoc """
   Tells whether a worker that died of SIGKILL was killed by the kernel's
   OOM killer.
@@ -29,11 +29,11 @@ defmodule Snakepit.OOMKills do
   The status to report for a worker that ended with `status`, given the
   count when it started (`since`) and now (`now`).
 
-      iex> Snakepit.OOMKills.classify({:signaled, 9}, 3, 4)
+      iex> Snakepit.Worker.OOMKills.classify({:signaled, 9}, 3, 4)
       :oom_killed
-      iex> Snakepit.OOMKills.classify({:signaled, 9}, 3, 3)
+      iex> Snakepit.Worker.OOMKills.classify({:signaled, 9}, 3, 3)
       {:signaled, 9}
-      iex> Snakepit.OOMKills.classify({:exited, 1}, 3, 4)
+      iex> Snakepit.Worker.OOMKills.classify({:exited, 1}, 3, 4)
       {:exited, 1}
   """
   @spec classify(term(), non_neg_integer() | nil, non_neg_integer() | nil) :: term()

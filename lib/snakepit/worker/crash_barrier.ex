@@ -136,7 +136,7 @@ defmodule Snakepit.CrashBarrier do
   def crash_info(_result, _config), do: nil
 
   @doc """
-  What an exit status says about a crash (see `Snakepit.ExitStatus.classify/1`).
+  What an exit status says about a crash (see `Snakepit.Worker.ExitStatus.classify/1`).
 
       iex> Snakepit.CrashBarrier.classify({:signaled, 9})
       :killed
@@ -144,7 +144,7 @@ defmodule Snakepit.CrashBarrier do
       :exit
   """
   @spec classify(term()) :: atom()
-  defdelegate classify(status), to: Snakepit.ExitStatus
+  defdelegate classify(status), to: Snakepit.Worker.ExitStatus
 
   @doc """
   The error a call returns for a crash it could not (or may not) retry.

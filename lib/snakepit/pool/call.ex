@@ -1,0 +1,339 @@
+defmodule Snakepit.Pool.Call do
+  @moduledoc """
+  The caller's side of a call: it runs in the caller's own process.
+
+  A call leases a worker slot from the pool (`checkout/2`), calls the
+  worker straight through the native core (`Snakepit.GRPC.Client`), and
+  gives the slot back (`checkin/2`), so the pool never sits between a
+  caller and its reply. A transport failure is confirmed as a crash when
+  the worker's process died (`confirm_crash/2`); a crash of an idempotent
+  call may be retried on another worker under `Snakepit.CrashBarrier`. A
+  call that may still run in its worker (it timed out, its stream was
+  abandoned) is handed back as `:cancel`, and the pool stops it before the
+  slot is reused.
+  """
+
+  alias Snakepit.{CrashBarrier, Defaults, Error, Telemetry}
+  alias Snakepit.Bridge.SessionStore
+  alias Snakepit.GRPC.Client
+  alias Snakepit.Pool.Deadline
+  alias Snakepit.Worker.ExitStatus
+
+  # The pool answers a queued request itself when its queue time is up; the
+  # caller's own wait is this much longer, as a safety net only.
+  @checkout_slack_ms 1_000
+  # How long a caller whose call failed at the transport level waits to
+  # learn whether its worker's process died (a crash) or not.
+  @crash_confirm_ms 1_000
+  @transport_statuses [:unavailable, :unknown, :internal, :cancelled, :aborted, :data_loss]
+
+  @type lease :: %{
+          ref: reference(),
+          request_id: String.t(),
+          pool: atom(),
+          pool_pid: pid(),
+          worker: map(),
+          crash_barrier: map()
+        }
+
+  @doc "gRPC statuses that may mean the worker's process died under the call."
+  @spec transport_statuses() :: [atom()]
+  def transport_statuses, do: @transport_statuses
+
+  @doc "How long a transport failure waits to learn whether its worker died."
+  @spec crash_confirm_ms() :: pos_integer()
+  def crash_confirm_ms, do: @crash_confirm_ms
+
+  @doc """
+  Runs `command` with `args` on a worker. Options:
+
+    * `:pool` - pool name (default: the first configured pool)
+    * `:timeout` - total budget in ms (default `Snakepit.Pool.get_default_timeout_for_call(:execute, ...)`)
+    * `:deadline_ms` - absolute deadline (monotonic ms); the earlier of it and `:timeout` applies
+    * `:session_id` - session affinity; `:affinity` overrides the pool's mode
+    * `:idempotent` - `true` lets the crash barrier retry the call on another worker
+      (as does `idempotent: true` in `args`)
+    * `:metadata`, `:binary_parameters` - passed to the worker
+  """
+  @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute(command, args, opts \\ []) do
+    total = Snakepit.Pool.get_default_timeout_for_call(:execute, args, opts)
+
+    with :ok <- validate_call(command, args, total) do
+      deadline = Deadline.of(opts, total)
+      idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
+
+      started = System.monotonic_time()
+
+      attempt(opts, deadline, idempotent, 0, [], fn lease ->
+        result = Client.execute(lease.worker, command, args, call_opts(opts, lease, deadline))
+        emit_executed(lease, command, result, started)
+        result
+      end)
+    end
+  end
+
+  # Queueing included: the time the caller waited for its answer.
+  defp emit_executed(lease, command, result, started) do
+    duration_us =
+      System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+
+    Telemetry.emit([:snakepit, :request, :executed], %{duration_us: duration_us}, %{
+      pool: lease.pool,
+      worker_id: lease.worker.id,
+      command: command,
+      success: match?({:ok, _}, result)
+    })
+  end
+
+  @doc """
+  Runs a streaming `command`, calling `callback` with each chunk. Options as
+
+  `execute/3`; the default budget is `Snakepit.Defaults.pool_streaming_timeout/0`
+  and the queue budget `Snakepit.Defaults.checkout_timeout/0`. Streams are
+  never retried.
+  """
+  @spec execute_stream(String.t(), map(), (map() -> term()), keyword()) ::
+          :ok | {:error, Error.t()}
+  def execute_stream(command, args, callback, opts \\ []) do
+    total = Snakepit.Pool.get_default_timeout_for_call(:execute_stream, args, opts)
+
+    with :ok <- validate_call(command, args, total),
+         :ok <- validate_callback(callback) do
+      deadline = Deadline.of(opts, total)
+      opts = Keyword.put_new(opts, :queue_timeout, Defaults.checkout_timeout())
+
+      with {:ok, lease} <- checkout(opts, deadline) do
+        call_opts = call_opts(opts, lease, deadline)
+        # Checked in whatever happens, a raising callback included; a
+        # stream that did not end is stopped before its slot is reused.
+        {result, ended} =
+          try do
+            Client.stream(lease.worker, command, args, callback, call_opts)
+          rescue
+            e ->
+              checkin(lease, :cancel)
+              reraise e, __STACKTRACE__
+          catch
+            kind, reason ->
+              checkin(lease, :cancel)
+              :erlang.raise(kind, reason, __STACKTRACE__)
+          end
+
+        result = confirm_crash(result, lease)
+        checkin(lease, if(ended == :ended, do: result, else: :cancel))
+        result
+      end
+    end
+  end
+
+  # One attempt of a call; a crash of its worker may lead to another
+  # attempt, on another worker, when the crash barrier allows it.
+  defp attempt(opts, deadline, idempotent, n, avoid, fun) do
+    opts = if avoid == [], do: opts, else: Keyword.put(opts, :avoid, avoid)
+
+    with {:ok, lease} <- checkout(opts, deadline) do
+      result = fun.(lease) |> confirm_crash(lease)
+      checkin(lease, result)
+
+      case CrashBarrier.crash_info(result, lease.crash_barrier) do
+        nil ->
+          result
+
+        info ->
+          config = lease.crash_barrier
+
+          if CrashBarrier.retry_allowed?(config, idempotent, n) and
+               Deadline.remaining(deadline) > 0 do
+            backoff = CrashBarrier.retry_backoff(config, n)
+
+            Telemetry.emit(
+              [:snakepit, :crash_barrier, :retry],
+              %{attempt: n + 1, backoff_ms: backoff},
+              %{pool: lease.pool, worker_id: info.worker_id, classification: info.classification}
+            )
+
+            # A deliberate pause before the retry, not a wait for an event.
+            Process.sleep(min(backoff, Deadline.remaining(deadline)))
+
+            opts =
+              Keyword.put(
+                opts,
+                :queue_timeout,
+                Deadline.earliest(
+                  Keyword.get(opts, :queue_timeout, :infinity),
+                  Defaults.crash_barrier_checkout_timeout()
+                )
+              )
+
+            attempt(opts, deadline, idempotent, n + 1, [info.worker_id | avoid], fun)
+          else
+            CrashBarrier.normalize_crash_error(result, info)
+          end
+      end
+    end
+  end
+
+  # A transport failure may mean the worker's Python process died under
+  # the call. Find out (the worker process stops when Python exits) and
+  # report it as a crash.
+  defp confirm_crash(
+         {:error, %Error{category: :grpc_error, grpc_status: status} = error} = result,
+         lease
+       )
+       when status in @transport_statuses do
+    worker = lease.worker
+    mref = Process.monitor(worker.pid)
+
+    receive do
+      {:DOWN, ^mref, :process, _, reason} ->
+        {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
+    after
+      @crash_confirm_ms ->
+        Process.demonitor(mref, [:flush])
+
+        if Snakepit.Native.process_alive(worker.os_pid),
+          do: result,
+          else: {:error, crash_error(error, lease, :unknown)}
+    end
+  end
+
+  defp confirm_crash(result, _lease), do: result
+
+  defp crash_error(error, lease, status) do
+    id = lease.worker.id
+
+    Error.worker_error(
+      "worker #{id} crashed during the call (it #{ExitStatus.describe(status)}): #{error.message}",
+      Map.merge(error.details, %{
+        reason: :worker_crash,
+        worker_id: id,
+        pool: lease.pool,
+        exit_status: status
+      })
+    )
+  end
+
+  defp validate_call(command, args, timeout) do
+    cond do
+      not is_binary(command) or command == "" ->
+        {:error,
+         Error.validation_error("command must be a non-empty string, got: #{inspect(command)}")}
+
+      not is_map(args) ->
+        {:error, Error.validation_error("args must be a map, got: #{inspect(args)}")}
+
+      not (timeout == :infinity or (is_integer(timeout) and timeout > 0)) ->
+        {:error,
+         Error.validation_error(
+           "timeout must be a positive integer or :infinity, got: #{inspect(timeout)}"
+         )}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp validate_callback(callback) when is_function(callback, 1), do: :ok
+
+  defp validate_callback(other),
+    do:
+      {:error,
+       Error.validation_error("callback must be a function of arity 1, got: #{inspect(other)}")}
+
+  # The call to Python gets the rpc deadline; a timed-out call is stopped
+  # in the worker by its request id, learning how within the caller's own
+  # deadline.
+  defp call_opts(opts, lease, deadline) do
+    opts
+    |> Keyword.take([:session_id, :metadata, :binary_parameters])
+    |> Keyword.merge(
+      deadline: Deadline.rpc_deadline(deadline),
+      stop_by: deadline,
+      request_id: lease.request_id
+    )
+  end
+
+  defp resolve_pool(opts) do
+    {server, name} =
+      case Keyword.get(opts, :pool) do
+        nil -> {Snakepit.Pool, nil}
+        pid when is_pid(pid) -> {pid, nil}
+        Snakepit.Pool -> {Snakepit.Pool, nil}
+        {server, name} -> {server, name}
+        name when is_atom(name) -> {Keyword.get(opts, :pool_server, Snakepit.Pool), name}
+      end
+
+    case GenServer.whereis(server) do
+      nil ->
+        {:error,
+         Error.pool_error("Snakepit pool #{inspect(server)} is not running", %{pool: server})}
+
+      pid ->
+        {:ok, pid, name}
+    end
+  end
+
+  @doc false
+  # Leases a worker slot. Options as `execute/3`, plus `:avoid` (worker ids
+  # to keep away from) and `:queue_timeout` (a cap on the pool's own).
+  @spec checkout(keyword(), integer() | :infinity) :: {:ok, lease()} | {:error, Error.t()}
+  def checkout(opts, deadline) do
+    with {:ok, pid, name} <- resolve_pool(opts) do
+      ref = make_ref()
+      session = Keyword.get(opts, :session_id)
+
+      request = %{
+        ref: ref,
+        # Names the call in the worker, so it can be stopped there.
+        request_id: Integer.to_string(System.unique_integer([:positive])),
+        pool: name,
+        session_id: session,
+        affinity: Keyword.get(opts, :affinity),
+        stored_worker: session && SessionStore.last_worker(session),
+        avoid: Keyword.get(opts, :avoid, []),
+        deadline: deadline,
+        queue_cap: Keyword.get(opts, :queue_timeout, :infinity)
+      }
+
+      wait =
+        if deadline == :infinity,
+          do: :infinity,
+          else: Deadline.remaining(deadline) + @checkout_slack_ms
+
+      try do
+        GenServer.call(pid, {:checkout, request}, wait)
+      catch
+        :exit, {:timeout, _} ->
+          send(pid, {:cancel_checkout, name, ref})
+          {:error, Error.timeout_error("no worker was free in time", %{pool: name})}
+
+        :exit, reason ->
+          {:error, Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
+      end
+    end
+  end
+
+  @doc false
+  # Gives the slot back. `result` is the call's result, or `:cancel` when
+  # the call may still run in the worker (it timed out, its stream was
+  # abandoned, its transport failed): the pool then stops it first.
+  @spec checkin(lease(), term()) :: :ok
+  def checkin(lease, result) do
+    send(lease.pool_pid, {:checkin, lease.pool, lease.ref, checkin_outcome(result)})
+    :ok
+  end
+
+  defp checkin_outcome(:cancel), do: :cancel
+
+  defp checkin_outcome({:error, %Error{details: %{stop: stop}}})
+       when stop in [:running, :unconfirmed],
+       do: :cancel
+
+  defp checkin_outcome({:error, %Error{category: :grpc_error, grpc_status: status}})
+       when status in @transport_statuses,
+       do: :cancel
+
+  defp checkin_outcome({:error, _}), do: :error
+  defp checkin_outcome(_ok), do: :ok
+end

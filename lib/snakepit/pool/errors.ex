@@ -1,0 +1,69 @@
+defmodule Snakepit.Pool.Errors do
+  @moduledoc """
+  The errors a pool answers a request with when it cannot lease it a
+  worker, as `%Snakepit.Error{category: :pool | :timeout}` with the reason
+  in `details.reason`. Pure.
+  """
+
+  alias Snakepit.{Error, Telemetry}
+  alias Snakepit.Pool.State
+
+  @doc """
+  The error for a checkout refused with `reason` (`:pool_saturated`,
+  `:pool_failed`, `:worker_busy`, `:session_worker_unavailable`) by `pool`
+  (a `Snakepit.Pool.State`). A saturated pool also emits
+  `[:snakepit, :pool, :saturated]`.
+  """
+  @spec checkout_error(atom(), Snakepit.Pool.State.t(), map()) :: Error.t()
+  def checkout_error(:pool_saturated, pool, _request) do
+    Telemetry.emit(
+      [:snakepit, :pool, :saturated],
+      %{queue_size: :queue.len(pool.queue), max_queue_size: pool.config.max_queue_size},
+      %{pool: pool.name}
+    )
+
+    Error.pool_error(
+      "pool #{inspect(pool.name)} is saturated: #{pool.config.max_queue_size} requests already queued",
+      %{pool: pool.name, reason: :pool_saturated}
+    )
+  end
+
+  def checkout_error(:pool_failed, pool, _request) do
+    down = map_size(pool.down)
+
+    Error.pool_error(
+      "pool #{inspect(pool.name)} has no ready worker (#{down} of #{pool.expected} slots down, " <>
+        "restarting with backoff): #{error_message(pool.startup_error)}",
+      %{pool: pool.name, reason: :pool_failed, cause: pool.startup_error, slots_down: down}
+    )
+  end
+
+  def checkout_error(:worker_busy, pool, request) do
+    worker = State.session_worker(pool, request.session_id)
+
+    Error.pool_error(
+      "worker #{worker} of session #{inspect(request.session_id)} is busy (affinity :strict_fail_fast)",
+      %{pool: pool.name, reason: :worker_busy, worker_id: worker, session_id: request.session_id}
+    )
+  end
+
+  def checkout_error(:session_worker_unavailable, pool, request) do
+    Error.pool_error(
+      "the worker of session #{inspect(request.session_id)} is gone (it crashed, restarted or " <>
+        "was recycled); its in-memory state is lost",
+      %{pool: pool.name, reason: :session_worker_unavailable, session_id: request.session_id}
+    )
+  end
+
+  defp error_message(%{message: m}), do: m
+  defp error_message(other), do: inspect(other)
+
+  @doc "The error of a request that waited `ms` in the queue of `pool_name` without a worker."
+  @spec queue_timeout(atom(), non_neg_integer()) :: Error.t()
+  def queue_timeout(pool_name, ms) do
+    Error.timeout_error(
+      "no worker of pool #{inspect(pool_name)} was free within #{ms} ms",
+      %{pool: pool_name, reason: :queue_timeout, timeout_ms: ms}
+    )
+  end
+end

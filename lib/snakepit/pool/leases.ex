@@ -1,0 +1,173 @@
+defmodule Snakepit.Pool.Leases do
+  @moduledoc """
+  Leases of worker slots, on the pool process's state (see
+  `Snakepit.Pool.Server`): answering a checkout (granted, queued with a
+  timer, refused), carrying out `Snakepit.Pool.State`'s actions, check-ins,
+  callers that die, and stopping a call that may still run in its worker
+  (CancelTool, then a hard stop after `cancel_grace_ms`) before its slot is
+  reused.
+  """
+
+  alias Snakepit.{Defaults, GRPCWorker, Native, Telemetry}
+  alias Snakepit.Bridge.SessionStore
+  alias Snakepit.Pool.{Call, Deadline, Errors, Runtime, Server, Slots, State}
+  alias Snakepit.Worker.LifecycleManager
+
+  @doc false
+  def lease(state, request, worker) do
+    %{
+      ref: request.ref,
+      request_id: request.request_id,
+      pool: request.pool,
+      pool_pid: self(),
+      worker: worker,
+      crash_barrier: state.runtime[request.pool].crash_barrier
+    }
+  end
+
+  @doc false
+  # The session store remembers the worker of each session, so affinity
+  # survives pool restarts; written only when the worker changes.
+  def note_session(%{session_id: nil}, _worker), do: :ok
+  def note_session(%{stored_worker: id}, %{id: id}), do: :ok
+
+  def note_session(%{session_id: session}, worker),
+    do: SessionStore.store_worker_session(session, worker.id)
+
+  @doc false
+  def schedule_queue_timeout(request, configured) do
+    cap = Deadline.earliest(configured, request.queue_cap)
+
+    case Deadline.queue_timeout(request.deadline, cap) do
+      :infinity ->
+        nil
+
+      ms ->
+        Process.send_after(self(), {:queue_timeout, request.pool, request.ref, ms}, ms)
+    end
+  end
+
+  @doc false
+  # A request that leaves the queue early no longer needs its timer.
+  def cancel_queue_timer(%{timer: timer}) when is_reference(timer),
+    do: :erlang.cancel_timer(timer, async: true, info: false)
+
+  def cancel_queue_timer(_request), do: :ok
+
+  @doc false
+  def perform(state, name, actions) do
+    Enum.reduce(actions, state, fn
+      {:grant, request, worker}, acc ->
+        cancel_queue_timer(request)
+        note_session(request, worker)
+        GenServer.reply(request.from, {:ok, lease(acc, request, worker)})
+        acc
+
+      {:reject, request, reason}, acc ->
+        cancel_queue_timer(request)
+        Process.demonitor(request.mref, [:flush])
+
+        GenServer.reply(
+          request.from,
+          {:error, Errors.checkout_error(reason, acc.pools[name], request)}
+        )
+
+        %{acc | callers: Map.delete(acc.callers, request.mref)}
+
+      {:stop_worker, worker}, acc ->
+        acc = Slots.forget_starter(acc, worker.id)
+        Slots.stop_async(worker.id)
+
+        acc
+        |> Server.update_pool(name, &State.forget_slot(&1, worker.id))
+        |> Server.put_runtime(name, Runtime.stopped(acc.runtime[name], worker.id))
+    end)
+  end
+
+  @doc false
+  # A caller died: drop its queued request or take back its slot.
+  def caller_down(state, name, ref) do
+    case State.cancel(state.pools[name], ref, :caller_down) do
+      {:dropped, request, pool} ->
+        cancel_queue_timer(request)
+        Server.put_pool(state, name, pool)
+
+      {:not_queued, _} ->
+        # Its call may still run in the worker: stop it there first.
+        stop_call(state, name, ref, false)
+    end
+  end
+
+  @doc false
+  # A call may still run in its worker (its caller gave up or died): ask
+  # the worker to stop it, keeping the slot leased meanwhile, so the worker
+  # never runs more calls than its capacity. The slot comes back when the
+  # worker says the call ended; when it still runs after cancel_grace_ms,
+  # or the worker cannot be asked, the worker is killed and replaced.
+  def stop_call(state, name, ref, demonitor) do
+    pool = state.pools[name]
+
+    with %{^ref => lease} <- pool.leases,
+         %{} = worker <- pool.workers[lease.worker_id] do
+      if demonitor, do: Process.demonitor(lease.mref, [:flush])
+      grace = Defaults.cancel_grace_ms()
+      cref = make_ref()
+      :ok = Native.grpc_cancel(worker.channel, self(), cref, lease.request_id, grace)
+      timer = Process.send_after(self(), {:stop_timeout, cref}, grace + Call.crash_confirm_ms())
+
+      %{
+        state
+        | callers: Map.delete(state.callers, lease.mref),
+          stopping: Map.put(state.stopping, cref, {name, ref, worker.pid, timer})
+      }
+    else
+      _ -> release(state, name, ref, :error, demonitor)
+    end
+  end
+
+  @doc false
+  def hard_stop(state, name, worker_pid) do
+    emit_stopped(name, worker_pid, :hard_stop)
+    # Its leases go when it is down (worker_down/5).
+    GRPCWorker.hard_stop(worker_pid)
+    state
+  end
+
+  @doc false
+  def emit_stopped(name, worker_pid, stop) do
+    Telemetry.emit([:snakepit, :request, :stopped], %{}, %{
+      pool: name,
+      worker_pid: worker_pid,
+      stop: stop
+    })
+  end
+
+  @doc false
+  def release(state, name, ref, outcome, demonitor \\ true) do
+    pool = state.pools[name]
+
+    state =
+      case pool.leases do
+        %{^ref => lease} ->
+          if demonitor, do: Process.demonitor(lease.mref, [:flush])
+          count_request(state, name, lease.worker_id)
+          %{state | callers: Map.delete(state.callers, lease.mref)}
+
+        _ ->
+          state
+      end
+
+    {actions, pool} = State.checkin(state.pools[name], ref, outcome)
+    state |> Server.put_pool(name, pool) |> perform(name, actions)
+  end
+
+  @doc false
+  def count_request(state, name, id) do
+    count = LifecycleManager.increment_request_count(id)
+
+    case state.pools[name].config.worker_max_requests do
+      max when is_integer(max) and count >= max -> send(self(), {:max_requests, name, id})
+      _ -> :ok
+    end
+  end
+end

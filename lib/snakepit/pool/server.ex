@@ -1,0 +1,401 @@
+defmodule Snakepit.Pool.Server do
+  @moduledoc """
+  The process behind `Snakepit.Pool`: plumbing only. It receives requests,
+  worker and caller events, and turns them into calls of the pure
+  `Snakepit.Pool.State` (scheduling) and `Snakepit.Pool.Runtime` (batches,
+  recycling), carrying out their actions through `Snakepit.Pool.Slots`
+  (worker slots: starting, readiness, deaths, recycling) and
+  `Snakepit.Pool.Leases` (leases: grants, check-ins, stopping calls whose
+  caller gave up).
+
+  The state is a map: `pools` and `runtime` (one `State` and one `Runtime`
+  per pool name), `order` and `default` (the configured pools), monitors of
+  `starters`, workers (`monitors`) and `callers`, CancelTool calls in
+  flight (`stopping`) and `waiters` of `await_ready/2`.
+  """
+  use GenServer
+
+  alias Snakepit.{Config, CrashBarrier, Defaults, Error, Telemetry}
+  alias Snakepit.GRPC.Client
+  alias Snakepit.Pool.{Deadline, Errors, Leases, Runtime, Slots, State}
+  alias Snakepit.Worker.LifecycleManager
+
+  @impl true
+  def init(opts) do
+    pools =
+      case Keyword.fetch(opts, :pools) do
+        {:ok, pools} -> Config.normalize_all(pools)
+        :error -> Config.get_pool_configs()
+      end
+
+    case pools do
+      {:ok, configs} ->
+        state = %{
+          pools: Map.new(configs, &{&1.name, State.new(&1)}),
+          order: Enum.map(configs, & &1.name),
+          default: hd(configs).name,
+          runtime: Map.new(configs, &{&1.name, Runtime.new(&1)}),
+          starters: %{},
+          monitors: %{},
+          callers: %{},
+          # CancelTool calls in flight: ref => {pool, lease ref, worker pid, timer}
+          stopping: %{},
+          waiters: []
+        }
+
+        schedule_prune()
+        {:ok, state, {:continue, :start_workers}}
+
+      {:error, reason} ->
+        {:stop, {:invalid_config, reason}}
+    end
+  end
+
+  # Pool configs carry adapter_env (secrets): never in a crash report.
+  @impl true
+  def format_status(status), do: Snakepit.Redact.status(status)
+
+  @impl true
+  def handle_continue(:start_workers, state) do
+    {:noreply, Enum.reduce(state.order, state, &Slots.start_batch(&2, &1))}
+  end
+
+  @impl true
+  def handle_call({:checkout, request}, {caller, _} = from, state) do
+    name = request.pool || state.default
+
+    case Map.fetch(state.pools, name) do
+      :error ->
+        {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
+         state}
+
+      {:ok, pool} ->
+        mref = Process.monitor(caller)
+        request = %{request | pool: name} |> Map.merge(%{from: from, mref: mref, now: now()})
+
+        case State.checkout(pool, request) do
+          {:granted, worker, pool} ->
+            Leases.note_session(request, worker)
+
+            {:reply, {:ok, Leases.lease(state, request, worker)},
+             %{
+               put_pool(state, name, pool)
+               | callers: Map.put(state.callers, mref, {name, request.ref})
+             }}
+
+          {:queued, pool} ->
+            timer = Leases.schedule_queue_timeout(request, pool.config.queue_timeout)
+            pool = State.annotate_waiting(pool, request.ref, %{timer: timer})
+
+            {:noreply,
+             %{
+               put_pool(state, name, pool)
+               | callers: Map.put(state.callers, mref, {name, request.ref})
+             }}
+
+          {:error, reason, pool} ->
+            Process.demonitor(mref, [:flush])
+
+            {:reply, {:error, Errors.checkout_error(reason, pool, request)},
+             put_pool(state, name, pool)}
+        end
+    end
+  end
+
+  def handle_call({:await, kind, which}, from, state) do
+    if which != :all and not Map.has_key?(state.pools, which) do
+      {:reply, {:error, Error.pool_error("unknown pool #{inspect(which)}", %{pool: which})},
+       state}
+    else
+      {:noreply, answer_waiters(%{state | waiters: [{from, kind, which} | state.waiters]})}
+    end
+  end
+
+  def handle_call({:stats, :all}, _from, state) do
+    stats =
+      state.pools
+      |> Map.values()
+      |> Enum.map(&State.stats/1)
+      |> Enum.reduce(&Map.merge(&1, &2, fn _k, a, b -> sum_stat(a, b) end))
+
+    {:reply, stats, state}
+  end
+
+  def handle_call({:stats, name}, _from, state) do
+    case Map.fetch(state.pools, name) do
+      {:ok, pool} ->
+        {:reply, State.stats(pool), state}
+
+      :error ->
+        {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
+         state}
+    end
+  end
+
+  def handle_call({:list_workers, which}, _from, state) do
+    pools = if which == :all, do: Map.values(state.pools), else: List.wrap(state.pools[which])
+
+    ids =
+      for pool <- pools,
+          {id, w} <- pool.workers,
+          w.status == :active,
+          do: id
+
+    {:reply, Enum.sort(ids), state}
+  end
+
+  def handle_call({:worker_load, name, id}, _from, state) do
+    load =
+      case state.pools[name] do
+        %{workers: %{^id => w}} -> w.load
+        _ -> 0
+      end
+
+    {:reply, load, state}
+  end
+
+  def handle_call(:worker_details, _from, state) do
+    details =
+      for {name, pool} <- state.pools, {id, w} <- pool.workers do
+        %{pool: name, id: id, pid: w.pid, os_pid: w.os_pid, config: pool.config}
+      end
+
+    {:reply, details, state}
+  end
+
+  def handle_call({:recycle, name, id, reason}, _from, state) do
+    {reply, state} = Slots.recycle(state, name, id, reason)
+    {:reply, reply, state}
+  end
+
+  @impl true
+  def handle_info({:checkin, name, ref, :cancel}, state) do
+    {:noreply, Leases.stop_call(state, name, ref, true)}
+  end
+
+  def handle_info({:checkin, name, ref, outcome}, state) do
+    {:noreply, Leases.release(state, name, ref, outcome)}
+  end
+
+  # The worker's answer to a CancelTool the pool sent (stop_call/4).
+  def handle_info({cref, reply}, state) when is_map_key(state.stopping, cref) do
+    {{name, ref, worker, timer}, stopping} = Map.pop(state.stopping, cref)
+    Process.cancel_timer(timer)
+    state = %{state | stopping: stopping}
+
+    case reply do
+      {:ok, answer} when answer != "running" ->
+        Leases.emit_stopped(name, worker, Client.stop_state(answer))
+        {:noreply, Leases.release(state, name, ref, :error, false)}
+
+      _still_running_or_unreachable ->
+        {:noreply, Leases.hard_stop(state, name, worker)}
+    end
+  end
+
+  def handle_info({:stop_timeout, cref}, state) when is_map_key(state.stopping, cref) do
+    {{name, _ref, worker, _timer}, stopping} = Map.pop(state.stopping, cref)
+    {:noreply, Leases.hard_stop(%{state | stopping: stopping}, name, worker)}
+  end
+
+  def handle_info({:queue_timeout, name, ref, ms}, state) do
+    case State.cancel(state.pools[name], ref, :timeout) do
+      {:dropped, request, pool} ->
+        Process.demonitor(request.mref, [:flush])
+        Telemetry.emit([:snakepit, :pool, :queue, :timeout], %{timeout_ms: ms}, %{pool: name})
+
+        GenServer.reply(request.from, {:error, Errors.queue_timeout(name, ms)})
+
+        {:noreply,
+         %{put_pool(state, name, pool) | callers: Map.delete(state.callers, request.mref)}}
+
+      {:not_queued, _pool} ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info({:cancel_checkout, name, ref}, state) do
+    name = name || state.default
+
+    state =
+      case State.cancel(state.pools[name], ref, :caller_down) do
+        {:dropped, request, pool} ->
+          Leases.cancel_queue_timer(request)
+          Process.demonitor(request.mref, [:flush])
+          %{put_pool(state, name, pool) | callers: Map.delete(state.callers, request.mref)}
+
+        {:not_queued, _} ->
+          Leases.release(state, name, ref, :ok)
+      end
+
+    {:noreply, state}
+  end
+
+  def handle_info({:next_batch, name}, state) do
+    state = put_runtime(state, name, Runtime.batch_timer(state.runtime[name], nil))
+    {:noreply, Slots.start_batch(state, name)}
+  end
+
+  def handle_info({:worker_ready, name, worker}, state) do
+    ref = Process.monitor(worker.pid)
+    rt = state.runtime[name]
+
+    Telemetry.emit(
+      [:snakepit, :worker, :initialized],
+      %{initialization_time: Runtime.uptime(rt, worker.id, now())},
+      %{worker_id: worker.id, pool: name}
+    )
+
+    CrashBarrier.maybe_emit_restart(name, worker.id)
+
+    LifecycleManager.track_worker(
+      name,
+      worker.id,
+      worker.pid,
+      Slots.lifecycle_config(state, name, worker)
+    )
+
+    state =
+      %{state | monitors: Map.put(state.monitors, ref, {name, worker.id, worker.pid})}
+      |> update_pool(name, &State.add_worker(&1, worker))
+      |> Slots.batch_settled(name, worker.id)
+      |> Slots.replacement_ready(name, worker.id)
+
+    {actions, pool} = State.dispatch(state.pools[name])
+    {:noreply, state |> put_pool(name, pool) |> Leases.perform(name, actions) |> answer_waiters()}
+  end
+
+  def handle_info({:worker_failed, name, id, error}, state) do
+    Snakepit.Logger.error(:pool, "Snakepit worker #{id} failed to start: #{error.message}")
+
+    if Runtime.replacement?(state.runtime[name], id) do
+      # A failed replacement is not retried: the worker it was to replace
+      # keeps serving.
+      state = Slots.forget_starter(state, id)
+      Slots.stop_async(id)
+
+      {:noreply,
+       state
+       |> update_pool(name, &State.forget_slot(&1, id))
+       |> Slots.replacement_failed(name, id)}
+    else
+      failing? = not Map.get(error.details, :transient, false)
+      {actions, pool} = State.worker_failed(state.pools[name], id, error, failing?)
+
+      {:noreply,
+       state
+       |> put_pool(name, pool)
+       |> Leases.perform(name, actions)
+       |> Slots.batch_settled(name, id)
+       |> answer_waiters()}
+    end
+  end
+
+  def handle_info({:worker_restarting, name, id, info}, state) do
+    case state.pools[name] do
+      nil ->
+        {:noreply, state}
+
+      pool ->
+        {:noreply, put_pool(state, name, State.worker_restarting(pool, id, info))}
+    end
+  end
+
+  def handle_info({:max_requests, name, id}, state) do
+    {_reply, state} = Slots.recycle(state, name, id, :max_requests)
+    {:noreply, state}
+  end
+
+  def handle_info({:untaint, name, id}, state) do
+    {:noreply, update_pool(state, name, &State.untaint(&1, id))}
+  end
+
+  def handle_info(:prune_sessions, state) do
+    older = now() - Defaults.session_default_ttl() * 1_000
+
+    pools = Map.new(state.pools, fn {name, pool} -> {name, State.prune_sessions(pool, older)} end)
+    schedule_prune()
+    {:noreply, %{state | pools: pools}}
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
+    cond do
+      Map.has_key?(state.callers, ref) ->
+        {{name, req_ref}, callers} = Map.pop(state.callers, ref)
+        {:noreply, Leases.caller_down(%{state | callers: callers}, name, req_ref)}
+
+      Map.has_key?(state.monitors, ref) ->
+        {{name, id, pid}, monitors} = Map.pop(state.monitors, ref)
+        {:noreply, Slots.worker_down(%{state | monitors: monitors}, name, id, pid, reason)}
+
+      Map.has_key?(state.starters, ref) ->
+        {{name, id}, starters} = Map.pop(state.starters, ref)
+        {:noreply, Slots.starter_down(%{state | starters: starters}, name, id, reason)}
+
+      true ->
+        {:noreply, state}
+    end
+  end
+
+  def handle_info(_other, state), do: {:noreply, state}
+
+  defp schedule_prune,
+    do: Process.send_after(self(), :prune_sessions, Defaults.session_cleanup_interval())
+
+  @doc false
+  def answer_waiters(%{waiters: []} = state), do: state
+
+  def answer_waiters(state) do
+    {answered, waiting} =
+      Enum.split_with(state.waiters, fn {from, kind, which} ->
+        case readiness(state, kind, which) do
+          :waiting ->
+            false
+
+          reply ->
+            GenServer.reply(from, reply)
+            true
+        end
+      end)
+
+    _ = answered
+    %{state | waiters: waiting}
+  end
+
+  defp readiness(state, kind, which) do
+    pools =
+      if which == :all,
+        do: Enum.map(state.order, &state.pools[&1]),
+        else: [state.pools[which]]
+
+    reached? =
+      case kind do
+        :ready -> &(&1.status == :ready)
+        :complete -> &State.init_complete?/1
+      end
+
+    cond do
+      failed = Enum.find(pools, &(&1.status == :failed)) ->
+        {:error, Errors.checkout_error(:pool_failed, failed, %{})}
+
+      Enum.all?(pools, reached?) ->
+        :ok
+
+      true ->
+        :waiting
+    end
+  end
+
+  # Counters add up across pools; per-slot maps (`down`) merge.
+  defp sum_stat(a, b) when is_map(a), do: Map.merge(a, b)
+  defp sum_stat(a, b), do: a + b
+
+  defp now, do: Deadline.now()
+
+  @doc false
+  def put_pool(state, name, pool), do: %{state | pools: Map.put(state.pools, name, pool)}
+  @doc false
+  def update_pool(state, name, fun), do: put_pool(state, name, fun.(state.pools[name]))
+  @doc false
+  def put_runtime(state, name, rt), do: %{state | runtime: Map.put(state.runtime, name, rt)}
+end
