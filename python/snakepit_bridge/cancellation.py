@@ -103,6 +103,13 @@ class ActiveCall:
 
     # ------------------------------------------------------------ cancelling
 
+    def stopping(self) -> None:
+        """The call is already being stopped another way (a stream whose
+        consumer went away gets StreamCancelled at its next item): a later
+        cancel waits for it instead of raising into its clean-up."""
+        with self._lock:
+            self.cancel_requested = True
+
     def cancel(self) -> None:
         """Ask the call to stop (idempotent; any thread)."""
         with self._lock:

@@ -32,8 +32,9 @@ import time
 import traceback
 from typing import Any, AsyncIterator, Callable
 
-from . import serialization, telemetry
+from . import serialization, telemetry, thread_checks
 from . import elixir_bridge
+from .thread_checks import ConcurrencyCheck
 from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
 from .errors import (
     ArgumentBindingError,
@@ -109,6 +110,8 @@ class ToolRunner:
         self.executor = executor or concurrent.futures.ThreadPoolExecutor(thread_name_prefix="snakepit-tool")
         self.sessions = sessions or SessionTable()
         self.calls = CallRegistry()
+        # thread_safety_checks: only meaningful when calls really overlap.
+        self.thread_checks = ConcurrencyCheck() if thread_checks.enabled_from_env() else None
         self.tools: dict[str, ToolInfo] = discover_tools(adapter)
         legacy = getattr(adapter, "execute_tool", None)
         self.legacy_execute: Callable[..., Any] | None = legacy if callable(legacy) else None
@@ -190,6 +193,8 @@ class ToolRunner:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
             fn = functools.partial(call.func, *call.args, **call.kwargs)
+            if self.thread_checks is not None:
+                fn = self.thread_checks.wrap(call.name, call.func, fn)
             if active is not None:
                 fn = functools.partial(active.run_in_thread, fn)
             result = await loop.run_in_executor(self.executor, ctx.run, fn)
@@ -341,7 +346,11 @@ class ToolRunner:
                     yield self._error_chunk(index, payload)
                     return
         finally:
-            # Client went away or the stream ended early: stop the producer.
+            # Client went away or the stream ended early: stop the producer
+            # (StreamCancelled at its next item), and let a CancelTool that
+            # follows wait for that instead of raising into its clean-up.
+            if active is not None and not finished:
+                active.stopping()
             channel.cancel()
             if isinstance(producer, asyncio.Task) and not producer.done():
                 producer.cancel()

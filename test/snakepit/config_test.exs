@@ -98,7 +98,7 @@ defmodule Snakepit.ConfigTest do
       cases = [
         {%{name: :p, pool_size: 0}, "pool :p: pool_size must be a positive integer, got: 0"},
         {%{name: :p, worker_profile: :fork},
-         "worker_profile must be one of [:process, :thread], got: :fork"},
+         "worker_profile must be one of [:process, :thread] (or a module implementing Snakepit.WorkerProfile), got: :fork"},
         {%{name: :p, affinity: :sticky}, "affinity must be one of"},
         {%{name: :p, adapter_args: "--adapter x"}, "adapter_args must be a list of strings"},
         {%{name: :p, adapter_env: [{"A", 1}]}, "adapter_env must be"},
@@ -155,43 +155,44 @@ defmodule Snakepit.ConfigTest do
   end
 
   describe "grpc listener" do
-    test "internal by default" do
-      assert {:ok, %{mode: :internal, host: "127.0.0.1", port: 0}} = Config.grpc_listener_config()
+    test "internal by default: the bridge listens beside the workers" do
+      assert {:ok, %{mode: :internal, port: 0}} = Config.grpc_listener_config()
+
+      assert ["unix:/run/x/bridge.sock"] =
+               Config.Listener.addresses(%{mode: :internal}, "/run/x/bridge.sock", nil)
     end
 
-    test "external and external_pool" do
+    test "external: one fixed TCP address, loopback unless allowed" do
       Application.put_env(:snakepit, :grpc_listener,
         mode: :external,
-        host: "localhost",
+        host: "127.0.0.1",
         port: 50_051
       )
 
-      assert {:ok, %{mode: :external, host: "localhost", bind_host: "localhost", port: 50_051}} =
+      assert {:ok, %{mode: :external, host: "127.0.0.1", port: 50_051} = l} =
                Config.grpc_listener_config()
 
-      Application.put_env(:snakepit, :grpc_listener,
-        mode: :external_pool,
-        host: "localhost",
-        base_port: 50_051,
-        pool_size: 8
-      )
+      assert Config.Listener.addresses(l, "/unused", nil) == ["127.0.0.1:50051"]
 
-      assert %{mode: :external_pool, base_port: 50_051, pool_size: 8, port: nil} =
-               Config.grpc_listener_config!()
+      Application.put_env(:snakepit, :grpc_listener, mode: :external, host: "10.0.0.7", port: 1)
+      assert {:error, {:invalid_grpc_listener, message}} = Config.grpc_listener_config()
+      assert message =~ "not a loopback address"
     end
 
-    test "legacy grpc_port means external" do
+    test "legacy grpc_port means external on loopback" do
       Application.put_env(:snakepit, :grpc_port, 50_055)
 
-      assert {:ok, %{mode: :external, port: 50_055, host: "localhost"}} =
+      assert {:ok, %{mode: :external, port: 50_055, host: "127.0.0.1"}} =
                Config.grpc_listener_config()
     end
 
-    test "bad listener configs name what is wrong" do
+    test "bad listener configs name what is wrong; external_pool is refused with the reason" do
       for {listener, expected} <- [
-            {[mode: :external, host: "h"], "needs port"},
-            {[mode: :external, host: "h", port: 70_000], "port must be an integer in 0..65535"},
-            {[mode: :external_pool, host: "h", base_port: 65_530, pool_size: 10], "runs past"},
+            {[mode: :external, host: "127.0.0.1", port: 70_000],
+             "port must be an integer in 0..65535"},
+            {[mode: :external_pool, host: "h", base_port: 65_530, pool_size: 10],
+             "not supported"},
+            {[mode: :internal, port: 5], "takes no [:port]"},
             {[mode: :sideways], "mode must be"},
             {[host: "h"], "needs a mode"}
           ] do

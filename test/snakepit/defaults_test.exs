@@ -26,8 +26,6 @@ defmodule Snakepit.DefaultsTest do
   test "documented plain defaults" do
     assert Defaults.pool_max_queue_size() == 1000
     assert Defaults.pool_max_workers() == 150
-    assert Defaults.pool_startup_batch_size() == 10
-    assert Defaults.pool_startup_batch_delay_ms() == 500
     assert Defaults.config_default_batch_size() == 8
     assert Defaults.config_default_batch_delay() == 750
     assert Defaults.config_default_threads_per_worker() == 10
@@ -47,10 +45,11 @@ defmodule Snakepit.DefaultsTest do
     assert Defaults.pool_reply_margin_ms() == 200
     assert Defaults.pool_await_ready_timeout() == 15_000
     assert Defaults.default_affinity_mode() == :hint
-    assert Defaults.default_capacity_strategy() == :pool
     assert Defaults.default_worker_profile() == :process
     assert Defaults.retry_backoff_sequence() == [100, 200, 400, 800, 1600]
-    assert Defaults.grpc_internal_host() == "127.0.0.1"
+    assert Defaults.tcp_host() == "127.0.0.1"
+    assert Defaults.cancel_grace_ms() == 2_000
+    assert Defaults.max_message_bytes() == 256 * 1024 * 1024
     assert Defaults.instance_token() == nil
     assert Defaults.default_pool_size() == Application.get_env(:snakepit, :pool_size)
   end
@@ -75,8 +74,7 @@ defmodule Snakepit.DefaultsTest do
       assert Defaults.pool_streaming_timeout() == stream
       assert Defaults.pool_queue_timeout() == queue
       assert Defaults.checkout_timeout() == queue
-      assert Defaults.grpc_worker_stream_timeout() == stream
-      assert Defaults.default_command_timeout() == Defaults.rpc_timeout(default)
+      assert Defaults.grpc_command_timeout() == Defaults.rpc_timeout(default)
       assert Defaults.grpc_client_execute_timeout() == Defaults.rpc_timeout(default)
     end
   end

@@ -72,7 +72,7 @@ defmodule Snakepit.GRPC.BridgeServer do
     case start_server(listen_addresses()) do
       {:ok, {handle, bound}} ->
         :persistent_term.put(@address_key, bound)
-        if Defaults.worker_transport() == :tcp, do: :persistent_term.put(@tcp_key, bound)
+        unless String.starts_with?(bound, "unix:"), do: :persistent_term.put(@tcp_key, bound)
         {:ok, %{handle: handle, address: bound}}
 
       {:error, message} ->
@@ -98,26 +98,14 @@ defmodule Snakepit.GRPC.BridgeServer do
     end
   end
 
-  # A restarted bridge listens where its predecessor did, so running workers
-  # reconnect to it. (A remembered TCP port someone else took since: any.)
+  # Where grpc_listener says (beside the workers by default). A restarted
+  # bridge listens where its predecessor did, so running workers reconnect.
   defp listen_addresses do
-    case Defaults.worker_transport() do
-      :tcp ->
-        fresh = Snakepit.Config.tcp_listen_address(Defaults.tcp_host())
-
-        host = String.trim_trailing(fresh, ":0")
-
-        case :persistent_term.get(@tcp_key, nil) do
-          nil ->
-            [fresh]
-
-          previous ->
-            if String.starts_with?(previous, host <> ":"), do: [previous, fresh], else: [fresh]
-        end
-
-      _unix ->
-        ["unix:" <> Path.join(RuntimeDir.path(), "bridge.sock")]
-    end
+    Snakepit.Config.Listener.addresses(
+      Snakepit.Config.Listener.config!(),
+      Path.join(RuntimeDir.path(), "bridge.sock"),
+      :persistent_term.get(@tcp_key, nil)
+    )
   end
 
   @impl true

@@ -17,6 +17,9 @@ defmodule Snakepit.Adapters.GRPCPython do
   end
 
   @impl true
+  def resolve_executable, do: PythonRuntime.executable()
+
+  @impl true
   def script_path, do: "snakepit_bridge.server"
 
   @impl true
@@ -36,13 +39,10 @@ defmodule Snakepit.Adapters.GRPCPython do
         do: adapter_args,
         else: ["--adapter", Defaults.default_python_adapter() | adapter_args]
 
-    ["-m", script_path()] ++ adapter_args ++ flags(identity)
+    ["-m", script_path()] ++ adapter_args ++ Snakepit.Adapter.flags(identity)
   end
 
   @doc "`--flag value` pairs for the identity keywords that are set."
   @spec flags(keyword()) :: [String.t()]
-  def flags(identity),
-    do:
-      for({flag, value} <- identity, value != nil, do: ["--#{flag}", to_string(value)])
-      |> List.flatten()
+  defdelegate flags(identity), to: Snakepit.Adapter
 end

@@ -20,8 +20,6 @@ defmodule Snakepit.GRPCWorker do
   alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
 
-  alias Snakepit.Adapters.GRPCPython
-
   @sigterm 15
   @sigkill 9
   # Lines of output kept to explain a failed start.
@@ -81,8 +79,13 @@ defmodule Snakepit.GRPCWorker do
 
   @impl true
   def handle_continue(:spawn, state) do
-    with {:ok, python} <- PythonRuntime.executable(),
-         argv = [python | command_args(state)],
+    # The pool's adapter_module decides how the worker's process starts.
+    adapter = state.config.adapter_module
+
+    with {:ok, python} <- Snakepit.Adapter.executable(adapter),
+         argv = [
+           python | Snakepit.Adapter.argv(adapter, state.config.adapter_args, identity(state))
+         ],
          env = PythonRuntime.worker_env(state.config.adapter_env),
          # Recorded before the spawn, so a crash right after still leaves a trace.
          :ok <- ProcessRegistry.reserve_worker(state.id),
@@ -133,20 +136,20 @@ defmodule Snakepit.GRPCWorker do
   defp format_reason(reason) when is_binary(reason), do: reason
   defp format_reason(reason), do: inspect(reason)
 
-  defp command_args(state) do
+  defp identity(state) do
     address =
       case Defaults.worker_transport() do
         :tcp -> Config.tcp_listen_address(Defaults.tcp_host())
         :unix -> RuntimeDir.socket_address(state.id)
       end
 
-    GRPCPython.worker_args(state.config.adapter_args,
+    [
       address: address,
       "worker-id": state.id,
       "snakepit-run-id": RunID.current(),
       "instance-name": Config.instance_name_identifier(),
       "elixir-address": Snakepit.GRPC.BridgeServer.address()
-    )
+    ]
   end
 
   @impl true
