@@ -90,7 +90,8 @@ defmodule Snakepit.GRPC.BridgeServer do
       {:ok, _} = ok ->
         ok
 
-      {:error, {:invalid_argument, message}} when fallbacks == [] ->
+      # A remembered address someone took since: the next one.
+      {:error, {_kind, message}} when fallbacks == [] ->
         {:error, message}
 
       {:error, _} ->

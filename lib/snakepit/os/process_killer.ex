@@ -250,6 +250,14 @@ defmodule Snakepit.ProcessKiller do
   defp signal_number(n) when is_integer(n) and n > 0 and n < 65, do: {:ok, n}
   defp signal_number(other), do: {:error, {:unknown_signal, other}}
 
-  defp normalize({:error, :invalid_argument}), do: {:error, :invalid_target}
+  # The native core's {kind, message} errors, in this module's documented
+  # shapes.
+  defp normalize({:error, {:invalid_argument, _}}), do: {:error, :invalid_target}
+  defp normalize({:error, {:esrch, _}}), do: {:error, :not_found}
+
+  defp normalize({:error, {kind, _}}) when kind in [:eperm, :eacces],
+    do: {:error, :permission_denied}
+
+  defp normalize({:error, {kind, _}}), do: {:error, kind}
   defp normalize(other), do: other
 end

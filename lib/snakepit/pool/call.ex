@@ -186,6 +186,10 @@ defmodule Snakepit.Pool.Call do
     mref = Process.monitor(worker.pid)
 
     receive do
+      # Gone before we looked (:noproc): its worker recorded how it ended.
+      {:DOWN, ^mref, :process, _, :noproc} ->
+        {:error, crash_error(error, lease, ExitStatus.last(worker.os_pid))}
+
       {:DOWN, ^mref, :process, _, reason} ->
         {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
     after
@@ -194,7 +198,7 @@ defmodule Snakepit.Pool.Call do
 
         if Snakepit.Native.process_alive(worker.os_pid),
           do: result,
-          else: {:error, crash_error(error, lease, :unknown)}
+          else: {:error, crash_error(error, lease, ExitStatus.last(worker.os_pid))}
     end
   end
 

@@ -49,7 +49,7 @@ defmodule Snakepit.GRPC.Client do
       case Native.grpc_execute(worker.channel, self(), ref, tool, args, call_opts) do
         :ok ->
           case await(ref, call_opts.timeout_ms) do
-            {:error, :timeout} -> timed_out(worker, tool, opts)
+            {:error, {:timeout, _}} -> timed_out(worker, tool, opts)
             reply -> translate(reply, tool, worker)
           end
 
@@ -125,15 +125,13 @@ defmodule Snakepit.GRPC.Client do
       {^ref, :done} ->
         {:ok, :ended}
 
-      {^ref, {:error, :timeout}} ->
-        {{:error, Error.timeout_error("stream #{tool} did not finish in time", %{tool: tool})},
-         :abandoned}
-
-      {^ref, {:error, {:grpc, _, _}} = error} ->
-        {translate(error, tool, worker), :abandoned}
+      # A tool's own error ends its stream; anything else (a timeout, a
+      # transport failure) may leave the producer running.
+      {^ref, {:error, {:tool_error, _, _, _, _}} = error} ->
+        {translate(error, tool, worker), :ended}
 
       {^ref, {:error, _} = error} ->
-        {translate(error, tool, worker), :ended}
+        {translate(error, tool, worker), :abandoned}
     after
       wait_ms(timeout_ms) ->
         {{:error,
@@ -268,7 +266,7 @@ defmodule Snakepit.GRPC.Client do
     receive do
       {^ref, reply} -> reply
     after
-      wait_ms(timeout_ms) -> {:error, :timeout}
+      wait_ms(timeout_ms) -> {:error, {:timeout, "no reply by the call's deadline"}}
     end
   end
 
@@ -302,17 +300,14 @@ defmodule Snakepit.GRPC.Client do
             Map.put(details, :kind, kind)
           )
 
-        :timeout ->
+        {:timeout, _message} ->
           Error.timeout_error("#{tool} did not finish in time", details)
-
-        {:grpc, status, message} ->
-          Error.grpc_error(status, "worker #{worker.id}: #{message}", details)
 
         {:invalid_json, message} ->
           Error.worker_error("worker #{worker.id} returned malformed JSON: #{message}", details)
 
-        {:native_panic, message} ->
-          Error.worker_error("native core failed: #{message}", details)
+        {kind, message} when is_atom(kind) and is_binary(message) ->
+          Snakepit.Error.Native.to_error({kind, message}, "worker #{worker.id}", details)
 
         other ->
           Error.worker_error("unexpected reply: #{inspect(other)}", details)

@@ -32,6 +32,40 @@ defmodule Snakepit.Worker.ExitStatus do
     15 => "SIGTERM"
   }
 
+  @table :snakepit_worker_exits
+  @kept 1_024
+
+  @doc """
+  Records how the Python process `os_pid` ended, for callers that learn of
+  the end only after its worker is gone (`last/1`). The last #{@kept}
+  are kept.
+  """
+  @spec record(pos_integer(), t()) :: :ok
+  def record(os_pid, status) do
+    table = Snakepit.ETSOwner.ensure_table(@table)
+    :ets.insert(table, {os_pid, status, System.monotonic_time()})
+
+    if :ets.info(table, :size) > @kept do
+      oldest = :ets.foldl(fn {pid, _, t}, acc -> min(acc, {t, pid}) end, {:infinity, nil}, table)
+      :ets.delete(table, elem(oldest, 1))
+    end
+
+    :ok
+  rescue
+    _ -> :ok
+  end
+
+  @doc "How the Python process `os_pid` ended, when its worker recorded it; else `:unknown`."
+  @spec last(pos_integer() | nil) :: t()
+  def last(os_pid) do
+    case :ets.lookup(@table, os_pid) do
+      [{_, status, _}] -> status
+      [] -> :unknown
+    end
+  rescue
+    ArgumentError -> :unknown
+  end
+
   @doc """
   The status behind a worker's exit reason.
 

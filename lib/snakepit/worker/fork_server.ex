@@ -154,7 +154,7 @@ defmodule Snakepit.ForkServer do
         Enum.each(server.waiters, &GenServer.reply(&1, {:ok, conn}))
         put_server(state, key, %{server | status: :ready, conn: conn, waiters: []})
 
-      {:error, reason} ->
+      {:error, {_kind, reason}} ->
         Native.release_process(server.handle)
         put_server(state, key, %{server | failure: "cannot connect: #{reason}"})
     end

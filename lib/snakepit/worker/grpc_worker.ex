@@ -115,8 +115,7 @@ defmodule Snakepit.GRPCWorker do
                with_secret: true
              }) do
           {:ok, _} = ok -> ok
-          {:error, {:invalid_argument, message}} -> {:error, message}
-          {:error, message} -> {:error, "#{python}: #{message}"}
+          {:error, {_kind, message}} -> {:error, message}
         end
     end
   end
@@ -245,6 +244,8 @@ defmodule Snakepit.GRPCWorker do
   defp handle_process_event({:exit, status}, state) do
     status =
       Snakepit.Worker.OOMKills.classify(status, state.oom_kills, Snakepit.Worker.OOMKills.count())
+
+    ExitStatus.record(state.os_pid, status)
 
     Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
       worker_id: state.id,

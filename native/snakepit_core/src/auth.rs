@@ -20,25 +20,7 @@ const SECRET_BYTES: usize = 32;
 /// `n` bytes from the kernel's CSPRNG.
 pub fn random_bytes(n: usize) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; n];
-    let mut filled = 0;
-    while filled < n {
-        // SAFETY: the pointer and length describe the unfilled tail of `buf`.
-        let got = unsafe {
-            libc::getrandom(
-                buf[filled..].as_mut_ptr().cast(),
-                n - filled,
-                0, // block until the pool is initialized, as at boot
-            )
-        };
-        if got < 0 {
-            let err = io::Error::last_os_error();
-            if err.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err);
-        }
-        filled += got as usize;
-    }
+    crate::sys::getrandom(&mut buf)?;
     Ok(buf)
 }
 

@@ -1,8 +1,10 @@
 //! Waiting for a child's exit through its pidfd, without SIGCHLD.
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 
 use tokio::io::unix::AsyncFd;
+
+use crate::sys::{self, Waited};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ExitStatus {
@@ -34,29 +36,12 @@ pub async fn wait_exit(pidfd: OwnedFd) -> ExitStatus {
 
 /// Non-blocking waitid on a pidfd. `None` while the child still runs.
 fn waitid(pidfd: &OwnedFd) -> Option<ExitStatus> {
-    const P_PIDFD: libc::idtype_t = 3;
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    let rc = unsafe {
-        libc::waitid(
-            P_PIDFD,
-            pidfd.as_raw_fd() as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOHANG,
-        )
-    };
-    if rc < 0 {
+    match sys::waitid_pidfd(pidfd) {
+        Waited::Running => None,
+        Waited::Exited(code) => Some(ExitStatus::Exited(code)),
+        Waited::Signaled(sig) => Some(ExitStatus::Signaled(sig)),
         // ECHILD: someone else reaped it (SIGCHLD ignored again); the
         // process is gone but its status is not known.
-        return Some(ExitStatus::Unknown);
+        Waited::Gone => Some(ExitStatus::Unknown),
     }
-    let pid = unsafe { info.si_pid() };
-    if pid == 0 {
-        return None;
-    }
-    let status = unsafe { info.si_status() };
-    Some(match info.si_code {
-        libc::CLD_EXITED => ExitStatus::Exited(status),
-        libc::CLD_KILLED | libc::CLD_DUMPED => ExitStatus::Signaled(status),
-        _ => ExitStatus::Unknown,
-    })
 }

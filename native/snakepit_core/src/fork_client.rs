@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::time::Duration;
@@ -27,7 +27,7 @@ use tokio::sync::oneshot;
 use crate::auth;
 use crate::exit::ExitStatus;
 use crate::signal;
-use crate::spawn::cvt;
+use crate::sys;
 
 /// Largest message either way; requests carry argv and the environment.
 const MAX_MESSAGE: usize = 1 << 20;
@@ -61,29 +61,7 @@ impl ForkClient {
     /// Connects to the fork server listening at `path` and starts the thread
     /// that reads its replies.
     pub fn connect(path: &str) -> io::Result<ForkClient> {
-        let fd = cvt(unsafe {
-            libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
-        })?;
-        let socket = Arc::new(unsafe { OwnedFd::from_raw_fd(fd) });
-        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = path.as_bytes();
-        if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "fork server path is too long or holds a NUL byte",
-            ));
-        }
-        for (dst, src) in addr.sun_path.iter_mut().zip(bytes) {
-            *dst = *src as libc::c_char;
-        }
-        cvt(unsafe {
-            libc::connect(
-                fd,
-                (&addr as *const libc::sockaddr_un).cast(),
-                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-            )
-        })?;
+        let socket = Arc::new(sys::connect_seqpacket(path)?);
         let routes = Arc::new(Mutex::new(Routes::default()));
         let (reader_socket, reader_routes) = (socket.clone(), routes.clone());
         std::thread::Builder::new()
@@ -130,7 +108,7 @@ impl ForkClient {
             "token": auth::token(),
         })
         .to_string();
-        let sent = send_with_fds(
+        let sent = sys::send_with_fds(
             self.socket.as_raw_fd(),
             message.as_bytes(),
             &[stdout.as_raw_fd(), stderr.as_raw_fd()],
@@ -168,42 +146,7 @@ impl ForkClient {
 impl Drop for ForkClient {
     fn drop(&mut self) {
         // Wakes the reader with EOF; the fork server sees EOF and exits.
-        unsafe {
-            libc::shutdown(self.socket.as_raw_fd(), libc::SHUT_RDWR);
-        }
-    }
-}
-
-fn send_with_fds(socket: RawFd, data: &[u8], fds: &[RawFd]) -> io::Result<()> {
-    let fds_len = std::mem::size_of_val(fds);
-    let space = unsafe { libc::CMSG_SPACE(fds_len as u32) } as usize;
-    // u64 words keep the control buffer aligned for cmsghdr.
-    let mut control = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec {
-        iov_base: data.as_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space as _;
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(fds_len as u32) as _;
-        std::ptr::copy_nonoverlapping(fds.as_ptr(), libc::CMSG_DATA(cmsg).cast(), fds.len());
-    }
-    loop {
-        let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
-        }
-        let err = io::Error::last_os_error();
-        if err.kind() != io::ErrorKind::Interrupted {
-            return Err(err);
-        }
+        sys::shutdown(self.socket.as_raw_fd());
     }
 }
 
@@ -217,14 +160,11 @@ fn kill_unowned(pid: i32) {
 fn read_loop(socket: &OwnedFd, routes: &Mutex<Routes>) {
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
-        let n = unsafe { libc::recv(socket.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        if n <= 0 {
-            break;
-        }
-        if let Ok(message) = serde_json::from_slice::<Value>(&buf[..n as usize]) {
+        let n = match sys::recv(socket.as_raw_fd(), &mut buf, 0) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        if let Ok(message) = serde_json::from_slice::<Value>(&buf[..n]) {
             route(&message, routes);
         }
     }
@@ -321,7 +261,7 @@ mod tests {
                 }
                 let request: Value = serde_json::from_slice(&buf[..n as usize]).unwrap();
                 let cmsg = libc::CMSG_FIRSTHDR(&msg);
-                let fds: *const RawFd = libc::CMSG_DATA(cmsg).cast();
+                let fds: *const std::os::fd::RawFd = libc::CMSG_DATA(cmsg).cast();
                 let (out, err) = (*fds, *fds.add(1));
                 let text = request["argv"].to_string();
                 libc::write(out, text.as_ptr().cast(), text.len());

@@ -7,6 +7,8 @@ pub mod auth;
 pub mod bridge;
 pub mod exit;
 pub mod fork_client;
+pub mod grpc_frame;
 pub mod json;
 pub mod signal;
 pub mod spawn;
+pub mod sys;

@@ -3,40 +3,32 @@
 
 use std::io;
 
-use crate::spawn::cvt;
+use crate::sys;
 
 /// Refuses 0, 1, negatives and the VM's own pid.
 pub fn valid_target(pid: i32) -> bool {
-    pid > 1 && pid != unsafe { libc::getpid() }
+    pid > 1 && pid != sys::getpid()
 }
 
 pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
-    cvt(unsafe { libc::kill(pid, sig) }).map(drop)
+    sys::kill(pid, sig)
 }
 
 pub fn kill_group(pgid: i32, sig: i32) -> io::Result<()> {
-    cvt(unsafe { libc::kill(-pgid, sig) }).map(drop)
+    sys::kill(-pgid, sig)
 }
 
 pub fn own_group() -> i32 {
-    unsafe { libc::getpgrp() }
+    sys::getpgrp()
 }
 
 pub fn group_of(pid: i32) -> io::Result<i32> {
-    let pgid = unsafe { libc::getpgid(pid) };
-    if pgid < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(pgid)
-    }
+    sys::getpgid(pid)
 }
 
 /// True while the process exists and is not a zombie.
 pub fn alive(pid: i32) -> bool {
-    if pid <= 0
-        || unsafe { libc::kill(pid, 0) } < 0
-            && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
-    {
+    if pid <= 0 || matches!(sys::kill(pid, 0), Err(e) if e.raw_os_error() == Some(libc::ESRCH)) {
         return false;
     }
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -58,13 +50,13 @@ mod tests {
         assert!(!valid_target(0));
         assert!(!valid_target(1));
         assert!(!valid_target(-5));
-        assert!(!valid_target(unsafe { libc::getpid() }));
+        assert!(!valid_target(sys::getpid()));
         assert!(valid_target(2));
     }
 
     #[test]
     fn own_process_is_alive_and_a_free_pid_is_not() {
-        assert!(alive(unsafe { libc::getpid() }));
+        assert!(alive(sys::getpid()));
         assert!(!alive(i32::MAX - 1));
     }
 }

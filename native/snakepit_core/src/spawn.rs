@@ -7,11 +7,13 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::mpsc;
 use std::sync::Mutex;
 
 use once_cell::sync::OnceCell;
+
+use crate::sys;
 
 pub struct SpawnSpec {
     pub program: CString,
@@ -91,33 +93,14 @@ pub fn guard(pgid: i32) -> io::Result<Guard> {
     on_spawner(move || spawn_guard(pgid))
 }
 
-/// A libc return value as an `io::Result`: negative means errno.
-pub(crate) fn cvt(ret: libc::c_int) -> io::Result<libc::c_int> {
-    if ret < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(ret)
-    }
-}
-
-pub fn pipe_cloexec() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as RawFd; 2];
-    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) })?;
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
-}
-
-pub fn pidfd_open(pid: i32) -> io::Result<OwnedFd> {
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-    }
-}
+pub use crate::sys::{pidfd_open, pipe_cloexec};
 
 /// Closes every fd from `from` upwards except `keep`, which must be at
 /// least `from` (the BEAM's fds are not CLOEXEC and must not leak into
 /// workers). Async-signal-safe.
+///
+/// # Safety
+/// Only in a forked child, before exec: other threads' fds vanish under them.
 unsafe fn close_fds_except(from: u32, keep: RawFd) {
     let keep = keep as u32;
     if keep > from {
@@ -126,6 +109,11 @@ unsafe fn close_fds_except(from: u32, keep: RawFd) {
     libc::syscall(libc::SYS_close_range, keep + 1, u32::MAX, 0);
 }
 
+/// Unblocks every signal and restores every disposition (ignored signals
+/// stay ignored across exec otherwise).
+///
+/// # Safety
+/// Only in a forked child, before exec: it rewrites process-wide state.
 unsafe fn reset_signals() {
     let mut set: libc::sigset_t = std::mem::zeroed();
     libc::sigemptyset(&mut set);
@@ -138,6 +126,9 @@ unsafe fn reset_signals() {
 }
 
 /// Reports errno through the exec-error pipe and exits the child.
+///
+/// # Safety
+/// Only in a forked child: it ends the process without unwinding.
 unsafe fn child_fail(err_fd: RawFd, step: u8) -> ! {
     let errno = *libc::__errno_location();
     let mut msg = [0u8; 5];
@@ -155,21 +146,20 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
     let (out_r, out_w) = pipe_cloexec()?;
     let (err_r, err_w) = pipe_cloexec()?;
     let (exec_r, exec_w) = pipe_cloexec()?;
-    let devnull = {
-        let fd =
-            cvt(unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) })?;
-        unsafe { OwnedFd::from_raw_fd(fd) }
-    };
+    let devnull = sys::open_read(c"/dev/null")?;
 
     let mut argv: Vec<*const libc::c_char> = spec.argv.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());
     let mut envp: Vec<*const libc::c_char> = spec.envp.iter().map(|e| e.as_ptr()).collect();
     envp.push(std::ptr::null());
-    let parent = unsafe { libc::getpid() };
+    let parent = sys::getpid();
 
-    let pid = cvt(unsafe { libc::fork() })?;
+    // SAFETY: the child below makes async-signal-safe calls only (no
+    // allocation, no locks) on values prepared before the fork, then execs
+    // or _exits; it never returns into Rust code.
+    let pid = sys::cvt(unsafe { libc::fork() })?;
     if pid == 0 {
-        // Child: async-signal-safe calls only.
+        // SAFETY: see the fork above.
         unsafe {
             let efd = exec_w.as_raw_fd();
             if libc::setsid() < 0 {
@@ -206,19 +196,10 @@ fn spawn_now(spec: &SpawnSpec) -> io::Result<Spawned> {
     drop((out_w, err_w, exec_w, devnull));
 
     let mut buf = [0u8; 5];
-    let n = loop {
-        let n = unsafe { libc::read(exec_r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        break n;
-    };
-    if n == buf.len() as isize {
+    let n = sys::read(exec_r.as_raw_fd(), &mut buf).unwrap_or(0);
+    if n == buf.len() {
         // exec failed; collect the child so no zombie stays behind.
-        unsafe {
-            let mut status = 0;
-            libc::waitpid(pid, &mut status, 0);
-        }
+        sys::reap(pid);
         let errno = i32::from_ne_bytes(buf[1..].try_into().unwrap());
         let err = io::Error::from_raw_os_error(errno);
         let what = match buf[0] {
@@ -251,7 +232,7 @@ static GUARD_PROGRAM: OnceCell<CString> = OnceCell::new();
 pub fn set_guard_program(path: &str) -> io::Result<()> {
     let program = CString::new(path)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL byte in the path"))?;
-    if unsafe { libc::access(program.as_ptr(), libc::X_OK) } != 0 {
+    if !sys::executable(&program) {
         return Err(io::Error::last_os_error());
     }
     let _ = GUARD_PROGRAM.set(program);
@@ -274,8 +255,11 @@ fn spawn_guard(pgid: i32) -> io::Result<Guard> {
         std::ptr::null(),
     ];
     let envp: [*const libc::c_char; 1] = [std::ptr::null()];
-    let pid = cvt(unsafe { libc::fork() })?;
+    // SAFETY: as in spawn_now: async-signal-safe calls only in the child,
+    // which execs or _exits.
+    let pid = sys::cvt(unsafe { libc::fork() })?;
     if pid == 0 {
+        // SAFETY: see the fork above.
         unsafe {
             // Own group, so signals aimed at the VM's group pass it by.
             libc::setpgid(0, 0);

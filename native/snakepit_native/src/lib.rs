@@ -3,6 +3,8 @@
 //! module `Snakepit.Native`; this file only wires the domains together.
 
 mod atoms;
+mod decode;
+mod error;
 mod grpc;
 mod json;
 mod process;

@@ -11,6 +11,7 @@ use futures::FutureExt;
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
+use crate::error::NifError;
 
 /// Builds the result term of a task inside the reply env.
 pub type Payload = Box<dyn for<'a> FnOnce(Env<'a>) -> Term<'a> + Send>;
@@ -54,7 +55,12 @@ impl ReplyTo {
 
 /// `{:error, {:native_panic, message}}`, sent when a task panicked.
 fn panic_payload(message: String) -> Payload {
-    Box::new(move |env| (atoms::error(), (atoms::native_panic(), message.as_str())).encode(env))
+    error_payload(NifError::new(atoms::native_panic(), message))
+}
+
+/// An error as a task's reply.
+pub fn error_payload(err: NifError) -> Payload {
+    Box::new(move |env| err.encode(env))
 }
 
 /// The text a panic carried, or `fallback` when it carried none.
@@ -70,7 +76,7 @@ pub fn panic_message(panic: Box<dyn std::any::Any + Send>, fallback: &str) -> St
 
 /// `{:error, {:invalid_argument, message}}`: bad input, answered at once.
 pub fn invalid_argument<'a>(env: Env<'a>, message: String) -> Term<'a> {
-    (atoms::error(), (atoms::invalid_argument(), message)).encode(env)
+    NifError::invalid(message).encode(env)
 }
 
 /// Runs `task` on the runtime and sends exactly one `{ref, payload}`,

@@ -6,7 +6,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rustler::types::map::MapIterator;
 use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -14,6 +13,7 @@ use super::channel::WorkerChannel;
 use super::pb::{CancelToolRequest, ExecuteToolRequest, HeartbeatRequest, PingRequest};
 use super::response;
 use crate::atoms;
+use crate::decode::{opt, string_keyed};
 use crate::json;
 use crate::reply::{self, Payload, ReplyTo};
 
@@ -35,41 +35,16 @@ struct CallOpts {
     request_id: String,
 }
 
-fn opt<'a, T: rustler::Decoder<'a>>(
-    map: Term<'a>,
-    atom: rustler::Atom,
-    key: &str,
-) -> Result<Option<T>, String> {
-    match map.map_get(atom) {
-        Ok(v) if v == atoms::nil().to_term(map.get_env()) => Ok(None),
-        Ok(v) => v
-            .decode()
-            .map(Some)
-            .map_err(|_| format!("option {key} has the wrong type")),
-        Err(_) => Ok(None),
-    }
-}
-
-fn string_map<'a, V>(
+/// An optional map option: absent is empty.
+fn opt_map<'a, V>(
     term: Option<Term<'a>>,
     key: &str,
     value: impl Fn(Term<'a>) -> Option<V>,
 ) -> Result<HashMap<String, V>, String> {
-    let mut out = HashMap::new();
-    let Some(term) = term else { return Ok(out) };
-    let iter = MapIterator::new(term).ok_or_else(|| format!("option {key} must be a map"))?;
-    for (k, v) in iter {
-        let name: String = if k.is_atom() {
-            k.atom_to_string()
-                .map_err(|_| format!("bad key in {key}"))?
-        } else {
-            k.decode()
-                .map_err(|_| format!("keys of {key} must be strings"))?
-        };
-        let v = value(v).ok_or_else(|| format!("{key}[{name}] has the wrong type"))?;
-        out.insert(name, v);
+    match term {
+        Some(term) => string_keyed(term, &format!("option {key}"), value),
+        None => Ok(HashMap::new()),
     }
-    Ok(out)
 }
 
 impl CallOpts {
@@ -77,12 +52,12 @@ impl CallOpts {
         if !term.is_map() {
             return Err("call options must be a map".into());
         }
-        let binaries = string_map(
+        let binaries = opt_map(
             opt(term, atoms::binary_parameters(), "binary_parameters")?,
             "binary_parameters",
             |v| v.decode::<Binary>().ok().map(|b| b.as_slice().to_vec()),
         )?;
-        let metadata = string_map(opt(term, atoms::metadata(), "metadata")?, "metadata", |v| {
+        let metadata = opt_map(opt(term, atoms::metadata(), "metadata")?, "metadata", |v| {
             v.decode().ok()
         })?;
         Ok(CallOpts {

@@ -2,7 +2,7 @@
 //! server the workers call back into.
 
 mod auth;
-mod bridge_server;
+mod bridge;
 mod channel;
 mod client;
 mod response;

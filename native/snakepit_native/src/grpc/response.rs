@@ -6,8 +6,9 @@ use tonic::{Code, Status};
 
 use super::pb::{ExecuteToolResponse, ToolChunk, ToolError};
 use crate::atoms;
+use crate::error::NifError;
 use crate::json;
-use crate::reply::Payload;
+use crate::reply::{error_payload, Payload};
 
 pub fn code_atom(code: Code) -> Atom {
     match code {
@@ -31,15 +32,20 @@ pub fn code_atom(code: Code) -> Atom {
     }
 }
 
-/// `{:error, {:grpc, code, message}}`
+/// `{:error, {code, message}}` with the gRPC status code's name.
 pub fn status(status: Status) -> Payload {
-    let code = code_atom(status.code());
-    let message = status.message().to_string();
-    Box::new(move |env| (atoms::error(), (atoms::grpc(), code, message)).encode(env))
+    error_payload(NifError::new(
+        code_atom(status.code()),
+        status.message().to_string(),
+    ))
 }
 
+/// `{:error, {:timeout, message}}`: the call's deadline passed.
 pub fn timeout() -> Payload {
-    Box::new(|env| (atoms::error(), atoms::timeout()).encode(env))
+    error_payload(NifError::new(
+        atoms::timeout(),
+        "the worker did not answer by the call's deadline",
+    ))
 }
 
 /// `{:error, {:tool_error, type, message, traceback, kind}}`
@@ -70,9 +76,7 @@ pub fn execute(resp: ExecuteToolResponse) -> Payload {
     }
     match json::parse(&resp.result_json) {
         Ok(value) => Box::new(move |env| (atoms::ok(), json::to_term(env, &value)).encode(env)),
-        Err(msg) => {
-            Box::new(move |env| (atoms::error(), (atoms::invalid_json(), msg.as_str())).encode(env))
-        }
+        Err(msg) => error_payload(NifError::new(atoms::invalid_json(), msg)),
     }
 }
 

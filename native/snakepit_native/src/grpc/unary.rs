@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use h2::client::SendRequest;
 use prost::Message;
-use snakepit_core::auth;
+use snakepit_core::{auth, grpc_frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Code, Status};
 
@@ -134,8 +134,7 @@ impl Unary {
             )));
         }
         let mut body = BytesMut::with_capacity(5 + len);
-        body.put_u8(0); // not compressed
-        body.put_u32(len as u32);
+        body.put_slice(&grpc_frame::prefix(len));
         req.encode(&mut body)
             .map_err(|e| Status::internal(format!("cannot encode the request: {e}")))?;
 
@@ -144,7 +143,7 @@ impl Unary {
             .header(http::header::TE, "trailers")
             .header(auth::HEADER, auth::token());
         if let Some(t) = timeout {
-            request = request.header("grpc-timeout", grpc_timeout(t));
+            request = request.header("grpc-timeout", grpc_frame::timeout(t));
         }
         let request = request
             .body(())
@@ -191,32 +190,9 @@ impl Unary {
     }
 }
 
-/// A `grpc-timeout` value: at most 8 digits, so long budgets go in coarser
-/// units.
-fn grpc_timeout(t: Duration) -> String {
-    const MAX: u128 = 99_999_999;
-    let ms = t.as_millis().max(1);
-    if ms <= MAX {
-        format!("{ms}m")
-    } else if ms / 1000 <= MAX {
-        format!("{}S", ms / 1000)
-    } else {
-        format!("{}M", (ms / 60_000).min(MAX))
-    }
-}
-
-/// The one length-prefixed, uncompressed message of a unary reply.
+/// The reply's one message, decoded.
 fn decode_message(data: &[u8]) -> Result<ExecuteToolResponse, Status> {
     let bad = |what: &str| Status::internal(format!("malformed reply from the worker: {what}"));
-    if data.len() < 5 {
-        return Err(bad("no message"));
-    }
-    if data[0] != 0 {
-        return Err(bad("compressed message"));
-    }
-    let len = u32::from_be_bytes([data[1], data[2], data[3], data[4]]) as usize;
-    if data.len() != 5 + len {
-        return Err(bad("length prefix does not match"));
-    }
-    ExecuteToolResponse::decode(&data[5..]).map_err(|e| bad(&e.to_string()))
+    let message = grpc_frame::message(data).map_err(|e| bad(&e))?;
+    ExecuteToolResponse::decode(message).map_err(|e| bad(&e.to_string()))
 }

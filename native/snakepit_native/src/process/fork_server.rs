@@ -11,6 +11,7 @@ use snakepit_core::spawn;
 
 use super::nifs::Started;
 use crate::atoms;
+use crate::error::NifError;
 
 /// How long a fork may take before the request is given up.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -22,8 +23,8 @@ pub struct ForkServer {
 #[rustler::resource_impl]
 impl rustler::Resource for ForkServer {}
 
-fn error<'a>(env: Env<'a>, err: impl ToString) -> Term<'a> {
-    (atoms::error(), err.to_string()).encode(env)
+fn error<'a>(env: Env<'a>, err: &std::io::Error, what: &str) -> Term<'a> {
+    NifError::os(err, what).encode(env)
 }
 
 /// Connects to the fork server listening at `path`. Dropping the handle
@@ -32,7 +33,7 @@ fn error<'a>(env: Env<'a>, err: impl ToString) -> Term<'a> {
 fn fork_server_connect(env: Env<'_>, path: String) -> Term<'_> {
     match ForkClient::connect(&path) {
         Ok(client) => (atoms::ok(), ResourceArc::new(ForkServer { client })).encode(env),
-        Err(err) => error(env, err),
+        Err(err) => error(env, &err, "cannot connect to the fork server"),
     }
 }
 
@@ -89,6 +90,10 @@ fn fork_server_spawn<'a>(
     };
     match fork() {
         Ok((started, exit)) => Ok(started.watch(env, owner, exit)),
-        Err(err) => Ok(error(env, err)),
+        Err(err) => Ok(error(
+            env,
+            &err,
+            "the fork server could not fork the worker",
+        )),
     }
 }

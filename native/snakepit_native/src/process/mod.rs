@@ -17,8 +17,6 @@ pub fn on_load(guard_program: Option<&str>) {
     // ERTS ignores SIGCHLD, which makes the kernel reap children at once and
     // lose their exit status. Default disposition keeps the status until our
     // watcher collects it with waitid on the child's pidfd.
-    unsafe {
-        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
-    }
+    snakepit_core::sys::signal_default(libc::SIGCHLD);
     spawn::start_spawner();
 }

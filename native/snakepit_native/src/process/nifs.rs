@@ -14,6 +14,7 @@ use snakepit_core::{signal, spawn};
 
 use super::watch;
 use crate::atoms;
+use crate::error::NifError;
 
 /// A spawned worker as the BEAM holds it. Dropping the last reference
 /// closes the guard pipe, which takes the worker's process group down.
@@ -26,14 +27,6 @@ impl rustler::Resource for ProcessHandle {}
 
 pub(super) fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} contains a NUL byte"))
-}
-
-fn error_reason(err: &io::Error) -> Atom {
-    match err.raw_os_error() {
-        Some(libc::ESRCH) => atoms::not_found(),
-        Some(libc::EPERM) => atoms::permission_denied(),
-        _ => atoms::internal(),
-    }
 }
 
 /// `%{orphan_protection: boolean, with_secret: boolean}`.
@@ -97,7 +90,7 @@ fn spawn_process<'a>(
             };
             Ok(started.watch(env, owner, exit))
         }
-        Err(err) => Ok((atoms::error(), err.to_string()).encode(env)),
+        Err(err) => Ok(NifError::os(&err, &format!("cannot start {program}")).encode(env)),
     }
 }
 
@@ -143,14 +136,21 @@ fn release_process(handle: ResourceArc<ProcessHandle>) -> Atom {
 fn signal_result(env: Env<'_>, result: io::Result<()>) -> Term<'_> {
     match result {
         Ok(()) => atoms::ok().encode(env),
-        Err(err) => (atoms::error(), error_reason(&err)).encode(env),
+        Err(err) => NifError::os(&err, "kill").encode(env),
     }
+}
+
+fn not_a_target(env: Env<'_>, target: i32) -> Term<'_> {
+    NifError::invalid(format!(
+        "{target} is not a process Snakepit may signal (0, 1, negative, or this VM)"
+    ))
+    .encode(env)
 }
 
 #[rustler::nif]
 fn signal_process(env: Env<'_>, pid: i32, sig: i32) -> Term<'_> {
     if !signal::valid_target(pid) {
-        return (atoms::error(), atoms::invalid_argument()).encode(env);
+        return not_a_target(env, pid);
     }
     signal_result(env, signal::kill(pid, sig))
 }
@@ -158,7 +158,7 @@ fn signal_process(env: Env<'_>, pid: i32, sig: i32) -> Term<'_> {
 #[rustler::nif]
 fn signal_group(env: Env<'_>, pgid: i32, sig: i32) -> Term<'_> {
     if !signal::valid_target(pgid) || pgid == signal::own_group() {
-        return (atoms::error(), atoms::invalid_argument()).encode(env);
+        return not_a_target(env, pgid);
     }
     signal_result(env, signal::kill_group(pgid, sig))
 }
@@ -171,10 +171,10 @@ fn process_alive(pid: i32) -> bool {
 #[rustler::nif]
 fn process_group_of(env: Env<'_>, pid: i32) -> Term<'_> {
     if pid <= 0 {
-        return (atoms::error(), atoms::invalid_argument()).encode(env);
+        return not_a_target(env, pid);
     }
     match signal::group_of(pid) {
         Ok(pgid) => (atoms::ok(), pgid).encode(env),
-        Err(err) => (atoms::error(), error_reason(&err)).encode(env),
+        Err(err) => NifError::os(&err, "getpgid").encode(env),
     }
 }
