@@ -29,6 +29,8 @@ lint: setup
 	cargo clippy --release --workspace --all-targets -- -D warnings
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors --force
+	cd python && $(VENV)/bin/ruff check snakepit_bridge tests && $(VENV)/bin/mypy
+	bash scripts/dialyzer.sh
 
 bench: setup
 	ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/pool_throughput.exs

@@ -80,21 +80,33 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     File.stat!(a).size == File.stat!(b).size and File.read!(a) == File.read!(b)
   end
 
+  # The worker's run-time requirements, for `mix snakepit.setup`, come
+  # from the one list of them: `dependencies` in python/pyproject.toml.
+  defp write_requirements(pyproject, priv) do
+    with {:ok, text} <- File.read(pyproject),
+         [_, list] <- Regex.run(~r/^dependencies = \[(.*?)^\]/ms, text) do
+      deps = Regex.scan(~r/"([^"]+)"/, list, capture: :all_but_first) |> List.flatten()
+
+      content =
+        "# Generated from python/pyproject.toml by the Mix compiler: what a worker needs.\n" <>
+          Enum.map_join(deps, "", &(&1 <> "\n"))
+
+      installed = Path.join([priv, "python", "requirements.txt"])
+
+      unless File.exists?(installed) and File.read!(installed) == content do
+        File.mkdir_p!(Path.dirname(installed))
+        File.write!(installed, content)
+      end
+    end
+  end
+
   # Mirrors python/snakepit_bridge into priv/python/snakepit_bridge, so the
   # worker package is found from the application's own directory at runtime.
   defp sync_python(root, priv) do
     src = Path.join([root, "python", "snakepit_bridge"])
     dest = Path.join([priv, "python", "snakepit_bridge"])
 
-    requirements = Path.join([root, "python", "requirements.txt"])
-
-    installed = Path.join([priv, "python", "requirements.txt"])
-
-    if File.exists?(requirements) and
-         not (File.exists?(installed) and same_file?(requirements, installed)) do
-      File.mkdir_p!(Path.dirname(installed))
-      File.cp!(requirements, installed)
-    end
+    write_requirements(Path.join([root, "python", "pyproject.toml"]), priv)
 
     if File.dir?(src) do
       wanted =

@@ -36,10 +36,12 @@ Pin-Priority: 100
 PIN
   as_root apt-get update -qq
   DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq -t trixie \
-    elixir erlang-dev erlang-src erlang-xmerl erlang-os-mon >/dev/null
+    elixir erlang-dev erlang-src erlang-xmerl erlang-os-mon erlang-dialyzer >/dev/null
 }
 
-if elixir_ok; then
+dialyzer_ok() { command -v dialyzer >/dev/null 2>&1; }
+
+if elixir_ok && dialyzer_ok; then
   say "Elixir $(elixir -e 'IO.write(System.version())') / OTP $(erl -noshell -eval 'io:format("~s", [erlang:system_info(otp_release)]), halt().') already present"
 else
   install_elixir
@@ -55,10 +57,12 @@ if [ ! -x "$VENV/bin/python" ]; then
   say "creating Python virtualenv at $VENV"
   "$PYTHON" -m venv "$VENV"
 fi
-REQ=python/requirements-dev.txt
+# The requirements come from python/pyproject.toml, the one list of them.
+REQ=$(mktemp)
+"$VENV/bin/python" scripts/python_requirements.py dev > "$REQ"
 STAMP="$VENV/.snakepit-requirements"
 if [ ! -f "$STAMP" ] || ! cmp -s "$REQ" "$STAMP"; then
-  say "installing Python requirements into $VENV"
+  say "installing Python requirements into $VENV (from python/pyproject.toml)"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   "$VENV/bin/python" -m pip install -q -r "$REQ"
   cp "$REQ" "$STAMP"

@@ -51,7 +51,6 @@ defmodule Snakepit.Config do
   alias Snakepit.Defaults
 
   alias Snakepit.Config.{Listener, Schema}
-  require Schema
 
   @type pool_name :: atom()
 
@@ -59,7 +58,7 @@ defmodule Snakepit.Config do
   Normalized pool configuration returned by `normalize_pool_config/1`: every
   key listed in the module doc is present.
   """
-  @type pool_config :: Schema.pool_config_type()
+  @type pool_config :: unquote(Schema.pool_config_type())
 
   @type normalized_pool_config :: pool_config()
   @type validation_result :: {:ok, [pool_config()]} | {:error, term()}

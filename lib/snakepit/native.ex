@@ -8,6 +8,13 @@ defmodule Snakepit.Native do
   I/O scheduler.
   """
 
+  @typedoc """
+  How every NIF and asynchronous reply fails: a kind an Elixir caller can
+  match on (`:invalid_argument`, an errno name, a gRPC status name, ...)
+  and a message (see `Snakepit.Error.Native`).
+  """
+  @type error :: {:error, {atom(), String.t()}}
+
   @on_load :load_nif
 
   @doc false
@@ -43,7 +50,7 @@ defmodule Snakepit.Native do
           pid(),
           %{orphan_protection: boolean(), with_secret: boolean()}
         ) ::
-          {:ok, {pos_integer(), reference()}} | {:error, term()}
+          {:ok, {pos_integer(), reference()}} | error()
   def spawn_process(_program, _argv, _env, _cwd, _owner, _opts), do: not_loaded()
 
   @doc "`spawn_process/6` with orphan protection and no secret."
@@ -54,7 +61,7 @@ defmodule Snakepit.Native do
           String.t() | nil,
           pid()
         ) ::
-          {:ok, {pos_integer(), reference()}} | {:error, term()}
+          {:ok, {pos_integer(), reference()}} | error()
   def spawn_process(program, argv, env, cwd, owner),
     do:
       spawn_process(program, argv, env, cwd, owner, %{orphan_protection: true, with_secret: false})
@@ -63,7 +70,7 @@ defmodule Snakepit.Native do
   Connects to a fork server (`python -m snakepit_bridge.fork_server`)
   listening at `path`. The fork server exits when the handle is dropped.
   """
-  @spec fork_server_connect(String.t()) :: {:ok, reference()} | {:error, String.t()}
+  @spec fork_server_connect(String.t()) :: {:ok, reference()} | error()
   def fork_server_connect(_path), do: not_loaded()
 
   @doc """
@@ -76,29 +83,29 @@ defmodule Snakepit.Native do
           [{String.t(), String.t()}],
           String.t() | nil,
           pid()
-        ) :: {:ok, {pos_integer(), reference()}} | {:error, String.t()}
+        ) :: {:ok, {pos_integer(), reference()}} | error()
   def fork_server_spawn(_server, _argv, _env, _cwd, _owner), do: not_loaded()
 
   @doc "Releases the guard of a spawned process: its whole group is SIGKILLed if still running."
   @spec release_process(reference()) :: :ok
   def release_process(_handle), do: not_loaded()
 
-  @spec signal_process(integer(), integer()) :: :ok | {:error, atom()}
+  @spec signal_process(integer(), integer()) :: :ok | error()
   def signal_process(_pid, _signal), do: not_loaded()
 
-  @spec signal_group(integer(), integer()) :: :ok | {:error, atom()}
+  @spec signal_group(integer(), integer()) :: :ok | error()
   def signal_group(_pgid, _signal), do: not_loaded()
 
   @spec process_alive(integer()) :: boolean()
   def process_alive(_pid), do: not_loaded()
 
-  @spec process_group_of(integer()) :: {:ok, integer()} | {:error, atom()}
+  @spec process_group_of(integer()) :: {:ok, integer()} | error()
   def process_group_of(_pid), do: not_loaded()
 
   # -- gRPC client -----------------------------------------------------------
 
   @doc "Opens a lazily connected channel to `unix:/path` or `host:port`."
-  @spec grpc_connect(String.t()) :: {:ok, reference()} | {:error, term()}
+  @spec grpc_connect(String.t()) :: {:ok, reference()} | error()
   def grpc_connect(_address), do: not_loaded()
 
   @doc """
@@ -107,7 +114,7 @@ defmodule Snakepit.Native do
   result arrives as `{ref, {:ok, term} | {:error, reason}}`.
   """
   @spec grpc_execute(reference(), pid(), reference(), String.t(), term(), map()) ::
-          :ok | {:error, term()}
+          :ok | error()
   def grpc_execute(_channel, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
 
   @doc "Sets the largest message (bytes) on every connection to and from workers."
@@ -145,7 +152,7 @@ defmodule Snakepit.Native do
           term(),
           map()
         ) ::
-          {:ok, reference()} | {:error, term()}
+          {:ok, reference()} | error()
   def grpc_execute_stream(_channel, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
 
   @spec stream_ack(reference()) :: :ok
@@ -167,7 +174,7 @@ defmodule Snakepit.Native do
   server stops with `bridge_stop/1` or when the handle is garbage.
   """
   @spec bridge_start(String.t(), pid(), pos_integer(), boolean()) ::
-          {:ok, {reference(), String.t()}} | {:error, {:invalid_argument, String.t()}}
+          {:ok, {reference(), String.t()}} | error()
   def bridge_start(_address, _dispatcher, _default_timeout_ms, _allow_non_loopback \\ false),
     do: not_loaded()
 
@@ -180,7 +187,6 @@ defmodule Snakepit.Native do
   shapes). Runs on a dirty CPU scheduler: results are encoded to JSON here.
   """
   @spec bridge_reply(reference(), term()) ::
-          :ok
-          | {:error, :already_replied | :expired | {:invalid_argument, String.t()}}
+          :ok | error()
   def bridge_reply(_call, _reply), do: not_loaded()
 end

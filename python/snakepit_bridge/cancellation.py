@@ -51,7 +51,7 @@ _clear_async_exc = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void
 class ActiveCall:
     """One running call: where it runs and how it ended."""
 
-    def __init__(self, registry: "CallRegistry", request_id: str, tool: str, loop: asyncio.AbstractEventLoop | None):
+    def __init__(self, registry: CallRegistry, request_id: str, tool: str, loop: asyncio.AbstractEventLoop | None):
         self.registry = registry
         self.request_id = request_id
         self.tool = tool

@@ -8,8 +8,8 @@ worker's ``--elixir-address`` flag.
 from __future__ import annotations
 
 import asyncio
-import os
 import logging
+import os
 import threading
 from typing import Any, Mapping
 
@@ -166,8 +166,8 @@ class ElixirBridgeClient:
         )
         for key, value in binary.items():
             request.binary_parameters[key] = value
-        for key, value in (metadata or {}).items():
-            request.metadata[str(key)] = str(value)
+        for meta_key, meta_value in (metadata or {}).items():
+            request.metadata[str(meta_key)] = str(meta_value)
         return request
 
     def execute_tool(

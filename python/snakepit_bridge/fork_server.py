@@ -178,7 +178,7 @@ def _std_stream(fd: int, like: Any, *, unbuffered: bool, line_buffering: bool) -
 def _exit_status(exc: SystemExit) -> int:
     if exc.code is None:
         return 0
-    if _is_int(exc.code):
+    if isinstance(exc.code, int):
         return exc.code
     print(exc.code, file=sys.stderr)
     return 1
@@ -232,13 +232,13 @@ class ForkServer:
         with conn:
             try:
                 while True:
-                    readable, _, _ = select.select([conn, self.wakeup_r], [], [])
+                    readable, _, _ = select.select([conn.fileno(), self.wakeup_r], [], [])
                     if self.wakeup_r in readable:
                         with contextlib.suppress(BlockingIOError):
                             while os.read(self.wakeup_r, 512):
                                 pass
                         self.reap(conn)
-                    if conn in readable:
+                    if conn.fileno() in readable:
                         self.handle_message(conn)
             except ControllerGone:
                 return 0
@@ -350,9 +350,12 @@ class ForkServer:
         """Take on the request's environment, as a fresh interpreter would."""
         env = request.env
         unbuffered = bool(env.get("PYTHONUNBUFFERED"))
-        sys.stdout = sys.__stdout__ = _std_stream(1, sys.__stdout__, unbuffered=unbuffered, line_buffering=False)
-        sys.stderr = sys.__stderr__ = _std_stream(2, sys.__stderr__, unbuffered=unbuffered,
-                                                  line_buffering=not unbuffered)
+        sys.stdout = sys.__stdout__ = _std_stream(  # type: ignore[misc]
+            1, sys.__stdout__, unbuffered=unbuffered, line_buffering=False
+        )
+        sys.stderr = sys.__stderr__ = _std_stream(  # type: ignore[misc]
+            2, sys.__stderr__, unbuffered=unbuffered, line_buffering=not unbuffered
+        )
         os.environ.clear()
         os.environ.update(env)
         sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))

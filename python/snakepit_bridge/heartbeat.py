@@ -46,7 +46,7 @@ class HeartbeatConfig:
     dependent: bool = True
 
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> "HeartbeatConfig":
+    def from_mapping(cls, data: Mapping[str, Any]) -> HeartbeatConfig:
         """Build from a mapping; unknown keys and values of the wrong type are ignored."""
         values: dict[str, Any] = {}
         for field in fields(cls):
@@ -62,7 +62,7 @@ class HeartbeatConfig:
         return cls(**values)
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None) -> "HeartbeatConfig | None":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> HeartbeatConfig | None:
         """The configuration in ``SNAKEPIT_HEARTBEAT_CONFIG``, or None when unset."""
         raw = (environ if environ is not None else os.environ).get(ENV_VAR)
         if not raw:

@@ -32,9 +32,7 @@ import time
 import traceback
 from typing import Any, AsyncIterator, Callable
 
-from . import serialization, telemetry, thread_checks
-from . import elixir_bridge
-from .thread_checks import ConcurrencyCheck
+from . import elixir_bridge, serialization, telemetry, thread_checks
 from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
 from .errors import (
     ArgumentBindingError,
@@ -49,6 +47,7 @@ from .generated import snakepit_bridge_pb2 as pb
 from .session_context import SessionContext, _current
 from .sessions import SessionTable
 from .streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
+from .thread_checks import ConcurrencyCheck
 from .tools import ToolInfo, discover_tools
 
 log = logging.getLogger("snakepit_bridge.runtime")
@@ -192,7 +191,7 @@ class ToolRunner:
         else:
             loop = asyncio.get_running_loop()
             ctx = contextvars.copy_context()
-            fn = functools.partial(call.func, *call.args, **call.kwargs)
+            fn: Callable[[], Any] = functools.partial(call.func, *call.args, **call.kwargs)
             if self.thread_checks is not None:
                 fn = self.thread_checks.wrap(call.name, call.func, fn)
             if active is not None:
@@ -364,7 +363,9 @@ class ToolRunner:
             if active is not None:
                 active.task = task
                 task.add_done_callback(
-                    lambda t: self.calls.end(active, CANCELLED if t.cancelled() or active.cancel_requested else FINISHED)
+                    lambda t: self.calls.end(
+                        active, CANCELLED if t.cancelled() or active.cancel_requested else FINISHED
+                    )
                 )
             return task
         ctx = contextvars.copy_context()
@@ -382,7 +383,7 @@ class ToolRunner:
                 try:
                     async for item in result:
                         await channel.put(item)
-                        if is_chunk_like(item) and item.is_final:
+                        if is_chunk_like(item) and getattr(item, "is_final", False):
                             return
                 finally:
                     await result.aclose()

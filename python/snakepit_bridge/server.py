@@ -38,13 +38,13 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
+from . import auth, telemetry
 from .elixir_bridge import ElixirBridgeClient, grpc_channel_options, refresh_limits, set_default_client
 from .generated import snakepit_bridge_pb2_grpc as pb_grpc
 from .heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
 from .heartbeat import HeartbeatConfig, HeartbeatWatchdog
 from .runtime import ToolRunner
 from .servicer import BridgeServicer
-from . import auth, telemetry
 
 log = logging.getLogger("snakepit_bridge.server")
 
@@ -95,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--address", default=None, help="unix:/abs/path.sock or HOST:PORT (port 0 = any)")
     parser.add_argument("--port", type=int, default=None, help="shorthand for --address 127.0.0.1:PORT")
     parser.add_argument("--worker-id", default="", help="id reported in Ping and telemetry")
-    parser.add_argument("--snakepit-run-id", "--run-id", dest="run_id", default="", help="BEAM run id (for orphan cleanup)")
+    parser.add_argument(
+        "--snakepit-run-id", "--run-id", dest="run_id", default="", help="BEAM run id (for orphan cleanup)"
+    )
     parser.add_argument("--elixir-address", default="", help="address of the ElixirBridge server")
     parser.add_argument("--instance-name", default=os.environ.get("SNAKEPIT_INSTANCE_NAME", ""))
     parser.add_argument("--instance-token", default=os.environ.get("SNAKEPIT_INSTANCE_TOKEN", ""))

@@ -16,12 +16,12 @@ from .errors import ElixirBridgeUnavailable
 
 __all__ = ["SessionContext", "ElixirToolsProxy", "ElixirToolHandle", "current_context"]
 
-_current: contextvars.ContextVar["SessionContext | None"] = contextvars.ContextVar(
+_current: contextvars.ContextVar[SessionContext | None] = contextvars.ContextVar(
     "snakepit_session_context", default=None
 )
 
 
-def current_context() -> "SessionContext | None":
+def current_context() -> SessionContext | None:
     """The SessionContext of the tool call running in this task/thread, if any."""
     return _current.get()
 
@@ -137,7 +137,7 @@ class SessionContext:
         return self.bridge.list_tools(self.session_id)
 
     @property
-    def elixir_tools(self) -> "ElixirToolsProxy":
+    def elixir_tools(self) -> ElixirToolsProxy:
         """``ctx.elixir_tools["name"](**params)`` or ``ctx.elixir_tools.name(...)``."""
         return ElixirToolsProxy(self)
 

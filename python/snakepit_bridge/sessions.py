@@ -34,7 +34,7 @@ class SessionTable:
 
     def __init__(self, max_sessions: int = DEFAULT_MAX_SESSIONS):
         self.max_sessions = max_sessions
-        self._sessions: "OrderedDict[str, Session]" = OrderedDict()
+        self._sessions: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
     def initialize(self, session_id: str, metadata: dict[str, Any] | None = None) -> Session:

@@ -147,7 +147,7 @@ def _param_docs(doc: str | None) -> dict[str, str]:
     if not doc:
         return {}
     lines = inspect.cleandoc(doc).splitlines()
-    for index, line in enumerate(lines):
+    for index, line in enumerate(lines):  # noqa: B007 - index is used after the loop
         if _ARG_SECTION.match(line):
             break
     else:

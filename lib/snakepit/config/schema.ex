@@ -123,8 +123,9 @@ defmodule Snakepit.Config.Schema do
   end
 
   @doc false
-  # The map type of a normalized pool config, built from the table.
-  defmacro pool_config_type do
+  # The map type of a normalized pool config, as quoted code built from the
+  # table (for `@type` in `Snakepit.Config`).
+  def pool_config_type do
     fields =
       for {key, type, _, _, default, _, _} <- @keys do
         kind = if default == :none, do: :optional, else: :required

@@ -8,8 +8,6 @@ defmodule Snakepit.OSCommand do
 
   alias Snakepit.Native
 
-  @sigkill 9
-
   @doc """
   Runs `program` (looked up on `PATH` when it has no `/`) with `args`.
   Returns `{:ok, output}` on exit status 0, `{:error, {:exit_status, code,
@@ -70,7 +68,7 @@ defmodule Snakepit.OSCommand do
         end
     after
       wait ->
-        Native.signal_group(os_pid, @sigkill)
+        Snakepit.ProcessKiller.kill_process_group(os_pid, :sigkill)
         flush(os_pid)
         {:error, :timeout}
     end

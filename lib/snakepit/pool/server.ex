@@ -306,10 +306,6 @@ defmodule Snakepit.Pool.Server do
     {:noreply, state}
   end
 
-  def handle_info({:untaint, name, id}, state) do
-    {:noreply, update_pool(state, name, &State.untaint(&1, id))}
-  end
-
   def handle_info(:prune_sessions, state) do
     older = now() - Defaults.session_default_ttl() * 1_000
 

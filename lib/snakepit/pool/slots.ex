@@ -128,8 +128,7 @@ defmodule Snakepit.Pool.Slots do
 
     if CrashBarrier.enabled?(config) do
       CrashBarrier.taint_worker(name, id, info, config)
-      Process.send_after(self(), {:untaint, name, id}, config.taint_ms)
-      Server.update_pool(state, name, &State.taint(&1, id))
+      state
     else
       state
     end

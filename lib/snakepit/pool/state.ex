@@ -59,7 +59,9 @@ defmodule Snakepit.Pool.State do
             sessions: %{},
             settled: MapSet.new(),
             down: %{},
-            tainted: MapSet.new(),
+            # Who is tainted is recorded once, in Snakepit.Worker.TaintRegistry;
+            # the pool asks through this function (tests give their own).
+            tainted?: &Snakepit.Worker.TaintRegistry.worker_tainted?/1,
             retiring: 0,
             stats: %{requests: 0, errors: 0, queue_timeouts: 0, pool_saturated: 0}
 
@@ -91,9 +93,15 @@ defmodule Snakepit.Pool.State do
 
   @type t :: %__MODULE__{}
 
-  @doc "A pool that expects `config.pool_size` workers."
-  @spec new(map()) :: t()
-  def new(config), do: %__MODULE__{name: config.name, config: config, expected: config.pool_size}
+  @doc """
+  A pool that expects `config.pool_size` workers. `opts[:tainted?]` tells
+  whether a worker is tainted (default: `Snakepit.Worker.TaintRegistry`).
+  """
+  @spec new(map(), keyword()) :: t()
+  def new(config, opts \\ []) do
+    state = %__MODULE__{name: config.name, config: config, expected: config.pool_size}
+    if fun = opts[:tainted?], do: %{state | tainted?: fun}, else: state
+  end
 
   # -- workers ---------------------------------------------------------------
 
@@ -271,17 +279,9 @@ defmodule Snakepit.Pool.State do
 
   defp maybe_stop(state, _worker, actions), do: {actions, state}
 
-  @doc "Marks a worker as tainted: it is chosen only when nothing else is free."
-  @spec taint(t(), String.t()) :: t()
-  def taint(state, id), do: %{state | tainted: MapSet.put(state.tainted, id)}
-
-  @doc "Lifts a worker's taint."
-  @spec untaint(t(), String.t()) :: t()
-  def untaint(state, id), do: %{state | tainted: MapSet.delete(state.tainted, id)}
-
-  @doc "Is the worker tainted?"
+  @doc "Is the worker tainted (chosen only when nothing else is free)?"
   @spec tainted?(t(), String.t()) :: boolean()
-  def tainted?(state, id), do: MapSet.member?(state.tainted, id)
+  def tainted?(state, id), do: state.tainted?.(id)
 
   @doc "Forgets session pins not used since `older_than` (same clock as `request.now`)."
   @spec prune_sessions(t(), integer()) :: t()

@@ -166,7 +166,6 @@ defmodule Snakepit.CrashBarrier do
   def taint_worker(pool_name, worker_id, info, config) do
     TaintRegistry.taint_worker(worker_id,
       duration_ms: config.taint_ms,
-      max_restarts: config.max_retries,
       pool: pool_name,
       exit_status: Map.get(info, :exit_status),
       reason: Map.get(info, :classification)

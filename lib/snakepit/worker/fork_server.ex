@@ -135,7 +135,7 @@ defmodule Snakepit.ForkServer do
     # Workers were stopped before us; their fork servers go now, not when
     # the guard gets to it, so the shutdown sweep finds nothing left.
     for {_key, server} <- state.servers do
-      Native.signal_group(server.os_pid, 9)
+      Snakepit.ProcessKiller.kill_process_group(server.os_pid, :sigkill)
       Native.release_process(server.handle)
       ProcessRegistry.unregister_worker(server.id)
     end

@@ -19,9 +19,8 @@ defmodule Snakepit.GRPCWorker do
   alias Snakepit.Worker.ExitStatus
   alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
+  alias Snakepit.ProcessKiller
 
-  @sigterm 15
-  @sigkill 9
   # Lines of output kept to explain a failed start.
   @kept_lines 30
   # How long to wait for the exit notice after SIGKILL.
@@ -326,7 +325,7 @@ defmodule Snakepit.GRPCWorker do
   # at once and stop abnormally so the starter replaces the worker.
   defp heartbeat_failed(state) do
     if state.os_pid do
-      Native.signal_group(state.os_pid, @sigkill)
+      ProcessKiller.kill_process_group(state.os_pid, :sigkill)
       await_exit(state.os_pid, @kill_wait_ms)
     end
 
@@ -372,7 +371,7 @@ defmodule Snakepit.GRPCWorker do
     )
 
     if state.os_pid do
-      Native.signal_group(state.os_pid, @sigkill)
+      ProcessKiller.kill_process_group(state.os_pid, :sigkill)
       await_exit(state.os_pid, @kill_wait_ms)
     end
 
@@ -401,10 +400,10 @@ defmodule Snakepit.GRPCWorker do
 
   defp stop_process(state) do
     pid = state.os_pid
-    Native.signal_group(pid, @sigterm)
+    ProcessKiller.kill_process_group(pid, :sigterm)
 
     unless await_exit(pid, Defaults.graceful_shutdown_timeout_ms()) do
-      Native.signal_group(pid, @sigkill)
+      ProcessKiller.kill_process_group(pid, :sigkill)
       await_exit(pid, @kill_wait_ms)
     end
 

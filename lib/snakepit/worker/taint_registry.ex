@@ -13,15 +13,12 @@ defmodule Snakepit.Worker.TaintRegistry do
           required(:worker_id) => String.t(),
           required(:tainted_at_ms) => integer(),
           required(:expires_at_ms) => integer(),
-          required(:restarts_left) => non_neg_integer(),
           optional(atom()) => term()
         }
 
   @doc """
   Taints `worker_id`. Options: `:duration_ms` (default
-  `Snakepit.Defaults.crash_barrier_taint_duration_ms/0`), `:max_restarts`
-  (restarts the crash barrier may spend on it, default
-  `Snakepit.Defaults.crash_barrier_max_restarts/0`), and any facts to keep
+  `Snakepit.Defaults.crash_barrier_taint_duration_ms/0`) and any facts to keep
   (`:reason`, `:exit_status`, `:pool`, `:device`).
   """
   @spec taint_worker(String.t(), keyword()) :: :ok
@@ -31,18 +28,14 @@ defmodule Snakepit.Worker.TaintRegistry do
     duration =
       Keyword.get_lazy(opts, :duration_ms, &Snakepit.Defaults.crash_barrier_taint_duration_ms/0)
 
-    restarts =
-      Keyword.get_lazy(opts, :max_restarts, &Snakepit.Defaults.crash_barrier_max_restarts/0)
-
     info =
       opts
-      |> Keyword.drop([:duration_ms, :max_restarts])
+      |> Keyword.drop([:duration_ms])
       |> Map.new()
       |> Map.merge(%{
         worker_id: worker_id,
         tainted_at_ms: now,
-        expires_at_ms: now + duration,
-        restarts_left: restarts
+        expires_at_ms: now + duration
       })
 
     :ets.insert(table(), {worker_id, info})
@@ -75,25 +68,6 @@ defmodule Snakepit.Worker.TaintRegistry do
   def clear_worker(worker_id) do
     :ets.delete(table(), worker_id)
     :ok
-  end
-
-  @doc """
-  Spends one of the restarts a tainted worker has left:
-  `{:ok, remaining}`, `{:error, :no_restarts_left}` or `{:error, :not_tainted}`.
-  """
-  @spec consume_restart(String.t()) :: {:ok, non_neg_integer()} | {:error, atom()}
-  def consume_restart(worker_id) do
-    case worker_info(worker_id) do
-      nil ->
-        {:error, :not_tainted}
-
-      %{restarts_left: 0} ->
-        {:error, :no_restarts_left}
-
-      %{restarts_left: n} = info ->
-        :ets.insert(table(), {worker_id, %{info | restarts_left: n - 1}})
-        {:ok, n - 1}
-    end
   end
 
   defp table, do: Snakepit.ETSOwner.ensure_table(@table)

@@ -16,7 +16,8 @@ import grpc
 
 from .. import auth, serialization
 from ..generated import snakepit_bridge_pb2 as pb
-from . import TelemetryHub, hub as default_hub
+from . import TelemetryHub
+from . import hub as default_hub
 
 log = logging.getLogger("snakepit_bridge.telemetry")
 

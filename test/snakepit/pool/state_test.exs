@@ -4,12 +4,17 @@ defmodule Snakepit.Pool.StateTest do
   alias Snakepit.Pool.State
 
   defp pool(opts \\ []) do
-    State.new(%{
-      name: :p,
-      pool_size: Keyword.get(opts, :size, 2),
-      max_queue_size: Keyword.get(opts, :max_queue, 2),
-      affinity: Keyword.get(opts, :affinity, :hint)
-    })
+    tainted = Keyword.get(opts, :tainted, [])
+
+    State.new(
+      %{
+        name: :p,
+        pool_size: Keyword.get(opts, :size, 2),
+        max_queue_size: Keyword.get(opts, :max_queue, 2),
+        affinity: Keyword.get(opts, :affinity, :hint)
+      },
+      tainted?: &(&1 in tainted)
+    )
   end
 
   defp worker(id, capacity \\ 1), do: %{id: id, pid: spawn(fn -> :ok end), capacity: capacity}
@@ -313,7 +318,7 @@ defmodule Snakepit.Pool.StateTest do
 
   describe "taints and avoidance" do
     test "a tainted worker is passed over while another is free" do
-      s = two_workers() |> State.taint("w1")
+      s = two_workers(tainted: ["w1"])
       a = req()
       assert {"w2", s} = granted!(s, a)
       {_, s} = done(s, a)
@@ -321,7 +326,7 @@ defmodule Snakepit.Pool.StateTest do
     end
 
     test "a tainted worker still serves when it is the only free one" do
-      s = two_workers() |> State.taint("w1")
+      s = two_workers(tainted: ["w1"])
       {"w2", s} = granted!(s, req())
       assert {"w1", _} = granted!(s, req())
     end
@@ -331,9 +336,9 @@ defmodule Snakepit.Pool.StateTest do
       r = req("s1")
       {"w1", s} = granted!(s, r)
       {_, s} = done(s, r)
-      tainted = State.taint(s, "w1")
+      tainted = %{s | tainted?: &(&1 == "w1")}
       assert {"w2", _} = granted!(tainted, req("s1"))
-      assert {"w1", _} = granted!(State.untaint(tainted, "w1"), req("s1"))
+      assert {"w1", _} = granted!(%{tainted | tainted?: fn _ -> false end}, req("s1"))
     end
 
     test "a retry avoids the workers it lists" do
