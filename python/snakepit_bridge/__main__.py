@@ -1,5 +1,5 @@
 """``python -m snakepit_bridge`` is the same as ``python -m snakepit_bridge.server``."""
 
-from .server import run
+from ._internal.server import run
 
 run()

@@ -11,7 +11,7 @@ import contextvars
 import time
 from typing import Any, Iterator, Mapping
 
-from .elixir_bridge import ElixirBridgeClient, get_default_client
+from ._internal.elixir_bridge import ElixirBridgeClient, get_default_client
 from .errors import ElixirBridgeUnavailable
 
 __all__ = ["SessionContext", "ElixirToolsProxy", "ElixirToolHandle", "current_context"]

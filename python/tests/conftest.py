@@ -15,7 +15,7 @@ for path in (str(PYTHON_DIR), str(TESTS_DIR)):
         sys.path.insert(0, path)
 
 from snakepit_bridge import telemetry  # noqa: E402
-from snakepit_bridge.elixir_bridge import set_default_client  # noqa: E402
+from snakepit_bridge._internal.elixir_bridge import set_default_client  # noqa: E402
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import grpc
 from snakepit_bridge import serialization
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
-from snakepit_bridge.server import Worker
+from snakepit_bridge._internal.server import Worker
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent

@@ -8,9 +8,9 @@ import pytest
 from helpers import request, result_of, run, running_worker
 from sample_adapters import TestAdapter
 
-from snakepit_bridge import auth
-from snakepit_bridge.elixir_bridge import ElixirBridgeClient
-from snakepit_bridge.fork_server import BadRequest, parse_request
+from snakepit_bridge._internal import auth
+from snakepit_bridge._internal.elixir_bridge import ElixirBridgeClient
+from snakepit_bridge._internal.fork_server import BadRequest, parse_request
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 
 SECRET = "ab" * 32

@@ -9,8 +9,8 @@ import pytest
 from helpers import WAIT_S, fake_bridge, finish, read_handshake, request, result_of, run, running_worker, spawn_worker
 
 from snakepit_bridge import BaseAdapter, SessionContext, tool
+from snakepit_bridge._internal.elixir_bridge import bridge_channel_options
 from snakepit_bridge.adapters.showcase import ShowcaseAdapter
-from snakepit_bridge.elixir_bridge import bridge_channel_options
 from snakepit_bridge.errors import ElixirBridgeUnavailable, ElixirToolError
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc

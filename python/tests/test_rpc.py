@@ -8,7 +8,8 @@ import time
 from helpers import WAIT_S, request, result_of, run, running_worker
 from sample_adapters import LegacyAdapter, TestAdapter
 
-from snakepit_bridge import serialization, sessions
+from snakepit_bridge import serialization
+from snakepit_bridge._internal import sessions
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 
 

@@ -14,7 +14,8 @@ from typing import Any, AsyncIterator
 
 import grpc
 
-from .. import auth, serialization
+from .. import serialization
+from .._internal import auth
 from ..generated import snakepit_bridge_pb2 as pb
 from . import TelemetryHub
 from . import hub as default_hub

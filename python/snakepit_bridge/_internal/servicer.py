@@ -6,9 +6,10 @@ import logging
 import time
 from typing import Any, AsyncIterator
 
-from . import auth, serialization
-from .generated import snakepit_bridge_pb2 as pb
-from .generated import snakepit_bridge_pb2_grpc as pb_grpc
+from .. import serialization
+from ..generated import snakepit_bridge_pb2 as pb
+from ..generated import snakepit_bridge_pb2_grpc as pb_grpc
+from . import auth
 from .runtime import ToolRunner
 
 log = logging.getLogger("snakepit_bridge.servicer")

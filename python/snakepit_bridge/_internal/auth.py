@@ -85,7 +85,7 @@ def _count_refusal(method: str, reason: str) -> None:
     with _refused_lock:
         _refused += 1
     log.warning("refused %s: %s secret", method, reason)
-    from . import telemetry
+    from .. import telemetry
 
     telemetry.emit(("security", "unauthenticated"), {"count": 1}, {"method": method, "reason": reason})
 

@@ -15,10 +15,11 @@ from typing import Any, Mapping
 
 import grpc
 
-from . import auth, serialization
-from .errors import ElixirBridgeUnavailable, ElixirToolError
-from .generated import snakepit_bridge_pb2 as pb
-from .generated import snakepit_bridge_pb2_grpc as pb_grpc
+from .. import serialization
+from ..errors import ElixirBridgeUnavailable, ElixirToolError
+from ..generated import snakepit_bridge_pb2 as pb
+from ..generated import snakepit_bridge_pb2_grpc as pb_grpc
+from . import auth
 
 log = logging.getLogger("snakepit_bridge.elixir_bridge")
 

@@ -29,7 +29,7 @@ def enabled_from_env() -> bool:
 
 
 def _marked_safe(func: Any) -> bool:
-    from .base_adapter_threaded import THREAD_SAFE_ATTR
+    from ..base_adapter_threaded import THREAD_SAFE_ATTR
 
     target = getattr(func, "__func__", func)
     while target is not None:
@@ -76,6 +76,6 @@ class ConcurrencyCheck:
             name,
             concurrent,
         )
-        from . import telemetry
+        from .. import telemetry
 
         telemetry.emit(("thread_safety", "concurrent_call"), {"threads": concurrent}, {"tool": name})

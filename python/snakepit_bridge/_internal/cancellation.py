@@ -24,7 +24,7 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from .errors import CallCancelled
+from ..errors import CallCancelled
 
 __all__ = ["ActiveCall", "CallRegistry", "CANCELLED", "INTERRUPTED", "FINISHED", "RUNNING", "UNKNOWN"]
 

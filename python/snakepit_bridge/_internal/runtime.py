@@ -32,9 +32,8 @@ import time
 import traceback
 from typing import Any, AsyncIterator, Callable
 
-from . import elixir_bridge, serialization, telemetry, thread_checks
-from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
-from .errors import (
+from .. import serialization, telemetry
+from ..errors import (
     ArgumentBindingError,
     BridgeError,
     CallCancelled,
@@ -43,12 +42,14 @@ from .errors import (
     StreamingToolError,
     ToolNotFoundError,
 )
-from .generated import snakepit_bridge_pb2 as pb
-from .session_context import SessionContext, _current
+from ..generated import snakepit_bridge_pb2 as pb
+from ..session_context import SessionContext, _current
+from ..streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
+from ..tools import ToolInfo, discover_tools
+from . import elixir_bridge, thread_checks
+from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
 from .sessions import SessionTable
-from .streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
 from .thread_checks import ConcurrencyCheck
-from .tools import ToolInfo, discover_tools
 
 log = logging.getLogger("snakepit_bridge.runtime")
 
@@ -513,6 +514,6 @@ async def _close_generator(gen: Any) -> None:
 
 
 def _has_context_property(adapter: Any) -> bool:
-    from .base_adapter import BaseAdapter
+    from ..base_adapter import BaseAdapter
 
     return isinstance(adapter, BaseAdapter)
