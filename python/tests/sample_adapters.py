@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -199,6 +200,8 @@ class Threaded(ThreadSafeAdapter):
     def __init__(self) -> None:
         super().__init__()
         self.barrier = threading.Barrier(2, timeout=15)
+        # bump's callers start together, so their loops really overlap.
+        self.bump_start = threading.Barrier(4, timeout=15)
         self.counter = 0
 
     @tool
@@ -210,11 +213,23 @@ class Threaded(ThreadSafeAdapter):
 
     @tool
     @thread_safe_method
-    def bump(self, times: int = 1000) -> int:
+    def bump(self, times: int = 1000, locked: bool = True) -> int:
+        """Four concurrent calls each add `times` to the counter. The critical
+        section reads, yields the GIL (time.sleep(0)), then writes: without
+        the lock the other threads run in between and updates get lost."""
+        self.bump_start.wait()
         for _ in range(times):
-            with self.acquire_lock():
-                self.counter += 1
+            if locked:
+                with self.acquire_lock():
+                    self._racy_increment()
+            else:
+                self._racy_increment()
         return self.counter
+
+    def _racy_increment(self) -> None:
+        value = self.counter
+        time.sleep(0)
+        self.counter = value + 1
 
     @tool
     @thread_safe_method

@@ -181,7 +181,11 @@ def test_worker_subprocess_registers_with_bridge(sock_dir):
     run(go())
 
 
-def test_telemetry_streams_to_elixir_and_obeys_controls(sock_dir):
+def test_telemetry_stream_protocol_against_fake_bridge_server(sock_dir):
+    """Protocol test: what the worker sends on StreamTelemetry and how it applies
+    TelemetryControl messages, against the fake bridge server of helpers.py.
+    Telemetry reaching Snakepit's own (Elixir) bridge is not tested here."""
+
     async def go():
         async with fake_bridge(sock_dir) as (fake, address):
             async with running_worker(ShowcaseAdapter(), sock_dir, worker_id="wt", elixir_address=address) as (_, stub):

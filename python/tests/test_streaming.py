@@ -180,10 +180,33 @@ def test_producer_is_bounded_by_the_buffer(sock_dir, monkeypatch):
 # ------------------------------------------------------------------ Channel unit tests
 
 
+class _WatchedSlots(threading.Semaphore):
+    """The channel's slot semaphore, telling when a producer has to wait."""
+
+    def __init__(self, value: int) -> None:
+        super().__init__(value)
+        self.waiting = threading.Event()
+
+    def acquire(self, blocking: bool = True, timeout: float | None = None) -> bool:
+        if super().acquire(blocking=False):
+            return True
+        if not blocking:
+            return False
+        self.waiting.set()
+        return super().acquire(True, timeout)
+
+
+def _watched(channel: Channel) -> _WatchedSlots:
+    assert isinstance(channel._slots, threading.Semaphore)
+    channel._slots = _WatchedSlots(channel.maxsize)
+    return channel._slots
+
+
 def test_channel_blocks_thread_producer_when_full():
     async def go():
         loop = asyncio.get_running_loop()
         channel = Channel(loop, maxsize=2)
+        slots = _watched(channel)
         progress = []
 
         def producer():
@@ -194,7 +217,11 @@ def test_channel_blocks_thread_producer_when_full():
 
         thread = threading.Thread(target=producer)
         thread.start()
-        # two items fit; the third put blocks until we take one
+        # Two items fit; the third put waits for a slot ...
+        assert await loop.run_in_executor(None, slots.waiting.wait, WAIT_S), "producer never blocked"
+        # ... with the count at the bound, until the consumer reads.
+        assert progress == [0, 1]
+        assert thread.is_alive()
         first = await channel.get()
         assert first == (ITEM, 0)
         rest = [await channel.get() for _ in range(3)]
@@ -209,6 +236,7 @@ def test_channel_bound_holds_without_consumer():
     async def go():
         loop = asyncio.get_running_loop()
         channel = Channel(loop, maxsize=2)
+        slots = _watched(channel)
         done = threading.Event()
         count = []
 
@@ -222,7 +250,7 @@ def test_channel_bound_holds_without_consumer():
 
         thread = threading.Thread(target=producer)
         thread.start()
-        thread.join(0.3)
+        assert await loop.run_in_executor(None, slots.waiting.wait, WAIT_S), "producer never blocked"
         assert thread.is_alive(), "producer should be blocked on a full buffer"
         assert count == [0, 1]
         channel.cancel()

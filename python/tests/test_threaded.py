@@ -31,13 +31,23 @@ def test_threaded_worker_runs_calls_concurrently(sock_dir):
     run(go())
 
 
-def test_acquire_lock_protects_shared_state(sock_dir):
+@pytest.mark.parametrize("locked", [True, False])
+def test_acquire_lock_protects_shared_state(sock_dir, locked):
+    # Four calls at once run a read-yield-write increment 2000 times each.
+    # With the lock no update is lost; without it (the control) updates are
+    # lost, which shows the section is racy enough for the lock to matter.
     adapter = Threaded()
 
     async def go():
         async with running_worker(adapter, sock_dir, max_workers=4) as (_, stub):
-            await asyncio.gather(*(stub.ExecuteTool(request("bump", {"times": 2000})) for _ in range(4)))
-            assert adapter.counter == 8000
+            replies = await asyncio.gather(
+                *(stub.ExecuteTool(request("bump", {"times": 2000, "locked": locked})) for _ in range(4))
+            )
+            assert all(r.success for r in replies)
+            if locked:
+                assert adapter.counter == 8000
+            else:
+                assert adapter.counter < 8000
 
     run(go())
 

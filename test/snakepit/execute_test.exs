@@ -6,8 +6,14 @@ defmodule Snakepit.ExecuteTest do
   alias Snakepit.Error
   alias Snakepit.Test.AppPool
 
+  # The shipped ShowcaseAdapter plus test-only tools (rendezvous).
   setup_all do
-    AppPool.start!(pool_size: 2)
+    AppPool.start!(
+      pool_size: 2,
+      python_path: [AppPool.fixtures_dir()],
+      adapter_args: AppPool.fixture_adapter("ShowcaseTestAdapter")
+    )
+
     both_workers!(30_000)
   end
 
@@ -149,18 +155,26 @@ defmodule Snakepit.ExecuteTest do
     assert length(Enum.uniq(results)) == 1
   end
 
-  test "calls run concurrently on both workers" do
+  @tag :tmp_dir
+  test "calls run concurrently on both workers", %{tmp_dir: dir} do
     both_workers!()
 
-    pids =
-      1..4
-      |> Task.async_stream(fn _ -> Snakepit.execute("sleep", %{ms: 300}) end,
-        max_concurrency: 4,
-        timeout: 10_000
+    # Each call checks in under dir and returns only once both have: two
+    # calls that ran one after the other would never get past it.
+    results =
+      1..2
+      |> Task.async_stream(
+        fn _ -> Snakepit.execute("rendezvous", %{dir: dir, parties: 2}, timeout: 30_000) end,
+        max_concurrency: 2,
+        timeout: 60_000
       )
-      |> Enum.map(fn {:ok, {:ok, %{"pid" => pid}}} -> pid end)
+      |> Enum.map(fn {:ok, {:ok, result}} -> result end)
 
-    assert length(Enum.uniq(pids)) == 2
+    assert [a, b] = results
+    assert a["pid"] != b["pid"]
+    # Started and finished on the same (system-wide monotonic) clock: the
+    # two calls overlapped.
+    assert max(a["started"], b["started"]) < min(a["finished"], b["finished"])
   end
 
   test "stats and worker list describe the pool" do

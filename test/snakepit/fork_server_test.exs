@@ -85,7 +85,7 @@ defmodule Snakepit.ForkServerTest do
                Enum.filter([server | workers], &ProcessKiller.process_alive?/1) == [] and
                  ProcessKiller.find_by_run_id(RunID.current()) == []
              end,
-             2_000
+             30_000
            ) != :timeout
   end
 end

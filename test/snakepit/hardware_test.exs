@@ -70,7 +70,34 @@ defmodule Snakepit.HardwareTest do
            }
   end
 
-  test "clear_cache/0" do
+  test "clear_cache/0: detect/0 probes once, then answers from the cache until it is cleared" do
+    parent = self()
+    handler = "hw-cache-#{System.unique_integer()}"
+
+    # Only this process's detections (handlers run in the emitting process).
+    Snakepit.Telemetry.attach_many(
+      handler,
+      [[:snakepit, :hardware, :cache, :miss], [:snakepit, :hardware, :cache, :hit]],
+      fn [_, _, _, kind], _, _, _ -> if self() == parent, do: send(parent, {:cache, kind}) end,
+      nil
+    )
+
+    on_exit(fn -> Snakepit.Telemetry.detach(handler) end)
+
+    first = Hardware.detect()
+    assert Hardware.detect() == first
     assert Hardware.clear_cache() == :ok
+    assert Hardware.detect() == first
+    assert Hardware.detect() == first
+
+    assert collect_cache_events() == [:miss, :hit, :miss, :hit]
+  end
+
+  defp collect_cache_events(acc \\ []) do
+    receive do
+      {:cache, kind} -> collect_cache_events([kind | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
   end
 end

@@ -44,8 +44,13 @@ defmodule Snakepit.HealthMonitorTest do
   end
 
   test "name is optional and usable" do
-    start_supervised!({HealthMonitor, name: :hm_named_test, pool: :default})
+    pid = start_supervised!({HealthMonitor, name: :hm_named_test, pool: :default, max_crashes: 1})
+    assert Process.whereis(:hm_named_test) == pid
     assert HealthMonitor.healthy?(:hm_named_test)
+    # Calls by name reach that monitor: a crash recorded by name shows in it.
+    :ok = HealthMonitor.record_crash(:hm_named_test, "w")
+    assert %{total_crashes: 1, pool: :default} = HealthMonitor.stats(pid)
+    refute HealthMonitor.healthy?(:hm_named_test)
   end
 
   test "bad options raise ArgumentError naming the option" do

@@ -1,9 +1,11 @@
 defmodule Snakepit.ProcessManagementTest do
-  # The no-orphan guarantee, scenario by scenario, with real Python workers.
-  # After each scenario the process table must hold nothing with the run id
-  # within 1 s (3 s for recovery after a crash). Times are printed.
+  # The no-orphan guarantee, scenario by scenario, with real Python workers:
+  # after each scenario the process table holds nothing with the run id.
+  # How fast that happens is measured by bench/, not asserted here; the
+  # limits below only keep a broken build from waiting forever.
   use ExUnit.Case, async: false
   @moduletag :python
+  @moduletag :tmp_dir
   @moduletag timeout: 180_000
 
   alias Snakepit.{ProcessKiller, RunID}
@@ -11,24 +13,33 @@ defmodule Snakepit.ProcessManagementTest do
   alias Snakepit.Test.{AppPool, ExternalBeam}
 
   @pool 4
+  @clean_within_ms 30_000
+
+  # The shipped ShowcaseAdapter plus test-only tools (spawn_child) and a
+  # trace of its cleanup().
+  defp fixture_env,
+    do: [
+      python_path: [AppPool.fixtures_dir()],
+      adapter_args: AppPool.fixture_adapter("ShowcaseTestAdapter")
+    ]
 
   defp leftovers(run_id), do: ProcessKiller.find_by_run_id(run_id)
   defp alive(pids), do: Enum.filter(pids, &ProcessKiller.process_alive?/1)
 
-  # Waits until nothing with `run_id` and none of `pids` is alive; returns ms.
-  defp assert_clean(label, run_id, pids, within_ms) do
+  # Waits until nothing with `run_id` and none of `pids` is alive.
+  defp assert_clean(label, run_id, pids) do
     elapsed =
-      AppPool.wait_until(fn -> leftovers(run_id) == [] and alive(pids) == [] end, within_ms)
+      AppPool.wait_until(
+        fn -> leftovers(run_id) == [] and alive(pids) == [] end,
+        @clean_within_ms
+      )
 
     assert elapsed != :timeout,
-           "#{label}: still alive after #{within_ms} ms: #{inspect(leftovers(run_id) ++ alive(pids))}"
-
-    IO.puts("\n  [#{label}: clean after #{elapsed} ms]")
-    elapsed
+           "#{label}: still alive after #{@clean_within_ms} ms: #{inspect(leftovers(run_id) ++ alive(pids))}"
   end
 
   defp start_pool!(env \\ []) do
-    :ok = AppPool.start!(Keyword.merge([pool_size: @pool], env))
+    :ok = AppPool.start!(Keyword.merge([pool_size: @pool] ++ fixture_env(), env))
     :ok = Snakepit.Pool.await_init_complete()
     workers = AppPool.worker_os_pids()
     assert length(workers) == @pool
@@ -60,16 +71,18 @@ defmodule Snakepit.ProcessManagementTest do
   """
 
   describe "scenario 1: Application.stop(:snakepit)" do
-    test "stops every worker gracefully" do
-      workers = start_pool!()
-      {stop_us, :ok} = :timer.tc(fn -> Application.stop(:snakepit) end)
+    test "stops every worker gracefully", %{tmp_dir: dir} do
+      workers = start_pool!(adapter_env: [{"SNAKEPIT_TEST_CLEANUP_DIR", dir}])
+      assert File.ls!(dir) == []
+      :ok = Application.stop(:snakepit)
+      assert_clean("scenario 1, Application.stop", RunID.current(), workers)
 
-      assert_clean(
-        "scenario 1, Application.stop took #{div(stop_us, 1000)} ms",
-        RunID.current(),
-        workers,
-        1_000
-      )
+      # Each worker went through its SIGTERM handling: the server stopped and
+      # ran the adapter's cleanup(), which a SIGKILL would have skipped.
+      assert dir |> File.ls!() |> Enum.map(&String.to_integer/1) |> Enum.sort() == workers
+
+      for pid <- workers,
+          do: assert(File.read!(Path.join(dir, "#{pid}")) == "cleanup\n")
     end
   end
 
@@ -79,7 +92,7 @@ defmodule Snakepit.ProcessManagementTest do
       ref = Process.monitor(Process.whereis(Snakepit.Pool))
       Process.exit(Process.whereis(Snakepit.Pool), :kill)
       assert_receive {:DOWN, ^ref, :process, _, :killed}
-      assert_clean("scenario 2, pool crash", "none", workers, 1_000 + 6_000)
+      assert_clean("scenario 2, pool crash", "none", workers)
       # The OS processes can be gone a few ms before the supervisor has
       # finished with their Elixir owners and restarted the pool.
       assert AppPool.wait_until(fn -> Process.whereis(Snakepit.Pool) != nil end, 10_000) !=
@@ -97,8 +110,11 @@ defmodule Snakepit.ProcessManagementTest do
         ExternalBeam.start!(pool_size: @pool, data_dir: Application.get_env(:snakepit, :data_dir))
 
       assert length(vm.workers) == @pool
+      assert alive(vm.workers) == vm.workers
+      # The check below sees them: it is not vacuous.
+      assert vm.workers -- leftovers(vm.run_id) == []
       :ok = ProcessKiller.kill_process(vm.os_pid, :sigkill)
-      assert_clean("scenario 3, kill -9 of the BEAM", vm.run_id, vm.workers, 1_000)
+      assert_clean("scenario 3, kill -9 of the BEAM", vm.run_id, vm.workers)
     end
   end
 
@@ -106,7 +122,7 @@ defmodule Snakepit.ProcessManagementTest do
     test "it is replaced and the pool returns to #{@pool}" do
       [victim | _] = workers = start_pool!()
       :ok = ProcessKiller.kill_process(victim, :sigkill)
-      assert_clean("scenario 4, kill -9 of a worker", "none", [victim], 1_000)
+      assert_clean("scenario 4, kill -9 of a worker", "none", [victim])
 
       assert AppPool.await_workers(@pool, without: [victim]) != :timeout
 
@@ -118,20 +134,15 @@ defmodule Snakepit.ProcessManagementTest do
     test "Application.stop takes the grandchildren too" do
       workers = start_pool!()
       children = spawn_grandchildren()
-      {stop_us, :ok} = :timer.tc(fn -> Application.stop(:snakepit) end)
-
-      assert_clean(
-        "scenario 5.1, stop with grandchildren took #{div(stop_us, 1000)} ms",
-        RunID.current(),
-        workers ++ children,
-        1_000
-      )
+      :ok = Application.stop(:snakepit)
+      assert_clean("scenario 5.1, stop with grandchildren", RunID.current(), workers ++ children)
     end
 
     test "kill -9 of the BEAM takes the grandchildren too" do
       vm =
         ExternalBeam.start!(
-          [pool_size: @pool, data_dir: Application.get_env(:snakepit, :data_dir)],
+          [pool_size: @pool, data_dir: Application.get_env(:snakepit, :data_dir)] ++
+            fixture_env(),
           @spawn_grandchildren
         )
 
@@ -143,8 +154,7 @@ defmodule Snakepit.ProcessManagementTest do
       assert_clean(
         "scenario 5.3, kill -9 of the BEAM with grandchildren",
         vm.run_id,
-        vm.workers ++ children,
-        1_000
+        vm.workers ++ children
       )
     end
 
@@ -154,12 +164,7 @@ defmodule Snakepit.ProcessManagementTest do
       [{victim, child}] = Enum.take(Enum.zip(parents_of(children), children), 1)
       :ok = ProcessKiller.kill_process(victim, :sigkill)
 
-      assert_clean(
-        "scenario 5.4, kill -9 of a worker with a grandchild",
-        "none",
-        [victim, child],
-        1_000
-      )
+      assert_clean("scenario 5.4, kill -9 of a worker with a grandchild", "none", [victim, child])
 
       assert AppPool.await_workers(@pool, without: [victim]) != :timeout
     end
@@ -190,7 +195,7 @@ defmodule Snakepit.ProcessManagementTest do
 
       mine = start_pool!(instance_name: "this_instance")
       :ok = Application.stop(:snakepit)
-      assert_clean("scenario 6, stop of this instance", RunID.current(), mine, 1_000)
+      assert_clean("scenario 6, stop of this instance", RunID.current(), mine)
       assert alive(other.workers) == other.workers
 
       # A restart runs the boot-time orphan cleanup: still hands off.
@@ -212,7 +217,7 @@ defmodule Snakepit.ProcessManagementTest do
             instance_name: "crashy",
             data_dir: data_dir,
             orphan_protection: false
-          ],
+          ] ++ fixture_env(),
           @spawn_grandchildren
         )
 
@@ -221,24 +226,16 @@ defmodule Snakepit.ProcessManagementTest do
       # Without the parent-death path they outlive their VM.
       assert ProcessKiller.wait_until_gone(
                fn -> ProcessKiller.process_alive?(crashed.os_pid) end,
-               2_000
+               @clean_within_ms
              )
 
       assert alive(crashed.workers) == crashed.workers
 
-      started = System.monotonic_time(:millisecond)
       :ok = AppPool.restart(instance_name: "crashy", pool_size: 1)
-      boot_ms = System.monotonic_time(:millisecond) - started
-
-      assert_clean(
-        "scenario 7, boot after crash (boot took #{boot_ms} ms)",
-        crashed.run_id,
-        crashed.workers,
-        3_000
-      )
+      assert_clean("scenario 7, boot after crash", crashed.run_id, crashed.workers)
 
       # Grandchildren of an orphaned worker are in its process group.
-      assert_clean("scenario 7, grandchildren", crashed.run_id, children, 3_000)
+      assert_clean("scenario 7, grandchildren", crashed.run_id, children)
     end
   end
 end

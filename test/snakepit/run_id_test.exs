@@ -19,9 +19,15 @@ defmodule Snakepit.RunIDTest do
     assert {:error, :not_found} = RunID.extract_from_command("x --snakepit-run-id TOOLONGID")
   end
 
-  test "current/0 is stable within a VM" do
-    assert RunID.current() == RunID.current()
-    assert RunID.valid?(RunID.current())
+  test "current/0 is made once and is the same for every process of the VM" do
+    id = RunID.current()
+    assert RunID.valid?(id)
+    # Another process sees the same id, as do later calls: it is not made anew.
+    assert Task.await(Task.async(&RunID.current/0)) == id
+    assert for(_ <- 1..50, do: RunID.current()) == List.duplicate(id, 50)
+    # And it is what a worker's command line carries.
+    assert {:ok, ^id} = RunID.extract_from_command("python -m x --snakepit-run-id #{id}")
     refute RunID.valid?("../x")
+    refute RunID.valid?("ABC1234")
   end
 end

@@ -6,12 +6,24 @@ defmodule Snakepit.ScriptTest do
 
   alias Snakepit.Test.ExternalBeam
 
+  # The script's own code after run_as_script shows which exit mode ran:
+  # `:none` hands a raise to the script's rescue (RESCUED, then re-raised:
+  # non-zero exit) and a value back to it (RESULT); `:halt` ends the VM
+  # inside run_as_script, so neither marker is printed; `:stop` returns
+  # `{:error, :stopping}` after a raise instead of raising.
   defp script(body, opts) do
     """
     Application.put_env(:snakepit, :pooling_enabled, true)
     Application.put_env(:snakepit, :pool_size, 2)
     Application.put_env(:snakepit, :data_dir, #{inspect(Application.get_env(:snakepit, :data_dir))})
-    result = Snakepit.run_as_script(fn -> #{body} end, #{opts})
+    result =
+      try do
+        Snakepit.run_as_script(fn -> #{body} end, #{opts})
+      rescue
+        e ->
+          IO.puts("RESCUED " <> Exception.message(e))
+          reraise e, __STACKTRACE__
+      end
     IO.puts("RESULT " <> inspect(result))
     """
   end
@@ -35,26 +47,50 @@ defmodule Snakepit.ScriptTest do
     refute Enum.any?(pids(out), &Snakepit.ProcessKiller.process_alive?/1)
   end
 
-  test "exit_mode :halt exits 0 when the function returns and 1 when it raises" do
-    {_, 0} = ExternalBeam.run(script(":ok", "exit_mode: :halt"))
+  test "exit_mode :halt halts the VM inside run_as_script: 0 when the function returns, 1 when it raises" do
+    {out, 0} = ExternalBeam.run(script(~s|IO.puts("RAN"); :ok|, "exit_mode: :halt"))
+    assert out =~ "RAN"
+    # Halted before the script's own code after run_as_script ran.
+    refute out =~ "RESULT"
+
     {out, 1} = ExternalBeam.run(script(~s|#{@report_pids}; raise "boom"|, "exit_mode: :halt"))
     assert out =~ "boom"
+    refute out =~ "RESCUED"
     refute out =~ "RESULT"
     refute Enum.any?(pids(out), &Snakepit.ProcessKiller.process_alive?/1)
   end
 
-  test "a raise with the default exit mode is re-raised after cleanup: non-zero exit" do
+  test "the default exit mode returns the value and re-raises a raise to the script after cleanup" do
+    {out, 0} = ExternalBeam.run(script(":done", "[]"))
+    assert out =~ "RESULT :done"
+
     {out, status} = ExternalBeam.run(script(~s|#{@report_pids}; raise "kaboom"|, "[]"))
     assert status != 0
-    assert out =~ "kaboom"
+    # The raise reached the script's own rescue, after the workers were gone.
+    assert out =~ "RESCUED kaboom"
+    refute out =~ "RESULT"
     refute Enum.any?(pids(out), &Snakepit.ProcessKiller.process_alive?/1)
   end
 
   test "SNAKEPIT_SCRIPT_EXIT and SNAKEPIT_SCRIPT_HALT choose the exit" do
-    {_, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_EXIT", "halt"}])
-    {_, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_HALT", "true"}])
-    {out, 0} = ExternalBeam.run(script(":done", "[]"), [{"SNAKEPIT_SCRIPT_EXIT", "stop"}])
-    refute out =~ "RESULT :done\nRESULT"
+    {out, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_EXIT", "halt"}])
+    refute out =~ "RESCUED"
+    refute out =~ "RESULT"
+
+    {out, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_HALT", "true"}])
+    refute out =~ "RESCUED"
+    refute out =~ "RESULT"
+
+    # :stop reports the raise and stops the VM instead of raising to the script.
+    {out, 1} = ExternalBeam.run(script(~s|raise "x"|, "[]"), [{"SNAKEPIT_SCRIPT_EXIT", "stop"}])
+    refute out =~ "RESCUED"
+    assert out =~ "RESULT {:error, :stopping}"
+
+    # The option wins over the environment.
+    {out, 0} =
+      ExternalBeam.run(script(":done", "exit_mode: :none"), [{"SNAKEPIT_SCRIPT_EXIT", "halt"}])
+
+    assert out =~ "RESULT :done"
   end
 
   test "a pool that cannot start returns an error, without hanging" do

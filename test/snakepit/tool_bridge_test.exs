@@ -10,13 +10,30 @@ defmodule Snakepit.ToolBridgeTest do
 
   @fixtures Path.expand("../fixtures/python", __DIR__)
 
+  # What may sit between a streaming Python producer and its Elixir
+  # consumer, so how far the producer can run ahead: the stream window
+  # (chunks delivered but not yet acknowledged by the callback), the
+  # producer's own buffer (SNAKEPIT_STREAM_BUFFER items, set here), the
+  # HTTP/2 stream window of the native client (8 MiB, STREAM_WINDOW in
+  # native/snakepit_native/src/grpc/channel.rs) and a few items in transit
+  # (the one the generator holds, one in gRPC's write path, one in the socket).
+  @producer_buffer 8
+  @http2_stream_window 8 * 1024 * 1024
+  @in_transit 4
+
+  defp max_produced(acked, window, payload_bytes),
+    do: acked + window + @producer_buffer + div(@http2_stream_window, payload_bytes) + @in_transit
+
   setup_all do
     python_path = Enum.join([@fixtures | Snakepit.PythonRuntime.python_path()], ":")
 
     AppPool.start!(
       pool_size: 2,
       adapter_args: ["--adapter", "bridge_test_adapter.BridgeTestAdapter"],
-      adapter_env: [{"PYTHONPATH", python_path}]
+      adapter_env: [
+        {"PYTHONPATH", python_path},
+        {"SNAKEPIT_STREAM_BUFFER", Integer.to_string(@producer_buffer)}
+      ]
     )
 
     # Both workers, not just the first (the concurrency test needs two).
@@ -512,12 +529,14 @@ defmodule Snakepit.ToolBridgeTest do
     test ":halt stops the Python producer", %{session: session} do
       parent = self()
       register!(session, "stream_stopped", fn params -> send(parent, {:stopped, params}) end)
+      # Big items, so that the HTTP/2 window holds few of them (32).
+      payload = 256 * 1024
 
       assert :ok =
                Snakepit.execute_in_session_stream(
                  session,
                  "endless",
-                 %{report_to: "stream_stopped", payload_bytes: 1024},
+                 %{report_to: "stream_stopped", payload_bytes: payload},
                  fn chunk ->
                    send(parent, {:chunk, chunk})
                    if chunk["index"] == 4, do: :halt, else: :ok
@@ -526,11 +545,11 @@ defmodule Snakepit.ToolBridgeTest do
 
       assert length(collect_chunks()) == 5
       # The endless generator was closed: its finally ran and reported. It
-      # can only have run ahead as far as the buffers between us allow (the
-      # 8 MiB HTTP/2 stream window holds about 7,500 of these 1 KiB items).
+      # can only have run ahead as far as the buffers between us allow.
       assert_receive {:stopped, %{"produced" => produced}}, 10_000
       assert produced >= 5
-      assert produced < 20_000
+      bound = max_produced(4, Snakepit.Defaults.stream_window(), payload)
+      assert produced <= bound, "producer ran #{produced} items ahead, bound #{bound}"
       assert {:ok, _} = Snakepit.execute("ping", %{})
     end
 
@@ -550,26 +569,33 @@ defmodule Snakepit.ToolBridgeTest do
       parent = self()
       register!(session, "stream_stopped_2", fn params -> send(parent, {:stopped, params}) end)
       me = self()
+      payload = 64 * 1024
+      halt_at = 300
 
       assert :ok =
                Snakepit.execute_in_session_stream(
                  session,
                  "endless",
-                 %{report_to: "stream_stopped_2", payload_bytes: 8},
+                 %{report_to: "stream_stopped_2", payload_bytes: payload},
                  fn chunk ->
                    {:message_queue_len, len} = Process.info(me, :message_queue_len)
                    Process.put(:max_queue, max(len, Process.get(:max_queue, 0)))
-                   # A slow consumer: the producer is far faster than this.
+                   # A slow consumer (a pause, not a wait for anything): an
+                   # unbounded producer would run far ahead meanwhile.
                    if rem(chunk["index"], 10) == 0, do: :timer.sleep(5)
-                   if chunk["index"] == 300, do: :halt, else: :ok
+                   if chunk["index"] == halt_at, do: :halt, else: :ok
                  end
                )
 
-      assert_receive {:stopped, %{"produced" => _}}, 10_000
+      assert_receive {:stopped, %{"produced" => produced}}, 10_000
       max_queue = Process.get(:max_queue)
       assert max_queue <= window + 1, "mailbox held #{max_queue} messages, window #{window}"
       # And the producer really was ahead: it filled the window.
       assert max_queue >= window - 1
+      # The producer itself was held back by the same chain of buffers.
+      bound = max_produced(halt_at, window, payload)
+      assert produced <= bound, "producer ran #{produced} items ahead, bound #{bound}"
+      assert produced > halt_at
     end
   end
 

@@ -19,10 +19,18 @@ defmodule Snakepit.Bridge.SessionTest do
   end
 
   test "touch moves last_accessed forward and keeps an active session alive" do
-    s = Session.new("s", ttl: 5, created_at: 0)
-    assert Session.expired?(s, 6)
+    # Last used 100 s ago with a TTL of 5 s: expired now. (Monotonic seconds
+    # may be negative, so "old" is relative to now, not 0.)
+    before = Session.now()
+    s = Session.new("s", ttl: 5, created_at: before - 100)
+    assert Session.expired?(s, before)
+
     touched = Session.touch(s)
-    refute Session.expired?(touched, touched.last_accessed + 5)
+    assert touched.last_accessed >= before
+    assert touched.last_accessed > s.last_accessed
+    refute Session.expired?(touched, before)
+    # Only last_accessed moves.
+    assert %{touched | last_accessed: s.last_accessed} == s
   end
 
   test "validate rejects malformed sessions" do

@@ -99,7 +99,7 @@ defmodule Snakepit.Hardware.CUDADetectorTest do
     assert [%{name: "Tesla K80", compute_capability: nil}, %{id: 1}] = info.devices
   end
 
-  test "nvidia-smi missing, failing, hanging, crashing or garbled means no CUDA" do
+  test "nvidia-smi missing, failing, crashing or garbled means no CUDA" do
     no_driver = {:error, {:exit_status, 9, fixture("nvidia_smi_no_driver.txt")}}
 
     runners = [
@@ -108,15 +108,26 @@ defmodule Snakepit.Hardware.CUDADetectorTest do
       fn _ -> {:ok, <<0, 255, 254>> <> "garbage,,,\n1,2\nname, memory.total [MiB]\n"} end,
       fn _ -> {:ok, fixture("nvidia_smi_no_driver.txt")} end,
       fn _ -> raise "probe bug" end,
-      fn _ -> :not_a_result end,
-      fn _ -> Process.sleep(:infinity) end
+      fn _ -> :not_a_result end
     ]
 
-    for runner <- runners do
-      {micros, result} = :timer.tc(fn -> detect(runner, probe_timeout_ms: 50) end)
-      assert result == nil
-      assert micros < 2_000_000
+    for runner <- runners, do: assert(detect(runner) == nil)
+  end
+
+  test "a hanging nvidia-smi means no CUDA once the probe timeout passes; the probe is killed" do
+    test_pid = self()
+
+    hanging = fn _ ->
+      send(test_pid, {:probe, self()})
+      Process.sleep(:infinity)
     end
+
+    task = Task.async(fn -> detect(hanging, probe_timeout_ms: 50) end)
+    assert_receive {:probe, probe}, 30_000
+    ref = Process.monitor(probe)
+    # A generous limit: without the probe timeout it would never return.
+    assert {:ok, nil} = Task.yield(task, 30_000) || Task.shutdown(task)
+    assert_receive {:DOWN, ^ref, :process, ^probe, _}, 30_000
   end
 
   test "without nvidia-smi, GPUs under /proc/driver/nvidia are reported" do
@@ -170,10 +181,33 @@ defmodule Snakepit.Hardware.CUDADetectorTest do
     assert {[], nil} = CUDADetector.parse_query_output("")
   end
 
-  test "this machine: the default probe answers within the bound" do
-    {micros, result} = :timer.tc(fn -> CUDADetector.detect() end)
-    assert result == nil or match?(%{devices: [_ | _]}, result)
-    assert micros < 10_000_000
+  # The GPUs this machine has, by the driver's own tools: `nvidia-smi -L`,
+  # else the driver's /proc entries (the detector's fallback), else none.
+  defp machine_gpus do
+    listed =
+      with smi when is_binary(smi) <- System.find_executable("nvidia-smi"),
+           {out, 0} <- System.cmd(smi, ["-L"], stderr_to_stdout: true) do
+        out |> String.split("\n") |> Enum.count(&String.starts_with?(&1, "GPU "))
+      else
+        _ -> 0
+      end
+
+    case File.ls("/proc/driver/nvidia/gpus") do
+      _ when listed > 0 -> listed
+      {:ok, entries} -> length(entries)
+      {:error, _} -> 0
+    end
+  end
+
+  test "this machine: the default probe finds the GPUs the driver lists" do
+    case machine_gpus() do
+      0 ->
+        assert CUDADetector.detect() == nil
+
+      n ->
+        assert %{devices: devices} = CUDADetector.detect()
+        assert length(devices) == n
+    end
   end
 
   test "bad runner option raises ArgumentError naming it" do

@@ -1,7 +1,9 @@
 defmodule Snakepit.Pool.AffinityTest do
-  # Real Python workers: session affinity modes, pool-level and per call.
+  # Real Python workers: session affinity modes, pool-level and per call. A
+  # busy worker is held by a gate (a file the test creates), not a duration.
   use ExUnit.Case, async: false
   @moduletag :python
+  @moduletag :tmp_dir
 
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.Error
@@ -17,6 +19,12 @@ defmodule Snakepit.Pool.AffinityTest do
           pool_size: 2,
           affinity: :strict_queue,
           adapter_args: AppPool.fixture_adapter()
+        },
+        %{
+          name: :fail_fast,
+          pool_size: 2,
+          affinity: :strict_fail_fast,
+          adapter_args: AppPool.fixture_adapter()
         }
       ]
     )
@@ -24,7 +32,7 @@ defmodule Snakepit.Pool.AffinityTest do
 
   setup do
     # Killing a worker in one test must not leave the next with one.
-    for pool <- [:hint, :strict] do
+    for pool <- [:hint, :strict, :fail_fast] do
       assert AppPool.wait_until(fn -> length(Snakepit.list_workers(pool)) == 2 end, 10_000) !=
                :timeout
     end
@@ -39,16 +47,26 @@ defmodule Snakepit.Pool.AffinityTest do
     end
   end
 
-  # Keeps the session's worker busy for `ms`.
-  defp occupy(session, pool, ms) do
+  # Keeps the session's worker busy until `release/1` opens the gate.
+  defp occupy(session, pool, dir) do
+    gate = Path.join(dir, "gate-#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.touch(gate) end)
+
     task =
       Task.async(fn ->
-        Snakepit.execute_in_session(session, "interval", %{ms: ms}, pool: pool, timeout: 10_000)
+        Snakepit.execute_in_session(session, "hold", %{path: gate}, pool: pool, timeout: 60_000)
       end)
 
-    assert AppPool.wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end, 5_000) != :timeout
-    task
+    assert AppPool.wait_until(fn -> Snakepit.get_stats(pool).busy == 1 end, 10_000) != :timeout
+    {task, gate}
   end
+
+  defp release({_task, gate}), do: File.touch!(gate)
+  defp finished({task, _gate}), do: Task.await(task, 30_000)
+  defp holding?({task, _gate}), do: Task.yield(task, 0) == nil
+
+  defp queued(pool, n),
+    do: AppPool.wait_until(fn -> Snakepit.get_stats(pool).queued == n end, 10_000) != :timeout
 
   defp worker_id_of(os_pid) do
     Enum.find_value(Snakepit.Pool.Registry.list_workers(), fn id ->
@@ -82,25 +100,39 @@ defmodule Snakepit.Pool.AffinityTest do
     assert pid_in(s, :hint) == pid
   end
 
-  test ":hint falls back to another worker while the session's is busy", %{session: s} do
+  test ":hint falls back to another worker while the session's is busy", %{
+    session: s,
+    tmp_dir: dir
+  } do
     pid = pid_in(s, :hint)
-    busy = occupy(s, :hint, 500)
+    busy = occupy(s, :hint, dir)
     other = pid_in(s, :hint)
-    assert other != pid
-    assert {:ok, %{"pid" => ^pid}} = Task.await(busy)
+    assert is_integer(other) and other != pid
+    assert holding?(busy)
+    release(busy)
+    assert {:ok, %{"pid" => ^pid}} = finished(busy)
   end
 
-  test ":strict_queue waits for the session's worker", %{session: s} do
+  test ":strict_queue waits for the session's worker", %{session: s, tmp_dir: dir} do
     pid = pid_in(s, :strict)
-    busy = occupy(s, :strict, 400)
-    # The other worker is free, yet the call waits and runs on the session's.
-    assert pid_in(s, :strict) == pid
-    assert {:ok, %{"pid" => ^pid}} = Task.await(busy)
+    busy = occupy(s, :strict, dir)
+    waiting = Task.async(fn -> pid_in(s, :strict) end)
+    # The other worker is free, yet the call waits ...
+    assert queued(:strict, 1)
+    assert Snakepit.get_stats(:strict).available == 1
+    assert Task.yield(waiting, 0) == nil
+    # ... and runs on the session's once it is done.
+    release(busy)
+    assert {:ok, %{"pid" => ^pid}} = finished(busy)
+    assert Task.await(waiting, 30_000) == pid
   end
 
-  test "affinity per call: :strict_fail_fast fails at once when the worker is busy", %{session: s} do
+  test "affinity per call: :strict_fail_fast fails at once when the worker is busy", %{
+    session: s,
+    tmp_dir: dir
+  } do
     pid = pid_in(s, :hint)
-    busy = occupy(s, :hint, 500)
+    busy = occupy(s, :hint, dir)
 
     assert {:error, %Error{category: :pool, details: %{reason: :worker_busy}}} =
              Snakepit.execute_in_session(s, "get_pid", %{},
@@ -108,9 +140,44 @@ defmodule Snakepit.Pool.AffinityTest do
                affinity: :strict_fail_fast
              )
 
+    assert holding?(busy)
+
     # And per call :strict_queue on a :hint pool waits for it.
-    assert pid_in(s, :hint, affinity: :strict_queue) == pid
-    Task.await(busy)
+    waiting = Task.async(fn -> pid_in(s, :hint, affinity: :strict_queue) end)
+    assert queued(:hint, 1)
+    release(busy)
+    assert {:ok, %{"pid" => ^pid}} = finished(busy)
+    assert Task.await(waiting, 30_000) == pid
+  end
+
+  test "pool-level :strict_fail_fast: busy worker fails at once, a dead one once", %{
+    session: s,
+    tmp_dir: dir
+  } do
+    pid = pid_in(s, :fail_fast)
+    busy = occupy(s, :fail_fast, dir)
+
+    # No affinity option: the pool's own mode answers.
+    assert {:error, %Error{category: :pool, details: %{reason: :worker_busy}}} =
+             Snakepit.execute_in_session(s, "get_pid", %{}, pool: :fail_fast)
+
+    # The pool was not full: a call without a session is served elsewhere.
+    assert {:ok, %{"pid" => other}} = Snakepit.execute("get_pid", %{}, pool: :fail_fast)
+    assert other != pid
+    assert holding?(busy)
+    release(busy)
+    assert {:ok, %{"pid" => ^pid}} = finished(busy)
+    # Still pinned once the worker is free again.
+    assert pid_in(s, :fail_fast) == pid
+
+    kill(pid)
+
+    assert {:error, %Error{category: :pool, details: %{reason: :session_worker_unavailable}}} =
+             Snakepit.execute_in_session(s, "get_pid", %{}, pool: :fail_fast)
+
+    new = pid_in(s, :fail_fast)
+    assert is_integer(new) and new != pid
+    assert pid_in(s, :fail_fast) == new
   end
 
   test "a dead worker under :hint: the session just moves on", %{session: s} do
@@ -132,16 +199,18 @@ defmodule Snakepit.Pool.AffinityTest do
     assert is_integer(new) and new != pid
   end
 
-  test "a strict request queued for a worker that dies is answered at once", %{session: s} do
+  test "a strict request queued for a worker that dies is answered at once", %{
+    session: s,
+    tmp_dir: dir
+  } do
     pid = pid_in(s, :strict)
-    busy = occupy(s, :strict, 5_000)
+    # The gate stays closed: the worker dies holding the call.
+    {busy, _gate} = occupy(s, :strict, dir)
 
     waiting =
       Task.async(fn -> Snakepit.execute_in_session(s, "get_pid", %{}, pool: :strict) end)
 
-    assert AppPool.wait_until(fn -> Snakepit.get_stats(:strict).queued == 1 end, 5_000) !=
-             :timeout
-
+    assert queued(:strict, 1)
     kill(pid)
 
     assert {:error, %Error{details: %{reason: :session_worker_unavailable}}} =

@@ -2,6 +2,7 @@ defmodule Snakepit.Worker.LifecycleManagerTest do
   # Real Python workers being recycled.
   use ExUnit.Case, async: false
   @moduletag :python
+  @moduletag :tmp_dir
 
   alias Snakepit.Test.AppPool
   alias Snakepit.Worker.LifecycleManager
@@ -54,6 +55,26 @@ defmodule Snakepit.Worker.LifecycleManagerTest do
     assert AppPool.wait_until(fn -> pid!() != first end, 10_000) != :timeout
   end
 
+  test "the periodic check recycles a worker over memory_threshold_mb by itself" do
+    start(%{memory_threshold_mb: 150, pool_size: 2}, lifecycle_check_interval: 100)
+    ids = Map.new(Snakepit.list_workers(), &{os_pid(&1), &1})
+    {:ok, %{"pid" => fat}} = Snakepit.execute("allocate", %{mb: 200})
+    fat_id = Map.fetch!(ids, fat)
+
+    # Nobody asks for a check: the lifecycle_check_interval timer does it.
+    assert_receive {:recycled, %{reason: :memory_threshold, worker_id: ^fat_id}}, 30_000
+
+    assert AppPool.wait_until(fn -> not Snakepit.Native.process_alive(fat) end, 30_000) !=
+             :timeout
+
+    # The slim worker was left alone, and so is the fat one's replacement.
+    [slim_id] = Map.values(ids) -- [fat_id]
+    refute_received {:recycled, %{worker_id: ^slim_id}}
+    assert AppPool.await_workers(2, without: [fat]) != :timeout
+    assert slim_id in Snakepit.list_workers()
+    assert LifecycleManager.get_stats().recycles == %{memory_threshold: 1}
+  end
+
   test "memory_threshold_mb measures the Python process's resident memory" do
     # No periodic check: the test measures first, then asks for one.
     start(%{memory_threshold_mb: 150, pool_size: 2}, lifecycle_check_interval: 60_000)
@@ -75,35 +96,56 @@ defmodule Snakepit.Worker.LifecycleManagerTest do
     assert LifecycleManager.get_stats().recycles == %{memory_threshold: 1}
   end
 
-  test "recycle_worker/2: the replacement starts first, an in-flight call finishes on the old one" do
+  test "recycle_worker/2: the replacement starts first, an in-flight call finishes on the old one",
+       %{tmp_dir: dir} do
     start(%{})
     [old_id] = Snakepit.list_workers()
     old = os_pid(old_id)
-    running = Task.async(fn -> Snakepit.execute("interval", %{ms: 600}) end)
-    assert AppPool.wait_until(fn -> Snakepit.get_stats().busy == 1 end, 5_000) != :timeout
+    gate = Path.join(dir, "gate")
+    on_exit(fn -> File.touch(gate) end)
+
+    running =
+      Task.async(fn -> Snakepit.execute("hold", %{path: gate}, timeout: 60_000) end)
+
+    assert AppPool.wait_until(fn -> Snakepit.get_stats().busy == 1 end, 10_000) != :timeout
 
     assert :ok = LifecycleManager.recycle_worker(:default, old_id)
     assert {:error, :already_recycling} = LifecycleManager.recycle_worker(:default, old_id)
     assert {:error, :not_found} = LifecycleManager.recycle_worker(:default, "nobody")
 
-    # While the replacement starts, the pool still has its worker.
-    assert Snakepit.list_workers() != []
-    assert {:ok, %{"pid" => ^old}} = Task.await(running)
-    assert_receive {:recycled, %{reason: :manual, worker_id: ^old_id}}, 10_000
+    # The replacement comes up while the old worker still runs the call ...
+    assert AppPool.wait_until(fn -> "default_worker_2" in Snakepit.list_workers() end, 30_000) !=
+             :timeout
+
+    assert Task.yield(running, 0) == nil
+    assert Snakepit.Native.process_alive(old)
+
+    # ... which finishes there once the test lets it.
+    File.touch!(gate)
+    assert {:ok, %{"pid" => ^old}} = Task.await(running, 30_000)
+    assert_receive {:recycled, %{reason: :manual, worker_id: ^old_id}}, 30_000
 
     assert AppPool.wait_until(fn -> not Snakepit.Native.process_alive(old) end, 10_000) !=
              :timeout
 
     assert pid!() != old
 
-    # The pool untracks the old worker once its process has exited.
-    assert AppPool.wait_until(fn -> LifecycleManager.get_stats().total_workers == 1 end, 5_000) !=
-             :timeout
-
-    assert %{workers: [%{worker_id: "default_worker_2", request_count: n}]} =
-             LifecycleManager.get_stats()
-
-    assert n >= 1
+    # The pool untracks the old worker once its process has exited, and
+    # counts the call above for the new one (both on checkin, which the
+    # pool handles after our call returned).
+    assert AppPool.wait_until(
+             fn ->
+               match?(
+                 %{
+                   total_workers: 1,
+                   workers: [%{worker_id: "default_worker_2", request_count: n}]
+                 }
+                 when n >= 1,
+                 LifecycleManager.get_stats()
+               )
+             end,
+             10_000
+           ) != :timeout
   end
 
   defp os_pid(id) do

@@ -1,11 +1,12 @@
 """ShowcaseAdapter: the default adapter. Its tools demonstrate each feature of
-the bridge and are what Snakepit's own integration tests call.
+the bridge; Snakepit's integration tests call them too (tools that only tests
+need live in the test fixtures, not here).
 
 Basic: ping, echo, add, adapter_info, process_text, get_stats.
 ML / binary: ml_analyze_text, process_binary.
 Streaming: stream_data, ping_stream, stream_progress.
 Concurrency / bridge: concurrent_demo, call_elixir_demo.
-Process management (for tests): sleep, get_pid, error_demo, spawn_child.
+Process and errors: sleep, get_pid, error_demo.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import hashlib
 import os
 import platform
 import resource
-import subprocess
 import threading
 import time
 import zlib
@@ -76,14 +76,13 @@ def _error_class(error_type: str) -> type[BaseException]:
 
 
 class ShowcaseAdapter(BaseAdapter):
-    """Default Snakepit adapter with demonstration and test tools."""
+    """Default Snakepit adapter: one demonstration tool per feature of the bridge."""
 
     def __init__(self) -> None:
         super().__init__()
         self.started_at = time.time()
         self.call_count = 0
         self._count_lock = threading.Lock()
-        self._children: list[subprocess.Popen[bytes]] = []
 
     def _count(self) -> None:
         with self._count_lock:
@@ -315,7 +314,7 @@ class ShowcaseAdapter(BaseAdapter):
         result = ctx.call_elixir_tool(tool_name, params)
         return {"tool": tool_name, "result": result, "session_id": ctx.session_id, "success": True}
 
-    # ------------------------------------------------------------ process management (tests)
+    # ------------------------------------------------------------ process and errors
 
     @tool(description="Sleep ms milliseconds, then report the pid")
     def sleep(self, ms: int = 100) -> dict[str, Any]:
@@ -333,20 +332,3 @@ class ShowcaseAdapter(BaseAdapter):
         self._count()
         cls = _error_class(error_type)
         raise cls(message or f"{cls.__name__} raised by error_demo as requested")
-
-    @tool(description="Start a child process (sleep 600) and return its pid")
-    def spawn_child(self, seconds: int = 600) -> dict[str, Any]:
-        self._count()
-        child = subprocess.Popen(
-            ["sleep", str(int(seconds))],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._children.append(child)
-        return {"child_pid": child.pid, "pid": os.getpid()}
-
-    def cleanup(self) -> None:
-        """Reap children that already exited; live ones belong to the process group."""
-        for child in self._children:
-            child.poll()
