@@ -13,9 +13,9 @@ from typing import Any, AsyncIterator
 import grpc
 
 from snakepit_bridge import serialization
+from snakepit_bridge._internal.server import Worker
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
-from snakepit_bridge._internal.server import Worker
 
 PYTHON_DIR = Path(__file__).resolve().parent.parent
 TESTS_DIR = Path(__file__).resolve().parent
@@ -26,8 +26,15 @@ TESTS_DIR = Path(__file__).resolve().parent
 WAIT_S = 15.0
 
 
-def request(tool: str, args: Any = None, *, session_id: str = "", binary: dict[str, bytes] | None = None,
-            metadata: dict[str, str] | None = None, timeout_ms: int = 0) -> Any:
+def request(
+    tool: str,
+    args: Any = None,
+    *,
+    session_id: str = "",
+    binary: dict[str, bytes] | None = None,
+    metadata: dict[str, str] | None = None,
+    timeout_ms: int = 0,
+) -> Any:
     req = pb.ExecuteToolRequest(
         tool_name=tool,
         session_id=session_id,
@@ -49,7 +56,9 @@ def result_of(response: Any) -> Any:
 
 
 @contextlib.asynccontextmanager
-async def running_worker(adapter: Any, sock_dir: Path, *, name: str = "w.sock", **kwargs: Any) -> AsyncIterator[tuple[Worker, Any]]:
+async def running_worker(
+    adapter: Any, sock_dir: Path, *, name: str = "w.sock", **kwargs: Any
+) -> AsyncIterator[tuple[Worker, Any]]:
     """Run a Worker for ``adapter`` on a unix socket; yield (worker, aio stub)."""
     worker = Worker(adapter, f"unix:{sock_dir / name}", worker_id=kwargs.pop("worker_id", "test-worker"), **kwargs)
     worker.bind()
@@ -82,7 +91,10 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 async def spawn_worker(*args: str, env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "snakepit_bridge.server", *args,
+        sys.executable,
+        "-m",
+        "snakepit_bridge.server",
+        *args,
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
@@ -160,7 +172,9 @@ class FakeElixirBridge(pb_grpc.ElixirBridgeServicer):
         if handler is None:
             return pb.ExecuteToolResponse(
                 success=False,
-                error=pb.ToolError(type="ToolNotFoundError", message=f"no tool {request.tool_name}", kind="unknown_tool"),
+                error=pb.ToolError(
+                    type="ToolNotFoundError", message=f"no tool {request.tool_name}", kind="unknown_tool"
+                ),
             )
         return pb.ExecuteToolResponse(success=True, result_json=serialization.dumps(handler(params)))
 

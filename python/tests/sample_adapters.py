@@ -97,8 +97,7 @@ class TestAdapter(BaseAdapter):
 
     @tool
     def count_with_return(self, n: int = 2):
-        for i in range(n):
-            yield i
+        yield from range(n)
         return {"done": True, "n": n}
 
     @tool

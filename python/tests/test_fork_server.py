@@ -100,9 +100,23 @@ class Zygote:
         self.stderr_path = sock_dir / "zygote.err"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "snakepit_bridge.fork_server", "--control", str(self.control_path),
-                 "--snakepit-run-id", "fz7run", "--instance-name", "fork-test", "--some-future-flag"],
-                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=stderr, env=env, cwd=str(sock_dir),
+                [
+                    sys.executable,
+                    "-m",
+                    "snakepit_bridge.fork_server",
+                    "--control",
+                    str(self.control_path),
+                    "--snakepit-run-id",
+                    "fz7run",
+                    "--instance-name",
+                    "fork-test",
+                    "--some-future-flag",
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                env=env,
+                cwd=str(sock_dir),
             )
         assert self.proc.stdout is not None
         self.stdout = self.proc.stdout.fileno()
@@ -225,7 +239,9 @@ def test_forked_worker_serves_with_the_requested_process_state(sock_dir, zygote)
 
 def test_exit_codes_and_stderr_of_workers_reach_the_controller(sock_dir, zygote):
     env = worker_env()
-    bad_adapter = zygote.spawn([*SERVER, "--adapter", "no_such_module.Nope", "--address", f"unix:{sock_dir / 'a.sock'}"], env)
+    bad_adapter = zygote.spawn(
+        [*SERVER, "--adapter", "no_such_module.Nope", "--address", f"unix:{sock_dir / 'a.sock'}"], env
+    )
     bad_flag = zygote.spawn([*SERVER, "--max-workers", "many", "--address", f"unix:{sock_dir / 'b.sock'}"], env)
 
     assert zygote.exit_of(bad_adapter.pid) == {"exit": bad_adapter.pid, "code": 2}

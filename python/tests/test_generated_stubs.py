@@ -54,14 +54,15 @@ def test_checked_in_stubs_match_the_proto(tmp_path: Path) -> None:
     # agree is the proto they encode.
     warnings.warn(
         f"stubs were generated with grpcio-tools {recorded}, {installed} is installed; "
-        "comparing the encoded proto only"
+        "comparing the encoded proto only",
+        stacklevel=2,
     )
     assert _descriptor(checked_in["snakepit_bridge_pb2.py"]) == _descriptor(written["snakepit_bridge_pb2.py"]), (
         f"the checked-in stubs encode a different proto; {REGENERATE}"
     )
-    assert _rpc_paths(checked_in["snakepit_bridge_pb2_grpc.py"]) == _rpc_paths(written["snakepit_bridge_pb2_grpc.py"]), (
-        f"the checked-in gRPC stubs list different RPCs; {REGENERATE}"
-    )
+    assert _rpc_paths(checked_in["snakepit_bridge_pb2_grpc.py"]) == _rpc_paths(
+        written["snakepit_bridge_pb2_grpc.py"]
+    ), f"the checked-in gRPC stubs list different RPCs; {REGENERATE}"
 
 
 def test_other_grpcio_tools_version_compares_the_proto(tmp_path: Path, monkeypatch) -> None:

@@ -26,17 +26,22 @@ def test_ready_line_calls_and_sigterm(sock_dir):
 
     async def go():
         proc = await spawn_worker(
-            "--adapter", "sample_adapters.CleanupRecorder",
-            "--address", address,
-            "--worker-id", "pool_worker_1",
-            "--snakepit-run-id", "k3x9a2p",
-            "--some-future-flag", "value",
+            "--adapter",
+            "sample_adapters.CleanupRecorder",
+            "--address",
+            address,
+            "--worker-id",
+            "pool_worker_1",
+            "--snakepit-run-id",
+            "k3x9a2p",
+            "--some-future-flag",
+            "value",
             env={"SNAKEPIT_TEST_MARKER": str(marker)},
         )
         line = await read_handshake(proc)
         assert line == f"SNAKEPIT_READY {address}"
         assert marker_lines(marker) == ["initialize"]
-        assert os.stat(address[len("unix:"):]).st_mode & 0o077 == 0
+        assert os.stat(address[len("unix:") :]).st_mode & 0o077 == 0
 
         channel, stub = await stub_for(address)
         pong = await stub.Ping(pb.PingRequest(message="hi"))
@@ -77,7 +82,10 @@ def test_sigterm_with_a_tool_still_running_exits_promptly(sock_dir):
 
     async def go():
         proc = await spawn_worker(
-            "--adapter", "sample_adapters.CleanupRecorder", "--address", address,
+            "--adapter",
+            "sample_adapters.CleanupRecorder",
+            "--address",
+            address,
             env={"SNAKEPIT_TEST_MARKER": str(marker)},
         )
         assert (await read_handshake(proc)).startswith("SNAKEPIT_READY ")
@@ -142,7 +150,7 @@ def startup_error(*args: str, env: dict | None = None) -> tuple[int, str, str]:
 
 
 def error_line(stderr: str) -> str:
-    lines = [l for l in stderr.splitlines() if l.startswith("SNAKEPIT_STARTUP_ERROR ")]
+    lines = [line for line in stderr.splitlines() if line.startswith("SNAKEPIT_STARTUP_ERROR ")]
     assert len(lines) == 1, stderr
     return lines[0]
 
@@ -164,7 +172,9 @@ def test_missing_adapter_class(sock_dir):
 
 
 def test_initialize_failure(sock_dir):
-    code, stdout, stderr = startup_error("--adapter", "sample_adapters.FailingInit", "--address", f"unix:{sock_dir}/w.sock")
+    code, stdout, stderr = startup_error(
+        "--adapter", "sample_adapters.FailingInit", "--address", f"unix:{sock_dir}/w.sock"
+    )
     assert code == 2
     line = error_line(stderr)
     assert "initialize() failed" in line and "RuntimeError: model file missing" in line
@@ -172,9 +182,13 @@ def test_initialize_failure(sock_dir):
 
 
 def test_constructor_failure(sock_dir):
-    code, _, stderr = startup_error("--adapter", "sample_adapters.FailingConstructor", "--address", f"unix:{sock_dir}/w.sock")
+    code, _, stderr = startup_error(
+        "--adapter", "sample_adapters.FailingConstructor", "--address", f"unix:{sock_dir}/w.sock"
+    )
     assert code == 2
-    assert "cannot instantiate adapter 'sample_adapters.FailingConstructor': ValueError: bad config" in error_line(stderr)
+    assert "cannot instantiate adapter 'sample_adapters.FailingConstructor': ValueError: bad config" in error_line(
+        stderr
+    )
 
 
 def test_bind_failure(sock_dir):
@@ -211,8 +225,9 @@ def test_threaded_mode_accepts_thread_safe_adapter(sock_dir):
     address = f"unix:{sock_dir}/w.sock"
 
     async def go():
-        proc = await spawn_worker("--adapter", "sample_adapters.Threaded", "--address", address,
-                                  "--mode", "threaded", "--max-workers", "4")
+        proc = await spawn_worker(
+            "--adapter", "sample_adapters.Threaded", "--address", address, "--mode", "threaded", "--max-workers", "4"
+        )
         assert (await read_handshake(proc)) == f"SNAKEPIT_READY {address}"
         proc.terminate()
         code, _, stderr = await finish(proc)

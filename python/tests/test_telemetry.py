@@ -69,7 +69,9 @@ def test_controls(events):
 
     events.clear()
     hub.apply_control(pb.TelemetryControl(filter=pb.TelemetryEventFilter()))
-    hub.apply_control(pb.TelemetryControl(sampling=pb.TelemetrySamplingUpdate(sampling_rate=0.0, event_patterns=["python.sampled.*"])))
+    hub.apply_control(
+        pb.TelemetryControl(sampling=pb.TelemetrySamplingUpdate(sampling_rate=0.0, event_patterns=["python.sampled.*"]))
+    )
     for _ in range(20):
         telemetry.emit("sampled.event")
     telemetry.emit("unsampled.event")
@@ -116,8 +118,10 @@ def test_tool_calls_emit_execution_events(sock_dir, events):
     run(go())
     names = [e.name for e in events]
     assert names == [
-        "tool.execution.start", "tool.execution.stop",
-        "tool.execution.start", "tool.execution.exception",
+        "tool.execution.start",
+        "tool.execution.stop",
+        "tool.execution.start",
+        "tool.execution.exception",
     ]
     assert events[1].metadata["tool"] == "add" and events[1].metadata["session_id"] == "s"
     assert events[3].metadata["error_type"] == "ValueError"

@@ -76,8 +76,17 @@ def tools():
 
 def test_discovery(tools):
     assert set(tools) == {
-        "add", "described", "whole", "whole_dict", "optional_one", "flexible",
-        "renamed", "gen", "agen", "with_stream", "coro",
+        "add",
+        "described",
+        "whole",
+        "whole_dict",
+        "optional_one",
+        "flexible",
+        "renamed",
+        "gen",
+        "agen",
+        "with_stream",
+        "coro",
     }
 
 
@@ -157,7 +166,13 @@ def test_parameter_specs(tools):
     assert spec["name"] == "add"
     assert spec["parameters"] == [
         {"name": "a", "type": "int", "required": True, "description": "the first number.", "default_json": ""},
-        {"name": "b", "type": "int", "required": True, "description": "the second number, continued.", "default_json": ""},
+        {
+            "name": "b",
+            "type": "int",
+            "required": True,
+            "description": "the second number, continued.",
+            "default_json": "",
+        },
     ]
     described = tools["described"].to_proto()
     assert described.parameters[0].default_json == "3"
