@@ -18,8 +18,17 @@ test: setup test-rust test-elixir test-python
 test-rust:
 	cargo test --release -p snakepit_core
 
+# The integration suites that exercise calls, streams, cancellation,
+# sessions, the tool bridge and crashes run a second time over gRPC, so
+# both call transports stay tested (the whole suite runs on the lane).
+GRPC_SUITES := test/snakepit/execute_test.exs test/snakepit/cancellation_test.exs \
+	test/snakepit/tool_bridge_test.exs test/snakepit/limits_test.exs \
+	test/snakepit/crash_barrier_test.exs test/snakepit/chaos_test.exs \
+	test/snakepit/telemetry_test.exs test/snakepit/pool test/snakepit/error/python_translation_test.exs
+
 test-elixir:
 	MIX_ENV=test mix test
+	SNAKEPIT_TEST_CALL_TRANSPORT=grpc MIX_ENV=test mix test $(GRPC_SUITES)
 
 test-python:
 	cd python && $(VENV)/bin/python -m pytest -q

@@ -4,4 +4,12 @@
 # kernel's OOM killer act on a worker) run where the machine has one.
 exclude = if Snakepit.Test.MemoryCgroup.available?(), do: [], else: [:memory_cgroup]
 if exclude != [], do: IO.puts("no writable memory cgroup here: :memory_cgroup tests are skipped")
+# The call transport pools use unless they set one: the lane by default;
+# `make test` runs the integration suites once more over gRPC.
+case System.get_env("SNAKEPIT_TEST_CALL_TRANSPORT") do
+  nil -> :ok
+  "lane" -> Application.put_env(:snakepit, :call_transport, :lane)
+  "grpc" -> Application.put_env(:snakepit, :call_transport, :grpc)
+end
+
 ExUnit.start(capture_log: true, exclude: exclude)

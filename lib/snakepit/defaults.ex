@@ -162,6 +162,9 @@ defmodule Snakepit.Defaults do
      "Fraction of `session_max_sessions` above which a warning is logged."},
     {:stream_window, [:stream_window], 32, quote(do: pos_integer()),
      "Stream chunks that may be in flight ahead of the consumer."},
+    {:call_transport, [:call_transport], :lane, quote(do: :lane | :grpc),
+     "How calls and streams reach workers, for pools that do not set `call_transport`: " <>
+       "`:lane` or `:grpc`."},
     {:worker_transport, [:worker_transport], :unix, quote(do: :unix | :tcp),
      "Transport of the workers' servers and the bridge server: `:unix` (sockets in the " <>
        "private runtime directory) or `:tcp` (loopback)."},

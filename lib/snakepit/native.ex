@@ -161,6 +161,47 @@ defmodule Snakepit.Native do
   @spec stream_cancel(reference()) :: :ok
   def stream_cancel(_stream), do: not_loaded()
 
+  # -- the call lane (see native/snakepit_native/src/lane) ----------------------
+
+  @doc """
+  Connects to a worker's call lane (a `SOCK_SEQPACKET` socket at `path`) and
+  greets it with this VM's secret. `{:ok, lane}`; the lane closes when the
+  last reference to it goes.
+  """
+  @spec lane_open(String.t()) :: {:ok, reference()} | error()
+  def lane_open(_path), do: not_loaded()
+
+  @doc """
+  Sends an `ExecuteTool` call on the lane: `{:ok, call_id}`, then one
+  `{ref, result}` with the shapes of `grpc_execute/6`. The lane keeps no
+  deadline: a caller that stops waiting calls `lane_forget/2`.
+  """
+  @spec lane_execute(reference(), pid(), reference(), String.t(), term(), map()) ::
+          {:ok, non_neg_integer()} | error()
+  def lane_execute(_lane, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
+
+  @doc """
+  Starts a streaming call on the lane: `{:ok, call_id}`, then
+  `{ref, {:chunks, [{:chunk, data, is_final}, ...], :more | :done}}`, at
+  most `opts.window` chunks ahead of `lane_stream_ack/3`; a tool's error or
+  a lost worker as `{ref, {:error, reason}}`.
+  """
+  @spec lane_execute_stream(reference(), pid(), reference(), String.t(), term(), map()) ::
+          {:ok, non_neg_integer()} | error()
+  def lane_execute_stream(_lane, _owner, _ref, _tool, _arguments, _opts), do: not_loaded()
+
+  @doc "The consumer of stream `call_id` handled `n` more chunks."
+  @spec lane_stream_ack(reference(), non_neg_integer(), non_neg_integer()) :: :ok
+  def lane_stream_ack(_lane, _call_id, _n), do: not_loaded()
+
+  @doc "Stops stream `call_id` (the worker is told to stop producing); idempotent."
+  @spec lane_stream_cancel(reference(), non_neg_integer()) :: :ok
+  def lane_stream_cancel(_lane, _call_id), do: not_loaded()
+
+  @doc "Forgets call `call_id`: a late reply is dropped."
+  @spec lane_forget(reference(), non_neg_integer()) :: :ok
+  def lane_forget(_lane, _call_id), do: not_loaded()
+
   # -- bridge server (Python calls Elixir) ----------------------------------------
 
   @doc """

@@ -17,6 +17,7 @@ defmodule Snakepit.Config.Schema do
   @profiles [:process, :thread]
   @affinities [:hint, :strict_queue, :strict_fail_fast]
   @capacity_strategies [:pool, :profile, :hybrid]
+  @call_transports [:lane, :grpc]
   @ttl_units [:seconds, :minutes, :hours]
   @heartbeat_keys [
     :enabled,
@@ -92,6 +93,11 @@ defmodule Snakepit.Config.Schema do
      "a non-negative integer (ms)", :batch_delay, true,
      "process profile: longest wait (ms) before the next batch (750; the legacy global " <>
        "`pool_startup_batch_delay_ms` when set)"},
+    {:call_transport, quote(do: :lane | :grpc), :call_transport,
+     "one of #{inspect(@call_transports)}", {Defaults, :call_transport}, true,
+     "how `execute` and `execute_stream` reach a worker: `:lane` (a lean Unix socket beside " <>
+       "gRPC, the default) or `:grpc` (the `ExecuteTool` RPCs); sessions, heartbeats and " <>
+       "cancellation use gRPC either way (see the guide's \"Call transport\")"},
     {:threads_per_worker, quote(do: pos_integer()), :pos_int, "a positive integer",
      {Defaults, :config_default_threads_per_worker}, true,
      "thread profile: calls one worker runs at once (10)"},
@@ -203,6 +209,7 @@ defmodule Snakepit.Config.Schema do
   defp valid?(:profile, v), do: v in @profiles or (is_atom(v) and v != nil and custom_profile?(v))
   defp valid?(:affinity, v), do: v in @affinities
   defp valid?(:capacity_strategy, v), do: v in @capacity_strategies
+  defp valid?(:call_transport, v), do: v in @call_transports
   defp valid?(:max_requests, v), do: v == :infinity or pos_int?(v)
   defp valid?(:env, v) when is_map(v), do: valid?(:env, Map.to_list(v))
 

@@ -41,6 +41,11 @@ defmodule Snakepit.RuntimeDir do
     end
   end
 
+  @doc "The path of one worker's call lane socket."
+  @spec lane_path(String.t()) :: String.t()
+  def lane_path(worker_id),
+    do: Path.join(path(), "#{worker_id}-#{System.unique_integer([:positive])}.lane")
+
   @doc "The socket address of one worker."
   @spec socket_address(String.t()) :: String.t()
   def socket_address(worker_id) do

@@ -1,8 +1,10 @@
 defmodule Snakepit.GRPC.Client do
   @moduledoc """
-  Calls to one worker over its gRPC channel, made from the caller's own
-  process: the native core replies `{ref, result}` here and this module
-  turns replies into results and `Snakepit.Error`s.
+  Calls to one worker, made from the caller's own process: over the
+  worker's call lane when it has one (`call_transport: :lane`), else over
+  its gRPC channel. Either way the native core replies `{ref, result}` here
+  and this module turns replies into results and `Snakepit.Error`s.
+  Cancellation, pings and sessions always use gRPC.
   """
 
   alias Snakepit.{Defaults, Error, Native, Telemetry}
@@ -20,6 +22,7 @@ defmodule Snakepit.GRPC.Client do
   @type worker :: %{
           required(:channel) => reference(),
           required(:id) => String.t(),
+          optional(:lane) => reference() | nil,
           optional(atom()) => term()
         }
 
@@ -46,15 +49,18 @@ defmodule Snakepit.GRPC.Client do
     meta = %{command: tool, worker_id: worker.id}
 
     result =
-      case Native.grpc_execute(worker.channel, self(), ref, tool, args, call_opts) do
-        :ok ->
-          case await(ref, call_opts.timeout_ms) do
+      case start_call(worker, ref, tool, args, call_opts) do
+        {:ok, call} ->
+          case await_call(call, ref, call_opts.timeout_ms) do
             {:error, {:timeout, _}} -> timed_out(worker, tool, opts)
             reply -> translate(reply, tool, worker)
           end
 
         {:error, {:invalid_argument, message}} ->
           {:error, invalid_args(tool, message)}
+
+        {:error, _} = error ->
+          translate(error, tool, worker)
       end
 
     duration = System.monotonic_time() - started
@@ -94,32 +100,113 @@ defmodule Snakepit.GRPC.Client do
     ref = make_ref()
     call_opts = Map.put(native_opts(opts), :window, Defaults.stream_window())
 
-    case Native.grpc_execute_stream(worker.channel, self(), ref, tool, args, call_opts) do
+    case start_stream(worker, ref, tool, args, call_opts) do
       {:ok, stream} ->
         try do
-          consume(ref, stream, callback, call_opts.timeout_ms, tool, worker)
+          consume(ref, stream, callback, stream_wait(stream, call_opts.timeout_ms), tool, worker)
         after
           # Also when the callback raises: cancel, so Python stops producing.
-          Native.stream_cancel(stream)
+          cancel_stream(stream)
         end
 
       {:error, {:invalid_argument, message}} ->
         {{:error, invalid_args(tool, message)}, :ended}
+
+      {:error, _} = error ->
+        {translate(error, tool, worker), :ended}
     end
   end
 
-  defp consume(ref, stream, callback, timeout_ms, tool, worker) do
+  # -- the two transports ----------------------------------------------------
+
+  defp start_call(%{lane: lane}, ref, tool, args, opts) when lane != nil do
+    with {:ok, id} <- Native.lane_execute(lane, self(), ref, tool, args, opts),
+         do: {:ok, {:lane, lane, id}}
+  end
+
+  defp start_call(worker, ref, tool, args, opts) do
+    with :ok <- Native.grpc_execute(worker.channel, self(), ref, tool, args, opts),
+         do: {:ok, :grpc}
+  end
+
+  # The native core answers a gRPC call by its deadline; a lane call is
+  # waited for here, to the deadline, and forgotten when it passes.
+  defp await_call(:grpc, ref, timeout_ms), do: await(ref, timeout_ms)
+
+  defp await_call({:lane, lane, id}, ref, timeout_ms) do
+    receive do
+      {^ref, reply} -> reply
+    after
+      lane_wait(timeout_ms) ->
+        Native.lane_forget(lane, id)
+
+        # A reply that arrived meanwhile is still the call's answer.
+        receive do
+          {^ref, reply} -> reply
+        after
+          0 -> {:error, {:timeout, "no reply by the call's deadline"}}
+        end
+    end
+  end
+
+  defp start_stream(%{lane: lane}, ref, tool, args, opts) when lane != nil do
+    with {:ok, id} <- Native.lane_execute_stream(lane, self(), ref, tool, args, opts),
+         do: {:ok, {:lane, lane, id}}
+  end
+
+  defp start_stream(worker, ref, tool, args, opts) do
+    Native.grpc_execute_stream(worker.channel, self(), ref, tool, args, opts)
+  end
+
+  defp cancel_stream({:lane, lane, id}), do: Native.lane_stream_cancel(lane, id)
+  defp cancel_stream(stream), do: Native.stream_cancel(stream)
+
+  defp ack_stream({:lane, lane, id}, n), do: Native.lane_stream_ack(lane, id, n)
+  defp ack_stream(stream, 1), do: Native.stream_ack(stream)
+
+  # How long a stream waits for its next message: a lane stream to its
+  # deadline (nothing else keeps it), a gRPC one past it (the native core
+  # ends it at the deadline).
+  defp stream_wait({:lane, _, _}, 0), do: :infinity
+
+  defp stream_wait({:lane, _, _}, timeout_ms),
+    do: {:deadline, System.monotonic_time(:millisecond) + timeout_ms}
+
+  defp stream_wait(_grpc, timeout_ms), do: wait_ms(timeout_ms)
+
+  defp after_ms({:deadline, at}), do: max(at - System.monotonic_time(:millisecond), 0)
+  defp after_ms(wait), do: wait
+
+  defp lane_wait(0), do: :infinity
+  defp lane_wait(timeout_ms), do: timeout_ms
+
+  defp consume(ref, stream, callback, wait, tool, worker) do
     receive do
       {^ref, {:chunk, data, is_final}} ->
         case callback.(chunk_map(data, is_final)) do
           :halt ->
-            Native.stream_cancel(stream)
+            cancel_stream(stream)
             flush(ref)
             {:ok, if(is_final, do: :ended, else: :abandoned)}
 
           _ ->
-            Native.stream_ack(stream)
-            consume(ref, stream, callback, timeout_ms, tool, worker)
+            ack_stream(stream, 1)
+            consume(ref, stream, callback, wait, tool, worker)
+        end
+
+      {^ref, {:chunks, chunks, tail}} ->
+        case deliver(chunks, callback) do
+          {:halt, final?} ->
+            cancel_stream(stream)
+            flush(ref)
+            {:ok, if(final? or tail == :done, do: :ended, else: :abandoned)}
+
+          :ok when tail == :done ->
+            {:ok, :ended}
+
+          :ok ->
+            ack_stream(stream, length(chunks))
+            consume(ref, stream, callback, wait, tool, worker)
         end
 
       {^ref, :done} ->
@@ -133,11 +220,21 @@ defmodule Snakepit.GRPC.Client do
       {^ref, {:error, _} = error} ->
         {translate(error, tool, worker), :abandoned}
     after
-      wait_ms(timeout_ms) ->
-        {{:error,
-          Error.timeout_error("stream #{tool} sent nothing for #{wait_ms(timeout_ms)} ms", %{
-            tool: tool
-          })}, :abandoned}
+      after_ms(wait) ->
+        {{:error, Error.timeout_error(stream_timeout(tool, wait), %{tool: tool})}, :abandoned}
+    end
+  end
+
+  defp stream_timeout(tool, {:deadline, _}), do: "stream #{tool} did not finish in time"
+  defp stream_timeout(tool, wait_ms), do: "stream #{tool} sent nothing for #{wait_ms} ms"
+
+  # Runs the callback on each chunk of a batch until one says :halt.
+  defp deliver([], _callback), do: :ok
+
+  defp deliver([{:chunk, data, is_final} | rest], callback) do
+    case callback.(chunk_map(data, is_final)) do
+      :halt -> {:halt, is_final}
+      _ -> deliver(rest, callback)
     end
   end
 

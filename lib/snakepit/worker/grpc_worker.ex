@@ -65,6 +65,7 @@ defmodule Snakepit.GRPCWorker do
       os_pid: nil,
       handle: nil,
       channel: nil,
+      lane: nil,
       address: nil,
       output: :queue.new(),
       startup_error: nil,
@@ -143,6 +144,8 @@ defmodule Snakepit.GRPCWorker do
 
     [
       address: address,
+      lane:
+        if(Map.get(state.config, :call_transport) == :lane, do: RuntimeDir.lane_path(state.id)),
       "worker-id": state.id,
       "snakepit-run-id": RunID.current(),
       "instance-name": Config.instance_name_identifier(),
@@ -163,56 +166,66 @@ defmodule Snakepit.GRPCWorker do
 
   def handle_info(_other, state), do: {:noreply, state}
 
-  defp handle_process_event({:stdout, "SNAKEPIT_READY " <> address}, %{status: :starting} = state) do
-    case Native.grpc_connect(String.trim(address)) do
-      {:ok, channel} ->
-        if state.startup_timer, do: Process.cancel_timer(state.startup_timer)
+  defp handle_process_event({:stdout, "SNAKEPIT_READY " <> ready}, %{status: :starting} = state) do
+    {address, lane_path} = parse_ready(ready)
 
-        worker = %{
-          id: state.id,
-          pid: self(),
-          channel: channel,
-          os_pid: state.os_pid,
-          capacity: capacity(state.config)
+    with {:ok, channel} <- Native.grpc_connect(address),
+         {:ok, lane} <- open_lane(lane_path, state) do
+      if state.startup_timer, do: Process.cancel_timer(state.startup_timer)
+
+      worker = %{
+        id: state.id,
+        pid: self(),
+        channel: channel,
+        lane: lane,
+        os_pid: state.os_pid,
+        capacity: capacity(state.config)
+      }
+
+      Snakepit.Pool.Registry.register_worker(
+        state.id,
+        registry_metadata(state, worker, address)
+      )
+
+      send(state.pool_pid, {:worker_ready, state.pool_name, worker})
+      if state.starter, do: send(state.starter, {:snakepit_worker_ready, self()})
+
+      duration_ms =
+        System.convert_time_unit(
+          System.monotonic_time() - state.started_at,
+          :native,
+          :millisecond
+        )
+
+      Telemetry.emit(
+        [:snakepit, :pool, :worker, :spawned],
+        %{duration: duration_ms, system_time: System.system_time()},
+        %{
+          node: node(),
+          worker_id: state.id,
+          pool_name: state.pool_name,
+          os_pid: state.os_pid
         }
+      )
 
-        Snakepit.Pool.Registry.register_worker(
-          state.id,
-          registry_metadata(state, worker, address)
-        )
+      state = start_heartbeat(state, channel)
+      # To tell an OOM kill from another SIGKILL when the process dies.
+      state = Map.put(state, :oom_kills, Snakepit.Worker.OOMKills.count())
 
-        send(state.pool_pid, {:worker_ready, state.pool_name, worker})
-        if state.starter, do: send(state.starter, {:snakepit_worker_ready, self()})
-
-        duration_ms =
-          System.convert_time_unit(
-            System.monotonic_time() - state.started_at,
-            :native,
-            :millisecond
-          )
-
-        Telemetry.emit(
-          [:snakepit, :pool, :worker, :spawned],
-          %{duration: duration_ms, system_time: System.system_time()},
-          %{
-            node: node(),
-            worker_id: state.id,
-            pool_name: state.pool_name,
-            os_pid: state.os_pid
-          }
-        )
-
-        state = start_heartbeat(state, channel)
-        # To tell an OOM kill from another SIGKILL when the process dies.
-        state = Map.put(state, :oom_kills, Snakepit.Worker.OOMKills.count())
-
-        {:noreply,
-         %{state | status: :ready, channel: channel, address: address, startup_timer: nil}}
-
+      {:noreply,
+       %{
+         state
+         | status: :ready,
+           channel: channel,
+           lane: lane,
+           address: address,
+           startup_timer: nil
+       }}
+    else
       {:error, reason} ->
         fail_startup(
           state,
-          "worker reported an unusable address #{inspect(address)}: #{inspect(reason)}"
+          "cannot connect to the worker (#{String.trim(ready)}): #{format_reason(reason)}"
         )
     end
   end
@@ -271,6 +284,39 @@ defmodule Snakepit.GRPCWorker do
   defp capacity(config), do: Snakepit.WorkerProfile.capacity(config)
 
   # -- pool integration (issue 4): registry metadata and heartbeats ---------------
+
+  # "ADDRESS" or "ADDRESS lane=PATH".
+  defp parse_ready(ready) do
+    case String.split(ready) do
+      [address | extras] ->
+        lane =
+          Enum.find_value(extras, fn
+            "lane=" <> path -> path
+            _ -> nil
+          end)
+
+        {address, lane}
+
+      [] ->
+        {"", nil}
+    end
+  end
+
+  # A worker that was asked for a lane and offers none (an adapter whose
+  # program does not know --lane) is called over gRPC.
+  defp open_lane(nil, state) do
+    if Map.get(state.config, :call_transport) == :lane,
+      do: Logger.debug("[#{state.id}] the worker offers no call lane; calls use gRPC")
+
+    {:ok, nil}
+  end
+
+  defp open_lane(path, _state) do
+    case Native.lane_open(path) do
+      {:ok, lane} -> {:ok, lane}
+      {:error, {_kind, message}} -> {:error, "cannot open the call lane: #{message}"}
+    end
+  end
 
   defp registry_metadata(state, worker, address) do
     %{
@@ -385,7 +431,8 @@ defmodule Snakepit.GRPCWorker do
 
   @impl true
   def handle_call(:info, _from, state) do
-    {:reply, Map.take(state, [:id, :pool_name, :status, :os_pid, :address, :channel]), state}
+    {:reply, Map.take(state, [:id, :pool_name, :status, :os_pid, :address, :channel, :lane]),
+     state}
   end
 
   @impl true

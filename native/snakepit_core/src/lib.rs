@@ -9,6 +9,7 @@ pub mod exit;
 pub mod fork_client;
 pub mod grpc_frame;
 pub mod json;
+pub mod lane;
 pub mod signal;
 pub mod spawn;
 pub mod sys;

@@ -194,10 +194,24 @@ fn sockaddr_un(path: &str) -> io::Result<libc::sockaddr_un> {
 
 /// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` socket connected to `path`.
 pub fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
+    connect_seqpacket_with(path, 0)
+}
+
+/// As `connect_seqpacket`, non-blocking: the connect itself never waits
+/// (a full listen backlog is `WouldBlock`), nor do later sends and receives.
+pub fn connect_seqpacket_nonblocking(path: &str) -> io::Result<OwnedFd> {
+    connect_seqpacket_with(path, libc::SOCK_NONBLOCK)
+}
+
+fn connect_seqpacket_with(path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
     let addr = sockaddr_un(path)?;
     // SAFETY: a plain syscall on integer values.
     let fd = owned(cvt(unsafe {
-        libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags,
+            0,
+        )
     })?);
     // SAFETY: `addr` is a valid sockaddr_un of the length given.
     cvt(unsafe {
@@ -208,6 +222,14 @@ pub fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
         )
     })?;
     Ok(fd)
+}
+
+/// Registers `fd` with the current tokio runtime for readiness (read and
+/// write). Must run inside a runtime context.
+pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+    // SAFETY: `fd` is owned by the AsyncFd alone from here on and closed
+    // with it, so it cannot be closed or reused while registered.
+    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
 }
 
 /// A connected pair of close-on-exec `SOCK_SEQPACKET` sockets.
@@ -223,6 +245,26 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
         )
     })?;
     Ok((owned(fds[0]), owned(fds[1])))
+}
+
+/// Sends `parts`, joined, as one message (one SOCK_SEQPACKET record),
+/// without copying them together; `flags` as for `sendmsg(2)`
+/// (`MSG_NOSIGNAL` is always added). Returns the bytes sent.
+pub fn send_parts(socket: RawFd, parts: &[&[u8]], flags: i32) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = parts
+        .iter()
+        .map(|part| libc::iovec {
+            iov_base: part.as_ptr() as *mut libc::c_void,
+            iov_len: part.len(),
+        })
+        .collect();
+    // SAFETY: msghdr is plain old data; all-zero is a valid value.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: `msg` points at `iov`, whose entries point at `parts`; all
+    // alive for the call, and sendmsg only reads them.
+    retry(|| unsafe { libc::sendmsg(socket, &msg, flags | libc::MSG_NOSIGNAL) }).map(|n| n as usize)
 }
 
 /// Sends `data` as one message with `fds` attached (`SCM_RIGHTS`).
@@ -275,6 +317,24 @@ mod tests {
         // The passed write end was closed by recv (no CMSG read): the pipe
         // sees EOF once ours is gone.
         assert_eq!(read(r.as_raw_fd(), &mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn parts_leave_as_one_record_and_a_full_socket_would_block() {
+        let (a, b) = seqpacket_pair().unwrap();
+        assert_eq!(
+            send_parts(a.as_raw_fd(), &[b"head", b"", b"tail"], 0).unwrap(),
+            8
+        );
+        let mut buf = [0u8; 64];
+        assert_eq!(recv(b.as_raw_fd(), &mut buf, 0).unwrap(), 8);
+        assert_eq!(&buf[..8], b"headtail");
+        let big = vec![7u8; 64 * 1024];
+        let blocked = (0..1000)
+            .map(|_| send_parts(a.as_raw_fd(), &[&big], libc::MSG_DONTWAIT))
+            .find_map(Result::err)
+            .expect("the socket buffer fills up");
+        assert_eq!(blocked.kind(), io::ErrorKind::WouldBlock);
     }
 
     #[test]

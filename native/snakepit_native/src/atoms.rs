@@ -7,6 +7,8 @@ rustler::atoms! {
     timeout,
     done,
     chunk,
+    chunks,
+    more,
     json,
     raw,
     snakepit_process,

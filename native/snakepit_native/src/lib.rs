@@ -7,6 +7,7 @@ mod decode;
 mod error;
 mod grpc;
 mod json;
+mod lane;
 mod process;
 mod reply;
 mod runtime;

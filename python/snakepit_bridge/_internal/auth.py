@@ -27,7 +27,8 @@ from typing import Any, Iterable
 
 import grpc
 
-__all__ = ["ENV_VAR", "HEADER", "load_from_env", "metadata", "refuse_unless_valid", "secret", "valid", "refused_count"]
+__all__ = ["ENV_VAR", "HEADER", "load_from_env", "metadata", "refuse_unless_valid", "secret", "valid", "refused_count",
+           "count_refusal"]
 
 ENV_VAR = "SNAKEPIT_AUTH_TOKEN"
 HEADER = "x-snakepit-auth"
@@ -80,7 +81,7 @@ def refused_count() -> int:
     return _refused
 
 
-def _count_refusal(method: str, reason: str) -> None:
+def count_refusal(method: str, reason: str) -> None:
     global _refused
     with _refused_lock:
         _refused += 1
@@ -110,7 +111,7 @@ async def refuse_unless_valid(context: Any) -> None:
     candidate = _find(context.invocation_metadata())
     if candidate is not None and valid(candidate):
         return
-    _count_refusal(_method(context), "missing" if candidate is None else "wrong")
+    count_refusal(_method(context), "missing" if candidate is None else "wrong")
     await context.abort(grpc.StatusCode.UNAUTHENTICATED, _REFUSAL)
 
 

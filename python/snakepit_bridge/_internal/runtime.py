@@ -64,7 +64,7 @@ def _format_traceback(exc: BaseException) -> str:
 
 def tool_error(exc: BaseException, kind: str | None = None) -> Any:
     """Build a ToolError message for ``exc``."""
-    own = isinstance(exc, (BridgeError, ArgumentBindingError))
+    own = isinstance(exc, (BridgeError, ArgumentBindingError, CallCancelled))
     err_type = ArgumentBindingError.wire_type if isinstance(exc, ArgumentBindingError) else type(exc).__name__
     return pb.ToolError(
         type=err_type,
@@ -207,13 +207,42 @@ class ToolRunner:
 
     # ------------------------------------------------------------ unary
 
-    async def execute(self, request: Any) -> Any:
+    def runs_inline(self, tool_name: str) -> bool:
+        """Does ``tool_name`` run as plain sync code (so a lane thread may run
+        it itself)? Unknown tools do: their error is made without a loop."""
+        if self.legacy_execute is not None:
+            return not self.legacy_is_async
+        info = self.tools.get(tool_name)
+        return info is None or not info.is_coroutine
+
+    def _begin(self, request: Any) -> tuple[int, SessionContext, contextvars.Token[Any], dict[str, Any]]:
         started = time.perf_counter_ns()
         ctx = self._context(request)
         self.sessions.touch(request.session_id)
         token = self._enter_context(ctx)
         tele_meta = {"tool": request.tool_name, "session_id": request.session_id}
         telemetry.emit(("tool", "execution", "start"), {"system_time": time.time_ns()}, tele_meta)
+        return started, ctx, token, tele_meta
+
+    def _respond(self, request: Any, result: Any, started: int, tele_meta: dict[str, Any]) -> Any:
+        """The response for a tool's result."""
+        try:
+            response = self._success(result, started)
+        except Exception as exc:  # noqa: BLE001
+            return self._failure(exc, started, tele_meta, "serialization")
+        duration = time.perf_counter_ns() - started
+        telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, tele_meta)
+        return response
+
+    def _end(self, active: ActiveCall | None, token: contextvars.Token[Any]) -> None:
+        # Sync tools end their call in their own thread; a call that never
+        # reached a thread (bad arguments, an async tool) ends here.
+        if active is not None and (active.task is not None or active.thread_id is None):
+            self.calls.end(active, FINISHED)
+        _current.reset(token)
+
+    async def execute(self, request: Any) -> Any:
+        started, ctx, token, tele_meta = self._begin(request)
         active: ActiveCall | None = None
         try:
             try:
@@ -234,25 +263,57 @@ class ToolRunner:
                 if _cancelling():
                     raise
                 return self._failure(CallCancelled("the call was cancelled"), started, tele_meta, "cancelled")
-            except CallCancelled as exc:
-                return self._failure(exc, started, tele_meta, "cancelled")
-            except ArgumentBindingError as exc:
-                return self._failure(exc, started, tele_meta, "invalid_arguments")
-            except Exception as exc:  # noqa: BLE001 - everything a tool raises is reported
-                return self._failure(exc, started, tele_meta)
-            try:
-                response = self._success(result, started)
-            except Exception as exc:  # noqa: BLE001
-                return self._failure(exc, started, tele_meta, "serialization")
-            duration = time.perf_counter_ns() - started
-            telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, tele_meta)
-            return response
+            except BaseException as exc:  # noqa: BLE001 - everything a tool raises is reported
+                return self._raised(exc, started, tele_meta)
+            return self._respond(request, result, started, tele_meta)
         finally:
-            # Sync tools end their call in their own thread; a call that never
-            # reached a thread (bad arguments, an async tool) ends here.
-            if active is not None and (active.task is not None or active.thread_id is None):
-                self.calls.end(active, FINISHED)
-            _current.reset(token)
+            self._end(active, token)
+
+    def execute_sync(self, request: Any, loop: asyncio.AbstractEventLoop | None = None) -> Any:
+        """:meth:`execute` run in the calling thread, for a tool that
+        :meth:`runs_inline` (the lane's thread calls it). A sync tool that
+        hands back an awaitable has it awaited on ``loop``."""
+        started, ctx, token, tele_meta = self._begin(request)
+        active: ActiveCall | None = None
+        try:
+            try:
+                active = self.calls.begin(request.request_id, request.tool_name)
+                call = self._resolve(request, ctx, None)
+                result = self._run_call_here(call, active)
+                if inspect.isawaitable(result):
+                    if loop is None:
+                        raise RuntimeError(f"tool '{call.name}' returned an awaitable and no event loop runs here")
+                    result = asyncio.run_coroutine_threadsafe(_awaited(result), loop).result()
+                if inspect.isgenerator(result) or inspect.isasyncgen(result):
+                    if inspect.isgenerator(result):
+                        result.close()
+                    raise StreamingToolError(request.tool_name)
+            except BaseException as exc:  # noqa: BLE001 - everything a tool raises is reported
+                return self._raised(exc, started, tele_meta)
+            return self._respond(request, result, started, tele_meta)
+        finally:
+            self._end(active, token)
+
+    def _raised(self, exc: BaseException, started: int, tele_meta: dict[str, Any]) -> Any:
+        """The response for an exception out of a call; what a worker must
+        not swallow (KeyboardInterrupt, SystemExit, loop cancellation) goes on."""
+        if isinstance(exc, CallCancelled):
+            return self._failure(exc, started, tele_meta, "cancelled")
+        if isinstance(exc, ArgumentBindingError):
+            return self._failure(exc, started, tele_meta, "invalid_arguments")
+        if isinstance(exc, Exception):
+            return self._failure(exc, started, tele_meta)
+        raise exc
+
+    def _run_call_here(self, call: _Call, active: ActiveCall | None) -> Any:
+        """Run a sync call in this thread (under ``active``, so a cancel
+        can stop it)."""
+        fn: Callable[[], Any] = functools.partial(call.func, *call.args, **call.kwargs)
+        if self.thread_checks is not None:
+            fn = self.thread_checks.wrap(call.name, call.func, fn)
+        if active is not None:
+            return active.run_in_thread(fn)
+        return fn()
 
     async def cancel(self, request_id: str, wait_s: float) -> str:
         """Cancel the call ``request_id``; see :mod:`snakepit_bridge.cancellation`."""
@@ -288,31 +349,36 @@ class ToolRunner:
 
     # ------------------------------------------------------------ streaming
 
-    async def stream(self, request: Any) -> AsyncIterator[Any]:
-        """Run a tool for ExecuteStreamingTool, yielding ToolChunk messages."""
+    def begin_stream(self, request: Any, channel: Any) -> tuple[ActiveCall | None, Any] | None:
+        """Resolve a streaming call and start its producer feeding
+        ``channel`` (a :class:`Channel`, or the lane's); returns ``(active,
+        producer)``, or puts the failure on ``channel`` and returns None.
+        Runs on the event loop."""
         ctx = self._context(request)
         self.sessions.touch(request.session_id)
-        loop = asyncio.get_running_loop()
-        channel = Channel(loop)
-        tool_stream = ToolStream(channel)
         token = self._enter_context(ctx)
         active: ActiveCall | None = None
         try:
             try:
                 active = self.calls.begin(request.request_id, request.tool_name)
-                call = self._resolve(request, ctx, tool_stream)
+                call = self._resolve(request, ctx, ToolStream(channel))
             except CallCancelled as exc:
-                yield self._error_chunk(0, exc, "cancelled")
-                return
+                channel.fail(exc)
+                return None
             except Exception as exc:  # noqa: BLE001
-                kind = "invalid_arguments" if isinstance(exc, ArgumentBindingError) else None
                 if active is not None:
                     self.calls.end(active, FINISHED)
-                yield self._error_chunk(0, exc, kind)
-                return
-            producer = self._start_producer(call, channel, active)
+                channel.fail(exc)
+                return None
+            return active, self._start_producer(call, channel, active)
         finally:
             _current.reset(token)
+
+    async def stream(self, request: Any) -> AsyncIterator[Any]:
+        """Run a tool for ExecuteStreamingTool, yielding ToolChunk messages."""
+        channel = Channel(asyncio.get_running_loop())
+        started = self.begin_stream(request, channel)
+        active, producer = started if started is not None else (None, None)
 
         index = 0
         finished = False
@@ -501,6 +567,10 @@ def _drain_generator(gen: Any, channel: Channel) -> Any:
                 return _ALREADY_FINAL
     finally:
         gen.close()
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 async def _close_generator(gen: Any) -> None:

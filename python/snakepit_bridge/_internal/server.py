@@ -3,7 +3,7 @@
     python -m snakepit_bridge.server --adapter module.Class --address ADDR
         [--worker-id ID] [--snakepit-run-id RID] [--elixir-address ADDR]
         [--instance-name N] [--instance-token T] [--max-workers N]
-        [--mode process|threaded] [--log-level LEVEL]
+        [--mode process|threaded] [--log-level LEVEL] [--lane PATH]
 
 ``ADDR`` is a gRPC address: ``unix:/abs/path.sock`` or ``HOST:PORT`` (port 0
 picks a free one). Flags this version does not know are ignored with a warning
@@ -12,7 +12,9 @@ on stderr.
 Handshake on stdout (the only lines this module writes there):
 
 * ``SNAKEPIT_READY <bound-address>`` once the server is bound, the adapter is
-  imported, instantiated and initialized, and the server is accepting calls.
+  imported, instantiated and initialized, and the server is accepting calls;
+  with ``--lane PATH`` the line ends with `` lane=PATH`` once the call lane
+  (:mod:`snakepit_bridge._internal.lane`) listens there too.
 * On a startup failure, ``SNAKEPIT_STARTUP_ERROR <one-line message>`` goes to
   *stderr* followed by the traceback, and the process exits with status 2.
 
@@ -44,6 +46,7 @@ from ..heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
 from ..heartbeat import HeartbeatConfig, HeartbeatWatchdog
 from . import auth
 from .elixir_bridge import ElixirBridgeClient, grpc_channel_options, refresh_limits, set_default_client
+from .lane import LaneServer
 from .runtime import ToolRunner
 from .servicer import BridgeServicer
 
@@ -104,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instance-token", default=os.environ.get("SNAKEPIT_INSTANCE_TOKEN", ""))
     parser.add_argument("--max-workers", type=int, default=None, help="thread pool size; >1 selects threaded mode")
     parser.add_argument("--mode", choices=("process", "threaded"), default=None, help="worker mode")
+    parser.add_argument("--lane", default="", help="also serve calls on a SOCK_SEQPACKET socket at this path")
     parser.add_argument(
         "--log-level",
         default=os.environ.get("SNAKEPIT_LOG_LEVEL", "warning"),
@@ -300,8 +304,13 @@ class Worker:
         max_workers: int | None = None,
         elixir_address: str = "",
         heartbeat: HeartbeatConfig | None = None,
+        lane_path: str = "",
+        threaded: bool = False,
     ):
         self.adapter = adapter
+        self.lane_path = lane_path
+        self.threaded = threaded
+        self.lane: LaneServer | None = None
         self.requested_address = address
         self.worker_id = worker_id
         self.elixir_address = elixir_address
@@ -359,9 +368,25 @@ class Worker:
                 os.chmod(path, 0o600)
             except OSError:
                 pass
+        if self.lane_path:
+            self.lane = self._open_lane()
         if self.elixir_address:
             await self._connect_elixir()
         return self.address
+
+    def _open_lane(self) -> LaneServer:
+        try:
+            lane = LaneServer(
+                self.lane_path,
+                self.runner,
+                asyncio.get_running_loop(),
+                inline=not self.threaded,
+                executor=self.executor,
+            )
+        except OSError as exc:
+            raise StartupError(f"cannot listen on the call lane '{self.lane_path}': {exc}", exc) from exc
+        lane.start()
+        return lane
 
     async def _connect_elixir(self) -> None:
         from ..telemetry.stream import TelemetryStream
@@ -401,6 +426,8 @@ class Worker:
         if self._stopped:
             return
         self._stopped = True
+        if self.lane is not None:
+            self.lane.close()
         if self.server is not None:
             await self.server.stop(grace)
         await self.cleanup_adapter()
@@ -430,14 +457,14 @@ def _configure_logging(level_name: str, worker_id: str) -> None:
     root.setLevel(level)
 
 
-def _announce_ready(address: str) -> None:
+def _announce_ready(address: str, lane: str = "") -> None:
     ready_file = os.environ.get("SNAKEPIT_READY_FILE")
     if ready_file:
         tmp = f"{ready_file}.tmp{os.getpid()}"
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(address + "\n")
         os.replace(tmp, ready_file)
-    sys.stdout.write(f"{READY_PREFIX} {address}\n")
+    sys.stdout.write(f"{READY_PREFIX} {address}{f' lane={lane}' if lane else ''}\n")
     sys.stdout.flush()
 
 
@@ -478,6 +505,8 @@ async def serve(args: argparse.Namespace) -> int:
         max_workers=args.max_workers,
         elixir_address=args.elixir_address,
         heartbeat=HeartbeatConfig.from_env(),
+        lane_path=args.lane,
+        threaded=threaded,
     )
     try:
         worker.bind()
@@ -498,7 +527,7 @@ async def serve(args: argparse.Namespace) -> int:
 
     log.info("worker %s serving %s on %s (%s mode)", args.worker_id, args.adapter, address,
              "threaded" if threaded else "process")
-    _announce_ready(address)
+    _announce_ready(address, worker.lane.path if worker.lane is not None else "")
 
     # Dependent mode: exit when Elixir stops sending heartbeats.
     exit_code = 0

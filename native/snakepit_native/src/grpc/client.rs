@@ -22,7 +22,7 @@ use crate::reply::{self, Payload, ReplyTo};
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
 
 /// Chunks a stream may send ahead of the consumer's acknowledgements.
-const DEFAULT_WINDOW: u32 = 32;
+pub(crate) const DEFAULT_WINDOW: u32 = 32;
 
 /// The per-call options, from the Elixir map `%{session_id:, timeout_ms:,
 /// binary_parameters:, metadata:, request_id:}` (every key optional;
@@ -76,7 +76,7 @@ impl CallOpts {
 
 /// Encodes and checks everything before any task is spawned, so bad input
 /// is answered synchronously and nothing is sent.
-fn build_request(
+pub(crate) fn build_request(
     tool: String,
     arguments: Term,
     opts: Term,

@@ -5,8 +5,11 @@ mod auth;
 mod bridge;
 mod channel;
 mod client;
-mod response;
+pub(crate) mod response;
 mod unary;
+
+pub(crate) use channel::max_message_bytes;
+pub(crate) use client::{build_request, DEFAULT_WINDOW};
 
 /// Wall-clock microseconds since the epoch, as heartbeats carry them.
 pub(crate) fn now_us() -> i64 {

@@ -1,0 +1,139 @@
+defmodule Snakepit.CallTransportTest do
+  # Real Python workers through the real native core, on both call
+  # transports side by side: the lane (a SOCK_SEQPACKET socket per worker)
+  # and gRPC answer the same calls with the same results and errors.
+  use ExUnit.Case, async: false
+  @moduletag :python
+
+  alias Snakepit.Error
+  alias Snakepit.Test.AppPool
+
+  setup_all do
+    adapter = AppPool.fixture_adapter()
+
+    AppPool.start!(
+      python_path: [AppPool.fixtures_dir()],
+      pools: [
+        %{name: :lane, pool_size: 1, call_transport: :lane, adapter_args: adapter},
+        %{name: :grpc, pool_size: 1, call_transport: :grpc, adapter_args: adapter},
+        %{
+          name: :laneless,
+          pool_size: 1,
+          call_transport: :lane,
+          adapter_module: Snakepit.Test.LanelessAdapter,
+          adapter_args: adapter
+        }
+      ]
+    )
+  end
+
+  defp info(pool) do
+    [id] = Snakepit.Pool.list_workers(Snakepit.Pool, pool)
+    {:ok, pid} = Snakepit.Pool.Registry.get_worker_pid(id)
+    Snakepit.GRPCWorker.get_info(pid)
+  end
+
+  test "each pool uses the transport it was given; a worker without a lane gets gRPC" do
+    assert is_reference(info(:lane).lane)
+    assert info(:grpc).lane == nil
+    assert info(:laneless).lane == nil
+  end
+
+  test "once the VM is connected the lane's socket file is gone: nobody else can connect" do
+    lanes = Path.wildcard(Path.join(Snakepit.RuntimeDir.path(), "*.lane"))
+    assert lanes == []
+    # The gRPC socket of the same worker is still there.
+    assert "unix:" <> sock = info(:lane).address
+    assert File.exists?(sock)
+  end
+
+  for pool <- [:lane, :grpc, :laneless] do
+    describe "#{pool}" do
+      @describetag pool: pool
+
+      test "results, Python errors and caller errors", %{pool: pool} do
+        assert {:ok, %{"pid" => pid}} = Snakepit.execute("get_pid", %{}, pool_name: pool)
+        assert is_integer(pid)
+
+        assert {:error, %Error{category: :validation, details: %{kind: "unknown_tool"}}} =
+                 Snakepit.execute("no_such_tool", %{}, pool_name: pool)
+
+        assert {:error, %Error{category: :validation, details: %{kind: "streaming_tool"}}} =
+                 Snakepit.execute("ticks", %{path: "/dev/null"}, pool_name: pool)
+
+        assert {:error, %Error{category: :validation}} =
+                 Snakepit.execute("get_pid", %{bad: self()}, pool_name: pool)
+      end
+
+      test "messages many frames long arrive whole, both ways", %{pool: pool} do
+        data = :crypto.strong_rand_bytes(3 * 1024 * 1024 + 17)
+
+        assert {:ok, %{"len" => len, "first" => first, "last" => last}} =
+                 Snakepit.execute("nbytes", %{},
+                   binary_parameters: %{"data" => data},
+                   pool_name: pool
+                 )
+
+        assert {len, first, last} == {byte_size(data), :binary.first(data), :binary.last(data)}
+
+        assert {:ok, blob} = Snakepit.execute("blob", %{mb: 3}, pool_name: pool)
+        assert blob == :binary.copy(<<7>>, 3 * 1024 * 1024)
+      end
+
+      test "a call past its deadline times out with how it was stopped", %{pool: pool} do
+        dir = Path.join(System.tmp_dir!(), "transport-#{System.unique_integer([:positive])}")
+        File.mkdir_p!(dir)
+        on_exit(fn -> File.rm_rf(dir) end)
+
+        assert {:error, %Error{category: :timeout, details: %{stop: :interrupted}}} =
+                 Snakepit.execute("busy", %{path: Path.join(dir, "busy")},
+                   pool_name: pool,
+                   timeout: 300
+                 )
+
+        # The worker is the same and answers at once.
+        assert {:ok, %{"pid" => _}} = Snakepit.execute("get_pid", %{}, pool_name: pool)
+      end
+
+      test "a stream arrives whole and in order; :halt stops it", %{pool: pool} do
+        dir = Path.join(System.tmp_dir!(), "transport-#{System.unique_integer([:positive])}")
+        File.mkdir_p!(dir)
+        on_exit(fn -> File.rm_rf(dir) end)
+        path = Path.join(dir, "ticks")
+        test = self()
+
+        assert :ok =
+                 Snakepit.execute_stream(
+                   "counter",
+                   %{path: path},
+                   fn chunk ->
+                     send(test, {:tick, chunk})
+                     if chunk["tick"] == 99, do: :halt, else: :ok
+                   end,
+                   pool_name: pool
+                 )
+
+        ticks = collect_ticks([])
+        assert Enum.map(ticks, & &1["tick"]) == Enum.to_list(0..99)
+        # The halted producer stops; the worker takes the next call.
+        assert AppPool.wait_until(fn -> "stopped" in marks(path) end, 10_000) != :timeout
+        assert {:ok, _} = Snakepit.execute("get_pid", %{}, pool_name: pool)
+      end
+    end
+  end
+
+  defp collect_ticks(acc) do
+    receive do
+      {:tick, chunk} -> collect_ticks([chunk | acc])
+    after
+      0 -> Enum.reverse(acc)
+    end
+  end
+
+  defp marks(path) do
+    case File.read(path) do
+      {:ok, text} -> String.split(text, "\n", trim: true)
+      {:error, :enoent} -> []
+    end
+  end
+end
