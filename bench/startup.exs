@@ -14,7 +14,9 @@
 # unless BENCH_FORK_SERVER=false. A first start of the smallest pool is run
 # and thrown away, so that no measured run pays for cold caches.
 #
-# Prints the figures and writes them to bench/results/startup.txt.
+# Prints the figures and writes them to bench/results/startup.txt, or with
+# BENCH_FORK_SERVER=false to bench/results/startup_no_fork_server.txt, so
+# that the results of both stay side by side.
 
 Code.require_file("support/cpu.exs", __DIR__)
 
@@ -46,8 +48,14 @@ defmodule Bench.Startup do
     Application.stop(:snakepit)
     Enum.each(lines, &IO.puts/1)
     File.mkdir_p!("bench/results")
-    File.write!("bench/results/startup.txt", Enum.join(lines, "\n") <> "\n")
-    IO.puts("written to bench/results/startup.txt")
+
+    file =
+      if System.get_env("BENCH_FORK_SERVER") == "false",
+        do: "bench/results/startup_no_fork_server.txt",
+        else: "bench/results/startup.txt"
+
+    File.write!(file, Enum.join(lines, "\n") <> "\n")
+    IO.puts("written to #{file}")
   end
 
   # One Python process: interpreter + grpc/protobuf + snakepit_bridge imports.
