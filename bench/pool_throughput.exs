@@ -410,7 +410,6 @@ defmodule Bench.PoolThroughput do
       {^port, {:exit_status, 0}} -> :ok
     end
 
-    CPU.close([client])
     r = JSON.decode!(json)
 
     %{

@@ -104,7 +104,6 @@ defmodule Bench.Startup do
     # All their CPU since they began: they did not exist before the start.
     fork_servers = Snakepit.ForkServer.os_pids()
     since_start = CPU.diff(%{}, CPU.snapshot(workers ++ fork_servers))
-    CPU.close(workers ++ fork_servers)
     worker_ms = CPU.total(since_start, workers) / 1_000_000
     # The fork server's own start (one import of grpc and the bridge).
     fork_ms = CPU.total(since_start, fork_servers) / 1_000_000

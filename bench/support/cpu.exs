@@ -1,6 +1,6 @@
 # CPU time of OS processes, in nanoseconds, for the benchmarks in bench/.
 #
-#     Code.require_file("support/cpu.exs", Path.dirname(__ENV__.file))
+#     Code.require_file("support/cpu.exs", __DIR__)   # from a script in bench/
 #
 #     before = Bench.CPU.snapshot([Bench.CPU.beam_os_pid() | worker_os_pids])
 #     ... the measured work ...
@@ -15,17 +15,20 @@
 # * the unit is 1 ns, but a thread that is on a CPU while it is read is
 #   counted only up to its last scheduler update (a tick, 1/CONFIG_HZ, or its
 #   last switch): up to one tick behind. Take snapshots while the measured
-#   processes are idle (calls finished, callers waiting), so that only the
-#   reading thread is running; `precision/0` says what that leaves;
+#   processes are idle (calls finished, callers waiting), so that none of
+#   their threads is on a CPU (in the BEAM, run without scheduler
+#   busy-waiting: +sbwt none +sbwtdcpu none +sbwtdio none); `precision/1`
+#   says what that leaves;
 # * a thread that exits between two snapshots takes its CPU with it: the
 #   diff cannot see it and counts it in `lost_threads`. Snapshot while the
 #   processes are alive and their threads are started (after warm-up);
 # * a thread started inside the window is counted whole (it began there).
 #
-# Reading the files costs the BEAM CPU inside the window (its reads of the
-# last snapshot and the first): `empty_window_ns/1` measures it (a snapshot
-# straight after a snapshot) so a benchmark can print it beside its figures.
-# The files stay open between snapshots, in the process that takes them.
+# The files are read by a process of its own (bench/support/schedstat_reader.py,
+# started with the first snapshot), so that reading them costs the BEAM only
+# a message to it and its answer, inside the window: `empty_window_ns/1`
+# measures that (a snapshot straight after a snapshot) so that a benchmark
+# can print it beside its figures.
 
 defmodule Bench.CPU do
   @typedoc "CPU ns per thread id, per OS process."
@@ -40,7 +43,10 @@ defmodule Bench.CPU do
 
   @doc "CPU ns of every thread of each OS process (a process that is gone has none)."
   @spec snapshot([pos_integer()]) :: snapshot()
-  def snapshot(os_pids), do: Map.new(os_pids, &{&1, threads(&1)})
+  def snapshot(os_pids) do
+    found = threads_of(os_pids)
+    Map.new(os_pids, &{&1, Map.get(found, &1, %{})})
+  end
 
   @doc """
   What each process spent between two snapshots, in ns. Threads present in
@@ -89,23 +95,6 @@ defmodule Bench.CPU do
     |> Enum.at(5)
   end
 
-  @doc """
-  Closes the schedstat files kept open for `os_pids` (they stay open between
-  snapshots so that a snapshot is cheap); for processes that will not be
-  measured again.
-  """
-  @spec close([pos_integer()]) :: :ok
-  def close(os_pids) do
-    pids = MapSet.new(os_pids)
-
-    for {{__MODULE__, pid, _} = key, fd} <- Process.get(), MapSet.member?(pids, pid) do
-      Process.delete(key)
-      :file.close(fd)
-    end
-
-    :ok
-  end
-
   @doc "The kernel's tick in ns (from /proc/config.gz), or nil where it cannot be read."
   @spec tick_ns() :: pos_integer() | nil
   def tick_ns do
@@ -134,56 +123,47 @@ defmodule Bench.CPU do
 
   defp us(ns), do: Float.round(ns / 1000, 1)
 
-  # Each thread's schedstat file stays open (a raw file, so in the process
-  # that takes the snapshots): opening a /proc file costs the BEAM about 100 us
-  # here, a pread of an open one about 15 us. The task list is read on every
-  # snapshot so that threads started since are seen.
-  defp threads(os_pid) do
-    case :prim_file.list_dir(~c"/proc/#{os_pid}/task") do
-      {:ok, tids} ->
-        for tid <- tids,
-            tid = List.to_integer(tid),
-            ns = thread_ns(os_pid, tid),
-            into: %{},
-            do: {tid, ns}
+  # The files are read by bench/support/schedstat_reader.py, one process
+  # started on the first snapshot and kept (its port belongs to the process
+  # that takes the snapshots): reading them from the BEAM costs it a dirty
+  # I/O call per file, about 100 us each to open one here; asking the reader
+  # costs it one write and one read.
+  defp threads_of(os_pids) do
+    port = reader()
+    Port.command(port, Enum.join(os_pids, " ") <> "\n")
 
-      {:error, _} ->
-        %{}
+    port
+    |> await_reply([])
+    |> String.split()
+    |> Enum.map(&String.to_integer/1)
+    |> Enum.chunk_every(3)
+    |> Enum.group_by(fn [pid, _, _] -> pid end, fn [_, tid, ns] -> {tid, ns} end)
+    |> Map.new(fn {pid, threads} -> {pid, Map.new(threads)} end)
+  end
+
+  defp await_reply(port, acc) do
+    receive do
+      {^port, {:data, {:eol, chunk}}} -> IO.iodata_to_binary([acc, chunk])
+      {^port, {:data, {:noeol, chunk}}} -> await_reply(port, [acc, chunk])
+      {^port, {:exit_status, status}} -> raise "schedstat_reader.py exited with #{status}"
     end
   end
 
-  # nil for a thread that ended between the listing and the read. A cached
-  # file that fails (its thread ended, a new one got its id) is reopened once.
-  defp thread_ns(os_pid, tid) do
-    key = {__MODULE__, os_pid, tid}
+  defp reader do
+    with nil <- Process.get(__MODULE__) do
+      python = System.find_executable("python3") || raise "Bench.CPU needs python3 on the PATH"
+      script = Path.join(__DIR__, "schedstat_reader.py")
 
-    case read(Process.get(key)) do
-      nil ->
-        if fd = Process.delete(key), do: :file.close(fd)
-        read(open(key))
+      port =
+        Port.open({:spawn_executable, python}, [
+          :binary,
+          :exit_status,
+          {:line, 65_536},
+          args: [script]
+        ])
 
-      ns ->
-        ns
-    end
-  end
-
-  defp read(nil), do: nil
-
-  defp read(fd) do
-    case :file.pread(fd, 0, 128) do
-      {:ok, line} -> line |> :binary.split(" ") |> hd() |> String.to_integer()
-      _ -> nil
-    end
-  end
-
-  defp open({_, os_pid, tid} = key) do
-    case :file.open("/proc/#{os_pid}/task/#{tid}/schedstat", [:read, :raw, :binary]) do
-      {:ok, fd} ->
-        Process.put(key, fd)
-        fd
-
-      {:error, _} ->
-        nil
+      Process.put(__MODULE__, port)
+      port
     end
   end
 end
