@@ -30,8 +30,8 @@ import grpc
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "python"))
 
-from snakepit_bridge.generated import snakepit_bridge_pb2 as pb  # noqa: E402
-from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc  # noqa: E402
+from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
+from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
 
 SECRET = "5e" * 32
 
@@ -105,8 +105,10 @@ def main() -> None:
     with_check = statistics.median(results["with the check"])
     without = statistics.median(results["without"])
     lines = [
-        f"auth_overhead  {time.strftime('%Y-%m-%d %H:%M:%S')}  calls/round={args.calls}  rounds={args.rounds}  "
-        f"(worker CPU per call, all threads, from schedstat; median of alternating rounds)",
+        (
+            f"auth_overhead  {time.strftime('%Y-%m-%d %H:%M:%S')}  calls/round={args.calls}  rounds={args.rounds}  "
+            f"(worker CPU per call, all threads, from schedstat; median of alternating rounds)"
+        ),
         f"with the check   {with_check:8.1f} us   rounds: {', '.join(f'{x:.1f}' for x in results['with the check'])}",
         f"without          {without:8.1f} us   rounds: {', '.join(f'{x:.1f}' for x in results['without'])}",
         f"difference       {with_check - without:8.1f} us per call ({(with_check - without) * 100 / without:+.1f}%)",

@@ -7,29 +7,46 @@
 # may have several calls in flight, as the thread profile does. Each
 # profile is compared with the client that keeps its discipline:
 # process-profile pools with py-pooled, thread-profile pools with py-open.
+# Both clients decode each result from JSON.
 #
 #     MIX_ENV=prod mix run bench/pool_throughput.exs
 #     BENCH_CALLS=3000 BENCH_POOL_SIZES=2,4 BENCH_CONCURRENCY=1,8,32 \
-#       BENCH_PROFILES=process,thread BENCH_ROUNDS=3 mix run bench/pool_throughput.exs
+#       BENCH_PROFILES=process,thread BENCH_ROUNDS=3 BENCH_BREAKDOWN_CALLS=6000 \
+#       mix run bench/pool_throughput.exs
 #
-# CPU per call is measured from /proc: the BEAM's OS process (schedulers,
-# dirty schedulers and the native core's tokio threads: everything on the
-# Elixir + Rust side), the Python client's own process time, and the
-# workers' processes. Run the BEAM without scheduler busy-waiting so that
-# spinning is not counted as work:
+# Each round runs the three clients one after the other, the order rotated
+# by one each round (so with 3 rounds each client is first once); every
+# figure is the median over the rounds, with the rounds' ops/s range beside
+# it. Each client makes div(calls, concurrency) * concurrency calls, and its
+# figures are divided by the calls it made.
+#
+# CPU per call is measured with bench/support/cpu.exs (per-thread schedstat,
+# ns) in a window that opens after the client's warm-up calls have all been
+# answered and closes when its measured calls have: for Snakepit around the
+# measured calls; for the Python client between its "warm" and "done" lines
+# (bench/grpc_client.py --handshake). "client cpu" is the BEAM's OS process
+# (schedulers, dirty schedulers and the native core's tokio threads:
+# everything on the Elixir + Rust side) or the Python client's process;
+# "worker cpu" is the workers' processes. Run the BEAM without scheduler
+# busy-waiting so that spinning is not counted as work:
 #
 #     ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/pool_throughput.exs
 #
 # Prints the figures and writes them to bench/results/pool_throughput.txt.
 
+Code.require_file("support/cpu.exs", __DIR__)
+
 defmodule Bench.PoolThroughput do
-  @tick_us 1_000_000 / 100
+  alias Bench.CPU
+
+  @warmup 200
 
   def run do
     calls = env_ints("BENCH_CALLS", [3_000]) |> hd()
     sizes = env_ints("BENCH_POOL_SIZES", [2, 4])
     concurrencies = env_ints("BENCH_CONCURRENCY", [1, 8, 32])
     rounds = env_ints("BENCH_ROUNDS", [3]) |> hd()
+    breakdown_calls = env_ints("BENCH_BREAKDOWN_CALLS", [6_000]) |> hd()
 
     profiles =
       (System.get_env("BENCH_PROFILES") || "process,thread")
@@ -41,11 +58,19 @@ defmodule Bench.PoolThroughput do
 
     {load, _} = File.read!("/proc/loadavg") |> String.split() |> hd() |> Float.parse()
 
+    # What reading the CPU costs, with the largest pool's workers read too.
+    start_pool(Enum.max(sizes), hd(profiles))
+    empty = CPU.empty_window_ns(worker_os_pids())
+
     header = [
       "pool_throughput  #{DateTime.utc_now() |> DateTime.truncate(:second)}  " <>
         "calls=#{calls}  rounds=#{rounds}  cores=#{System.schedulers_online()}  load1=#{load}  " <>
         "ERL_FLAGS=#{inspect(System.get_env("ERL_FLAGS"))}  mix_env=#{Mix.env()}",
-      "client     profile pool conc      ops/s    p50 us    p99 us   client-cpu us/call   worker-cpu us/call"
+      CPU.precision(empty),
+      "figures: median of the rounds (order rotated each round); calls made = " <>
+        "div(calls, conc) * conc; CPU window after warm-up (#{@warmup} calls), to the last answer",
+      "client     profile pool conc  calls      ops/s   ops/s range    p50 us    p99 us   " <>
+        "client-cpu us/call   worker-cpu us/call"
     ]
 
     IO.puts(Enum.join(header, "\n"))
@@ -56,19 +81,30 @@ defmodule Bench.PoolThroughput do
         addresses = worker_addresses()
         worker_pids = worker_os_pids()
         # Warm up the workers and the channels.
-        measure_snakepit(8, 500)
+        snakepit_calls(8, 500)
 
         for c <- concurrencies do
-          # Rounds alternate the three clients, so a noisy neighbour hits
-          # all of them alike; each figure is the round with median ops/s.
-          results =
-            for _ <- 1..rounds do
-              {measure(fn -> measure_snakepit(c, calls) end, worker_pids, calls),
-               python_client(addresses, c, calls, worker_pids, "pooled"),
-               python_client(addresses, c, calls, worker_pids, "open")}
+          n = div(calls, c) * c
+
+          variants = [
+            {"snakepit", fn -> snakepit_round(c, n, worker_pids) end},
+            {"py-pooled", fn -> python_round(addresses, c, n, worker_pids, "pooled") end},
+            {"py-open", fn -> python_round(addresses, c, n, worker_pids, "open") end}
+          ]
+
+          # Round r starts with variant r mod 3: a drift in the machine's
+          # speed hits every client alike.
+          by_variant =
+            for r <- 0..(rounds - 1),
+                {name, fun} <- rotate(variants, r),
+                reduce: %{} do
+              acc ->
+                result = fun.()
+                Map.update(acc, name, [result], &[result | &1])
             end
 
-          [sp, pooled, open] = for i <- 0..2, do: median_by_ops(Enum.map(results, &elem(&1, i)))
+          [sp, pooled, open] =
+            for name <- ["snakepit", "py-pooled", "py-open"], do: medians(by_variant[name])
 
           {peer, peer_ops} =
             if profile == :process, do: {"py-pooled", pooled}, else: {"py-open", open}
@@ -90,7 +126,7 @@ defmodule Bench.PoolThroughput do
 
     overhead = overhead_summary(Enum.map(rows, &elem(&1, 1)))
     IO.puts(overhead)
-    breakdown = breakdown()
+    breakdown = breakdown(breakdown_calls)
     Enum.each(breakdown, &IO.puts/1)
 
     text =
@@ -102,20 +138,52 @@ defmodule Bench.PoolThroughput do
     IO.puts("written to bench/results/pool_throughput.txt")
   end
 
-  defp median_by_ops(results),
-    do: results |> Enum.sort_by(& &1.ops) |> Enum.at(div(length(results), 2))
+  defp rotate(list, r) do
+    {front, back} = Enum.split(list, rem(r, length(list)))
+    back ++ front
+  end
+
+  # The median of each figure over the rounds, and the rounds' ops/s range.
+  defp medians(results) do
+    figures =
+      Map.new([:ops, :p50, :p99, :client_cpu, :worker_cpu], fn key ->
+        {key, median(Enum.map(results, &Map.fetch!(&1, key)))}
+      end)
+
+    ops = Enum.map(results, & &1.ops)
+
+    Map.merge(figures, %{
+      calls: hd(results).calls,
+      ops_min: Enum.min(ops),
+      ops_max: Enum.max(ops),
+      lost_threads: Enum.sum(Enum.map(results, & &1.lost_threads))
+    })
+  end
+
+  defp median(values) do
+    sorted = Enum.sort(values)
+    n = length(sorted)
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, div(n, 2)),
+      else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
+  end
 
   defp row(client, profile, size, c, m) do
-    :io_lib.format("~-10s ~7s ~4B ~4B ~10.1f ~9.1f ~9.1f ~20.1f ~20.1f", [
+    :io_lib.format("~-10s ~7s ~4B ~4B ~6B ~10.1f ~6B-~-6B ~9.1f ~9.1f ~20.1f ~20.1f~s", [
       client,
       Atom.to_string(profile),
       size,
       c,
+      m.calls,
       m.ops * 1.0,
+      round(m.ops_min),
+      round(m.ops_max),
       m.p50 * 1.0,
       m.p99 * 1.0,
       m.client_cpu * 1.0,
-      m.worker_cpu * 1.0
+      m.worker_cpu * 1.0,
+      if(m.lost_threads > 0, do: "  (#{m.lost_threads} threads exited in a window)", else: "")
     ])
     |> IO.iodata_to_binary()
   end
@@ -132,52 +200,61 @@ defmodule Bench.PoolThroughput do
   #   pool scheduling - checkout + checkin only, no call to Python
   #   native call     - Snakepit.GRPC.Client.execute straight to a worker
   #   full path       - Snakepit.execute (pool + native call)
-  defp breakdown do
+  # Each is measured 3 times; the median is printed with the range, which
+  # says how far one figure can be trusted.
+  defp breakdown(calls) do
     start_pool(2, :process)
     workers = worker_channels()
-    calls = 6_000
-    beam = String.to_integer(System.pid())
+    per_caller = div(calls, 2)
+    made = per_caller * 2
+    beam = CPU.beam_os_pid()
 
     per_call = fn fun ->
-      c0 = cpu_us(beam)
-      fun.()
-      (cpu_us(beam) - c0) / calls
+      # One call per caller first, so that the window holds no first-call costs.
+      fun.(1)
+      {_, delta} = CPU.measure([beam], fn -> fun.(per_caller) end)
+      delta.ns[beam] / made / 1000
     end
 
     two_callers = fn call ->
-      0..1
-      |> Task.async_stream(fn i -> for _ <- 1..div(calls, 2), do: call.(i) end,
-        max_concurrency: 2,
-        timeout: :infinity
-      )
-      |> Stream.run()
+      fn k ->
+        0..1
+        |> Task.async_stream(fn i -> for _ <- 1..k, do: call.(i) end,
+          max_concurrency: 2,
+          timeout: :infinity
+        )
+        |> Stream.run()
+      end
     end
 
     sched =
-      per_call.(fn ->
-        two_callers.(fn _ ->
-          {:ok, lease} = Snakepit.Pool.checkout([], :infinity)
-          Snakepit.Pool.checkin(lease, :ok)
-        end)
+      two_callers.(fn _ ->
+        {:ok, lease} = Snakepit.Pool.Call.checkout([], :infinity)
+        Snakepit.Pool.Call.checkin(lease, :ok)
       end)
 
     native =
-      per_call.(fn ->
-        two_callers.(fn i ->
-          deadline = System.monotonic_time(:millisecond) + 60_000
+      two_callers.(fn i ->
+        deadline = System.monotonic_time(:millisecond) + 60_000
 
-          {:ok, _} =
-            Snakepit.GRPC.Client.execute(Enum.at(workers, i), "ping", %{}, deadline: deadline)
-        end)
+        {:ok, _} =
+          Snakepit.GRPC.Client.execute(Enum.at(workers, i), "ping", %{}, deadline: deadline)
       end)
 
-    full = per_call.(fn -> two_callers.(fn _ -> {:ok, _} = Snakepit.execute("ping", %{}) end) end)
+    full = two_callers.(fn _ -> {:ok, _} = Snakepit.execute("ping", %{}) end)
+
+    figure = fn fun ->
+      runs = for _ <- 1..3, do: per_call.(fun)
+
+      "#{Float.round(median(runs), 1)} us (3 runs: #{Float.round(Enum.min(runs), 1)}-" <>
+        "#{Float.round(Enum.max(runs), 1)})"
+    end
 
     [
-      "CPU per call of the BEAM OS process, 2 workers, 2 callers, #{calls} calls:",
-      "  pool scheduling only (checkout + checkin): #{Float.round(sched, 1)} us",
-      "  native call only (Client.execute):         #{Float.round(native, 1)} us",
-      "  full Snakepit.execute:                     #{Float.round(full, 1)} us"
+      "CPU per call of the BEAM OS process, 2 workers, 2 callers, #{made} calls a run:",
+      "  pool scheduling only (checkout + checkin): #{figure.(sched)}",
+      "  native call only (Client.execute):         #{figure.(native)}",
+      "  full Snakepit.execute:                     #{figure.(full)}"
     ]
   end
 
@@ -228,25 +305,20 @@ defmodule Bench.PoolThroughput do
     end
   end
 
-  # CPU time (us) of an OS process, from /proc/<pid>/stat (utime + stime).
-  defp cpu_us(os_pid) do
-    stat = File.read!("/proc/#{os_pid}/stat")
-    [_, rest] = String.split(stat, ") ", parts: 2)
-    fields = String.split(rest)
-    (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * @tick_us
+  # Warm-up at this concurrency, then the window around the measured calls.
+  defp snakepit_round(c, n, worker_pids) do
+    beam = CPU.beam_os_pid()
+    snakepit_calls(c, max(div(@warmup, c), 1) * c)
+    {result, delta} = CPU.measure([beam | worker_pids], fn -> snakepit_calls(c, n) end)
+
+    Map.merge(result, %{
+      client_cpu: delta.ns[beam] / result.calls / 1000,
+      worker_cpu: CPU.total(delta, worker_pids) / result.calls / 1000,
+      lost_threads: delta.lost_threads
+    })
   end
 
-  defp measure(fun, worker_pids, calls) do
-    beam = String.to_integer(System.pid())
-    beam0 = cpu_us(beam)
-    workers0 = Enum.sum(Enum.map(worker_pids, &cpu_us/1))
-    result = fun.()
-    beam_cpu = cpu_us(beam) - beam0
-    worker_cpu = Enum.sum(Enum.map(worker_pids, &cpu_us/1)) - workers0
-    Map.merge(result, %{client_cpu: beam_cpu / calls, worker_cpu: worker_cpu / calls})
-  end
-
-  defp measure_snakepit(concurrency, calls) do
+  defp snakepit_calls(concurrency, calls) do
     per_caller = div(calls, concurrency)
     started = System.monotonic_time(:microsecond)
 
@@ -270,6 +342,7 @@ defmodule Bench.PoolThroughput do
     n = length(sorted)
 
     %{
+      calls: n,
       ops: n / (wall / 1_000_000),
       p50: Enum.at(sorted, div(n, 2)),
       p99: Enum.at(sorted, min(n - 1, trunc(n * 0.99)))
@@ -286,40 +359,75 @@ defmodule Bench.PoolThroughput do
     end)
   end
 
-  defp python_client(addresses, concurrency, calls, worker_pids, mode) do
+  # bench/grpc_client.py --handshake: it warms up, prints "warm" and waits;
+  # the window opens, it is told to go, prints "done <json>" once every
+  # measured call is answered and waits again; the window closes, it is told
+  # to finish.
+  defp python_round(addresses, concurrency, calls, worker_pids, mode) do
     {:ok, python} = Snakepit.PythonRuntime.executable()
 
-    args = [
-      "bench/grpc_client.py",
-      "--concurrency",
-      "#{concurrency}",
-      "--calls",
-      "#{calls}",
-      "--mode",
-      mode
-    ]
+    args =
+      [
+        "bench/grpc_client.py",
+        "--handshake",
+        "--concurrency",
+        "#{concurrency}",
+        "--calls",
+        "#{calls}",
+        "--warmup",
+        "#{@warmup}",
+        "--mode",
+        mode
+      ] ++ Enum.flat_map(addresses, &["--address", &1])
 
-    args = args ++ Enum.flat_map(addresses, &["--address", &1])
     # The workers answer only calls that carry the VM's secret, which a
     # process of the same user can read from a worker's environment.
     env = [
-      {"PYTHONPATH", Enum.join(Snakepit.PythonRuntime.python_path(), ":")},
-      {"SNAKEPIT_AUTH_TOKEN", secret_of(hd(worker_pids))}
+      {~c"PYTHONPATH", String.to_charlist(Enum.join(Snakepit.PythonRuntime.python_path(), ":"))},
+      {~c"SNAKEPIT_AUTH_TOKEN", String.to_charlist(secret_of(hd(worker_pids)))}
     ]
 
-    workers0 = Enum.sum(Enum.map(worker_pids, &cpu_us/1))
-    {out, 0} = System.cmd(python, args, env: env)
-    worker_cpu = Enum.sum(Enum.map(worker_pids, &cpu_us/1)) - workers0
-    r = out |> String.split("\n", trim: true) |> List.last() |> JSON.decode!()
+    port =
+      Port.open({:spawn_executable, python}, [
+        :binary,
+        :exit_status,
+        {:line, 65_536},
+        args: args,
+        env: env
+      ])
+
+    {:os_pid, client} = Port.info(port, :os_pid)
+    pids = [client | worker_pids]
+
+    "warm" = await_line(port)
+    before = CPU.snapshot(pids)
+    Port.command(port, "go\n")
+    "done " <> json = await_line(port)
+    delta = CPU.diff(before, CPU.snapshot(pids))
+    Port.command(port, "exit\n")
+
+    receive do
+      {^port, {:exit_status, 0}} -> :ok
+    end
+
+    r = JSON.decode!(json)
 
     %{
+      calls: r["calls"],
       ops: r["ops"],
       p50: r["p50_us"],
       p99: r["p99_us"],
-      client_cpu: r["cpu_us_per_call"],
-      # Includes the warm-up calls; close enough for a per-call figure.
-      worker_cpu: worker_cpu / (calls + 200)
+      client_cpu: delta.ns[client] / r["calls"] / 1000,
+      worker_cpu: CPU.total(delta, worker_pids) / r["calls"] / 1000,
+      lost_threads: delta.lost_threads
     }
+  end
+
+  defp await_line(port) do
+    receive do
+      {^port, {:data, {:eol, line}}} -> line
+      {^port, {:exit_status, status}} -> raise "grpc_client.py exited with #{status}"
+    end
   end
 
   defp env_ints(name, default) do

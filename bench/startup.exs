@@ -7,24 +7,35 @@
 #
 # "first ready" is when await_ready/2 returns (each pool has a worker);
 # "all ready" when await_init_complete/2 returns (every worker started).
-# Python CPU is the summed utime+stime of the workers' processes once ready;
-# workers are forked from a warm fork server (Snakepit.ForkServer) unless
-# BENCH_FORK_SERVER=false, and its own CPU is shown apart.
+# CPU comes from bench/support/cpu.exs (per-thread schedstat, ns), read once
+# every worker is ready: the workers' processes (all their CPU since they
+# were forked or spawned), the fork server's, and the BEAM's during the
+# start. Workers are forked from a warm fork server (Snakepit.ForkServer)
+# unless BENCH_FORK_SERVER=false. A first start of the smallest pool is run
+# and thrown away, so that no measured run pays for cold caches.
 #
-# Prints the figures and writes them to bench/results/startup.txt.
+# Prints the figures and writes them to bench/results/startup.txt, or with
+# BENCH_FORK_SERVER=false to bench/results/startup_no_fork_server.txt, so
+# that the results of both stay side by side.
+
+Code.require_file("support/cpu.exs", __DIR__)
 
 defmodule Bench.Startup do
-  @tick_ms 10
+  alias Bench.CPU
 
   def run do
     counts = env_ints("BENCH_WORKERS", [16, 100])
     {load, _} = File.read!("/proc/loadavg") |> String.split() |> hd() |> Float.parse()
 
+    # The discarded warm-up run.
+    measure(Enum.min(counts), "warm-up", %{})
+
     lines =
       [
         "startup  #{DateTime.utc_now() |> DateTime.truncate(:second)}  cores=#{System.schedulers_online()}  load1=#{load}  mix_env=#{Mix.env()}  fork_server=#{System.get_env("BENCH_FORK_SERVER") != "false"}",
+        CPU.precision() <> "; one warm-up start discarded",
         python_baseline(),
-        "workers  batching                first ready   all ready   python cpu/worker   fork server cpu   python cpu total / cores   beam cpu"
+        "workers  batching                first ready   all ready   python cpu/worker   fork server cpu   python cpu total   beam cpu"
       ] ++
         for n <- counts,
             {label, pool} <- [
@@ -37,8 +48,14 @@ defmodule Bench.Startup do
     Application.stop(:snakepit)
     Enum.each(lines, &IO.puts/1)
     File.mkdir_p!("bench/results")
-    File.write!("bench/results/startup.txt", Enum.join(lines, "\n") <> "\n")
-    IO.puts("written to bench/results/startup.txt")
+
+    file =
+      if System.get_env("BENCH_FORK_SERVER") == "false",
+        do: "bench/results/startup_no_fork_server.txt",
+        else: "bench/results/startup.txt"
+
+    File.write!(file, Enum.join(lines, "\n") <> "\n")
+    IO.puts("written to #{file}")
   end
 
   # One Python process: interpreter + grpc/protobuf + snakepit_bridge imports.
@@ -68,45 +85,42 @@ defmodule Bench.Startup do
     Application.put_env(:snakepit, :fork_server, System.get_env("BENCH_FORK_SERVER") != "false")
     Application.put_env(:snakepit, :pools, [Map.merge(%{name: :default, pool_size: n}, pool)])
 
-    beam = String.to_integer(System.pid())
-    beam0 = cpu_ms(beam)
+    beam = CPU.beam_os_pid()
+    beam0 = CPU.snapshot([beam])
     t0 = System.monotonic_time(:millisecond)
     {:ok, _} = Application.ensure_all_started(:snakepit)
     :ok = Snakepit.Pool.await_ready(Snakepit.Pool, 120_000)
     first = System.monotonic_time(:millisecond) - t0
     :ok = Snakepit.Pool.await_init_complete(Snakepit.Pool, 120_000)
     all = System.monotonic_time(:millisecond) - t0
-    beam_cpu = cpu_ms(beam) - beam0
+    beam_ms = CPU.diff(beam0, CPU.snapshot([beam])).ns[beam] / 1_000_000
 
-    cpu =
-      for id <- Snakepit.list_workers(), reduce: 0 do
-        acc ->
-          {:ok, meta} = Snakepit.Pool.Registry.get_worker_metadata(id)
-          acc + cpu_ms(meta.os_pid)
+    workers =
+      for id <- Snakepit.list_workers() do
+        {:ok, meta} = Snakepit.Pool.Registry.get_worker_metadata(id)
+        meta.os_pid
       end
 
-    ready = length(Snakepit.list_workers())
+    # All their CPU since they began: they did not exist before the start.
+    fork_servers = Snakepit.ForkServer.os_pids()
+    since_start = CPU.diff(%{}, CPU.snapshot(workers ++ fork_servers))
+    worker_ms = CPU.total(since_start, workers) / 1_000_000
     # The fork server's own start (one import of grpc and the bridge).
-    fork_cpu = Enum.sum(Enum.map(Snakepit.ForkServer.os_pids(), &cpu_ms/1))
+    fork_ms = CPU.total(since_start, fork_servers) / 1_000_000
+    ready = length(workers)
 
-    :io_lib.format("~7B  ~-22s ~8B ms  ~8B ms  ~13.1f ms  ~13B ms  ~19.1f ms  ~12B ms~s", [
+    :io_lib.format("~7B  ~-22s ~8B ms  ~8B ms  ~13.1f ms  ~13.1f ms  ~13.1f ms  ~9.1f ms~s", [
       n,
       label,
       first,
       all,
-      cpu / max(ready, 1),
-      fork_cpu,
-      (cpu + fork_cpu) / System.schedulers_online(),
-      beam_cpu,
+      worker_ms / max(ready, 1),
+      fork_ms * 1.0,
+      (worker_ms + fork_ms) * 1.0,
+      beam_ms * 1.0,
       if(ready == n, do: "", else: "  (only #{ready} ready)")
     ])
     |> IO.iodata_to_binary()
-  end
-
-  defp cpu_ms(os_pid) do
-    [_, rest] = File.read!("/proc/#{os_pid}/stat") |> String.split(") ", parts: 2)
-    fields = String.split(rest)
-    (String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))) * @tick_ms
   end
 
   defp median(list), do: list |> Enum.sort() |> Enum.at(div(length(list), 2))
