@@ -46,7 +46,7 @@ defmodule Snakepit.GRPC.Client do
     ref = make_ref()
     call_opts = native_opts(opts)
     started = System.monotonic_time()
-    meta = %{command: tool, worker_id: worker.id}
+    meta = %{command: tool, worker_id: worker.id, transport: transport(worker)}
 
     result =
       case start_call(worker, ref, tool, args, call_opts) do
@@ -118,6 +118,9 @@ defmodule Snakepit.GRPC.Client do
   end
 
   # -- the two transports ----------------------------------------------------
+
+  defp transport(%{lane: lane}) when lane != nil, do: :lane
+  defp transport(_worker), do: :grpc
 
   defp start_call(%{lane: lane}, ref, tool, args, opts) when lane != nil do
     with {:ok, id} <- Native.lane_execute(lane, self(), ref, tool, args, opts),

@@ -63,12 +63,14 @@ class ActiveCall:
         self._lock = threading.Lock()
         self._running_in_thread = False
         self._exc_pending = False
-        self._done = threading.Event()
+        # A flag, not a threading.Event: the waiters are futures (wait), and
+        # an Event costs a Condition per call.
+        self._ended = False
         self._waiters: list[asyncio.Future[None]] = []
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self._ended
 
     # ------------------------------------------------------------ running
 
@@ -140,7 +142,7 @@ class ActiveCall:
 
     def _finish(self, outcome: str) -> None:
         self.outcome = outcome
-        self._done.set()
+        self._ended = True
         for future in self._waiters:
             loop = future.get_loop()
             loop.call_soon_threadsafe(_resolve, future)
@@ -206,7 +208,5 @@ class CallRegistry:
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None
+    # Without raising when there is none (the lane's thread): cheaper.
+    return asyncio.events._get_running_loop()

@@ -52,17 +52,18 @@ defmodule Snakepit.CallTransportTest do
       @describetag pool: pool
 
       test "results, Python errors and caller errors", %{pool: pool} do
-        assert {:ok, %{"pid" => pid}} = Snakepit.execute("get_pid", %{}, pool_name: pool)
-        assert is_integer(pid)
+        assert {:ok, %{"pid" => pid}} = Snakepit.execute("get_pid", %{}, pool: pool)
+        # The call ran in this pool's worker, over this pool's transport.
+        assert pid == info(pool).os_pid
 
         assert {:error, %Error{category: :validation, details: %{kind: "unknown_tool"}}} =
-                 Snakepit.execute("no_such_tool", %{}, pool_name: pool)
+                 Snakepit.execute("no_such_tool", %{}, pool: pool)
 
         assert {:error, %Error{category: :validation, details: %{kind: "streaming_tool"}}} =
-                 Snakepit.execute("ticks", %{path: "/dev/null"}, pool_name: pool)
+                 Snakepit.execute("ticks", %{path: "/dev/null"}, pool: pool)
 
         assert {:error, %Error{category: :validation}} =
-                 Snakepit.execute("get_pid", %{bad: self()}, pool_name: pool)
+                 Snakepit.execute("get_pid", %{bad: self()}, pool: pool)
       end
 
       test "messages many frames long arrive whole, both ways", %{pool: pool} do
@@ -71,12 +72,12 @@ defmodule Snakepit.CallTransportTest do
         assert {:ok, %{"len" => len, "first" => first, "last" => last}} =
                  Snakepit.execute("nbytes", %{},
                    binary_parameters: %{"data" => data},
-                   pool_name: pool
+                   pool: pool
                  )
 
         assert {len, first, last} == {byte_size(data), :binary.first(data), :binary.last(data)}
 
-        assert {:ok, blob} = Snakepit.execute("blob", %{mb: 3}, pool_name: pool)
+        assert {:ok, blob} = Snakepit.execute("blob", %{mb: 3}, pool: pool)
         assert blob == :binary.copy(<<7>>, 3 * 1024 * 1024)
       end
 
@@ -87,12 +88,12 @@ defmodule Snakepit.CallTransportTest do
 
         assert {:error, %Error{category: :timeout, details: %{stop: :interrupted}}} =
                  Snakepit.execute("busy", %{path: Path.join(dir, "busy")},
-                   pool_name: pool,
+                   pool: pool,
                    timeout: 300
                  )
 
         # The worker is the same and answers at once.
-        assert {:ok, %{"pid" => _}} = Snakepit.execute("get_pid", %{}, pool_name: pool)
+        assert {:ok, %{"pid" => _}} = Snakepit.execute("get_pid", %{}, pool: pool)
       end
 
       test "a stream arrives whole and in order; :halt stops it", %{pool: pool} do
@@ -110,14 +111,14 @@ defmodule Snakepit.CallTransportTest do
                      send(test, {:tick, chunk})
                      if chunk["tick"] == 99, do: :halt, else: :ok
                    end,
-                   pool_name: pool
+                   pool: pool
                  )
 
         ticks = collect_ticks([])
         assert Enum.map(ticks, & &1["tick"]) == Enum.to_list(0..99)
         # The halted producer stops; the worker takes the next call.
         assert AppPool.wait_until(fn -> "stopped" in marks(path) end, 10_000) != :timeout
-        assert {:ok, _} = Snakepit.execute("get_pid", %{}, pool_name: pool)
+        assert {:ok, _} = Snakepit.execute("get_pid", %{}, pool: pool)
       end
     end
   end
