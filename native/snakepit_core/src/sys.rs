@@ -224,12 +224,16 @@ fn connect_seqpacket_with(path: &str, flags: libc::c_int) -> io::Result<OwnedFd>
     Ok(fd)
 }
 
-/// Registers `fd` with the current tokio runtime for readiness (read and
-/// write). Must run inside a runtime context.
-pub fn async_fd(fd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
+/// Registers `fd` with the current tokio runtime for readiness of
+/// `interest`. Must run inside a runtime context.
+pub fn async_fd(
+    fd: OwnedFd,
+    interest: tokio::io::Interest,
+) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
     // SAFETY: `fd` is owned by the AsyncFd alone from here on and closed
     // with it, so it cannot be closed or reused while registered.
-    unsafe { tokio::io::unix::AsyncFd::register(fd) }.map_err(io::Error::from)
+    unsafe { tokio::io::unix::AsyncFd::register_with_interest(fd, interest) }
+        .map_err(io::Error::from)
 }
 
 /// A connected pair of close-on-exec `SOCK_SEQPACKET` sockets.

@@ -27,6 +27,7 @@ use rustler::Encoder;
 use snakepit_core::lane::{self as frame, Header, Reassembler, HEADER, MAX_FRAME};
 use snakepit_core::sys;
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::Notify;
 
 use crate::atoms;
@@ -278,12 +279,30 @@ fn malformed(what: &str) -> Payload {
     Box::new(move |env| err.encode(env))
 }
 
+/// The lane's socket watched for room to write. Registered only while
+/// frames wait: a socket watched for writability wakes the task each time
+/// the worker reads a message (the kernel signals the freed room), which
+/// would be a second wake-up per call.
+fn writer(shared: &Shared) -> io::Result<AsyncFd<OwnedFd>> {
+    let fd = shared.fd.get_ref().try_clone()?;
+    sys::async_fd(fd, Interest::WRITABLE)
+}
+
 /// Reads and writes the lane until it closes.
 async fn run(shared: Arc<Shared>) {
     let mut buf = vec![0u8; MAX_FRAME];
     let mut reassembler = Reassembler::new(shared.max_message.saturating_add(HEADER));
+    let mut watching: Option<AsyncFd<OwnedFd>> = None;
     let reason = loop {
         let backlog = !shared.lock().backlog.is_empty();
+        if !backlog {
+            watching = None;
+        } else if watching.is_none() {
+            match writer(&shared) {
+                Ok(fd) => watching = Some(fd),
+                Err(err) => break format!("the lane failed: {err}"),
+            }
+        }
         tokio::select! {
             ready = shared.fd.readable() => {
                 let mut guard = match ready {
@@ -295,7 +314,7 @@ async fn run(shared: Arc<Shared>) {
                     Err(reason) => break reason,
                 }
             }
-            ready = shared.fd.writable(), if backlog => {
+            ready = async { watching.as_ref().expect("watched while frames wait").writable().await }, if backlog => {
                 let mut guard = match ready {
                     Ok(guard) => guard,
                     Err(err) => break format!("the lane failed: {err}"),
@@ -348,7 +367,8 @@ fn open(path: &str, max_message: usize) -> Result<Lane, NifError> {
     .map_err(|e| NifError::os(&e, "cannot greet the worker's lane"))?;
     let runtime = crate::runtime::get();
     let _entered = runtime.enter();
-    let fd = sys::async_fd(fd).map_err(|e| NifError::os(&e, "cannot watch the lane"))?;
+    let fd = sys::async_fd(fd, Interest::READABLE)
+        .map_err(|e| NifError::os(&e, "cannot watch the lane"))?;
     let shared = Arc::new(Shared {
         fd,
         state: Mutex::new(State::default()),
