@@ -150,6 +150,12 @@ defmodule Snakepit.TcpHostTest do
     on_exit(fn ->
       for k <- [:worker_transport, :tcp_host, :allow_non_loopback_bind],
           do: Application.delete_env(:snakepit, k)
+
+      # AppPool's own on_exit runs first and restarts Snakepit while these
+      # keys are still set: restart it once more without them, so the next
+      # module does not inherit a bridge on 0.0.0.0.
+      Application.stop(:snakepit)
+      {:ok, _} = Application.ensure_all_started(:snakepit)
     end)
   end
 
