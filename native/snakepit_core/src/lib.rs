@@ -10,6 +10,7 @@ pub mod fork_client;
 pub mod grpc_frame;
 pub mod json;
 pub mod lane;
+pub mod shm;
 pub mod signal;
 pub mod spawn;
 pub mod sys;

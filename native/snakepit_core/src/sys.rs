@@ -224,6 +224,42 @@ fn connect_seqpacket_with(path: &str, flags: libc::c_int) -> io::Result<OwnedFd>
     Ok(fd)
 }
 
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    // SAFETY: geteuid cannot fail and touches no memory.
+    unsafe { libc::geteuid() }
+}
+
+/// Maps `len` bytes of the file `fd` from offset 0, `MAP_SHARED`, read-only.
+pub fn mmap_shared(fd: RawFd, len: usize) -> io::Result<*mut u8> {
+    // SAFETY: a fresh mapping chosen by the kernel (no fixed address), so no
+    // existing memory is affected; the caller owns the returned range.
+    let ptr = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if ptr == libc::MAP_FAILED {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ptr.cast())
+    }
+}
+
+/// Unmaps a range `mmap_shared` returned. Crate-private: only
+/// `shm::Mapping`, which owns its range, calls it.
+pub(crate) fn munmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller passes a whole mapping it owns and no longer uses.
+    unsafe {
+        libc::munmap(ptr.cast(), len);
+    }
+}
+
 /// Registers `fd` with the current tokio runtime for readiness of
 /// `interest`. Must run inside a runtime context.
 pub fn async_fd(
