@@ -24,7 +24,8 @@ test-rust:
 GRPC_SUITES := test/snakepit/execute_test.exs test/snakepit/cancellation_test.exs \
 	test/snakepit/tool_bridge_test.exs test/snakepit/limits_test.exs \
 	test/snakepit/crash_barrier_test.exs test/snakepit/chaos_test.exs \
-	test/snakepit/telemetry_test.exs test/snakepit/pool test/snakepit/error/python_translation_test.exs
+	test/snakepit/telemetry_test.exs test/snakepit/pool test/snakepit/error/python_translation_test.exs \
+	test/snakepit/zero_copy_test.exs
 
 test-elixir:
 	MIX_ENV=test mix test

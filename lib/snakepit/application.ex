@@ -2,7 +2,7 @@ defmodule Snakepit.Application do
   @moduledoc """
   Starts Snakepit: the ETS owner, the registries, the process registry
   (which first kills what earlier crashed runs left behind), the shutdown
-  sweeper and the tool bridge (`Snakepit.Bridge.ToolRegistry`,
+  sweeper, the zero-copy region directory and the tool bridge (`Snakepit.Bridge.ToolRegistry`,
   `Snakepit.GRPC.BridgeServer`) always; the worker supervisor and the pool
   when `pooling_enabled` is not false.
 
@@ -16,7 +16,10 @@ defmodule Snakepit.Application do
 
   @impl true
   def start(_type, _args) do
-    with :ok <- check_tcp_host(), do: start_tree()
+    with :ok <- check_tcp_host(),
+         {:ok, zero_copy} <- zero_copy_config() do
+      start_tree(zero_copy)
+    end
   end
 
   # TCP listeners bind to loopback unless explicitly allowed otherwise.
@@ -42,10 +45,17 @@ defmodule Snakepit.Application do
     end
   end
 
-  defp start_tree do
+  defp zero_copy_config do
+    with {:error, message} <- Snakepit.ZeroCopy.Directory.config(),
+         do: {:error, {:invalid_config, message}}
+  end
+
+  defp start_tree(zero_copy) do
     Snakepit.Telemetry.choose_backend()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
     Snakepit.RuntimeDir.create()
+    # Before any worker starts: workers are told where regions live.
+    Snakepit.ZeroCopy.Directory.open(zero_copy)
 
     base =
       [
@@ -94,6 +104,7 @@ defmodule Snakepit.Application do
 
   @impl true
   def stop(_state) do
+    Snakepit.ZeroCopy.Directory.close()
     Snakepit.RuntimeDir.remove()
   end
 end

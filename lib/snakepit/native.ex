@@ -230,4 +230,43 @@ defmodule Snakepit.Native do
   @spec bridge_reply(reference(), term()) ::
           :ok | error()
   def bridge_reply(_call, _reply), do: not_loaded()
+
+  # -- zero-copy regions (see Snakepit.ZeroCopy) ------------------------------
+
+  @doc """
+  Opens this application start's region directory under `base` (`nil`:
+  `/dev/shm`), after removing those of VMs no longer running:
+  `{:ok, {dir, stale_removed}}`.
+  """
+  @spec zero_copy_open_dir(String.t() | nil) ::
+          {:ok, {String.t(), non_neg_integer()}} | error()
+  def zero_copy_open_dir(_base), do: not_loaded()
+
+  @doc "Removes the region directory and its files. Idempotent."
+  @spec zero_copy_close_dir() :: :ok
+  def zero_copy_close_dir, do: not_loaded()
+
+  @doc """
+  Copies `data` into a new region (dirty CPU scheduler): `{:ok,
+  %Snakepit.ZeroCopyRef{}}`. The caller has checked `dtype` and `shape`.
+  """
+  @spec zero_copy_create(:dlpack | :arrow, binary(), String.t() | nil, [non_neg_integer()] | nil) ::
+          {:ok, Snakepit.ZeroCopyRef.t()} | error()
+  def zero_copy_create(_kind, _data, _dtype, _shape), do: not_loaded()
+
+  @doc "A binary backed by the region (no copy), or `{:error, {:closed, msg}}`."
+  @spec zero_copy_binary(reference()) :: {:ok, binary()} | error()
+  def zero_copy_binary(_region), do: not_loaded()
+
+  @doc "Releases the region's file. Idempotent."
+  @spec zero_copy_close(reference()) :: :ok
+  def zero_copy_close(_region), do: not_loaded()
+
+  @doc false
+  @spec zero_copy_region_info(reference()) :: {boolean(), String.t() | nil}
+  def zero_copy_region_info(_region), do: not_loaded()
+
+  @doc "`{regions, bytes}` alive in this VM."
+  @spec zero_copy_live() :: {non_neg_integer(), non_neg_integer()}
+  def zero_copy_live, do: not_loaded()
 end

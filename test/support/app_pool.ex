@@ -27,7 +27,8 @@ defmodule Snakepit.Test.AppPool do
     :orphan_protection,
     :fork_server,
     :max_message_bytes,
-    :cancel_grace_ms
+    :cancel_grace_ms,
+    :zero_copy
   ]
 
   @doc """

@@ -82,6 +82,7 @@ defmodule Snakepit.PythonRuntime do
       "PYTHONUNBUFFERED" => "1",
       "PYTHONDONTWRITEBYTECODE" => "1"
     })
+    |> Map.merge(Snakepit.ZeroCopy.Directory.worker_env())
     |> Map.merge(Map.new(extra))
     |> Enum.to_list()
   end

@@ -6,10 +6,11 @@
 use std::borrow::Cow;
 
 use rustler::types::map::MapIterator;
-use rustler::{Binary, Encoder, Env, ListIterator, Term, TermType};
+use rustler::{Binary, Encoder, Env, ListIterator, ResourceArc, Term, TermType};
 use serde_json::Value;
 
 use crate::atoms;
+use crate::zero_copy::{self, Region};
 pub use snakepit_core::json::parse;
 
 /// Why a term cannot travel as JSON, with the path to the offending value.
@@ -138,6 +139,9 @@ fn map_key(key: Term<'_>) -> Result<Cow<'_, str>, EncodeError> {
 
 fn write_map(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
     if let Ok(name) = term.map_get(rustler::types::atom::__struct__()) {
+        if name == atoms::zero_copy_ref_module().to_term(term.get_env()) {
+            return zero_copy::write_marker(term, out).map_err(fail);
+        }
         let name = name.atom_to_string().unwrap_or_default();
         let name = name.strip_prefix("Elixir.").unwrap_or(&name);
         return Err(fail(format!(
@@ -162,6 +166,16 @@ fn write_map(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
 /// Builds the Elixir term for a JSON value: objects become maps with
 /// binary keys, `null` becomes `nil`.
 pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
+    to_term_with(env, value, &mut std::iter::empty())
+}
+
+/// `to_term`, with each zero-copy marker replaced by the next of `regions`
+/// (`zero_copy::adopt_all` of the same value), as a `%Snakepit.ZeroCopyRef{}`.
+pub fn to_term_with<'a>(
+    env: Env<'a>,
+    value: &Value,
+    regions: &mut dyn Iterator<Item = ResourceArc<Region>>,
+) -> Term<'a> {
     match value {
         Value::Null => atoms::nil().encode(env),
         Value::Bool(b) => b.encode(env),
@@ -176,14 +190,34 @@ pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
         }
         Value::String(s) => s.as_str().encode(env),
         Value::Array(items) => {
-            let terms: Vec<Term<'a>> = items.iter().map(|v| to_term(env, v)).collect();
+            let terms: Vec<Term<'a>> = items
+                .iter()
+                .map(|v| to_term_with(env, v, regions))
+                .collect();
             terms.encode(env)
         }
         Value::Object(map) => {
+            if zero_copy::marker_body(map).is_some() {
+                if let Some(region) = regions.next() {
+                    return zero_copy::ref_term(env, region);
+                }
+            }
             let keys: Vec<Term<'a>> = map.keys().map(|k| k.as_str().encode(env)).collect();
-            let values: Vec<Term<'a>> = map.values().map(|v| to_term(env, v)).collect();
+            let values: Vec<Term<'a>> = map
+                .values()
+                .map(|v| to_term_with(env, v, regions))
+                .collect();
             Term::map_from_term_arrays(env, &keys, &values)
                 .unwrap_or_else(|_| rustler::types::map::map_new(env))
         }
     }
+}
+
+/// A worker's JSON reply as a term builder: its zero-copy regions are
+/// adopted now (off the schedulers), the term is built in the reply env.
+pub fn reply_term(value: Value) -> Result<crate::reply::Payload, String> {
+    let regions = zero_copy::adopt_all(&value)?;
+    Ok(Box::new(move |env| {
+        to_term_with(env, &value, &mut regions.into_iter())
+    }))
 }

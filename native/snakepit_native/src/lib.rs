@@ -1,5 +1,5 @@
 //! Native core of Snakepit: OS processes, the gRPC client to Python workers
-//! and JSON conversion of call payloads. Every NIF is declared in the Elixir
+//! JSON conversion of call payloads and zero-copy regions. Every NIF is declared in the Elixir
 //! module `Snakepit.Native`; this file only wires the domains together.
 
 mod atoms;
@@ -11,6 +11,7 @@ mod lane;
 mod process;
 mod reply;
 mod runtime;
+mod zero_copy;
 
 fn load(_env: rustler::Env, info: rustler::Term) -> bool {
     // The load info is the path of the `snakepit_guard` program.

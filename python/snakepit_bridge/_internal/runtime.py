@@ -32,7 +32,7 @@ import time
 import traceback
 from typing import Any, AsyncIterator, Callable
 
-from .. import serialization, telemetry
+from .. import serialization, telemetry, zero_copy
 from ..errors import (
     ArgumentBindingError,
     BridgeError,
@@ -144,6 +144,8 @@ class ToolRunner:
     def _arguments(self, request: Any) -> dict[str, Any]:
         try:
             args = serialization.decode_args(request.args_json)
+            if zero_copy.MARKER_BYTES in request.args_json:
+                args = zero_copy.resolve(args)
         except ValueError as exc:
             raise SerializationError(f"cannot decode arguments of '{request.tool_name}': {exc}") from exc
         for key, value in request.binary_parameters.items():

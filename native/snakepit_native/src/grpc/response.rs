@@ -75,7 +75,10 @@ pub fn execute(resp: ExecuteToolResponse) -> Payload {
         return binary_payload(resp.binary_result, atoms::ok());
     }
     match json::parse(&resp.result_json) {
-        Ok(value) => Box::new(move |env| (atoms::ok(), json::to_term(env, &value)).encode(env)),
+        Ok(value) => match json::reply_term(value) {
+            Ok(term) => Box::new(move |env| (atoms::ok(), term(env)).encode(env)),
+            Err(msg) => error_payload(NifError::new(atoms::internal(), msg)),
+        },
         Err(msg) => error_payload(NifError::new(atoms::invalid_json(), msg)),
     }
 }
@@ -91,10 +94,13 @@ pub fn chunk(chunk: ToolChunk) -> Payload {
         return Box::new(move |env| (atoms::chunk(), atoms::nil(), is_final).encode(env));
     }
     match json::parse(&chunk.data) {
-        Ok(value) => Box::new(move |env| {
-            let data = (atoms::json(), json::to_term(env, &value));
-            (atoms::chunk(), data, is_final).encode(env)
-        }),
+        Ok(value) => match json::reply_term(value) {
+            Ok(term) => Box::new(move |env| {
+                let data = (atoms::json(), term(env));
+                (atoms::chunk(), data, is_final).encode(env)
+            }),
+            Err(msg) => error_payload(NifError::new(atoms::internal(), msg)),
+        },
         Err(_) => {
             let bytes = chunk.data;
             Box::new(move |env| {

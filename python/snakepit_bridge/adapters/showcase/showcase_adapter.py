@@ -7,6 +7,7 @@ ML / binary: ml_analyze_text, process_binary.
 Streaming: stream_data, ping_stream, stream_progress.
 Concurrency / bridge: concurrent_demo, call_elixir_demo.
 Process and errors: sleep, get_pid, error_demo.
+Zero copy (NumPy / pyarrow): array_stats, scale_array, table_stats, make_table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 import zlib
 from typing import Any, AsyncIterator, Iterator
 
-from ... import telemetry
+from ... import telemetry, zero_copy
 from ...base_adapter import BaseAdapter, tool
 from ...streaming import StreamChunk
 
@@ -332,3 +333,49 @@ class ShowcaseAdapter(BaseAdapter):
         self._count()
         cls = _error_class(error_type)
         raise cls(message or f"{cls.__name__} raised by error_demo as requested")
+
+    # -- zero copy: arrays and tables over shared memory ----------------------
+
+    @tool(description="Sum, mean, dtype and shape of an array (a :dlpack zero-copy ref)")
+    def array_stats(self, array: Any) -> dict[str, Any]:
+        self._count()
+        return {
+            "dtype": array.dtype.name,
+            "shape": list(array.shape),
+            "sum": float(array.sum()),
+            "mean": float(array.mean()) if array.size else None,
+        }
+
+    @tool(description="The array times factor, returned as a zero-copy ref made in place")
+    def scale_array(self, array: Any, factor: float = 2.0) -> Any:
+        self._count()
+        out = zero_copy.empty(array.shape, array.dtype)
+        out[...] = array * factor
+        return zero_copy.export(out)
+
+    @tool(description="Rows, column names and the sums of numeric columns of an Arrow table")
+    def table_stats(self, table: Any) -> dict[str, Any]:
+        self._count()
+        import pyarrow.compute as pc
+
+        sums = {
+            name: pc.sum(table[name]).as_py()
+            for name in table.column_names
+            if table.schema.field(name).type.num_fields == 0 and _numeric(table.schema.field(name).type)
+        }
+        return {"num_rows": table.num_rows, "columns": table.column_names, "sums": sums}
+
+    @tool(description="An Arrow table of rows (id, value = id / 2), returned as a zero-copy ref")
+    def make_table(self, rows: int = 10) -> Any:
+        self._count()
+        import pyarrow as pa
+
+        ids = pa.array(range(rows), type=pa.int64())
+        values = pa.array([i / 2 for i in range(rows)], type=pa.float64())
+        return zero_copy.export(pa.table({"id": ids, "value": values}))
+
+
+def _numeric(arrow_type: Any) -> bool:
+    import pyarrow.types as pat
+
+    return pat.is_integer(arrow_type) or pat.is_floating(arrow_type)

@@ -1,0 +1,308 @@
+defmodule Snakepit.ZeroCopy do
+  @moduledoc """
+  Large arrays and tables between Elixir and Python through shared memory.
+
+      {:ok, ref} = Snakepit.ZeroCopy.to_dlpack(pixels, dtype: :uint8, shape: {480, 640, 3})
+      {:ok, %{"mean" => mean}} = Snakepit.execute("image_stats", %{"image" => ref})
+      :ok = Snakepit.ZeroCopy.close(ref)
+
+  `to_dlpack/2` and `to_arrow/2` copy the bytes once into a region of
+  shared memory and return a `%Snakepit.ZeroCopyRef{}`. A ref may appear
+  anywhere in the arguments of `Snakepit.execute/3`, `execute_stream/4` and
+  the session variants; only the region's name travels, and the worker
+  receives a NumPy array (`:dlpack`) or a `pyarrow.Table` (`:arrow`) over
+  the same memory. A tool that returns `snakepit_bridge.zero_copy.export(...)`
+  hands back a ref with `owner: :python`; `from_dlpack/2` and
+  `from_arrow/2` give its bytes as a binary backed by the region itself
+  (no copy), valid for as long as the binary is referenced, after
+  `close/1` too.
+
+  ## Lifetimes
+
+  `close/1` releases a ref (a second `close/1` is a no-op). A ref that no
+  process references any more is released when it is garbage collected, so
+  the refs of a process that dies go with it. The whole region directory is
+  removed when Snakepit stops, and the directories of a VM that was killed
+  are removed at the next start.
+
+  ## Errors
+
+  Every function returns `{:error, %Snakepit.Error{category: :validation}}`
+  for bad input: a closed ref, something that is not a live ref of this
+  Snakepit (built by hand, from another VM, or from before a restart of
+  the application), a dtype or shape that does not fit the bytes, a
+  device other than `:cpu` (GPU memory is not supported yet), or a payload
+  over `zero_copy: [max_bytes: ...]`. Sending a closed or foreign ref in a
+  call fails the same way, before anything is sent.
+
+  ## Copying fallback
+
+  With `zero_copy: [enabled: false]`, or where the region directory cannot
+  be made, refs hold their bytes on the heap (`copy: true`) and the bytes
+  travel inside the call's message (base64), within `max_message_bytes`.
+  Python tools see the same objects either way.
+
+  See `Snakepit.ZeroCopy.Directory` for the configuration.
+  """
+
+  alias Snakepit.{Error, Native, ZeroCopyRef}
+  alias Snakepit.ZeroCopy.Directory
+
+  @typedoc "Options of `to_dlpack/2` and `to_arrow/2`."
+  @type export_opts :: [
+          device: ZeroCopyRef.device(),
+          dtype: atom() | String.t(),
+          shape: tuple() | list(),
+          owner: :elixir | :python
+        ]
+
+  # Element types and their sizes in bytes. Also accepted: Nx-style
+  # `{:f, 32}` tuples and `:f32`-style short names.
+  @dtypes %{
+    float16: 2,
+    bfloat16: 2,
+    float32: 4,
+    float64: 8,
+    int8: 1,
+    int16: 2,
+    int32: 4,
+    int64: 8,
+    uint8: 1,
+    uint16: 2,
+    uint32: 4,
+    uint64: 8,
+    bool: 1,
+    complex64: 8,
+    complex128: 16
+  }
+  @short %{
+    {:f, 16} => :float16,
+    {:bf, 16} => :bfloat16,
+    {:f, 32} => :float32,
+    {:f, 64} => :float64,
+    {:s, 8} => :int8,
+    {:s, 16} => :int16,
+    {:s, 32} => :int32,
+    {:s, 64} => :int64,
+    {:u, 8} => :uint8,
+    {:u, 16} => :uint16,
+    {:u, 32} => :uint32,
+    {:u, 64} => :uint64,
+    {:c, 64} => :complex64,
+    {:c, 128} => :complex128
+  }
+  @short_names Map.new(@short, fn {{t, bits}, name} -> {:"#{t}#{bits}", name} end)
+
+  @doc """
+  A `:dlpack` ref to a dense array: `binary` holds its elements packed in
+  row-major order (e.g. `Nx.to_binary/1`).
+
+  Options: `dtype:` (required; `:float32`, `"float32"`, `:f32` or
+  `{:f, 32}`, and likewise for the other types in `dtypes/0`), `shape:` (a
+  tuple or list; default one dimension over the whole binary), `device:`
+  (`:cpu`, the default; `:cuda` and `:mps` are refused for now).
+  """
+  @spec to_dlpack(binary(), export_opts()) :: {:ok, ZeroCopyRef.t()} | {:error, Error.t()}
+  def to_dlpack(binary, opts \\ [])
+
+  def to_dlpack(binary, opts) when is_binary(binary) and is_list(opts) do
+    with :ok <- check_owner(opts),
+         :ok <- check_device(Keyword.get(opts, :device, :cpu)),
+         {:ok, dtype} <- dtype(Keyword.fetch(opts, :dtype)),
+         {:ok, shape} <- shape(Keyword.get(opts, :shape), byte_size(binary), dtype),
+         :ok <- check_size(binary) do
+      create(:dlpack, binary, Atom.to_string(dtype), shape)
+    end
+  end
+
+  def to_dlpack(other, _opts),
+    do:
+      invalid(
+        "to_dlpack/2 takes a binary of packed elements (e.g. Nx.to_binary/1) and a keyword " <>
+          "list, got: #{describe(other)}"
+      )
+
+  @doc """
+  An `:arrow` ref to an Arrow IPC stream (or IPC file) in `binary`, e.g.
+  what `Explorer.DataFrame.dump_ipc_stream!/1` writes. The worker reads it
+  as a `pyarrow.Table` without copying.
+  """
+  @spec to_arrow(binary(), export_opts()) :: {:ok, ZeroCopyRef.t()} | {:error, Error.t()}
+  def to_arrow(binary, opts \\ [])
+
+  def to_arrow(binary, opts) when is_binary(binary) and is_list(opts) do
+    with :ok <- check_owner(opts),
+         :ok <- check_device(Keyword.get(opts, :device, :cpu)),
+         :ok <- check_arrow(binary),
+         :ok <- check_size(binary) do
+      create(:arrow, binary, nil, nil)
+    end
+  end
+
+  def to_arrow(other, _opts),
+    do: invalid("to_arrow/2 takes an Arrow IPC binary, got: #{describe(other)}")
+
+  @doc """
+  The bytes of a `:dlpack` ref as a binary backed by its region (no copy;
+  `copy: true` makes an ordinary copy instead).
+  """
+  @spec from_dlpack(ZeroCopyRef.t(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
+  def from_dlpack(ref, opts \\ []), do: read(ref, :dlpack, opts)
+
+  @doc "The Arrow IPC bytes of an `:arrow` ref, like `from_dlpack/2`."
+  @spec from_arrow(ZeroCopyRef.t(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
+  def from_arrow(ref, opts \\ []), do: read(ref, :arrow, opts)
+
+  @doc "Releases a ref. Idempotent; binaries made from it stay valid."
+  @spec close(ZeroCopyRef.t()) :: :ok | {:error, Error.t()}
+  def close(%ZeroCopyRef{ref: region} = ref) do
+    native(ref, fn -> Native.zero_copy_close(region) end)
+  end
+
+  def close(other),
+    do: invalid("close/1 takes a %Snakepit.ZeroCopyRef{}, got: #{describe(other)}")
+
+  @doc "The element types `to_dlpack/2` knows, with their sizes in bytes."
+  @spec dtypes() :: %{atom() => pos_integer()}
+  def dtypes, do: @dtypes
+
+  @doc """
+  Regions alive in this VM (`:regions`, `:bytes`; closed refs still
+  referenced count, their memory is still held) and the region directory
+  (`:dir`, `nil` when zero copy is off).
+  """
+  @spec stats() :: %{regions: non_neg_integer(), bytes: non_neg_integer(), dir: String.t() | nil}
+  def stats do
+    {regions, bytes} = Native.zero_copy_live()
+    %{regions: regions, bytes: bytes, dir: Directory.path()}
+  end
+
+  # -- internals -------------------------------------------------------------
+
+  defp create(kind, binary, dtype, shape) do
+    case Native.zero_copy_create(kind, binary, dtype, shape) do
+      {:ok, %ZeroCopyRef{}} = ok -> ok
+      {:error, {_kind, message}} -> {:error, Error.worker_error(message, %{zero_copy: kind})}
+    end
+  end
+
+  defp read(%ZeroCopyRef{kind: kind, ref: region} = ref, kind, opts) do
+    native(ref, fn ->
+      case Native.zero_copy_binary(region) do
+        {:ok, binary} ->
+          if Keyword.get(opts, :copy, false), do: {:ok, :binary.copy(binary)}, else: {:ok, binary}
+
+        {:error, {:closed, message}} ->
+          invalid(message)
+      end
+    end)
+  end
+
+  defp read(%ZeroCopyRef{kind: other}, kind, _opts),
+    do: invalid("a #{inspect(other)} ref cannot be read as #{inspect(kind)}; use from_#{other}/2")
+
+  defp read(other, kind, _opts),
+    do: invalid("from_#{kind}/2 takes a %Snakepit.ZeroCopyRef{}, got: #{describe(other)}")
+
+  # A ref whose `ref` is not a region resource (built by hand, or decoded
+  # from another VM's term) makes the NIF raise ArgumentError.
+  defp native(ref, fun) do
+    fun.()
+  rescue
+    ArgumentError ->
+      invalid(
+        "#{inspect(ref)} is not a live zero-copy ref of this Snakepit (made by another " <>
+          "instance, or built by hand)"
+      )
+  end
+
+  defp check_owner(opts) do
+    case Keyword.get(opts, :owner, :elixir) do
+      :elixir -> :ok
+      other -> invalid("refs made in Elixir are owned by :elixir, got owner: #{inspect(other)}")
+    end
+  end
+
+  defp check_device(:cpu), do: :ok
+
+  defp check_device(device) when device in [:cuda, :mps],
+    do:
+      invalid(
+        "device #{inspect(device)} is not supported: zero-copy refs hold host memory only; " <>
+          "copy the tensor to the CPU first (device: :cpu)"
+      )
+
+  defp check_device(other),
+    do: invalid("device must be :cpu, :cuda or :mps, got: #{inspect(other)}")
+
+  defp dtype(:error),
+    do: invalid("to_dlpack/2 needs dtype: (one of #{inspect(Map.keys(@dtypes))})")
+
+  defp dtype({:ok, dtype}) when is_map_key(@dtypes, dtype), do: {:ok, dtype}
+  defp dtype({:ok, dtype}) when is_map_key(@short, dtype), do: {:ok, Map.fetch!(@short, dtype)}
+
+  defp dtype({:ok, dtype}) when is_map_key(@short_names, dtype),
+    do: {:ok, Map.fetch!(@short_names, dtype)}
+
+  defp dtype({:ok, dtype}) when is_binary(dtype) do
+    case Enum.find(Map.keys(@dtypes), &(Atom.to_string(&1) == dtype)) do
+      nil -> dtype({:ok, :unknown})
+      known -> {:ok, known}
+    end
+  end
+
+  defp dtype({:ok, other}),
+    do: invalid("unknown dtype #{inspect(other)}; expected one of #{inspect(Map.keys(@dtypes))}")
+
+  defp shape(nil, bytes, dtype) do
+    size = Map.fetch!(@dtypes, dtype)
+
+    if rem(bytes, size) == 0,
+      do: {:ok, [div(bytes, size)]},
+      else: invalid("#{bytes} bytes are not a whole number of #{dtype} elements (#{size} bytes)")
+  end
+
+  defp shape(shape, bytes, dtype) when is_tuple(shape),
+    do: shape(Tuple.to_list(shape), bytes, dtype)
+
+  defp shape(shape, bytes, dtype) when is_list(shape) do
+    if Enum.all?(shape, &(is_integer(&1) and &1 >= 0)) do
+      expected = Enum.reduce(shape, 1, &(&1 * &2)) * Map.fetch!(@dtypes, dtype)
+
+      if expected == bytes,
+        do: {:ok, shape},
+        else:
+          invalid(
+            "shape #{inspect(List.to_tuple(shape))} of #{dtype} is #{expected} bytes, " <>
+              "the binary is #{bytes}"
+          )
+    else
+      invalid("shape must hold non-negative integers, got: #{inspect(shape)}")
+    end
+  end
+
+  defp shape(other, _bytes, _dtype),
+    do: invalid("shape must be a tuple or list of integers, got: #{inspect(other)}")
+
+  # An IPC stream starts with a message (continuation marker 0xFFFFFFFF, or
+  # a bare length before Arrow 0.15); an IPC file with "ARROW1".
+  defp check_arrow(<<"ARROW1", _::binary>>), do: :ok
+  defp check_arrow(<<0xFF, 0xFF, 0xFF, 0xFF, _::binary>>), do: :ok
+
+  defp check_arrow(_),
+    do: invalid("to_arrow/2 takes Arrow IPC stream or file bytes; this binary is neither")
+
+  defp check_size(binary) do
+    case Directory.max_bytes() do
+      max when is_integer(max) and byte_size(binary) > max ->
+        invalid("#{byte_size(binary)} bytes is more than zero_copy max_bytes (#{max})")
+
+      _ ->
+        :ok
+    end
+  end
+
+  defp describe(term), do: inspect(term, limit: 5, printable_limit: 40)
+
+  defp invalid(message), do: {:error, Error.validation_error(message)}
+end
