@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from snakepit_bridge import ThreadSafeAdapter, tool
+from snakepit_bridge import BaseAdapter, ThreadSafeAdapter, tool, zero_copy
 
 
 class ThreadedPing(ThreadSafeAdapter):
@@ -15,3 +15,29 @@ class ThreadedPing(ThreadSafeAdapter):
     @tool(description="Health check: answers pong")
     def ping(self, message: str = "pong", **_extra: Any) -> dict[str, Any]:
         return {"status": "pong", "message": message, "timestamp": time.time(), "pid": os.getpid()}
+
+
+class ZeroCopyBench(BaseAdapter):
+    """Payloads both ways, as bytes in the message and as zero-copy refs
+    (bench/zero_copy.exs). Each tool touches the payload's last byte, so a
+    mapping is really there, and produces its output with one memset."""
+
+    @tool(description="Bytes in binary_parameters: their length")
+    def take_bytes(self, data: bytes) -> dict[str, Any]:
+        return {"n": len(data), "last": data[-1]}
+
+    @tool(description="A :dlpack ref: its length")
+    def take_array(self, array: Any) -> dict[str, Any]:
+        return {"n": int(array.nbytes), "last": int(array[-1])}
+
+    @tool(description="mb MiB of bytes as the binary result")
+    def give_bytes(self, mb: int) -> bytes:
+        return b"\x07" * (mb << 20)
+
+    @tool(description="mb MiB in a region made in place, as a ref; fill_us is the memset")
+    def give_array(self, mb: int) -> dict[str, Any]:
+        out = zero_copy.empty(mb << 20, "uint8")
+        started = time.perf_counter_ns()
+        out.fill(7)
+        fill_us = (time.perf_counter_ns() - started) // 1000
+        return {"array": zero_copy.export(out), "fill_us": fill_us}

@@ -23,7 +23,10 @@
 
 Code.require_file("support/cpu.exs", __DIR__)
 
+Code.require_file("support/args.exs", __DIR__)
+
 defmodule Bench.CallTransport do
+  import Bench.Args, only: [env_ints: 2, median: 1]
   alias Bench.CPU
 
   @variants [:pair, :grpc, :lane]
@@ -330,18 +333,6 @@ defmodule Bench.CallTransport do
 
   defp us(native), do: System.convert_time_unit(native, :native, :nanosecond) / 1_000
   defp seconds(native), do: System.convert_time_unit(native, :native, :microsecond) / 1_000_000
-
-  defp median(values) do
-    sorted = Enum.sort(values)
-    Enum.at(sorted, div(length(sorted), 2))
-  end
-
-  defp env_ints(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      text -> text |> String.split(",", trim: true) |> Enum.map(&String.to_integer/1)
-    end
-  end
 end
 
 Bench.CallTransport.run()

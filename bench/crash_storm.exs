@@ -13,7 +13,10 @@
 # workers. Targets: >= 99% of calls succeed, full capacity within 5 s.
 # Written to bench/results/crash_storm.txt.
 
+Code.require_file("support/args.exs", __DIR__)
+
 defmodule Bench.CrashStorm do
+  import Bench.Args, only: [env_ints: 2]
   @pool_size 4
   @callers 16
 
@@ -147,13 +150,6 @@ defmodule Bench.CrashStorm do
     case System.get_env(name) do
       nil -> default
       value -> String.to_integer(value)
-    end
-  end
-
-  defp env_ints(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      value -> value |> String.split(",") |> Enum.map(&String.to_integer(String.trim(&1)))
     end
   end
 end

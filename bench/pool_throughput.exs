@@ -36,7 +36,10 @@
 
 Code.require_file("support/cpu.exs", __DIR__)
 
+Code.require_file("support/args.exs", __DIR__)
+
 defmodule Bench.PoolThroughput do
+  import Bench.Args, only: [env_ints: 2]
   alias Bench.CPU
 
   @warmup 200
@@ -427,13 +430,6 @@ defmodule Bench.PoolThroughput do
     receive do
       {^port, {:data, {:eol, line}}} -> line
       {^port, {:exit_status, status}} -> raise "grpc_client.py exited with #{status}"
-    end
-  end
-
-  defp env_ints(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      v -> v |> String.split(",", trim: true) |> Enum.map(&String.to_integer/1)
     end
   end
 end

@@ -20,7 +20,10 @@
 
 Code.require_file("support/cpu.exs", __DIR__)
 
+Code.require_file("support/args.exs", __DIR__)
+
 defmodule Bench.Startup do
+  import Bench.Args, only: [env_ints: 2, median: 1]
   alias Bench.CPU
 
   def run do
@@ -121,15 +124,6 @@ defmodule Bench.Startup do
       if(ready == n, do: "", else: "  (only #{ready} ready)")
     ])
     |> IO.iodata_to_binary()
-  end
-
-  defp median(list), do: list |> Enum.sort() |> Enum.at(div(length(list), 2))
-
-  defp env_ints(name, default) do
-    case System.get_env(name) do
-      nil -> default
-      v -> v |> String.split(",", trim: true) |> Enum.map(&String.to_integer/1)
-    end
   end
 end
 
