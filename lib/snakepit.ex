@@ -31,7 +31,9 @@ defmodule Snakepit do
   Runs `command` with `args` on a free worker and returns its result.
 
   Options:
-    * `:pool` - the pool's name (default: the first configured pool)
+    * `:pool` - the pool's name (default: the first configured pool); `:pool_name` is
+      accepted as upstream Snakepit's spelling. An option Snakepit does not know is
+      named in a warning (once) and has no effect (`Snakepit.Pool.CallOptions`)
     * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
     * `:deadline_ms` - an absolute deadline (`System.monotonic_time(:millisecond)`)
     * `:session_id` - prefer the worker that served this session before
@@ -60,7 +62,7 @@ defmodule Snakepit do
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
           {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
-    Pool.execute(command, args, Keyword.put(opts, :session_id, session_id))
+    Pool.execute(command, args, with_session(opts, session_id))
   end
 
   @doc """
@@ -88,7 +90,7 @@ defmodule Snakepit do
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
-    Pool.execute_stream(command, args, callback_fn, Keyword.put(opts, :session_id, session_id))
+    Pool.execute_stream(command, args, callback_fn, with_session(opts, session_id))
   end
 
   @doc """
@@ -134,4 +136,10 @@ defmodule Snakepit do
   @doc "Ids of the ready workers."
   @spec list_workers(pool_name()) :: [String.t()]
   def list_workers(pool \\ Snakepit.Pool), do: Pool.list_workers(pool)
+
+  # Options that are not a list are left for the call to refuse clearly.
+  defp with_session(opts, session_id) when is_list(opts),
+    do: Keyword.put(opts, :session_id, session_id)
+
+  defp with_session(opts, _session_id), do: opts
 end

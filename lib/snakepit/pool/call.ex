@@ -16,7 +16,7 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.{CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.Deadline
+  alias Snakepit.Pool.{CallOptions, Deadline}
   alias Snakepit.Worker.ExitStatus
 
   # The pool answers a queued request itself when its queue time is up; the
@@ -57,9 +57,9 @@ defmodule Snakepit.Pool.Call do
   """
   @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts \\ []) do
-    total = Snakepit.Pool.get_default_timeout_for_call(:execute, args, opts)
-
-    with :ok <- validate_call(command, args, total) do
+    with {:ok, opts} <- CallOptions.normalize(opts),
+         total = Snakepit.Pool.get_default_timeout_for_call(:execute, args, opts),
+         :ok <- validate_call(command, args, total) do
       deadline = Deadline.of(opts, total)
       idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
 
@@ -96,9 +96,9 @@ defmodule Snakepit.Pool.Call do
   @spec execute_stream(String.t(), map(), (map() -> term()), keyword()) ::
           :ok | {:error, Error.t()}
   def execute_stream(command, args, callback, opts \\ []) do
-    total = Snakepit.Pool.get_default_timeout_for_call(:execute_stream, args, opts)
-
-    with :ok <- validate_call(command, args, total),
+    with {:ok, opts} <- CallOptions.normalize(opts),
+         total = Snakepit.Pool.get_default_timeout_for_call(:execute_stream, args, opts),
+         :ok <- validate_call(command, args, total),
          :ok <- validate_callback(callback) do
       deadline = Deadline.of(opts, total)
       opts = Keyword.put_new(opts, :queue_timeout, Defaults.checkout_timeout())
