@@ -7,7 +7,7 @@ Rules:
   payloads go through the standard library instead).
 * Values JSON cannot hold natively are converted through the first of
   ``model_dump()``, ``to_dict()``, ``_asdict()``, ``tolist()`` or
-  ``isoformat()`` that the object has (plus dataclasses, enums, sets, UUIDs).
+  ``isoformat()`` that the object has (plus dataclasses, enums, sets, UUIDs, and Decimals as strings).
 * Anything else becomes an *unserializable marker*::
 
       {"__ffi_unserializable__": true, "__type__": "module.Class"}
@@ -18,19 +18,26 @@ Rules:
   ``"__repr__"``) or ``repr_redacted_truncated`` (marker plus a ``"__repr__"``
   with common secrets masked). ``SNAKEPIT_UNSERIALIZABLE_REPR_MAXLEN`` bounds
   the repr (default 500, at most 2000).
-* Non-finite floats (NaN, infinities) are written as ``null``.
+* Numbers JSON cannot hold are written as marker objects the native core
+  turns into Elixir terms: an integer beyond 64 bits as
+  ``{"__snakepit_int__": "<digits>"}`` (an Elixir integer), a non-finite
+  float as ``{"__snakepit_float__": "nan" | "infinity" | "neg_infinity"}``
+  (the atoms ``:nan``, ``:infinity``, ``:neg_infinity``). The other way,
+  Elixir sends those atoms as ``NaN`` / ``Infinity`` / ``-Infinity``, which
+  ``loads`` reads as floats, and big integers as plain digits.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import decimal
 import enum
 import json
 import math
 import os
 import re
 import uuid
-from typing import Any, Callable
+from typing import Any
 
 try:  # optional fast path
     import orjson as _orjson
@@ -61,6 +68,11 @@ _DETAIL_MODES = ("none", "type", "repr_truncated", "repr_redacted_truncated")
 # A run of 19+ digits may be an integer beyond 64 bits, which orjson would
 # silently turn into a float. Such payloads are decoded by the stdlib.
 _LONG_DIGITS = re.compile(rb"\d{19,}")
+
+INT_KEY = "__snakepit_int__"
+FLOAT_KEY = "__snakepit_float__"
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
 
 _CONVERTER_METHODS = ("model_dump", "to_dict", "_asdict", "tolist", "isoformat")
 
@@ -173,7 +185,8 @@ def _convert(obj: Any) -> Any:
         except TypeError:
             pass
         return items
-    if isinstance(obj, uuid.UUID):
+    if isinstance(obj, (uuid.UUID, decimal.Decimal)):
+        # A Decimal as its exact digits, as upstream Snakepit sends it.
         return str(obj)
     if isinstance(obj, (bytes, bytearray, memoryview)):
         return unserializable_marker(obj)
@@ -210,9 +223,11 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if value is None or isinstance(value, (bool, int, str)):
         if isinstance(value, enum.Enum):
             return to_jsonable(value.value, _depth + 1)
+        if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+            return {INT_KEY: str(value)}
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) else _float_marker(value)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
         for key, item in value.items():
@@ -224,6 +239,28 @@ def to_jsonable(value: Any, _depth: int = 0) -> Any:
     if is_unserializable_marker(converted) or isinstance(converted, str):
         return converted
     return to_jsonable(converted, _depth + 1)
+
+
+def _float_marker(value: float) -> dict[str, str]:
+    if math.isnan(value):
+        return {FLOAT_KEY: "nan"}
+    return {FLOAT_KEY: "infinity" if value > 0 else "neg_infinity"}
+
+
+def _may_hold_nonfinite(value: Any, _depth: int = 0) -> bool:
+    """Whether ``value`` may hold a NaN or an infinity (which orjson writes as
+    ``null``). Objects orjson converted itself are assumed to."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return False
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if _depth > 200:
+        return True
+    if isinstance(value, dict):
+        return any(_may_hold_nonfinite(item, _depth + 1) for item in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_may_hold_nonfinite(item, _depth + 1) for item in value)
+    return True
 
 
 def _key_to_str(key: Any) -> str:
@@ -247,15 +284,8 @@ if _orjson is not None:
     _ORJSON_OPTS = _orjson.OPT_NON_STR_KEYS | _orjson.OPT_SERIALIZE_NUMPY
 
 
-def _stdlib_dumps(value: Any, default: Callable[[Any], Any]) -> bytes:
-    try:
-        text = json.dumps(
-            value, default=default, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
-    except (ValueError, TypeError, RecursionError):
-        text = json.dumps(
-            to_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        )
+def _stdlib_dumps(value: Any) -> bytes:
+    text = json.dumps(to_jsonable(value), ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     return text.encode("utf-8")
 
 
@@ -263,11 +293,16 @@ def dumps(value: Any) -> bytes:
     """Encode ``value`` as compact UTF-8 JSON bytes (never raises for odd objects)."""
     if _orjson is not None:
         try:
-            return _orjson.dumps(value, default=_default, option=_ORJSON_OPTS)
+            out: bytes = _orjson.dumps(value, default=_default, option=_ORJSON_OPTS)
         except TypeError:
             # Integers beyond 64 bits, tuple subclasses, odd keys: slow path.
             pass
-    return _stdlib_dumps(value, _default)
+        else:
+            # orjson writes NaN and infinities as null: only output with a
+            # null can hold one.
+            if b"null" not in out or not _may_hold_nonfinite(value):
+                return out
+    return _stdlib_dumps(value)
 
 
 def loads(data: bytes | bytearray | memoryview | str) -> Any:
@@ -276,9 +311,41 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         raw = data.encode("utf-8")
     else:
         raw = bytes(data)
+    value = _parse(raw)
+    if _MARKED_NUMBER in raw:
+        value = _unmark_numbers(value)
+    return value
+
+
+_MARKED_NUMBER = b'"__snakepit_'
+
+
+def _parse(raw: bytes) -> Any:
     if _orjson is not None and not _LONG_DIGITS.search(raw):
-        return _orjson.loads(raw)
+        try:
+            return _orjson.loads(raw)
+        except _orjson.JSONDecodeError:
+            pass  # NaN / Infinity from Elixir, or not JSON: the stdlib decides
     return json.loads(raw)
+
+
+_FLOATS = {"nan": math.nan, "infinity": math.inf, "neg_infinity": -math.inf}
+
+
+def _unmark_numbers(value: Any) -> Any:
+    """``value`` with the number markers ``dumps`` writes turned back into
+    numbers, so ``loads(dumps(x)) == x`` in Python too."""
+    if isinstance(value, dict):
+        if len(value) == 1:
+            (key, item), = value.items()
+            if key == INT_KEY and isinstance(item, str):
+                return int(item)
+            if key == FLOAT_KEY and item in _FLOATS:
+                return _FLOATS[item]
+        return {key: _unmark_numbers(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_unmark_numbers(item) for item in value]
+    return value
 
 
 def decode_args(data: bytes) -> dict[str, Any]:

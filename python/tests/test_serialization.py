@@ -6,6 +6,7 @@ import datetime
 import decimal
 import enum
 import json
+import math
 import uuid
 
 import pytest
@@ -25,15 +26,41 @@ def test_integers_stay_integers():
 
 
 def test_integers_beyond_64_bits_survive_both_ways():
+    # Out: a marker the native core turns into an Elixir integer; the edges
+    # of the 64-bit ranges stay plain numbers.
     big = 2**70 + 1
-    assert roundtrip({"x": big}) == {"x": big}
+    assert json.loads(dumps({"x": big, "neg": -big})) == {
+        "x": {"__snakepit_int__": str(big)},
+        "neg": {"__snakepit_int__": str(-big)},
+    }
+    assert roundtrip({"x": big, "neg": -big}) == {"x": big, "neg": -big}
+    assert roundtrip([2**64 - 1, -(2**63)]) == [2**64 - 1, -(2**63)]
+    # In: Elixir writes the digits.
     assert isinstance(loads(b'{"x": 123456789012345678901234567890}')["x"], int)
     assert loads(b"[-123456789012345678901234567890]") == [-123456789012345678901234567890]
 
 
 def test_floats_and_nonfinite():
     assert roundtrip(1.5) == 1.5
-    assert roundtrip({"n": float("nan"), "i": float("inf")}) == {"n": None, "i": None}
+    # Out: markers (the atoms :nan, :infinity, :neg_infinity in Elixir),
+    # never a silent null; a real None stays null.
+    assert json.loads(dumps({"n": float("nan"), "i": float("inf"), "m": [-float("inf")], "z": None})) == {
+        "n": {"__snakepit_float__": "nan"},
+        "i": {"__snakepit_float__": "infinity"},
+        "m": [{"__snakepit_float__": "neg_infinity"}],
+        "z": None,
+    }
+    # In: what Elixir writes for those atoms.
+    back = loads(b'{"n": NaN, "i": Infinity, "m": -Infinity}')
+    assert math.isnan(back["n"]) and back["i"] == math.inf and back["m"] == -math.inf
+
+
+def test_nonfinite_values_inside_numpy_arrays_are_marked():
+    import numpy as np
+
+    assert json.loads(dumps({"a": np.array([1.0, np.nan])})) == {"a": [1.0, {"__snakepit_float__": "nan"}]}
+    out = roundtrip([float("nan"), 2**100])
+    assert math.isnan(out[0]) and out[1] == 2**100
 
 
 def test_unicode_and_nesting():
@@ -109,7 +136,8 @@ def test_unserializable_marker_default(monkeypatch):
     monkeypatch.delenv("SNAKEPIT_UNSERIALIZABLE_DETAIL", raising=False)
     out = roundtrip({"o": Opaque(), "dec": decimal.Decimal("1.5")})
     assert out["o"] == {"__ffi_unserializable__": True, "__type__": f"{__name__}.Opaque"}
-    assert out["dec"] == {"__ffi_unserializable__": True, "__type__": "decimal.Decimal"}
+    # A Decimal is not unserializable: its exact digits, as upstream sends it.
+    assert out["dec"] == "1.5"
 
 
 def test_unserializable_marker_repr_truncated(monkeypatch):
@@ -156,7 +184,7 @@ def test_stdlib_path_matches(monkeypatch):
     assert loads(dumps({"a": 1, "big": 2**80, "t": datetime.date(2024, 1, 1)})) == {
         "a": 1, "big": 2**80, "t": "2024-01-01"
     }
-    assert json.loads(dumps({"n": float("nan")})) == {"n": None}
+    assert json.loads(dumps({"n": float("nan")})) == {"n": {"__snakepit_float__": "nan"}}
     assert loads(dumps(Opaque()))["__ffi_unserializable__"] is True
 
 

@@ -122,12 +122,28 @@ defmodule Snakepit.GRPC.Client do
   defp transport(%{lane: lane}) when lane != nil, do: :lane
   defp transport(_worker), do: :grpc
 
-  defp start_call(%{lane: lane}, ref, tool, args, opts) when lane != nil do
+  # The native core encodes plain terms itself; arguments holding structs
+  # it cannot encode are converted (Snakepit.StructEncoding) and sent again.
+  defp with_structs_encoded({:error, {:struct_value, _}}, args, send) do
+    case Snakepit.StructEncoding.convert(args) do
+      {:ok, converted} -> send.(converted)
+      {:error, message} -> {:error, {:invalid_argument, message}}
+    end
+  end
+
+  defp with_structs_encoded(started, _args, _send), do: started
+
+  defp start_call(worker, ref, tool, args, opts) do
+    send = &send_call(worker, ref, tool, &1, opts)
+    args |> send.() |> with_structs_encoded(args, send)
+  end
+
+  defp send_call(%{lane: lane}, ref, tool, args, opts) when lane != nil do
     with {:ok, id} <- Native.lane_execute(lane, self(), ref, tool, args, opts),
          do: {:ok, {:lane, lane, id}}
   end
 
-  defp start_call(worker, ref, tool, args, opts) do
+  defp send_call(worker, ref, tool, args, opts) do
     with :ok <- Native.grpc_execute(worker.channel, self(), ref, tool, args, opts),
          do: {:ok, :grpc}
   end
@@ -152,12 +168,17 @@ defmodule Snakepit.GRPC.Client do
     end
   end
 
-  defp start_stream(%{lane: lane}, ref, tool, args, opts) when lane != nil do
+  defp start_stream(worker, ref, tool, args, opts) do
+    send = &send_stream(worker, ref, tool, &1, opts)
+    args |> send.() |> with_structs_encoded(args, send)
+  end
+
+  defp send_stream(%{lane: lane}, ref, tool, args, opts) when lane != nil do
     with {:ok, id} <- Native.lane_execute_stream(lane, self(), ref, tool, args, opts),
          do: {:ok, {:lane, lane, id}}
   end
 
-  defp start_stream(worker, ref, tool, args, opts) do
+  defp send_stream(worker, ref, tool, args, opts) do
     Native.grpc_execute_stream(worker.channel, self(), ref, tool, args, opts)
   end
 

@@ -123,4 +123,8 @@ rustler::atoms! {
     bool_ = "bool",
     complex64,
     complex128,
+    struct_value,
+    nan,
+    infinity,
+    neg_infinity,
 }

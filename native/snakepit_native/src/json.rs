@@ -20,6 +20,9 @@ pub struct EncodeError {
     /// own as the error passes back up, so a successful encode builds none.
     path: Vec<String>,
     what: String,
+    /// A struct with no native encoding: the Elixir side may convert it
+    /// (`Snakepit.JSONCompat`) and try again.
+    pub is_struct: bool,
 }
 
 impl EncodeError {
@@ -48,6 +51,7 @@ fn fail(what: impl Into<String>) -> EncodeError {
     EncodeError {
         path: Vec::new(),
         what: what.into(),
+        is_struct: false,
     }
 }
 
@@ -70,6 +74,11 @@ fn write_term(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
                 "nil" => out.extend_from_slice(b"null"),
                 "true" => out.extend_from_slice(b"true"),
                 "false" => out.extend_from_slice(b"false"),
+                // The non-finite floats, as Python's json module writes and
+                // reads them (the worker decodes them as floats).
+                "nan" => out.extend_from_slice(b"NaN"),
+                "infinity" => out.extend_from_slice(b"Infinity"),
+                "neg_infinity" => out.extend_from_slice(b"-Infinity"),
                 other => write_str(out, other),
             }
         }
@@ -80,7 +89,11 @@ fn write_term(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
             } else if let Ok(u) = term.decode::<u64>() {
                 serde_json::to_writer(&mut *out, &u)
             } else {
-                return Err(fail("integer outside the 64-bit range"));
+                // Beyond 64 bits: its digits (a valid JSON number; Python
+                // reads it as an int).
+                let big: rustler::BigInt = term.decode().map_err(|_| fail("unreadable integer"))?;
+                out.extend_from_slice(big.to_string().as_bytes());
+                return Ok(());
             };
             written.expect("writing to a Vec cannot fail");
         }
@@ -144,9 +157,12 @@ fn write_map(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
         }
         let name = name.atom_to_string().unwrap_or_default();
         let name = name.strip_prefix("Elixir.").unwrap_or(&name);
-        return Err(fail(format!(
-            "a %{name}{{}} struct cannot be encoded as JSON; convert it to a map or string first"
-        )));
+        let mut err = fail(format!(
+            "a %{name}{{}} struct cannot be encoded as JSON; implement JSON.Encoder for it, or \
+             convert it to a map or string first"
+        ));
+        err.is_struct = true;
+        return Err(err);
     }
     let iter = MapIterator::new(term).ok_or_else(|| fail("unreadable map"))?;
     out.push(b'{');
@@ -202,6 +218,9 @@ pub fn to_term_with<'a>(
                     return zero_copy::ref_term(env, region);
                 }
             }
+            if let Some(number) = special_number(env, map) {
+                return number;
+            }
             let keys: Vec<Term<'a>> = map.keys().map(|k| k.as_str().encode(env)).collect();
             let values: Vec<Term<'a>> = map
                 .values()
@@ -210,6 +229,31 @@ pub fn to_term_with<'a>(
             Term::map_from_term_arrays(env, &keys, &values)
                 .unwrap_or_else(|_| rustler::types::map::map_new(env))
         }
+    }
+}
+
+/// Numbers JSON cannot hold, as the worker's serializer marks them: an
+/// integer beyond 64 bits (`{"__snakepit_int__": "<digits>"}`) becomes an
+/// Elixir integer, a non-finite float (`{"__snakepit_float__": "nan" |
+/// "infinity" | "neg_infinity"}`) the atom of that name.
+fn special_number<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Option<Term<'a>> {
+    if map.len() != 1 {
+        return None;
+    }
+    let (key, value) = map.iter().next()?;
+    let text = value.as_str()?;
+    match key.as_str() {
+        "__snakepit_int__" => text
+            .parse::<rustler::BigInt>()
+            .ok()
+            .map(|big| big.encode(env)),
+        "__snakepit_float__" => match text {
+            "nan" => Some(atoms::nan().encode(env)),
+            "infinity" => Some(atoms::infinity().encode(env)),
+            "neg_infinity" => Some(atoms::neg_infinity().encode(env)),
+            _ => None,
+        },
+        _ => None,
     }
 }
 

@@ -14,6 +14,7 @@ use super::pb::{CancelToolRequest, ExecuteToolRequest, HeartbeatRequest, PingReq
 use super::response;
 use crate::atoms;
 use crate::decode::{opt, string_keyed};
+use crate::error::NifError;
 use crate::json;
 use crate::reply::{self, Payload, ReplyTo};
 
@@ -80,9 +81,17 @@ pub(crate) fn build_request(
     tool: String,
     arguments: Term,
     opts: Term,
-) -> Result<(ExecuteToolRequest, Option<Duration>), String> {
-    let opts = CallOpts::decode(opts)?;
-    let args_json = json::encode(arguments).map_err(|e| e.message())?;
+) -> Result<(ExecuteToolRequest, Option<Duration>), NifError> {
+    let opts = CallOpts::decode(opts).map_err(NifError::invalid)?;
+    let args_json = json::encode(arguments).map_err(|e| {
+        // `:struct_value`: Elixir converts the structs it can and retries.
+        let kind = if e.is_struct {
+            atoms::struct_value()
+        } else {
+            atoms::invalid_argument()
+        };
+        NifError::new(kind, e.message())
+    })?;
     let timeout = opts.timeout();
     let req = ExecuteToolRequest {
         session_id: opts.session_id,
@@ -97,10 +106,10 @@ pub(crate) fn build_request(
     let len = prost::Message::encoded_len(&req);
     let max = super::channel::max_message_bytes();
     if len > max {
-        return Err(format!(
+        return Err(NifError::invalid(format!(
             "the call is {len} bytes, more than max_message_bytes ({max}); pass large \
              arrays and tables as Snakepit.ZeroCopy references instead of bytes"
-        ));
+        )));
     }
     Ok((req, timeout))
 }
@@ -138,7 +147,7 @@ fn grpc_execute<'a>(
 ) -> Term<'a> {
     let (req, timeout) = match build_request(tool, arguments, opts) {
         Ok(built) => built,
-        Err(msg) => return reply::invalid_argument(env, msg),
+        Err(err) => return err.encode(env),
     };
     let unary = channel.unary.clone();
     reply::spawn_unary(ReplyTo::new(owner, reference), async move {
@@ -278,7 +287,7 @@ fn grpc_execute_stream<'a>(
     };
     let (req, timeout) = match build_request(tool, arguments, opts) {
         Ok(built) => built,
-        Err(msg) => return reply::invalid_argument(env, msg),
+        Err(err) => return err.encode(env),
     };
     let credits = Arc::new(Semaphore::new(window.max(1) as usize));
     let (cancel_tx, mut cancel_rx) = oneshot::channel::<()>();

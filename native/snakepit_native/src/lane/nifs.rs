@@ -24,7 +24,7 @@ fn lane_open(env: Env, path: String) -> Term {
 }
 
 fn encoded(tool: String, arguments: Term, opts: Term) -> Result<Vec<u8>, NifError> {
-    let (req, _timeout) = build_request(tool, arguments, opts).map_err(NifError::invalid)?;
+    let (req, _timeout) = build_request(tool, arguments, opts)?;
     Ok(prost::Message::encode_to_vec(&req))
 }
 
