@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .errors import ToolNotFoundError
 from .session_context import SessionContext, current_context
 from .tools import ToolInfo, discover_tools, tool
 
@@ -62,7 +63,21 @@ class BaseAdapter:
         """Set a context used outside tool calls (e.g. in tests)."""
         self._fallback_session_context = context
 
+    @property
+    def session_id(self) -> str | None:
+        """The session id of the current call (``None`` outside calls)."""
+        context = self.session_context
+        return context.session_id if context is not None else None
+
     # ------------------------------------------------------------ tools
+
+    def call_tool(self, tool_name: str, **kwargs: Any) -> Any:
+        """Call this adapter's ``@tool`` ``tool_name`` with ``kwargs`` (as
+        upstream Snakepit's adapters do from their ``execute_tool``)."""
+        info = self.get_tools().get(tool_name)
+        if info is None:
+            raise ToolNotFoundError(tool_name, list(self.get_tools()))
+        return info.func(**kwargs)
 
     def get_tools(self) -> dict[str, ToolInfo]:
         """The tools this adapter offers, by name."""

@@ -20,9 +20,10 @@ Errors are :class:`~snakepit_bridge.errors.ArgumentBindingError` (a
 from __future__ import annotations
 
 import inspect
+import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Mapping, TypeVar, overload
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar, overload
 
 from . import serialization
 from .errors import ArgumentBindingError
@@ -65,6 +66,7 @@ def tool(
     description: str | None = None,
     supports_streaming: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
+    required_variables: Sequence[str] | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -75,6 +77,7 @@ def tool(
     description: str | None = None,
     supports_streaming: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
+    required_variables: Sequence[str] | None = None,
 ) -> Any:
     """Mark an adapter method as a tool callable from Elixir.
 
@@ -82,15 +85,20 @@ def tool(
     supports_streaming=True)``). ``description`` defaults to the first
     paragraph of the docstring; ``name`` defaults to the method name;
     ``supports_streaming`` defaults to whether the method is a (sync or async)
-    generator or takes a ``stream`` parameter.
+    generator or takes a ``stream`` parameter. ``required_variables``
+    (upstream Snakepit's session variables a tool needs) is kept in the
+    tool's metadata as a list of names.
     """
 
     def mark(fn: F) -> F:
+        extra = dict(metadata or {})
+        if required_variables is not None:
+            extra["required_variables"] = [str(v) for v in required_variables]
         meta = ToolMeta(
             name=name,
             description=description,
             supports_streaming=supports_streaming,
-            metadata=dict(metadata or {}),
+            metadata=extra,
         )
         target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
         setattr(target, TOOL_ATTR, meta)
@@ -224,7 +232,12 @@ class ToolInfo:
             self.supports_streaming = bool(self.meta.supports_streaming)
         else:
             self.supports_streaming = self.produces_stream
-        self.metadata = {str(k): str(v) for k, v in self.meta.metadata.items()}
+        # Strings as they are, anything else (lists such as
+        # required_variables) as JSON.
+        self.metadata = {
+            str(k): v if isinstance(v, str) else json.dumps(v, default=str)
+            for k, v in self.meta.metadata.items()
+        }
 
     @property
     def produces_stream(self) -> bool:

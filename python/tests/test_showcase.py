@@ -110,7 +110,25 @@ def test_concurrency_and_process_tools(sock_dir):
     assert c["task_count"] == 3 and [r["result"] for r in c["results"]] == [0, 1, 4]
     assert result_of(slept) == {"slept_ms": 1, "pid": os.getpid()}
     assert result_of(pid) == {"pid": os.getpid()}
-    assert err_default.error.type == "ValueError"
+    # Upstream's default error_type is "generic": a plain Exception.
+    assert err_default.error.type == "Exception"
     assert err_key.error.type == "KeyError"
     assert err_named.error.type == "RuntimeError" and err_named.error.message == "custom"
     assert err_bad.error.type == "ValueError" and "unknown error_type" in err_bad.error.message
+
+
+def test_upstream_showcase_tools_sleep_task_and_serialization_demo(sock_dir):
+    slept, shown = call_all(sock_dir, [
+        ("sleep_task", {"duration_ms": 5, "task_number": 7}, {}),
+        ("serialization_demo", {}, {}),
+    ])
+    s = result_of(slept)
+    assert s["task_number"] == 7 and s["duration_ms"] == 5 and s["pid"] == os.getpid()
+    assert s["completed_at"] - s["started_at"] >= 0.005
+    d = result_of(shown)
+    assert d["datetime"] == "2026-12-02T10:30:00+00:00" and d["date"] == "2026-12-02"
+    assert d["decimal"] == "3.14159" and sorted(d["set"]) == [1, 2, 3]
+    assert d["uuid"] == "12345678-1234-5678-1234-567812345678"
+    assert d["model_dump"] == {"kind": "model", "fields": ["a", "b"]}
+    assert d["to_dict"] == {"kind": "to_dict", "value": 1} and d["tolist"] == [1, 2, 3]
+    assert d["unserializable"]["__ffi_unserializable__"] is True

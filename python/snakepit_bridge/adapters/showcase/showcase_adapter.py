@@ -6,7 +6,7 @@ Basic: ping, echo, add, adapter_info, process_text, get_stats.
 ML / binary: ml_analyze_text, process_binary.
 Streaming: stream_data, ping_stream, stream_progress.
 Concurrency / bridge: concurrent_demo, call_elixir_demo.
-Process and errors: sleep, get_pid, error_demo.
+Process and errors: sleep, sleep_task, get_pid, error_demo, serialization_demo.
 Zero copy (NumPy / pyarrow): array_stats, scale_array, table_stats, make_table.
 """
 
@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import datetime
+import decimal
 import hashlib
 import os
 import platform
 import resource
 import threading
 import time
+import uuid
 import zlib
 from typing import Any, AsyncIterator, Iterator
 
@@ -54,6 +57,7 @@ _ERRORS: dict[str, type[BaseException]] = {
     "overflow": OverflowError,
     "memory": MemoryError,
     "exception": Exception,
+    "generic": Exception,
 }
 
 _POSITIVE = {"good", "great", "excellent", "love", "happy", "wonderful", "amazing", "nice", "best", "fantastic", "like"}
@@ -323,13 +327,41 @@ class ShowcaseAdapter(BaseAdapter):
         time.sleep(max(float(ms), 0.0) / 1000.0)
         return {"slept_ms": ms, "pid": os.getpid()}
 
+    @tool(description="Sleep duration_ms milliseconds as task task_number; report when it ended")
+    def sleep_task(self, duration_ms: int = 100, task_number: int = 1) -> dict[str, Any]:
+        self._count()
+        started = time.time()
+        time.sleep(max(0, duration_ms) / 1000)
+        return {
+            "task_number": task_number,
+            "duration_ms": duration_ms,
+            "started_at": started,
+            "completed_at": time.time(),
+            "pid": os.getpid(),
+        }
+
+    @tool(description="Values that need graceful serialization: dates, decimals, sets, model objects")
+    def serialization_demo(self) -> dict[str, Any]:
+        self._count()
+        return {
+            "datetime": datetime.datetime(2026, 12, 2, 10, 30, 0, tzinfo=datetime.timezone.utc),
+            "date": datetime.date(2026, 12, 2),
+            "decimal": decimal.Decimal("3.14159"),
+            "set": {3, 1, 2},
+            "uuid": uuid.UUID("12345678-1234-5678-1234-567812345678"),
+            "model_dump": _WithModelDump(),
+            "to_dict": _WithToDict(),
+            "tolist": _WithToList(),
+            "unserializable": _Unserializable(),
+        }
+
     @tool(description="Report this worker's OS pid")
     def get_pid(self) -> dict[str, Any]:
         self._count()
         return {"pid": os.getpid()}
 
     @tool(description="Raise an exception of the requested kind (value, type, key, runtime, ...)")
-    def error_demo(self, error_type: str = "value", message: str | None = None) -> None:
+    def error_demo(self, error_type: str = "generic", message: str | None = None) -> None:
         self._count()
         cls = _error_class(error_type)
         raise cls(message or f"{cls.__name__} raised by error_demo as requested")
@@ -373,6 +405,31 @@ class ShowcaseAdapter(BaseAdapter):
         ids = pa.array(range(rows), type=pa.int64())
         values = pa.array([i / 2 for i in range(rows)], type=pa.float64())
         return zero_copy.export(pa.table({"id": ids, "value": values}))
+
+
+class _WithModelDump:
+    """Shaped like a pydantic model."""
+
+    def model_dump(self) -> dict[str, Any]:
+        return {"kind": "model", "fields": ["a", "b"]}
+
+
+class _WithToDict:
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "to_dict", "value": 1}
+
+
+class _WithToList:
+    """Shaped like an array."""
+
+    def tolist(self) -> list[int]:
+        return [1, 2, 3]
+
+
+class _Unserializable:
+    """Nothing JSON can hold: arrives as the unserializable marker."""
+
+    __slots__ = ()
 
 
 def _numeric(arrow_type: Any) -> bool:
