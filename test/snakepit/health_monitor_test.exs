@@ -23,10 +23,28 @@ defmodule Snakepit.HealthMonitorTest do
     refute HealthMonitor.healthy?(hm)
 
     assert %{total_crashes: 2, crashes_in_window: 2, healthy: false, pool: :test} =
-             HealthMonitor.stats(hm)
+             stats = HealthMonitor.stats(hm)
 
-    assert %{crash_count: 1, crash_reasons: [:segfault], healthy: true, last_crash_time: 0} =
-             HealthMonitor.worker_health(hm, "worker_1")
+    # Every documented field, upstream's is_healthy included.
+    for key <- [
+          :pool,
+          :workers,
+          :crash_window_ms,
+          :max_crashes,
+          :total_crashes,
+          :check_interval_ms
+        ],
+        do: assert(Map.has_key?(stats, key), "stats lack #{key}")
+
+    assert stats.is_healthy == false
+
+    assert %{
+             crash_count: 1,
+             crash_reasons: [:segfault],
+             healthy: true,
+             is_healthy: true,
+             last_crash_time: 0
+           } = HealthMonitor.worker_health(hm, "worker_1")
 
     :atomics.put(clock, 1, 1_000)
     assert HealthMonitor.healthy?(hm)

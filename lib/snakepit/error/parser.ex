@@ -187,7 +187,11 @@ defmodule Snakepit.Error.Parser do
   defp detect_oom(type, message) do
     oom? =
       type in @oom_types or
-        Regex.match?(~r/out of memory|not enough memory|RESOURCE_EXHAUSTED/i, message)
+        String.ends_with?(type, "MemoryError") or
+        Regex.match?(
+          ~r/out of memory|not enough memory|RESOURCE_EXHAUSTED|OOM when allocating|Unable to allocate/i,
+          message
+        )
 
     if oom? do
       device = oom_device(type, message)
@@ -221,7 +225,7 @@ defmodule Snakepit.Error.Parser do
   end
 
   defp gpu_index(message) do
-    case Regex.run(~r/(?:GPU\s+|cuda:|hip:)(\d+)/i, message, capture: :all_but_first) do
+    case Regex.run(~r/(?:GPU\s+|GPU:|cuda:|hip:)(\d+)/i, message, capture: :all_but_first) do
       [id] -> to_int(id)
       nil -> 0
     end
@@ -229,22 +233,59 @@ defmodule Snakepit.Error.Parser do
 
   @device_re ~S"(cuda(?::\d+)?|hip(?::\d+)?|mps(?::\d+)?|cpu|meta)"
 
+  # Device-mismatch messages, {regex, which captures are (expected, got)}.
+  # The formats, with the library versions that write them, are listed in
+  # test/snakepit/error/ml_error_formats_test.exs.
+  @mismatches [
+    # torch: "...same device, but found at least two devices, cuda:0 and cpu!"
+    # and the shorter "...same device, but found cuda:0 and cpu!"
+    {~r/same device, but found (?:at least two devices,\s*)?#{@device_re} and #{@device_re}/i,
+     :in_order},
+    # torch 2.x: "...same device, but got mat2 is on cpu, different from other
+    # tensors on cuda:0 (when checking argument in method wrapper_CUDA_mm)"
+    {~r/is on #{@device_re}, different from other tensors on #{@device_re}/i, :reversed},
+    # torch 1.x: "Expected object of device type cuda but got device type cpu"
+    {~r/device type (\w+) but got device type (\w+)/i, :in_order},
+    # torch: "Tensor for argument #2 'mat1' is on CPU, but expected it to be on GPU"
+    {~r/is on (CPU|GPU), but expected (?:it )?to be on (CPU|GPU)/i, :reversed},
+    # torch conv: "Input type (torch.cuda.FloatTensor) and weight type
+    # (torch.FloatTensor) should be the same": the weights' device is expected
+    # ("cuda." or nothing: a group that must take part, or run/3 drops it)
+    {~r/Input type \(torch\.(cuda\.|)\w+\) and weight type \(torch\.(cuda\.|)\w+\)/,
+     :torch_types},
+    # torch cudnn: "...to have the same device as tensor for argument #2
+    # 'weight'; but device 0 does not equal 1"
+    {~r/same device as tensor for argument.*?but device (\d+) does not equal (\d+)/i, :ordinals},
+    # JAX: "Received incompatible devices for jitted computation. Got argument
+    # x ... on platform GPU and argument y ... on platform CPU"
+    {~r/incompatible devices.*?on platform (\w+).*?on platform (\w+)/is, :in_order}
+  ]
+
   defp detect_device(message) do
+    case Enum.find_value(@mismatches, &mismatch(&1, message)) do
+      {expected, got} -> Device.device_mismatch(expected, got, "tensor operation")
+      nil -> detect_unavailable(message)
+    end
+  end
+
+  defp mismatch({regex, order}, message) do
+    case Regex.run(regex, message, capture: :all_but_first) do
+      [a, b] -> devices(order, a, b)
+      _ -> nil
+    end
+  end
+
+  defp devices(:in_order, a, b), do: {parse_device(a), parse_device(b)}
+  defp devices(:reversed, a, b), do: {parse_device(b), parse_device(a)}
+  defp devices(:ordinals, got, expected), do: {{:cuda, to_int(expected)}, {:cuda, to_int(got)}}
+
+  defp devices(:torch_types, input, weight) do
+    device = fn cuda -> if cuda == "", do: :cpu, else: {:cuda, 0} end
+    {device.(weight), device.(input)}
+  end
+
+  defp detect_unavailable(message) do
     cond do
-      match =
-          Regex.run(~r/found at least two devices,\s*#{@device_re} and #{@device_re}/i, message,
-            capture: :all_but_first
-          ) ->
-        [expected, got] = match
-        Device.device_mismatch(parse_device(expected), parse_device(got), "tensor operation")
-
-      match =
-          Regex.run(~r/device type (\w+) but got device type (\w+)/i, message,
-            capture: :all_but_first
-          ) ->
-        [expected, got] = match
-        Device.device_mismatch(parse_device(expected), parse_device(got), "tensor operation")
-
       Regex.match?(
         ~r/invalid device ordinal|no CUDA GPUs are available|not compiled with CUDA|found no NVIDIA driver|CUDA driver initialization failed/i,
         message
@@ -254,6 +295,15 @@ defmodule Snakepit.Error.Parser do
       Regex.match?(~r/MPS backend is not available|MPS (?:is )?not available/i, message) ->
         Device.device_unavailable(:mps, "tensor operation")
 
+      # TensorFlow: "Could not satisfy explicit device specification
+      # '/device:GPU:1' because no devices matching that specification are
+      # registered in this process"
+      match =
+          Regex.run(~r/explicit device specification '[^']*GPU:(\d+)'/i, message,
+            capture: :all_but_first
+          ) ->
+        Device.device_unavailable({:cuda, to_int(hd(match))}, "tensor operation")
+
       true ->
         nil
     end
@@ -262,6 +312,7 @@ defmodule Snakepit.Error.Parser do
   defp parse_device(text) do
     case String.split(String.downcase(text), ":") do
       ["cuda"] -> {:cuda, 0}
+      ["gpu"] -> {:cuda, 0}
       ["cuda", id] -> {:cuda, to_int(id)}
       ["hip"] -> {:rocm, 0}
       ["hip", id] -> {:rocm, to_int(id)}

@@ -109,7 +109,7 @@ defmodule Snakepit.HealthMonitor do
   end
 
   @doc """
-  Returns health statistics: `pool`, `healthy`, `total_crashes` (ever),
+  Returns health statistics: `pool`, `healthy` (also as upstream's `is_healthy`), `total_crashes` (ever),
   `crashes_in_window`, `max_crashes`, `crash_window_ms`,
   `check_interval_ms`, `workers_with_crashes` and `workers` (per-worker
   `crash_count`, `last_crash_time`, `crash_reasons`).

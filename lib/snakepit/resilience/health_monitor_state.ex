@@ -128,7 +128,9 @@ defmodule Snakepit.HealthMonitor.State do
     Map.merge(stats, %{
       worker_id: worker_id,
       recent_crashes: recent,
-      healthy: recent < s.max_crashes
+      healthy: recent < s.max_crashes,
+      # upstream Snakepit's name for the same
+      is_healthy: recent < s.max_crashes
     })
   end
 
@@ -140,6 +142,7 @@ defmodule Snakepit.HealthMonitor.State do
     %{
       pool: s.pool,
       healthy: in_window < s.max_crashes,
+      is_healthy: in_window < s.max_crashes,
       total_crashes: s.total_crashes,
       crashes_in_window: in_window,
       max_crashes: s.max_crashes,
