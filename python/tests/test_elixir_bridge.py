@@ -281,3 +281,55 @@ def test_unix_bridge_channels_announce_localhost_as_authority():
     # servers that check :authority (Snakepit's Rust bridge) reject.
     assert ("grpc.default_authority", "localhost") in bridge_channel_options("unix:/tmp/b.sock")
     assert all(key != "grpc.default_authority" for key, _ in bridge_channel_options("127.0.0.1:5000"))
+
+
+class _RestartingBridge(pb_grpc.ElixirBridgeServicer):
+    """A bridge being replaced: it refuses the first calls as Snakepit's does
+    while it stops ("the call was not run"), then serves."""
+
+    def __init__(self, refusals: int, details: str):
+        self.refusals = refusals
+        self.details = details
+        self.calls = 0
+
+    async def ExecuteElixirTool(self, request, context):
+        self.calls += 1
+        if self.calls <= self.refusals:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, self.details)
+        return pb.ExecuteToolResponse(success=True, result_json=b'{"ok": 1}')
+
+
+@pytest.mark.parametrize("use_async", [False, True])
+def test_a_call_refused_unrun_by_a_stopping_bridge_is_sent_again(sock_dir, use_async):
+    from snakepit_bridge._internal.elixir_bridge import ElixirBridgeClient
+
+    async def go():
+        refused = "the Elixir bridge is shutting down; the call was not run"
+        for refusals, details, expect_ok in [
+            (2, refused, True),
+            # Refused while it may have run: never sent twice.
+            (1, "the Elixir bridge is shutting down", False),
+        ]:
+            bridge = _RestartingBridge(refusals, details)
+            server = grpc.aio.server()
+            pb_grpc.add_ElixirBridgeServicer_to_server(bridge, server)
+            address = f"unix:{sock_dir}/restarting-{refusals}.sock"
+            server.add_insecure_port(address)
+            await server.start()
+            client = ElixirBridgeClient(address)
+            try:
+                if use_async:
+                    call = client.aexecute_tool("s", "t", {}, timeout_s=5)
+                else:
+                    call = asyncio.to_thread(client.execute_tool, "s", "t", {}, timeout_s=5)
+                if expect_ok:
+                    assert await call == {"ok": 1}
+                    assert bridge.calls == refusals + 1
+                else:
+                    with pytest.raises(ElixirBridgeUnavailable):
+                        await call
+                    assert bridge.calls == 1
+            finally:
+                await server.stop(0)
+
+    run(go())

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import threading
+import time
 from typing import Any, Mapping
 
 import grpc
@@ -102,6 +103,24 @@ def _decode_response(tool_name: str, response: Any) -> Any:
     return serialization.loads(response.result_json)
 
 
+
+# A bridge that is being replaced (its process restarted) refuses new calls
+# with "the call was not run" until its connections close and the channel
+# reaches the new one: such calls are sent again after these pauses (s),
+# within their own deadline. The last entry ends the retries.
+_NOT_RUN_RETRY_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 0.0)
+
+
+def _retry_safe(exc: grpc.RpcError, deadline: float, pause: float) -> bool:
+    code = exc.code() if hasattr(exc, "code") else None
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    return (
+        code == grpc.StatusCode.UNAVAILABLE
+        and "was not run" in details
+        and pause > 0
+        and time.monotonic() + pause < deadline
+    )
+
 class ElixirBridgeClient:
     """Talks to ElixirBridge at ``address`` (``unix:/path`` or ``host:port``).
 
@@ -183,13 +202,18 @@ class ElixirBridgeClient:
         """Call an Elixir tool and return its decoded result (blocking)."""
         timeout = timeout_s or self.default_timeout_s
         request = self._tool_request(session_id, tool_name, params, metadata, timeout)
-        try:
-            response = self._sync_stub().ExecuteElixirTool(
-                request, timeout=timeout, metadata=self._metadata()
-            )
-        except grpc.RpcError as exc:
-            raise self._rpc_failure(tool_name, exc) from exc
-        return _decode_response(tool_name, response)
+        deadline = time.monotonic() + timeout
+        for pause in _NOT_RUN_RETRY_PAUSES:
+            try:
+                response = self._sync_stub().ExecuteElixirTool(
+                    request, timeout=max(deadline - time.monotonic(), 0.001), metadata=self._metadata()
+                )
+                return _decode_response(tool_name, response)
+            except grpc.RpcError as exc:
+                if not _retry_safe(exc, deadline, pause):
+                    raise self._rpc_failure(tool_name, exc) from exc
+            time.sleep(pause)
+        raise AssertionError("unreachable: the last pause is never taken")
 
     async def aexecute_tool(
         self,
@@ -203,13 +227,18 @@ class ElixirBridgeClient:
         """Async variant of :meth:`execute_tool` (run on the worker's loop)."""
         timeout = timeout_s or self.default_timeout_s
         request = self._tool_request(session_id, tool_name, params, metadata, timeout)
-        try:
-            response = await self.aio_stub().ExecuteElixirTool(
-                request, timeout=timeout, metadata=self._metadata()
-            )
-        except grpc.RpcError as exc:
-            raise self._rpc_failure(tool_name, exc) from exc
-        return _decode_response(tool_name, response)
+        deadline = time.monotonic() + timeout
+        for pause in _NOT_RUN_RETRY_PAUSES:
+            try:
+                response = await self.aio_stub().ExecuteElixirTool(
+                    request, timeout=max(deadline - time.monotonic(), 0.001), metadata=self._metadata()
+                )
+                return _decode_response(tool_name, response)
+            except grpc.RpcError as exc:
+                if not _retry_safe(exc, deadline, pause):
+                    raise self._rpc_failure(tool_name, exc) from exc
+            await asyncio.sleep(pause)
+        raise AssertionError("unreachable: the last pause is never taken")
 
     def _rpc_failure(self, tool_name: str, exc: grpc.RpcError) -> Exception:
         code = exc.code() if hasattr(exc, "code") else None

@@ -127,6 +127,10 @@ impl rustler::Resource for BridgeCall {}
 pub(super) type RequestBuilder = Box<dyn for<'a> FnOnce(Env<'a>) -> Term<'a> + Send>;
 
 /// The server's state: where calls go and how long they may wait.
+/// The status message of a call refused because the server is stopping;
+/// `elixir_bridge.py` matches "was not run" to know a retry is safe.
+const NOT_RUN_SHUTTING_DOWN: &str = "the Elixir bridge is shutting down; the call was not run";
+
 #[derive(Clone)]
 pub(super) struct Bridge {
     pub(super) dispatcher: LocalPid,
@@ -145,7 +149,9 @@ impl Bridge {
         build: RequestBuilder,
     ) -> Reply {
         if *self.shutdown.borrow() {
-            return Reply::Failed(Status::unavailable("the Elixir bridge is shutting down"));
+            // Python retries these (it reaches the bridge's successor once
+            // this server's connections close): nothing was run.
+            return Reply::Failed(Status::unavailable(NOT_RUN_SHUTTING_DOWN));
         }
         let (tx, rx) = oneshot::channel();
         let call = ResourceArc::new(BridgeCall {
