@@ -48,10 +48,48 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :python, :call, :stop],
     [:snakepit, :python, :call, :exception]
   ]
+  # ML error translation, the circuit breaker and retries.
+  @runtime_events [
+    [:snakepit, :error, :python_exception],
+    [:snakepit, :error, :device],
+    [:snakepit, :error, :oom],
+    [:snakepit, :error, :shape_mismatch],
+    [:snakepit, :circuit_breaker, :call, :allowed],
+    [:snakepit, :circuit_breaker, :call, :rejected],
+    [:snakepit, :circuit_breaker, :call, :success],
+    [:snakepit, :circuit_breaker, :call, :failure],
+    [:snakepit, :circuit_breaker, :opened],
+    [:snakepit, :circuit_breaker, :half_open],
+    [:snakepit, :circuit_breaker, :closed],
+    [:snakepit, :retry, :attempt],
+    [:snakepit, :retry, :backoff],
+    [:snakepit, :retry, :success],
+    [:snakepit, :retry, :exhausted]
+  ]
+  @hardware_events [
+    [:snakepit, :hardware, :cache, :hit],
+    [:snakepit, :hardware, :cache, :miss],
+    [:snakepit, :hardware, :detect, :start],
+    [:snakepit, :hardware, :detect, :stop],
+    [:snakepit, :hardware, :select, :start],
+    [:snakepit, :hardware, :select, :stop]
+  ]
 
-  @doc "Every event Snakepit emits."
+  @doc """
+  Every event Snakepit emits. `test/snakepit/telemetry_catalog_test.exs`
+  checks this list against the emitting code, both ways.
+  """
   @spec events() :: [[atom()]]
-  def events, do: @pool_events ++ @grpc_events ++ @python_events
+  def events,
+    do: @pool_events ++ @grpc_events ++ @python_events ++ @runtime_events ++ @hardware_events
+
+  @doc "ML error translation, circuit breaker and retry events."
+  @spec runtime_events() :: [[atom()]]
+  def runtime_events, do: @runtime_events
+
+  @doc "Hardware detection and device selection events."
+  @spec hardware_events() :: [[atom()]]
+  def hardware_events, do: @hardware_events
 
   @doc "Pool and worker lifecycle events."
   @spec pool_events() :: [[atom()]]

@@ -24,7 +24,9 @@ defmodule Snakepit.TelemetryTest do
 
     forward("t-spawn", [
       [:snakepit, :pool, :worker, :spawned],
+      [:snakepit, :grpc_worker, :execute, :start],
       [:snakepit, :grpc_worker, :execute, :stop],
+      [:snakepit, :grpc_worker, :stream, :stop],
       [:snakepit, :request, :executed]
     ])
 
@@ -34,6 +36,9 @@ defmodule Snakepit.TelemetryTest do
 
     assert is_integer(d) and is_integer(pid)
     assert {:ok, _} = Snakepit.execute("ping", %{})
+
+    assert_receive {:event, [:snakepit, :grpc_worker, :execute, :start], %{system_time: _},
+                    %{command: "ping", worker_id: "default_worker_1"}}
 
     assert_receive {:event, [:snakepit, :grpc_worker, :execute, :stop], %{duration: _},
                     %{command: "ping", success: true}}
@@ -47,6 +52,13 @@ defmodule Snakepit.TelemetryTest do
                     }}
 
     assert is_integer(us) and us > 0
+
+    assert :ok = Snakepit.execute_stream("stream_data", %{"count" => 2}, fn _ -> :ok end)
+
+    assert_receive {:event, [:snakepit, :grpc_worker, :stream, :stop], %{duration: d},
+                    %{command: "stream_data", success: true, ended: :ended}}
+
+    assert is_integer(d) and d > 0
   end
 
   test "attach refuses a duplicate id; detach reports unknown ids; a raising handler is detached" do

@@ -48,6 +48,12 @@ defmodule Snakepit.GRPC.Client do
     started = System.monotonic_time()
     meta = %{command: tool, worker_id: worker.id, transport: transport(worker)}
 
+    Telemetry.emit(
+      [:snakepit, :grpc_worker, :execute, :start],
+      %{system_time: System.system_time()},
+      meta
+    )
+
     result =
       case start_call(worker, ref, tool, args, call_opts) do
         {:ok, call} ->
@@ -97,6 +103,29 @@ defmodule Snakepit.GRPC.Client do
   @spec stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
           {:ok | {:error, term()}, :ended | :abandoned}
   def stream(worker, tool, args, callback, opts) do
+    started = System.monotonic_time()
+    {result, ended} = run_stream(worker, tool, args, callback, opts)
+    duration = System.monotonic_time() - started
+
+    Telemetry.emit(
+      [:snakepit, :grpc_worker, :stream, :stop],
+      %{
+        duration: duration,
+        duration_ms: System.convert_time_unit(duration, :native, :millisecond)
+      },
+      %{
+        command: tool,
+        worker_id: worker.id,
+        transport: transport(worker),
+        success: result == :ok,
+        ended: ended
+      }
+    )
+
+    {result, ended}
+  end
+
+  defp run_stream(worker, tool, args, callback, opts) do
     ref = make_ref()
     call_opts = Map.put(native_opts(opts), :window, Defaults.stream_window())
 
