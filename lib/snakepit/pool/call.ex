@@ -16,7 +16,7 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.{CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{CallOptions, Deadline}
+  alias Snakepit.Pool.{CallOptions, Deadline, Timings}
   alias Snakepit.Worker.ExitStatus
 
   # The pool answers a queued request itself when its queue time is up; the
@@ -33,7 +33,9 @@ defmodule Snakepit.Pool.Call do
           pool: atom(),
           pool_pid: pid(),
           worker: map(),
-          crash_barrier: map()
+          crash_barrier: map(),
+          timings: Timings.t(),
+          leased_at: integer()
         }
 
   @doc "gRPC statuses that may mean the worker's process died under the call."
@@ -305,8 +307,18 @@ defmodule Snakepit.Pool.Call do
           do: :infinity,
           else: Deadline.remaining(deadline) + @checkout_slack_ms
 
+      started = System.monotonic_time()
+
       try do
-        GenServer.call(pid, {:checkout, request}, wait)
+        case GenServer.call(pid, {:checkout, request}, wait) do
+          {:ok, lease} ->
+            leased_at = System.monotonic_time()
+            Timings.record(lease.timings, :wait, leased_at - started)
+            {:ok, Map.put(lease, :leased_at, leased_at)}
+
+          error ->
+            error
+        end
       catch
         :exit, {:timeout, _} ->
           send(pid, {:cancel_checkout, name, ref})
@@ -324,6 +336,7 @@ defmodule Snakepit.Pool.Call do
   # abandoned, its transport failed): the pool then stops it first.
   @spec checkin(lease(), term()) :: :ok
   def checkin(lease, result) do
+    Timings.record(lease.timings, :run, System.monotonic_time() - lease.leased_at)
     send(lease.pool_pid, {:checkin, lease.pool, lease.ref, checkin_outcome(result)})
     :ok
   end

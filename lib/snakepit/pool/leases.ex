@@ -21,7 +21,8 @@ defmodule Snakepit.Pool.Leases do
       pool: request.pool,
       pool_pid: self(),
       worker: worker,
-      crash_barrier: state.runtime[request.pool].crash_barrier
+      crash_barrier: state.runtime[request.pool].crash_barrier,
+      timings: state.runtime[request.pool].timings
     }
   end
 

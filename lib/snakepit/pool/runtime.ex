@@ -26,7 +26,8 @@ defmodule Snakepit.Pool.Runtime do
             batch_timer: nil,
             replacing: %{},
             retiring: MapSet.new(),
-            started_at: %{}
+            started_at: %{},
+            timings: nil
 
   @type t :: %__MODULE__{}
 
@@ -44,7 +45,8 @@ defmodule Snakepit.Pool.Runtime do
       pending: for(n <- 1..config.pool_size, do: worker_id(config.name, n)),
       next: config.pool_size + 1,
       batch_size: size,
-      batch_delay: delay
+      batch_delay: delay,
+      timings: Snakepit.Pool.Timings.new()
     }
   end
 

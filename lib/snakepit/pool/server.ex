@@ -17,7 +17,7 @@ defmodule Snakepit.Pool.Server do
 
   alias Snakepit.{Config, CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Deadline, Errors, Leases, Runtime, Slots, State}
+  alias Snakepit.Pool.{Deadline, Errors, Leases, Runtime, Slots, State, Timings}
   alias Snakepit.Worker.LifecycleManager
 
   @impl true
@@ -112,11 +112,13 @@ defmodule Snakepit.Pool.Server do
   end
 
   def handle_call({:stats, :all}, _from, state) do
+    pools = Map.values(state.pools)
+
     stats =
-      state.pools
-      |> Map.values()
+      pools
       |> Enum.map(&State.stats/1)
       |> Enum.reduce(&Map.merge(&1, &2, fn _k, a, b -> sum_stat(a, b) end))
+      |> Map.merge(timing_stats(pools, Enum.map(state.order, &state.runtime[&1].timings)))
 
     {:reply, stats, state}
   end
@@ -124,7 +126,8 @@ defmodule Snakepit.Pool.Server do
   def handle_call({:stats, name}, _from, state) do
     case Map.fetch(state.pools, name) do
       {:ok, pool} ->
-        {:reply, State.stats(pool), state}
+        stats = Map.merge(State.stats(pool), timing_stats([pool], [state.runtime[name].timings]))
+        {:reply, stats, state}
 
       :error ->
         {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
@@ -394,4 +397,18 @@ defmodule Snakepit.Pool.Server do
   def update_pool(state, name, fun), do: put_pool(state, name, fun.(state.pools[name]))
   @doc false
   def put_runtime(state, name, rt), do: %{state | runtime: Map.put(state.runtime, name, rt)}
+
+  # Busy share of capacity now, and wait/run percentiles over the window.
+  defp timing_stats(pools, timings) do
+    {load, capacity} =
+      for pool <- pools, {_id, w} <- pool.workers, reduce: {0, 0} do
+        {load, capacity} -> {load + w.load, capacity + w.capacity}
+      end
+
+    %{
+      utilization: if(capacity == 0, do: 0.0, else: Float.round(load / capacity, 3)),
+      wait_time_ms: Timings.percentiles(timings, :wait),
+      run_time_ms: Timings.percentiles(timings, :run)
+    }
+  end
 end

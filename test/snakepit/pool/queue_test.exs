@@ -62,6 +62,33 @@ defmodule Snakepit.Pool.QueueTest do
     end
   end
 
+  test "stats carry utilization and the wait and run percentiles of the calls", %{tmp_dir: dir} do
+    blocker = occupy(:short, dir)
+    held_from = System.monotonic_time(:millisecond)
+    assert Snakepit.get_stats(:short).utilization == 1.0
+
+    waiter =
+      Task.async(fn -> Snakepit.execute("get_pid", %{}, pool: :short, timeout: 60_000) end)
+
+    assert queued(1, :short)
+    queued_at = System.monotonic_time(:millisecond)
+    release(blocker)
+    released_at = System.monotonic_time(:millisecond)
+    assert {:ok, _} = finished(blocker)
+    assert {:ok, _} = Task.await(waiter, 30_000)
+
+    stats = Snakepit.get_stats(:short)
+    assert stats.utilization == 0.0
+    # The waiter waited at least from its queueing to the release, and the
+    # blocker ran at least as long as it was held (a percentile is the
+    # middle of its bucket, never below 8/9 of the value).
+    assert stats.wait_time_ms.p99 >= (released_at - queued_at) * 0.875
+    assert stats.run_time_ms.p99 >= (released_at - held_from) * 0.875
+    assert stats.run_time_ms.p50 != nil
+    # The pool-wide stats see the same samples.
+    assert Snakepit.get_stats(:all).wait_time_ms.p99 >= (released_at - queued_at) * 0.875
+  end
+
   test "a full queue refuses at once with :pool_saturated; the queued calls run in order", %{
     tmp_dir: dir
   } do
