@@ -240,4 +240,8 @@ defmodule Snakepit.Pool do
   @doc false
   # Workers of every pool as {pool, id, pid, os_pid, config} (for the lifecycle manager).
   def worker_details(server \\ __MODULE__), do: GenServer.call(server, :worker_details)
+
+  @doc false
+  # Every pool with its stats and workers, for Snakepit.Status.
+  def status(server \\ __MODULE__), do: GenServer.call(server, :status)
 end

@@ -157,6 +157,38 @@ defmodule Snakepit.Pool.Server do
     {:reply, load, state}
   end
 
+  def handle_call(:status, _from, state) do
+    now = now()
+
+    pools =
+      for name <- state.order do
+        pool = state.pools[name]
+        rt = state.runtime[name]
+
+        workers =
+          for {id, w} <- Enum.sort_by(pool.workers, &elem(&1, 0)) do
+            %{
+              id: id,
+              os_pid: Map.get(w, :os_pid),
+              load: w.load,
+              capacity: w.capacity,
+              status: w.status,
+              uptime_ms: Runtime.uptime(rt, id, now)
+            }
+          end
+
+        %{
+          name: name,
+          profile: pool.config.worker_profile,
+          pool_size: pool.config.pool_size,
+          stats: Map.merge(State.stats(pool), timing_stats([pool], [rt.timings])),
+          workers: workers
+        }
+      end
+
+    {:reply, pools, state}
+  end
+
   def handle_call(:worker_details, _from, state) do
     details =
       for {name, pool} <- state.pools, {id, w} <- pool.workers do
