@@ -90,4 +90,59 @@ defmodule Snakepit.TelemetryTest do
     assert [:snakepit, :pool, :worker, :spawned] in Telemetry.events()
     assert [:snakepit, :request, :executed] in Telemetry.pool_events()
   end
+
+  describe "correlation ids" do
+    setup do
+      :ok =
+        AppPool.restart(
+          pool_size: 1,
+          python_path: [AppPool.fixtures_dir()],
+          adapter_args: AppPool.fixture_adapter("ShowcaseTestAdapter")
+        )
+
+      :ok = Snakepit.Pool.await_ready(Snakepit.Pool, 30_000)
+
+      forward("t-corr-#{System.unique_integer([:positive])}", [
+        [:snakepit, :grpc_worker, :execute, :start],
+        [:snakepit, :grpc_worker, :execute, :stop],
+        [:snakepit, :request, :executed]
+      ])
+    end
+
+    test "a given id is in the call's events and reaches the worker, with traceparent" do
+      trace = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+      assert {:ok, seen} =
+               Snakepit.execute("call_context", %{},
+                 correlation_id: "order-42",
+                 traceparent: trace,
+                 metadata: %{"user" => "u1"}
+               )
+
+      assert seen == %{"correlation_id" => "order-42", "traceparent" => trace, "user" => "u1"}
+
+      for event <- [
+            [:snakepit, :grpc_worker, :execute, :start],
+            [:snakepit, :grpc_worker, :execute, :stop],
+            [:snakepit, :request, :executed]
+          ] do
+        assert_receive {:event, ^event, _, %{correlation_id: "order-42"}}
+      end
+    end
+
+    test "without one, each call gets its own, the same on both sides" do
+      assert {:ok, %{"correlation_id" => first}} = Snakepit.execute("call_context", %{})
+      assert {:ok, %{"correlation_id" => second}} = Snakepit.execute("call_context", %{})
+      assert first =~ ~r/^[0-9a-f]{32}$/ and first != second
+      assert_receive {:event, [:snakepit, :request, :executed], _, %{correlation_id: ^first}}
+      assert_receive {:event, [:snakepit, :request, :executed], _, %{correlation_id: ^second}}
+    end
+
+    test "a correlation id that is not a string is refused" do
+      assert {:error, %Snakepit.Error{category: :validation, message: msg}} =
+               Snakepit.execute("ping", %{}, correlation_id: 42)
+
+      assert msg =~ "correlation_id"
+    end
+  end
 end

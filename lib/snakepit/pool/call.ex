@@ -14,6 +14,7 @@ defmodule Snakepit.Pool.Call do
   """
 
   alias Snakepit.{CrashBarrier, Defaults, Error, Telemetry}
+  alias Snakepit.Telemetry.Correlation
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
   alias Snakepit.Pool.{CallOptions, Deadline, Timings}
@@ -60,6 +61,7 @@ defmodule Snakepit.Pool.Call do
   @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts \\ []) do
     with {:ok, opts} <- CallOptions.normalize(opts),
+         {:ok, opts} <- Correlation.ensure(opts),
          total = Snakepit.Pool.get_default_timeout_for_call(:execute, args, opts),
          :ok <- validate_call(command, args, total) do
       deadline = Deadline.of(opts, total)
@@ -69,14 +71,14 @@ defmodule Snakepit.Pool.Call do
 
       attempt(opts, deadline, idempotent, 0, [], fn lease ->
         result = Client.execute(lease.worker, command, args, call_opts(opts, lease, deadline))
-        emit_executed(lease, command, result, started)
+        emit_executed(lease, command, result, started, opts[:correlation_id])
         result
       end)
     end
   end
 
   # Queueing included: the time the caller waited for its answer.
-  defp emit_executed(lease, command, result, started) do
+  defp emit_executed(lease, command, result, started, correlation_id) do
     duration_us =
       System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
 
@@ -84,7 +86,8 @@ defmodule Snakepit.Pool.Call do
       pool: lease.pool,
       worker_id: lease.worker.id,
       command: command,
-      success: match?({:ok, _}, result)
+      success: match?({:ok, _}, result),
+      correlation_id: correlation_id
     })
   end
 
@@ -99,6 +102,7 @@ defmodule Snakepit.Pool.Call do
           :ok | {:error, Error.t()}
   def execute_stream(command, args, callback, opts \\ []) do
     with {:ok, opts} <- CallOptions.normalize(opts),
+         {:ok, opts} <- Correlation.ensure(opts),
          total = Snakepit.Pool.get_default_timeout_for_call(:execute_stream, args, opts),
          :ok <- validate_call(command, args, total),
          :ok <- validate_callback(callback) do
@@ -252,8 +256,9 @@ defmodule Snakepit.Pool.Call do
   # deadline.
   defp call_opts(opts, lease, deadline) do
     opts
-    |> Keyword.take([:session_id, :metadata, :binary_parameters])
+    |> Keyword.take([:session_id, :binary_parameters, :correlation_id])
     |> Keyword.merge(
+      metadata: Correlation.worker_metadata(opts),
       deadline: Deadline.rpc_deadline(deadline),
       stop_by: deadline,
       request_id: lease.request_id

@@ -24,6 +24,8 @@ defmodule Snakepit.Pool.CallOptions do
     :metadata,
     :binary_parameters,
     :request_id,
+    :correlation_id,
+    :traceparent,
     # internal: set by the crash barrier's retries
     :avoid
   ]

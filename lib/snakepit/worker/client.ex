@@ -46,7 +46,13 @@ defmodule Snakepit.GRPC.Client do
     ref = make_ref()
     call_opts = native_opts(opts)
     started = System.monotonic_time()
-    meta = %{command: tool, worker_id: worker.id, transport: transport(worker)}
+
+    meta = %{
+      command: tool,
+      worker_id: worker.id,
+      transport: transport(worker),
+      correlation_id: Keyword.get(opts, :correlation_id)
+    }
 
     Telemetry.emit(
       [:snakepit, :grpc_worker, :execute, :start],
@@ -117,6 +123,7 @@ defmodule Snakepit.GRPC.Client do
         command: tool,
         worker_id: worker.id,
         transport: transport(worker),
+        correlation_id: Keyword.get(opts, :correlation_id),
         success: result == :ok,
         ended: ended
       }

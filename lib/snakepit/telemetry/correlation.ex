@@ -1,0 +1,44 @@
+defmodule Snakepit.Telemetry.Correlation do
+  @moduledoc """
+  Correlation ids: every call carries one, so its events on both sides can
+  be put together. The caller gives it (`correlation_id:` option, a string)
+  or one is made (`new/0`). It is in the metadata of the call's Elixir
+  events (`[:snakepit, :request, :executed]`, `[:snakepit, :grpc_worker,
+  ...]`), reaches the worker in the request's metadata (Python:
+  `SessionContext.correlation_id`, and the metadata of the worker's own
+  telemetry events during the call). A W3C `traceparent:` option is passed
+  to the worker the same way.
+  """
+
+  @doc "A new correlation id: 32 lowercase hex digits."
+  @spec new() :: String.t()
+  def new, do: Base.encode16(:crypto.strong_rand_bytes(16), case: :lower)
+
+  @doc """
+  `opts` with a `:correlation_id` (the given one, or a new one), or a
+  `:validation` error for one that is not a non-empty string.
+  """
+  @spec ensure(keyword()) :: {:ok, keyword()} | {:error, Snakepit.Error.t()}
+  def ensure(opts) do
+    case Keyword.fetch(opts, :correlation_id) do
+      :error -> {:ok, Keyword.put(opts, :correlation_id, new())}
+      {:ok, id} when is_binary(id) and id != "" -> {:ok, opts}
+      {:ok, other} -> invalid("correlation_id must be a non-empty string, got: #{inspect(other)}")
+    end
+  end
+
+  @doc "The request metadata for the worker: the caller's, plus the correlation id and traceparent."
+  @spec worker_metadata(keyword()) :: %{String.t() => String.t()}
+  def worker_metadata(opts) do
+    given = Keyword.get(opts, :metadata) || %{}
+
+    extra =
+      [correlation_id: opts[:correlation_id], traceparent: opts[:traceparent]]
+      |> Enum.reject(fn {_k, v} -> is_nil(v) end)
+      |> Map.new(fn {k, v} -> {Atom.to_string(k), to_string(v)} end)
+
+    Map.merge(given, extra)
+  end
+
+  defp invalid(message), do: {:error, Snakepit.Error.validation_error(message)}
+end
