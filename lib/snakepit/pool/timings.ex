@@ -38,7 +38,7 @@ defmodule Snakepit.Pool.Timings do
   def record({counters, epochs}, metric, duration) do
     micros = System.convert_time_unit(max(duration, 0), :native, :microsecond)
     epoch = epoch()
-    half = rem(epoch, 2)
+    half = half_of(epoch)
 
     if :atomics.get(epochs, half + 1) != epoch do
       rotate(counters, epochs, half, epoch)
@@ -46,6 +46,10 @@ defmodule Snakepit.Pool.Timings do
 
     slot = half * length(@metrics) + metric_index(metric)
     :counters.add(counters, slot * @buckets + bucket(micros) + 1, 1)
+  rescue
+    # A statistic never fails the call that records it (the caller holds a
+    # leased slot at this point).
+    ArgumentError -> :ok
   end
 
   @doc """
@@ -72,6 +76,11 @@ defmodule Snakepit.Pool.Timings do
   end
 
   # -- internals -------------------------------------------------------------
+
+  @doc false
+  # Which half-window an epoch uses. Monotonic time (and so an epoch) may be
+  # negative: mod, not rem.
+  def half_of(epoch), do: Integer.mod(epoch, 2)
 
   defp epoch, do: div(System.monotonic_time(:millisecond), @half_window_ms)
 

@@ -20,6 +20,10 @@ defmodule Snakepit.Pool.TimingsTest do
     assert buckets == Enum.sort(buckets)
   end
 
+  test "half-windows alternate for negative epochs too (monotonic time may be negative)" do
+    assert Enum.map(-3..2, &Timings.half_of/1) == [1, 0, 1, 0, 1, 0]
+  end
+
   test "percentiles of recorded durations, per metric, across several pools" do
     a = Timings.new()
     b = Timings.new()
