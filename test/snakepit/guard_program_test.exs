@@ -39,8 +39,12 @@ defmodule Snakepit.GuardProgramTest do
     guard = Path.join(:code.priv_dir(:snakepit), "native/snakepit_guard")
     assert File.exists?(guard)
 
-    guards = Enum.filter(children_of_the_vm(), &(exe(&1) == file_id(guard)))
-    # Three workers and their fork server, each with its guard.
+    guards = fn -> Enum.filter(children_of_the_vm(), &(exe(&1) == file_id(guard))) end
+    # Three workers and their fork server, each with its guard. A guard
+    # execs snakepit_guard on its own schedule, after its worker may have
+    # reported ready: wait for the fourth rather than race it.
+    assert AppPool.wait_until(fn -> length(guards.()) == 4 end, 5_000) != :timeout
+    guards = guards.()
     assert length(guards) == 4
     for pid <- guards, do: assert(rss_kb(pid) < 8 * 1024)
 
