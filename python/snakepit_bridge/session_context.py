@@ -8,6 +8,7 @@ served (each concurrent call sees its own, even on one adapter instance).
 from __future__ import annotations
 
 import contextvars
+import logging
 import time
 from typing import Any, Iterator, Mapping
 
@@ -24,6 +25,20 @@ _current: contextvars.ContextVar[SessionContext | None] = contextvars.ContextVar
 def current_context() -> SessionContext | None:
     """The SessionContext of the tool call running in this task/thread, if any."""
     return _current.get()
+
+
+class CorrelationLogFilter(logging.Filter):
+    """Adds the running call's correlation id to every log record:
+    ``record.correlation_id`` (``""`` outside calls) and
+    ``record.correlation`` (`` [correlation_id=...]`` or ``""``, for format
+    strings). The worker installs it on its log handler."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ctx = _current.get()
+        cid = ctx.correlation_id if ctx is not None else ""
+        record.correlation_id = cid
+        record.correlation = f" [correlation_id={cid}]" if cid else ""
+        return True
 
 
 class SessionContext:

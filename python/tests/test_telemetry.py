@@ -125,3 +125,28 @@ def test_tool_calls_emit_execution_events(sock_dir, events):
     ]
     assert events[1].metadata["tool"] == "add" and events[1].metadata["session_id"] == "s"
     assert events[3].metadata["error_type"] == "ValueError"
+
+
+def test_log_records_of_a_call_name_its_correlation_id(capsys):
+    import logging
+    import sys
+
+    from snakepit_bridge.session_context import CorrelationLogFilter, SessionContext, _current
+
+    logger = logging.getLogger("snakepit-test-correlation")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s%(correlation)s"))
+    handler.addFilter(CorrelationLogFilter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("outside")
+        token = _current.set(SessionContext("s1", request_id="r1", metadata={"correlation_id": "order-42"}))
+        try:
+            logger.info("inside")
+        finally:
+            _current.reset(token)
+    finally:
+        logger.removeHandler(handler)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines == ["outside", "inside [correlation_id=order-42]"]

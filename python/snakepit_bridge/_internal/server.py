@@ -44,6 +44,7 @@ from .. import telemetry
 from ..generated import snakepit_bridge_pb2_grpc as pb_grpc
 from ..heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
 from ..heartbeat import HeartbeatConfig, HeartbeatWatchdog
+from ..session_context import CorrelationLogFilter
 from . import auth
 from .elixir_bridge import ElixirBridgeClient, grpc_channel_options, refresh_limits, set_default_client
 from .lane import LaneServer
@@ -451,7 +452,11 @@ def _configure_logging(level_name: str, worker_id: str) -> None:
         level = logging.WARNING
     handler = logging.StreamHandler(sys.stderr)
     label = f"[{worker_id}]" if worker_id else ""
-    handler.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)s snakepit_bridge{label} %(name)s: %(message)s"))
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s snakepit_bridge{label} %(name)s: %(message)s%(correlation)s")
+    )
+    # Each record of a tool call names its correlation id.
+    handler.addFilter(CorrelationLogFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
