@@ -63,9 +63,12 @@ defmodule Snakepit.HeartbeatMonitorTest do
   test "replies to reference pings, as the native core sends them, are pongs" do
     parent = self()
 
+    # The test answers each ping itself: a generous timeout, so a slow
+    # reply on a loaded machine is not a miss (misses come from the errors).
     monitor =
       start(
         worker_pid: worker(),
+        timeout_ms: 5_000,
         ping_fun: fn _ ->
           ref = make_ref()
           send(parent, {:ref_ping, self(), ref})
