@@ -75,33 +75,27 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :hardware, :select, :stop]
   ]
 
+  # {group function, its events, its doc}; events/0 is their concatenation.
+  @groups [
+    {:pool_events, @pool_events, "Pool and worker lifecycle events."},
+    {:grpc_events, @grpc_events, "Events of calls to workers, measured on the Elixir side."},
+    {:python_events, @python_events, "Events folded back from Python workers."},
+    {:runtime_events, @runtime_events, "ML error translation, circuit breaker and retry events."},
+    {:hardware_events, @hardware_events, "Hardware detection and device selection events."}
+  ]
+
   @doc """
   Every event Snakepit emits. `test/snakepit/telemetry_catalog_test.exs`
   checks this list against the emitting code, both ways.
   """
   @spec events() :: [[atom()]]
-  def events,
-    do: @pool_events ++ @grpc_events ++ @python_events ++ @runtime_events ++ @hardware_events
+  def events, do: unquote(Enum.flat_map(@groups, &elem(&1, 1)))
 
-  @doc "ML error translation, circuit breaker and retry events."
-  @spec runtime_events() :: [[atom()]]
-  def runtime_events, do: @runtime_events
-
-  @doc "Hardware detection and device selection events."
-  @spec hardware_events() :: [[atom()]]
-  def hardware_events, do: @hardware_events
-
-  @doc "Pool and worker lifecycle events."
-  @spec pool_events() :: [[atom()]]
-  def pool_events, do: @pool_events
-
-  @doc "Events of calls to workers, measured on the Elixir side."
-  @spec grpc_events() :: [[atom()]]
-  def grpc_events, do: @grpc_events
-
-  @doc "Events folded back from Python workers."
-  @spec python_events() :: [[atom()]]
-  def python_events, do: @python_events
+  for {name, events, doc} <- @groups do
+    @doc doc
+    @spec unquote(name)() :: [[atom()]]
+    def unquote(name)(), do: unquote(events)
+  end
 
   @doc false
   # Decided once at application start: a host that has :telemetry gets it.
