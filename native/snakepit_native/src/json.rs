@@ -259,8 +259,14 @@ fn special_number<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Opt
 
 /// A worker's JSON reply as a term builder: its zero-copy regions are
 /// adopted now (off the schedulers), the term is built in the reply env.
-pub fn reply_term(value: Value) -> Result<crate::reply::Payload, String> {
-    let regions = zero_copy::adopt_all(&value)?;
+pub fn reply_term(raw: &[u8], value: Value) -> Result<crate::reply::Payload, String> {
+    // Only a reply that names the marker key can hold a region: most do not,
+    // and a byte search is cheaper than walking the parsed value.
+    let regions = if zero_copy::mentions_marker(raw) {
+        zero_copy::adopt_all(&value)?
+    } else {
+        Vec::new()
+    };
     Ok(Box::new(move |env| {
         to_term_with(env, &value, &mut regions.into_iter())
     }))

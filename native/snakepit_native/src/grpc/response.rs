@@ -75,7 +75,7 @@ pub fn execute(resp: ExecuteToolResponse) -> Payload {
         return binary_payload(resp.binary_result, atoms::ok());
     }
     match json::parse(&resp.result_json) {
-        Ok(value) => match json::reply_term(value) {
+        Ok(value) => match json::reply_term(&resp.result_json, value) {
             Ok(term) => Box::new(move |env| (atoms::ok(), term(env)).encode(env)),
             Err(msg) => error_payload(NifError::new(atoms::internal(), msg)),
         },
@@ -94,7 +94,7 @@ pub fn chunk(chunk: ToolChunk) -> Payload {
         return Box::new(move |env| (atoms::chunk(), atoms::nil(), is_final).encode(env));
     }
     match json::parse(&chunk.data) {
-        Ok(value) => match json::reply_term(value) {
+        Ok(value) => match json::reply_term(&chunk.data, value) {
             Ok(term) => Box::new(move |env| {
                 let data = (atoms::json(), term(env));
                 (atoms::chunk(), data, is_final).encode(env)

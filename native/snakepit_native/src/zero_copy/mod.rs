@@ -251,6 +251,11 @@ pub fn write_marker(term: Term, out: &mut Vec<u8>) -> Result<(), String> {
     serde_json::to_writer(&mut *out, &marker).map_err(|e| e.to_string())
 }
 
+/// Whether JSON bytes name the marker key at all.
+pub fn mentions_marker(raw: &[u8]) -> bool {
+    memchr::memmem::find(raw, MARKER.as_bytes()).is_some()
+}
+
 /// The marker's body when `map` is a marker object.
 pub fn marker_body(map: &Map<String, Value>) -> Option<&Map<String, Value>> {
     if map.len() != 1 {
