@@ -60,10 +60,7 @@ defmodule Snakepit.Pool.Call do
   """
   @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts \\ []) do
-    with {:ok, opts} <- CallOptions.normalize(opts),
-         {:ok, opts} <- Correlation.ensure(opts),
-         total = Snakepit.Pool.get_default_timeout_for_call(:execute, args, opts),
-         :ok <- validate_call(command, args, total) do
+    with {:ok, opts, total} <- prepare(:execute, command, args, opts) do
       deadline = Deadline.of(opts, total)
       idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
 
@@ -101,10 +98,7 @@ defmodule Snakepit.Pool.Call do
   @spec execute_stream(String.t(), map(), (map() -> term()), keyword()) ::
           :ok | {:error, Error.t()}
   def execute_stream(command, args, callback, opts \\ []) do
-    with {:ok, opts} <- CallOptions.normalize(opts),
-         {:ok, opts} <- Correlation.ensure(opts),
-         total = Snakepit.Pool.get_default_timeout_for_call(:execute_stream, args, opts),
-         :ok <- validate_call(command, args, total),
+    with {:ok, opts, total} <- prepare(:execute_stream, command, args, opts),
          :ok <- validate_callback(callback) do
       deadline = Deadline.of(opts, total)
       opts = Keyword.put_new(opts, :queue_timeout, Defaults.checkout_timeout())
@@ -222,6 +216,16 @@ defmodule Snakepit.Pool.Call do
         exit_status: status
       })
     )
+  end
+
+  # Options checked and completed (aliases, a correlation id), the total
+  # budget, and the command and arguments checked: before anything is leased.
+  defp prepare(call_type, command, args, opts) do
+    with {:ok, opts} <- CallOptions.normalize(opts),
+         {:ok, opts} <- Correlation.ensure(opts),
+         total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
+         :ok <- validate_call(command, args, total),
+         do: {:ok, opts, total}
   end
 
   defp validate_call(command, args, timeout) do
