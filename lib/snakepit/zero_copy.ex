@@ -56,41 +56,26 @@ defmodule Snakepit.ZeroCopy do
           owner: :elixir | :python
         ]
 
-  # Element types and their sizes in bytes. Also accepted: Nx-style
-  # `{:f, 32}` tuples and `:f32`-style short names.
-  @dtypes %{
-    float16: 2,
-    bfloat16: 2,
-    float32: 4,
-    float64: 8,
-    int8: 1,
-    int16: 2,
-    int32: 4,
-    int64: 8,
-    uint8: 1,
-    uint16: 2,
-    uint32: 4,
-    uint64: 8,
-    bool: 1,
-    complex64: 8,
-    complex128: 16
-  }
-  @short %{
-    {:f, 16} => :float16,
-    {:bf, 16} => :bfloat16,
-    {:f, 32} => :float32,
-    {:f, 64} => :float64,
-    {:s, 8} => :int8,
-    {:s, 16} => :int16,
-    {:s, 32} => :int32,
-    {:s, 64} => :int64,
-    {:u, 8} => :uint8,
-    {:u, 16} => :uint16,
-    {:u, 32} => :uint32,
-    {:u, 64} => :uint64,
-    {:c, 64} => :complex64,
-    {:c, 128} => :complex128
-  }
+  # Element types and their Nx-style types (which give their sizes); also
+  # accepted as dtypes: those `{:f, 32}` tuples and `:f32`-style names.
+  @typed [
+    float16: {:f, 16},
+    bfloat16: {:bf, 16},
+    float32: {:f, 32},
+    float64: {:f, 64},
+    int8: {:s, 8},
+    int16: {:s, 16},
+    int32: {:s, 32},
+    int64: {:s, 64},
+    uint8: {:u, 8},
+    uint16: {:u, 16},
+    uint32: {:u, 32},
+    uint64: {:u, 64},
+    complex64: {:c, 64},
+    complex128: {:c, 128}
+  ]
+  @dtypes @typed |> Map.new(fn {name, {_, bits}} -> {name, div(bits, 8)} end) |> Map.put(:bool, 1)
+  @short Map.new(@typed, fn {name, type} -> {type, name} end)
   @short_names Map.new(@short, fn {{t, bits}, name} -> {:"#{t}#{bits}", name} end)
 
   @doc """
