@@ -70,6 +70,7 @@ defmodule Snakepit.Application do
         # tools with it while they start.
         Snakepit.Bridge.ToolRegistry,
         {Task.Supervisor, name: Snakepit.Bridge.TaskSupervisor},
+        Snakepit.Telemetry.GrpcStream,
         Snakepit.GRPC.BridgeServer,
         # Before the pools, so it outlives their workers at shutdown.
         Snakepit.ForkServer

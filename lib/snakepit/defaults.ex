@@ -162,6 +162,10 @@ defmodule Snakepit.Defaults do
      "Fraction of `session_max_sessions` above which a warning is logged."},
     {:stream_window, [:stream_window], 32, quote(do: pos_integer()),
      "Stream chunks that may be in flight ahead of the consumer."},
+    {:telemetry_memory_interval_ms, [:telemetry_memory_interval_ms], 10_000,
+     quote(do: non_neg_integer()),
+     "How often (ms) each worker emits `[:snakepit, :python, :memory, :sampled]` while " <>
+       "someone listens to Python events; 0 turns it off."},
     {:call_transport, [:call_transport], :lane, quote(do: :lane | :grpc),
      "How calls and streams reach workers, for pools that do not set `call_transport`: " <>
        "`:lane` or `:grpc`."},

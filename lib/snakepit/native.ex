@@ -231,6 +231,29 @@ defmodule Snakepit.Native do
           :ok | error()
   def bridge_reply(_call, _reply), do: not_loaded()
 
+  # -- worker telemetry streams (see Snakepit.Telemetry.GrpcStream) ----------
+
+  @doc """
+  Names the process that takes the events of a worker's telemetry stream
+  (announced as `{:snakepit_telemetry_open, stream, worker_id}`): batches
+  `{:snakepit_telemetry, stream, entries, %{dropped:, rejected:}}`, then
+  `{:snakepit_telemetry_closed, stream}`. `:ended` when the stream is over.
+  """
+  @spec telemetry_attach(reference(), pid()) :: :ok | :ended
+  def telemetry_attach(_stream, _sink), do: not_loaded()
+
+  @doc "The batch in flight was handled: the stream may send the next."
+  @spec telemetry_ack(reference()) :: :ok
+  def telemetry_ack(_stream), do: not_loaded()
+
+  @doc """
+  Queues a control message for the worker (`{:toggle, bool}`, `{:sampling,
+  rate, patterns}`, `{:filter, allow, deny}`, `{:forwarding, bool}`); it
+  answers `{:ack, seq}` in its events once applied (`seq` 0: no answer).
+  """
+  @spec telemetry_control(reference(), tuple(), non_neg_integer()) :: :ok | error()
+  def telemetry_control(_stream, _control, _seq), do: not_loaded()
+
   # -- zero-copy regions (see Snakepit.ZeroCopy) ------------------------------
 
   @doc """

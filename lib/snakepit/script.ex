@@ -38,8 +38,23 @@ defmodule Snakepit.Script do
 
     # Stop first, so workers go through their own graceful stop; the sweep
     # then finds only what that left behind.
+    started = System.monotonic_time()
+
+    Snakepit.Telemetry.emit(
+      [:snakepit, :script, :shutdown, :start],
+      %{system_time: System.system_time()},
+      %{}
+    )
+
     maybe_stop(opts, was_started)
     cleanup(opts[:cleanup_timeout])
+
+    Snakepit.Telemetry.emit(
+      [:snakepit, :script, :shutdown, :stop],
+      %{duration: System.monotonic_time() - started},
+      %{}
+    )
+
     finish(outcome, opts[:exit_mode])
   end
 

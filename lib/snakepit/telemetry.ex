@@ -32,21 +32,41 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :worker, :crash],
     [:snakepit, :worker, :tainted],
     [:snakepit, :worker, :restarted],
-    [:snakepit, :crash_barrier, :retry],
+    [:snakepit, :crash_barrier, :retry]
+  ]
+  @heartbeat_events [
     [:snakepit, :heartbeat, :missed],
-    [:snakepit, :heartbeat, :timeout],
+    [:snakepit, :heartbeat, :timeout]
+  ]
+  @session_events [
     [:snakepit, :session, :created],
     [:snakepit, :session, :destroyed]
+  ]
+  # The session store keeps sessions and their data only, no programs.
+  @program_events []
+  @script_events [
+    [:snakepit, :script, :shutdown, :start],
+    [:snakepit, :script, :shutdown, :stop]
   ]
   @grpc_events [
     [:snakepit, :grpc_worker, :execute, :start],
     [:snakepit, :grpc_worker, :execute, :stop],
     [:snakepit, :grpc_worker, :stream, :stop]
   ]
+  # Folded in from workers by Snakepit.Telemetry.GrpcStream; names in
+  # Snakepit.Telemetry.Naming.python_event_catalog/0.
   @python_events [
     [:snakepit, :python, :call, :start],
     [:snakepit, :python, :call, :stop],
-    [:snakepit, :python, :call, :exception]
+    [:snakepit, :python, :call, :exception],
+    [:snakepit, :python, :tool, :execution, :start],
+    [:snakepit, :python, :tool, :execution, :stop],
+    [:snakepit, :python, :tool, :execution, :exception],
+    [:snakepit, :python, :memory, :sampled],
+    [:snakepit, :python, :event],
+    [:snakepit, :python, :span, :start],
+    [:snakepit, :python, :span, :stop],
+    [:snakepit, :python, :span, :exception]
   ]
   # ML error translation, the circuit breaker and retries.
   @runtime_events [
@@ -78,6 +98,11 @@ defmodule Snakepit.Telemetry do
   # {group function, its events, its doc}; events/0 is their concatenation.
   @groups [
     {:pool_events, @pool_events, "Pool and worker lifecycle events."},
+    {:heartbeat_events, @heartbeat_events, "Heartbeat monitor events."},
+    {:session_events, @session_events, "Session store events."},
+    {:program_events, @program_events,
+     "Program events of the session store: none (it keeps no programs); kept for the documented API."},
+    {:script_events, @script_events, "`Snakepit.run_as_script/2` shutdown events."},
     {:grpc_events, @grpc_events, "Events of calls to workers, measured on the Elixir side."},
     {:python_events, @python_events, "Events folded back from Python workers."},
     {:runtime_events, @runtime_events, "ML error translation, circuit breaker and retry events."},
@@ -158,6 +183,7 @@ defmodule Snakepit.Telemetry do
           :ok
         end
     end
+    |> tap(fn result -> if result == :ok, do: python_listeners_changed(events) end)
   end
 
   @doc "Detaches the handler `id`."
@@ -179,5 +205,30 @@ defmodule Snakepit.Telemetry do
             :ok
         end
     end
+    |> tap(fn result -> if result == :ok, do: python_listeners_changed(:unknown) end)
+  end
+
+  @doc """
+  Whether any handler is attached to an event starting with `prefix`
+  (through `:telemetry` or the built-in table).
+  """
+  @spec has_handlers?([atom()]) :: boolean()
+  def has_handlers?(prefix) when is_list(prefix) do
+    case backend() do
+      :telemetry ->
+        apply(:telemetry, :list_handlers, [prefix]) != []
+
+      :builtin ->
+        :ets.whereis(@table) != :undefined and
+          Enum.any?(:ets.tab2list(@table), fn {event, _, _, _} -> :lists.prefix(prefix, event) end)
+    end
+  end
+
+  # Workers send Python events only while someone listens: tell them.
+  defp python_listeners_changed(:unknown), do: Snakepit.Telemetry.GrpcStream.refresh()
+
+  defp python_listeners_changed(events) do
+    if Enum.any?(events, &:lists.prefix([:snakepit, :python], &1)),
+      do: Snakepit.Telemetry.GrpcStream.refresh()
   end
 end

@@ -190,6 +190,8 @@ class FakeElixirBridge(pb_grpc.ElixirBridgeServicer):
 
         reader = asyncio.ensure_future(read_events())
         try:
+            # As Snakepit's bridge does: the worker learns at once whether to send.
+            yield pb.TelemetryControl(forwarding=pb.TelemetryForwarding(active=True))
             async for control in pump_controls():
                 yield control
         finally:

@@ -228,9 +228,26 @@ def test_telemetry_stream_protocol_against_fake_bridge_server(sock_dir):
                 assert telemetry.is_enabled() and telemetry.hub.allow == ["python.showcase.*"]
                 await stub.ExecuteTool(request("add", {"a": 1, "b": 2}))
                 await stub.ExecuteTool(request("ml_analyze_text", {"text": "good day"}))
-                await wait_for(lambda: ("showcase", "ml_analyze_text", "stop") in names()[count:])
-                later = names()[count:]
-                assert later == [("showcase", "ml_analyze_text", "start"), ("showcase", "ml_analyze_text", "stop")]
+                await wait_for(lambda: ("span", "stop") in names()[count:])
+                later = fake.telemetry[count:]
+                # A span travels as ["span", phase] with the user's name beside.
+                assert [(tuple(e.event_parts), e.name) for e in later] == [
+                    (("span", "start"), "showcase.ml_analyze_text"),
+                    (("span", "stop"), "showcase.ml_analyze_text"),
+                ]
+
+                # Forwarding off (nobody listens in Elixir): nothing is sent,
+                # but a control with a seq is still acknowledged, in order.
+                count = len(fake.telemetry)
+                await fake.controls.put(
+                    pb.TelemetryControl(forwarding=pb.TelemetryForwarding(active=False), seq=7)
+                )
+                await wait_for(lambda: any(e.control_ack == 7 for e in fake.telemetry[count:]))
+                assert not telemetry.hub.forwarding
+                await stub.ExecuteTool(request("ml_analyze_text", {"text": "good day"}))
+                await fake.controls.put(pb.TelemetryControl(forwarding=pb.TelemetryForwarding(active=True), seq=8))
+                await wait_for(lambda: any(e.control_ack == 8 for e in fake.telemetry[count:]))
+                assert [e.control_ack for e in fake.telemetry[count:]] == [7, 8]
 
     run(go())
 

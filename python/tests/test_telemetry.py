@@ -117,14 +117,22 @@ def test_tool_calls_emit_execution_events(sock_dir, events):
 
     run(go())
     names = [e.name for e in events]
+    # call.* spans the whole request; tool.execution.* the tool's own run.
     assert names == [
+        "call.start",
         "tool.execution.start",
         "tool.execution.stop",
+        "call.stop",
+        "call.start",
         "tool.execution.start",
         "tool.execution.exception",
+        "call.exception",
     ]
-    assert events[1].metadata["tool"] == "add" and events[1].metadata["session_id"] == "s"
-    assert events[3].metadata["error_type"] == "ValueError"
+    assert events[3].metadata["tool"] == "add" and events[3].metadata["session_id"] == "s"
+    assert events[2].metadata["tool"] == "add"
+    assert events[3].measurements["duration"] >= events[2].measurements["duration"] > 0
+    assert events[6].metadata["error_type"] == "ValueError"
+    assert events[7].metadata["error_type"] == "ValueError"
 
 
 def test_log_records_of_a_call_name_its_correlation_id(capsys):

@@ -28,7 +28,8 @@ defmodule Snakepit.Test.AppPool do
     :fork_server,
     :max_message_bytes,
     :cancel_grace_ms,
-    :zero_copy
+    :zero_copy,
+    :telemetry_memory_interval_ms
   ]
 
   @doc """

@@ -19,7 +19,7 @@ defmodule Snakepit.GRPC.BridgeServer do
   | `ExecuteElixirTool` | the tool's handler, in its own process, with a timeout |
   | `InitializeSession`, `GetSession`, `CleanupSession` | `Snakepit.GRPC.BridgeServer.Sessions`, on `Snakepit.Bridge.SessionStore` (and the registry's `cleanup_session/1`) |
   | `Heartbeat` | `:ok` |
-  | `StreamTelemetry` | not implemented (the worker keeps its telemetry local) |
+  | `StreamTelemetry` | `Snakepit.Telemetry.GrpcStream` (one stream per worker, events folded into Elixir telemetry) |
 
   ## Elixir tools called from Python
 
@@ -119,6 +119,12 @@ defmodule Snakepit.GRPC.BridgeServer do
         Native.bridge_reply(call, failure(rpc, "cannot run the call: #{inspect(reason)}"))
     end
 
+    {:noreply, state}
+  end
+
+  # A worker opened its telemetry stream: its events go to GrpcStream.
+  def handle_info({:snakepit_telemetry_open, stream, worker_id}, state) do
+    Snakepit.Telemetry.GrpcStream.register_worker(stream, %{worker_id: worker_id})
     {:noreply, state}
   end
 

@@ -98,10 +98,21 @@ defmodule Snakepit.WorkerProfile do
       [
         {"SNAKEPIT_HEARTBEAT_CONFIG", JSON.encode!(Map.get(config, :heartbeat, %{}))},
         {"SNAKEPIT_MAX_MESSAGE_BYTES", Integer.to_string(Snakepit.Defaults.max_message_bytes())}
-      ] ++ instance_token() ++ memory_limit(config) ++ extra
+      ] ++ telemetry() ++ instance_token() ++ memory_limit(config) ++ extra
 
     user = config.adapter_env
     Enum.reject(settings, fn {k, _} -> List.keymember?(user, k, 0) end) ++ user
+  end
+
+  # Whether to send events from the start (see Snakepit.Telemetry.GrpcStream),
+  # and how often to sample memory.
+  defp telemetry do
+    [
+      {"SNAKEPIT_TELEMETRY_FORWARD",
+       if(Snakepit.Telemetry.GrpcStream.listening?(), do: "1", else: "0")},
+      {"SNAKEPIT_TELEMETRY_MEMORY_MS",
+       Integer.to_string(Snakepit.Defaults.telemetry_memory_interval_ms())}
+    ]
   end
 
   # In the environment, never on the (world-readable) command line.

@@ -92,6 +92,9 @@ class _Call:
         self.args = args
         self.kwargs = kwargs
         self.is_async = is_async
+        # A streaming call's start (perf_counter_ns), for its call.* events.
+        self.stream_started: int | None = None
+        self.stream_meta: dict[str, Any] = {}
 
 
 class ToolRunner:
@@ -189,22 +192,28 @@ class ToolRunner:
         so a cancel can stop it in its thread, and async work runs in a task
         of its own, which a cancel cancels.
         """
-        if call.is_async:
-            result = call.func(*call.args, **call.kwargs)
-        else:
-            loop = asyncio.get_running_loop()
-            ctx = contextvars.copy_context()
-            fn: Callable[[], Any] = functools.partial(call.func, *call.args, **call.kwargs)
-            if self.thread_checks is not None:
-                fn = self.thread_checks.wrap(call.name, call.func, fn)
-            if active is not None:
-                fn = functools.partial(active.run_in_thread, fn)
-            result = await loop.run_in_executor(self.executor, ctx.run, fn)
-        if inspect.isawaitable(result):
-            if active is not None:
-                active.task = asyncio.ensure_future(result)
-                result = active.task
-            result = await result
+        started = _tool_started(call)
+        try:
+            if call.is_async:
+                result = call.func(*call.args, **call.kwargs)
+            else:
+                loop = asyncio.get_running_loop()
+                ctx = contextvars.copy_context()
+                fn: Callable[[], Any] = functools.partial(call.func, *call.args, **call.kwargs)
+                if self.thread_checks is not None:
+                    fn = self.thread_checks.wrap(call.name, call.func, fn)
+                if active is not None:
+                    fn = functools.partial(active.run_in_thread, fn)
+                result = await loop.run_in_executor(self.executor, ctx.run, fn)
+            if inspect.isawaitable(result):
+                if active is not None:
+                    active.task = asyncio.ensure_future(result)
+                    result = active.task
+                result = await result
+        except BaseException as exc:
+            _tool_ended(call, started, exc)
+            raise
+        _tool_ended(call, started)
         return result
 
     # ------------------------------------------------------------ unary
@@ -223,7 +232,7 @@ class ToolRunner:
         self.sessions.touch(request.session_id)
         token = self._enter_context(ctx)
         tele_meta = {"tool": request.tool_name, "session_id": request.session_id}
-        telemetry.emit(("tool", "execution", "start"), {"system_time": time.time_ns()}, tele_meta)
+        telemetry.emit(("call", "start"), {"system_time": time.time_ns()}, tele_meta)
         return started, ctx, token, tele_meta
 
     def _respond(self, request: Any, result: Any, started: int, tele_meta: dict[str, Any]) -> Any:
@@ -233,7 +242,7 @@ class ToolRunner:
         except Exception as exc:  # noqa: BLE001
             return self._failure(exc, started, tele_meta, "serialization")
         duration = time.perf_counter_ns() - started
-        telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, tele_meta)
+        telemetry.emit(("call", "stop"), {"duration": duration}, tele_meta)
         return response
 
     def _end(self, active: ActiveCall | None, token: contextvars.Token[Any]) -> None:
@@ -313,9 +322,14 @@ class ToolRunner:
         fn: Callable[[], Any] = functools.partial(call.func, *call.args, **call.kwargs)
         if self.thread_checks is not None:
             fn = self.thread_checks.wrap(call.name, call.func, fn)
-        if active is not None:
-            return active.run_in_thread(fn)
-        return fn()
+        started = _tool_started(call)
+        try:
+            result = active.run_in_thread(fn) if active is not None else fn()
+        except BaseException as exc:
+            _tool_ended(call, started, exc)
+            raise
+        _tool_ended(call, started)
+        return result
 
     async def cancel(self, request_id: str, wait_s: float) -> str:
         """Cancel the call ``request_id``; see :mod:`snakepit_bridge.cancellation`."""
@@ -335,7 +349,7 @@ class ToolRunner:
     def _failure(self, exc: BaseException, started: int, meta: dict[str, Any], kind: str | None = None) -> Any:
         duration = time.perf_counter_ns() - started
         telemetry.emit(
-            ("tool", "execution", "exception"),
+            ("call", "exception"),
             {"duration": duration},
             {**meta, "error_type": type(exc).__name__},
         )
@@ -364,6 +378,9 @@ class ToolRunner:
             try:
                 active = self.calls.begin(request.request_id, request.tool_name)
                 call = self._resolve(request, ctx, ToolStream(channel))
+                call.stream_meta = {"tool": request.tool_name, "session_id": request.session_id, "stream": True}
+                telemetry.emit(("call", "start"), {"system_time": time.time_ns()}, call.stream_meta)
+                call.stream_started = time.perf_counter_ns()
             except CallCancelled as exc:
                 channel.fail(exc)
                 return None
@@ -445,30 +462,37 @@ class ToolRunner:
 
     async def _produce_async(self, call: _Call, channel: Channel) -> None:
         try:
-            result = call.func(*call.args, **call.kwargs)
-            if inspect.isawaitable(result):
-                result = await result
-            if inspect.isasyncgen(result):
-                try:
-                    async for item in result:
-                        await channel.put(item)
-                        if is_chunk_like(item) and getattr(item, "is_final", False):
-                            return
-                finally:
-                    await result.aclose()
-                channel.finish(None)
-                return
-            if inspect.isgenerator(result):
-                loop = asyncio.get_running_loop()
-                value = await loop.run_in_executor(self.executor, _drain_generator, result, channel)
-                if value is not _ALREADY_FINAL:
-                    channel.finish(value)
-                return
-            channel.finish(result)
-        except (StreamCancelled, asyncio.CancelledError):
+            await self._produce_async_items(call, channel)
+        except (StreamCancelled, asyncio.CancelledError) as exc:
+            _stream_ended(call, exc)
             return
         except Exception as exc:  # noqa: BLE001
+            _stream_ended(call, exc)
             channel.fail(exc)
+            return
+        _stream_ended(call)
+
+    async def _produce_async_items(self, call: _Call, channel: Channel) -> None:
+        result = call.func(*call.args, **call.kwargs)
+        if inspect.isawaitable(result):
+            result = await result
+        if inspect.isasyncgen(result):
+            try:
+                async for item in result:
+                    await channel.put(item)
+                    if is_chunk_like(item) and getattr(item, "is_final", False):
+                        return
+            finally:
+                await result.aclose()
+            channel.finish(None)
+            return
+        if inspect.isgenerator(result):
+            loop = asyncio.get_running_loop()
+            value = await loop.run_in_executor(self.executor, _drain_generator, result, channel)
+            if value is not _ALREADY_FINAL:
+                channel.finish(value)
+            return
+        channel.finish(result)
 
     def _produce_sync(self, call: _Call, channel: Channel) -> None:
         try:
@@ -477,23 +501,26 @@ class ToolRunner:
                 value = _drain_generator(result, channel)
                 if value is not _ALREADY_FINAL:
                     channel.finish(value)
-                return
-            if inspect.isawaitable(result) or inspect.isasyncgen(result):
+            elif inspect.isawaitable(result) or inspect.isasyncgen(result):
                 # A sync callable handed back async work: run it on the loop.
                 future = asyncio.run_coroutine_threadsafe(
                     self._produce_async(_Call(call.name, lambda: result, [], {}, is_async=True), channel),
                     channel.loop,
                 )
                 future.result()
-                return
-            channel.finish(result)
-        except StreamCancelled:
+            else:
+                channel.finish(result)
+        except StreamCancelled as exc:
+            _stream_ended(call, exc)
             return
         except Exception as exc:  # noqa: BLE001
+            _stream_ended(call, exc)
             try:
                 channel.fail(exc)
             except StreamCancelled:
                 pass
+            return
+        _stream_ended(call)
 
     def _item_chunk(self, index: int, item: Any, *, final: bool = False) -> Any:
         metadata: dict[str, str] = {}
@@ -589,3 +616,32 @@ def _has_context_property(adapter: Any) -> bool:
     from ..base_adapter import BaseAdapter
 
     return isinstance(adapter, BaseAdapter)
+
+
+def _tool_started(call: _Call) -> int:
+    """``tool.execution.start``: the tool's own run (``call.*`` spans the
+    whole request, decoding and encoding included)."""
+    telemetry.emit(("tool", "execution", "start"), {"system_time": time.time_ns()}, {"tool": call.name})
+    return time.perf_counter_ns()
+
+
+def _tool_ended(call: _Call, started: int, exc: BaseException | None = None) -> None:
+    duration = time.perf_counter_ns() - started
+    if exc is None:
+        telemetry.emit(("tool", "execution", "stop"), {"duration": duration}, {"tool": call.name})
+    else:
+        meta = {"tool": call.name, "error_type": type(exc).__name__}
+        telemetry.emit(("tool", "execution", "exception"), {"duration": duration}, meta)
+
+
+def _stream_ended(call: _Call, exc: BaseException | None = None) -> None:
+    """``call.stop`` / ``call.exception`` of a streaming call, once its
+    producer is done (an inner producer of the same call has no start)."""
+    if call.stream_started is None:
+        return
+    duration = time.perf_counter_ns() - call.stream_started
+    if exc is None:
+        telemetry.emit(("call", "stop"), {"duration": duration}, call.stream_meta)
+    else:
+        meta = {**call.stream_meta, "error_type": type(exc).__name__}
+        telemetry.emit(("call", "exception"), {"duration": duration}, meta)

@@ -69,6 +69,7 @@ ERROR_PREFIX = "SNAKEPIT_STARTUP_ERROR"
 DEFAULT_ADAPTER = "snakepit_bridge.adapters.showcase.ShowcaseAdapter"
 SHUTDOWN_GRACE_S = 2.0
 CLEANUP_TIMEOUT_S = 2.5
+TELEMETRY_SETTLE_S = 2.0
 REGISTER_TIMEOUT_S = 5.0
 UNIX_PATH_MAX = 107
 
@@ -408,6 +409,9 @@ class Worker:
         bridge = self.bridge
         self._telemetry_stream = TelemetryStream(bridge.aio_stub, self.worker_id)
         self._telemetry_stream.start()
+        # Ready only once it knows whether Elixir listens (one round trip).
+        if not await self._telemetry_stream.wait_settled(TELEMETRY_SETTLE_S):
+            log.debug("no telemetry control from Elixir within %.1fs; going on", TELEMETRY_SETTLE_S)
 
     async def cleanup_adapter(self) -> None:
         if self._cleaned_up:

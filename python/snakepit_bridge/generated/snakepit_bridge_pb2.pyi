@@ -307,30 +307,46 @@ class ExecuteElixirToolRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., args_json: _Optional[bytes] = ..., binary_parameters: _Optional[_Mapping[str, bytes]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class TelemetryEvent(_message.Message):
-    __slots__ = ("event_parts", "measurements_json", "metadata_json", "timestamp_ns", "correlation_id", "worker_id")
+    __slots__ = ("event_parts", "measurements_json", "metadata_json", "timestamp_ns", "correlation_id", "worker_id", "name", "dropped", "control_ack")
     EVENT_PARTS_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_NS_FIELD_NUMBER: _ClassVar[int]
     CORRELATION_ID_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DROPPED_FIELD_NUMBER: _ClassVar[int]
+    CONTROL_ACK_FIELD_NUMBER: _ClassVar[int]
     event_parts: _containers.RepeatedScalarFieldContainer[str]
     measurements_json: bytes
     metadata_json: bytes
     timestamp_ns: int
     correlation_id: str
     worker_id: str
-    def __init__(self, event_parts: _Optional[_Iterable[str]] = ..., measurements_json: _Optional[bytes] = ..., metadata_json: _Optional[bytes] = ..., timestamp_ns: _Optional[int] = ..., correlation_id: _Optional[str] = ..., worker_id: _Optional[str] = ...) -> None: ...
+    name: str
+    dropped: int
+    control_ack: int
+    def __init__(self, event_parts: _Optional[_Iterable[str]] = ..., measurements_json: _Optional[bytes] = ..., metadata_json: _Optional[bytes] = ..., timestamp_ns: _Optional[int] = ..., correlation_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., name: _Optional[str] = ..., dropped: _Optional[int] = ..., control_ack: _Optional[int] = ...) -> None: ...
 
 class TelemetryControl(_message.Message):
-    __slots__ = ("toggle", "sampling", "filter")
+    __slots__ = ("toggle", "sampling", "filter", "forwarding", "seq")
     TOGGLE_FIELD_NUMBER: _ClassVar[int]
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     FILTER_FIELD_NUMBER: _ClassVar[int]
+    FORWARDING_FIELD_NUMBER: _ClassVar[int]
+    SEQ_FIELD_NUMBER: _ClassVar[int]
     toggle: TelemetryToggle
     sampling: TelemetrySamplingUpdate
     filter: TelemetryEventFilter
-    def __init__(self, toggle: _Optional[_Union[TelemetryToggle, _Mapping]] = ..., sampling: _Optional[_Union[TelemetrySamplingUpdate, _Mapping]] = ..., filter: _Optional[_Union[TelemetryEventFilter, _Mapping]] = ...) -> None: ...
+    forwarding: TelemetryForwarding
+    seq: int
+    def __init__(self, toggle: _Optional[_Union[TelemetryToggle, _Mapping]] = ..., sampling: _Optional[_Union[TelemetrySamplingUpdate, _Mapping]] = ..., filter: _Optional[_Union[TelemetryEventFilter, _Mapping]] = ..., forwarding: _Optional[_Union[TelemetryForwarding, _Mapping]] = ..., seq: _Optional[int] = ...) -> None: ...
+
+class TelemetryForwarding(_message.Message):
+    __slots__ = ("active",)
+    ACTIVE_FIELD_NUMBER: _ClassVar[int]
+    active: bool
+    def __init__(self, active: _Optional[bool] = ...) -> None: ...
 
 class TelemetryToggle(_message.Message):
     __slots__ = ("enabled",)

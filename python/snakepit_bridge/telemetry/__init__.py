@@ -13,11 +13,15 @@ Event names are dotted; on the wire they travel as parts (``"model.inference"``
 ``name.start`` (measurement ``system_time``), then ``name.stop`` or
 ``name.exception`` (measurement ``duration``, nanoseconds).
 
-Events are queued in a bounded buffer (oldest dropped when full) and sent over
-ElixirBridge.StreamTelemetry when the worker has an Elixir address; otherwise
-they only reach local handlers (:func:`add_handler`). Elixir can switch
-telemetry off, change the sampling rate, or filter events at runtime.
-``emit`` never raises and is cheap when telemetry is disabled.
+Events are queued in a bounded buffer (oldest dropped when full, and
+counted) and sent over ElixirBridge.StreamTelemetry while Elixir says someone
+listens there; local handlers (:func:`add_handler`) get them either way. In
+Elixir a user's ``emit("model.inference", ...)`` arrives as
+``[:snakepit, :python, :event]`` with ``metadata.name == "model.inference"``,
+and ``span("x")`` as ``[:snakepit, :python, :span, :start | :stop |
+:exception]`` with ``name`` ``"x"``. Elixir can switch telemetry off, change
+the sampling rate, or filter events at runtime. ``emit`` never raises, and
+costs a few attribute reads when nobody listens.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import asyncio
 import collections
 import fnmatch
 import logging
+import os
 import random
 import threading
 import time
@@ -54,7 +59,7 @@ DEFAULT_QUEUE_SIZE = 1024
 class TelemetryEventRecord:
     """One event, as queued (and handed to local handlers)."""
 
-    __slots__ = ("parts", "measurements", "metadata", "timestamp_ns", "correlation_id")
+    __slots__ = ("parts", "measurements", "metadata", "timestamp_ns", "correlation_id", "kind", "control_ack")
 
     def __init__(
         self,
@@ -63,12 +68,18 @@ class TelemetryEventRecord:
         metadata: dict[str, Any],
         timestamp_ns: int,
         correlation_id: str,
+        kind: str = "event",
+        control_ack: int = 0,
     ):
         self.parts = parts
         self.measurements = measurements
         self.metadata = metadata
         self.timestamp_ns = timestamp_ns
         self.correlation_id = correlation_id
+        # "event" (emit) or "span" (span(): the last part is the phase).
+        self.kind = kind
+        # Not an event: the answer to the control message with this seq.
+        self.control_ack = control_ack
 
     @property
     def name(self) -> str:
@@ -100,7 +111,11 @@ class TelemetryHub:
         self.allow: list[str] = []
         self.deny: list[str] = []
         self.dropped = 0
+        # Elixir says whether anyone listens there; until then, the
+        # environment the worker was started with.
+        self.forwarding = os.environ.get("SNAKEPIT_TELEMETRY_FORWARD", "1") != "0"
         self._buffer: collections.deque[TelemetryEventRecord] = collections.deque(maxlen=maxlen)
+        self._reported = 0
         self._handlers: list[Handler] = []
         self._control_listeners: list[Callable[[Any], None]] = []
         self._lock = threading.Lock()
@@ -108,6 +123,8 @@ class TelemetryHub:
         self._wakeup: asyncio.Event | None = None
         self._wakeup_pending = False
         self._buffering = False
+        # _buffering and forwarding: events go to Elixir.
+        self._sending = False
 
     # ------------------------------------------------------------ controls
 
@@ -140,6 +157,9 @@ class TelemetryHub:
         elif which == "filter":
             self.allow = list(control.filter.allow)
             self.deny = list(control.filter.deny)
+        elif which == "forwarding":
+            self.forwarding = bool(control.forwarding.active)
+            self._sending = self._buffering and self.forwarding
         for listener in list(self._control_listeners):
             try:
                 listener(control)
@@ -166,6 +186,9 @@ class TelemetryHub:
             self.allow = []
             self.deny = []
             self.dropped = 0
+            self._reported = 0
+            self.forwarding = True
+            self._sending = self._buffering
             self._buffer.clear()
             self._handlers.clear()
             self._control_listeners.clear()
@@ -178,10 +201,11 @@ class TelemetryHub:
         measurements: Mapping[str, Any] | None = None,
         metadata: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
+        kind: str = "event",
     ) -> None:
-        # The usual case in a worker: nobody listens (no handler, and the
-        # bridge's stream is off), so build nothing.
-        if not self._handlers and not self._buffering:
+        # The usual case in a worker: nobody listens (no handler, and Elixir
+        # has no handler either), so build nothing.
+        if not self._handlers and not self._sending:
             return
         try:
             parts = _parts(event)
@@ -196,21 +220,30 @@ class TelemetryHub:
             if correlation_id is None:
                 correlation_id = _current_correlation_id()
             record = TelemetryEventRecord(
-                parts, dict(measurements or {}), meta, time.time_ns(), correlation_id or ""
+                parts, dict(measurements or {}), meta, time.time_ns(), correlation_id or "", kind
             )
             for handler in list(self._handlers):
                 try:
                     handler(record)
                 except Exception:  # noqa: BLE001 - a bad handler must not break tools
                     log.debug("telemetry handler failed", exc_info=True)
-            if self._buffering:
-                with self._lock:
-                    if len(self._buffer) == self._buffer.maxlen:
-                        self.dropped += 1
-                    self._buffer.append(record)
-                self._wake()
+            if self._sending:
+                self._enqueue(record)
         except Exception:  # noqa: BLE001 - emit never raises
             log.debug("telemetry emit failed", exc_info=True)
+
+    def _enqueue(self, record: TelemetryEventRecord) -> None:
+        with self._lock:
+            if len(self._buffer) == self._buffer.maxlen:
+                self.dropped += 1
+            self._buffer.append(record)
+        self._wake()
+
+    def ack_control(self, seq: int) -> None:
+        """Tell Elixir the control message ``seq`` is applied (sent even
+        while events are not)."""
+        if seq and self._buffering:
+            self._enqueue(TelemetryEventRecord([], {}, {}, time.time_ns(), "", control_ack=seq))
 
     def _wake(self) -> None:
         loop, wakeup = self._loop, self._wakeup
@@ -229,9 +262,11 @@ class TelemetryHub:
         self._loop = loop
         self._wakeup = asyncio.Event()
         self._buffering = True
+        self._sending = self.forwarding
 
     def stop_buffering(self) -> None:
         self._buffering = False
+        self._sending = False
         self._loop = None
         self._wakeup = None
         with self._lock:
@@ -242,6 +277,12 @@ class TelemetryHub:
             items = list(self._buffer)
             self._buffer.clear()
         return items
+
+    def take_dropped(self) -> int:
+        """Events dropped since the last call (reported to Elixir)."""
+        with self._lock:
+            dropped, self._reported = self.dropped - self._reported, self.dropped
+        return dropped
 
     async def wait_for_events(self) -> None:
         wakeup = self._wakeup
@@ -309,7 +350,7 @@ def span(
     meta = dict(metadata or {})
     extra: dict[str, Any] = {}
     start = time.perf_counter_ns()
-    hub.emit(parts + ["start"], {"system_time": time.time_ns()}, meta, correlation_id)
+    hub.emit(parts + ["start"], {"system_time": time.time_ns()}, meta, correlation_id, "span")
     try:
         yield extra
     except BaseException as exc:
@@ -319,10 +360,11 @@ def span(
             {"duration": duration},
             {**meta, **extra, "error_type": type(exc).__name__, "error_message": str(exc)[:500]},
             correlation_id,
+            "span",
         )
         raise
     duration = time.perf_counter_ns() - start
-    hub.emit(parts + ["stop"], {"duration": duration}, {**meta, **extra}, correlation_id)
+    hub.emit(parts + ["stop"], {"duration": duration}, {**meta, **extra}, correlation_id, "span")
 
 
 def add_handler(handler: Handler) -> Handler:

@@ -24,10 +24,15 @@
 //! metadata}`; a parameter `%{name, type, required, description}` plus
 //! `default` when the tool declares one. Replies are documented on
 //! `decode_reply`.
+//!
+//! `StreamTelemetry` is not a call: it opens a stream of the worker's events
+//! (see `telemetry.rs`), announced to the dispatcher as
+//! `{:snakepit_telemetry_open, stream, worker_id}`.
 
 mod call;
 mod replies;
 mod service;
+mod telemetry;
 mod terms;
 
 use std::sync::Mutex;

@@ -13,11 +13,11 @@ use super::super::pb::{
     CleanupSessionRequest, CleanupSessionResponse, ExecuteElixirToolRequest, ExecuteToolResponse,
     GetExposedElixirToolsRequest, GetExposedElixirToolsResponse, GetSessionRequest,
     GetSessionResponse, HeartbeatRequest, HeartbeatResponse, InitializeSessionRequest,
-    InitializeSessionResponse, RegisterToolsRequest, RegisterToolsResponse, TelemetryControl,
-    TelemetryEvent,
+    InitializeSessionResponse, RegisterToolsRequest, RegisterToolsResponse, TelemetryEvent,
 };
 use super::call::{guarded, Bridge, FromReply, RequestBuilder, Rpc};
 use super::replies::tool_error;
+use super::telemetry;
 use super::terms::{binary_map, map, request_worker, spec_term, worker_header};
 use crate::{atoms, json};
 
@@ -221,16 +221,13 @@ impl ElixirBridge for Bridge {
         .await
     }
 
-    type StreamTelemetryStream = futures::stream::Empty<Result<TelemetryControl, Status>>;
+    type StreamTelemetryStream = telemetry::ControlStream;
 
-    /// Telemetry from workers is not folded into the BEAM yet; the worker
-    /// keeps its events local when it sees `unimplemented`.
     async fn stream_telemetry(
         &self,
-        _request: Request<tonic::Streaming<TelemetryEvent>>,
+        request: Request<tonic::Streaming<TelemetryEvent>>,
     ) -> Result<Response<Self::StreamTelemetryStream>, Status> {
-        Err(Status::unimplemented(
-            "the Elixir bridge does not collect worker telemetry",
-        ))
+        let worker = worker_header(&request);
+        telemetry::open(self, worker, request.into_inner()).map(Response::new)
     }
 }
