@@ -8,7 +8,14 @@ defmodule Snakepit.Telemetry do
   `detach/1`, handlers called as `fun.(event, measurements, metadata, config)`.
   A handler that raises is detached, as `:telemetry` does.
 
-  The events Snakepit emits are listed by `events/0`.
+  The events Snakepit emits are listed by `events/0` and its groups
+  (`pool_events/0`, `python_events/0`, ...). Python workers' events are
+  folded in by `Snakepit.Telemetry.GrpcStream`; names and keys from Python go
+  through `Snakepit.Telemetry.Naming` and `Snakepit.Telemetry.SafeMetadata`,
+  so they never create atoms. `Snakepit.Telemetry.Span` wraps your own work
+  in span events; `Snakepit.TelemetryMetrics` and
+  `Snakepit.Telemetry.OpenTelemetry` connect to the optional libraries.
+  See `docs/telemetry.md`.
   """
 
   require Logger
@@ -120,6 +127,43 @@ defmodule Snakepit.Telemetry do
     @doc doc
     @spec unquote(name)() :: [[atom()]]
     def unquote(name)(), do: unquote(events)
+  end
+
+  @doc """
+  Attaches the default handler (each event logged at debug level, see
+  `log_event/4`) to every event. Idempotent. Note that it listens to the
+  Python events too, so workers start sending them.
+  """
+  @spec attach_handlers() :: :ok
+  def attach_handlers, do: attach_default(:all, events())
+
+  @doc "Attaches the default handler to `heartbeat_events/0`."
+  @spec attach_heartbeat_handlers() :: :ok
+  def attach_heartbeat_handlers, do: attach_default(:heartbeat, @heartbeat_events)
+
+  @doc "Attaches the default handler to `program_events/0` (there are none today)."
+  @spec attach_program_handlers() :: :ok
+  def attach_program_handlers, do: attach_default(:program, @program_events)
+
+  @doc "Attaches the default handler to `session_events/0`."
+  @spec attach_session_handlers() :: :ok
+  def attach_session_handlers, do: attach_default(:session, @session_events)
+
+  defp attach_default(_group, []), do: :ok
+
+  defp attach_default(group, events) do
+    case attach_many({__MODULE__, :default, group}, events, &__MODULE__.log_event/4, nil) do
+      :ok -> :ok
+      {:error, :already_exists} -> :ok
+    end
+  end
+
+  @doc false
+  # The default handler.
+  def log_event(event, measurements, metadata, _config) do
+    Logger.debug(fn ->
+      "[telemetry] #{Enum.map_join(event, ".", &Atom.to_string/1)} #{inspect(measurements)} #{inspect(metadata)}"
+    end)
   end
 
   @doc false

@@ -222,7 +222,7 @@ defmodule Snakepit.Pool.Call do
   # budget, and the command and arguments checked: before anything is leased.
   defp prepare(call_type, command, args, opts) do
     with {:ok, opts} <- CallOptions.normalize(opts),
-         {:ok, opts} <- Correlation.ensure(opts),
+         {:ok, opts} <- Correlation.ensure_option(opts),
          total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
          :ok <- validate_call(command, args, total),
          do: {:ok, opts, total}

@@ -2,7 +2,7 @@ defmodule Snakepit.Telemetry.Correlation do
   @moduledoc """
   Correlation ids: every call carries one, so its events on both sides can
   be put together. The caller gives it (`correlation_id:` option, a string)
-  or one is made (`new/0`). It is in the metadata of the call's Elixir
+  or one is made (`new_id/0`). It is in the metadata of the call's Elixir
   events (`[:snakepit, :request, :executed]`, `[:snakepit, :grpc_worker,
   ...]`), reaches the worker in the request's metadata (Python:
   `SessionContext.correlation_id`, and the metadata of the worker's own
@@ -11,17 +11,29 @@ defmodule Snakepit.Telemetry.Correlation do
   """
 
   @doc "A new correlation id: 32 lowercase hex digits."
-  @spec new() :: String.t()
-  def new, do: Base.encode16(:crypto.strong_rand_bytes(16), case: :lower)
+  @spec new_id() :: String.t()
+  def new_id, do: Base.encode16(:crypto.strong_rand_bytes(16), case: :lower)
 
   @doc """
-  `opts` with a `:correlation_id` (the given one, or a new one), or a
+  `id` when it is a non-empty string, else a new one.
+
+      iex> Snakepit.Telemetry.Correlation.ensure("abc")
+      "abc"
+      iex> byte_size(Snakepit.Telemetry.Correlation.ensure(nil))
+      32
+  """
+  @spec ensure(String.t() | nil) :: String.t()
+  def ensure(id) when is_binary(id) and id != "", do: id
+  def ensure(_id), do: new_id()
+
+  @doc """
+  Call options with a `:correlation_id` (the given one, or a new one), or a
   `:validation` error for one that is not a non-empty string.
   """
-  @spec ensure(keyword()) :: {:ok, keyword()} | {:error, Snakepit.Error.t()}
-  def ensure(opts) do
+  @spec ensure_option(keyword()) :: {:ok, keyword()} | {:error, Snakepit.Error.t()}
+  def ensure_option(opts) do
     case Keyword.fetch(opts, :correlation_id) do
-      :error -> {:ok, Keyword.put(opts, :correlation_id, new())}
+      :error -> {:ok, Keyword.put(opts, :correlation_id, new_id())}
       {:ok, id} when is_binary(id) and id != "" -> {:ok, opts}
       {:ok, other} -> invalid("correlation_id must be a non-empty string, got: #{inspect(other)}")
     end

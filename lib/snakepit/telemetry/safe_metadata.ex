@@ -28,7 +28,7 @@ defmodule Snakepit.Telemetry.SafeMetadata do
   `metadata` with allowed keys as atoms and unsafe values dropped.
 
       iex> Snakepit.Telemetry.SafeMetadata.sanitize(%{"node" => "test@host", "unknown" => "value"})
-      {:ok, %{node: "test@host", "unknown" => "value"}}
+      {:ok, %{"unknown" => "value", node: "test@host"}}
   """
   @spec sanitize(map()) :: {:ok, map()} | {:error, :not_a_map}
   def sanitize(metadata) when is_map(metadata), do: {:ok, clean_map(metadata, 1)}
