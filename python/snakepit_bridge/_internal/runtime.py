@@ -45,6 +45,7 @@ from ..errors import (
 from ..generated import snakepit_bridge_pb2 as pb
 from ..session_context import SessionContext, _current
 from ..streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
+from ..telemetry import otel
 from ..tools import ToolInfo, discover_tools
 from . import elixir_bridge, thread_checks
 from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
@@ -83,6 +84,10 @@ def _str_metadata(metadata: Any) -> dict[str, str]:
     return out
 
 
+# The session context's token and the call's span (see telemetry.otel).
+_CallToken = tuple[contextvars.Token[Any], Any]
+
+
 class _Call:
     """A resolved call: the callable plus how it must be run."""
 
@@ -95,6 +100,7 @@ class _Call:
         # A streaming call's start (perf_counter_ns), for its call.* events.
         self.stream_started: int | None = None
         self.stream_meta: dict[str, Any] = {}
+        self.span: Any = None
 
 
 class ToolRunner:
@@ -226,11 +232,11 @@ class ToolRunner:
         info = self.tools.get(tool_name)
         return info is None or not info.is_coroutine
 
-    def _begin(self, request: Any) -> tuple[int, SessionContext, contextvars.Token[Any], dict[str, Any]]:
+    def _begin(self, request: Any) -> tuple[int, SessionContext, _CallToken, dict[str, Any]]:
         started = time.perf_counter_ns()
         ctx = self._context(request)
         self.sessions.touch(request.session_id)
-        token = self._enter_context(ctx)
+        token = (self._enter_context(ctx), self._start_span(request))
         tele_meta = {"tool": request.tool_name, "session_id": request.session_id}
         telemetry.emit(("call", "start"), {"system_time": time.time_ns()}, tele_meta)
         return started, ctx, token, tele_meta
@@ -245,12 +251,19 @@ class ToolRunner:
         telemetry.emit(("call", "stop"), {"duration": duration}, tele_meta)
         return response
 
-    def _end(self, active: ActiveCall | None, token: contextvars.Token[Any]) -> None:
+    def _end(self, active: ActiveCall | None, token: _CallToken) -> None:
         # Sync tools end their call in their own thread; a call that never
         # reached a thread (bad arguments, an async tool) ends here.
         if active is not None and (active.task is not None or active.thread_id is None):
             self.calls.end(active, FINISHED)
-        _current.reset(token)
+        context_token, span = token
+        otel.end_call(span)
+        _current.reset(context_token)
+
+    def _start_span(self, request: Any) -> otel.Handle:
+        if not otel.available():
+            return None
+        return otel.start_call(request.tool_name, request.metadata, request.session_id, telemetry.hub.worker_id)
 
     async def execute(self, request: Any) -> Any:
         started, ctx, token, tele_meta = self._begin(request)
@@ -348,6 +361,7 @@ class ToolRunner:
 
     def _failure(self, exc: BaseException, started: int, meta: dict[str, Any], kind: str | None = None) -> Any:
         duration = time.perf_counter_ns() - started
+        otel.fail_current(exc)
         telemetry.emit(
             ("call", "exception"),
             {"duration": duration},
@@ -381,6 +395,8 @@ class ToolRunner:
                 call.stream_meta = {"tool": request.tool_name, "session_id": request.session_id, "stream": True}
                 telemetry.emit(("call", "start"), {"system_time": time.time_ns()}, call.stream_meta)
                 call.stream_started = time.perf_counter_ns()
+                # Current while the producer starts (it copies this context).
+                call.span = self._start_span(request)
             except CallCancelled as exc:
                 channel.fail(exc)
                 return None
@@ -389,7 +405,10 @@ class ToolRunner:
                     self.calls.end(active, FINISHED)
                 channel.fail(exc)
                 return None
-            return active, self._start_producer(call, channel, active)
+            try:
+                return active, self._start_producer(call, channel, active)
+            finally:
+                otel.detach(call.span)
         finally:
             _current.reset(token)
 
@@ -639,6 +658,9 @@ def _stream_ended(call: _Call, exc: BaseException | None = None) -> None:
     producer is done (an inner producer of the same call has no start)."""
     if call.stream_started is None:
         return
+    if exc is not None and not isinstance(exc, (StreamCancelled, asyncio.CancelledError)):
+        otel.fail_call(call.span, exc)
+    otel.end_call(call.span, attached=False)
     duration = time.perf_counter_ns() - call.stream_started
     if exc is None:
         telemetry.emit(("call", "stop"), {"duration": duration}, call.stream_meta)
