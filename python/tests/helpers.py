@@ -185,7 +185,8 @@ class FakeElixirBridge(pb_grpc.ElixirBridgeServicer):
 
         async def read_events() -> None:
             async for event in request_iterator:
-                self.telemetry.append(event)
+                # Events travel in envelopes (TelemetryEvent.batch).
+                self.telemetry.extend(event.batch or [event])
                 self.telemetry_event.set()
 
         reader = asyncio.ensure_future(read_events())

@@ -307,7 +307,7 @@ class ExecuteElixirToolRequest(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., tool_name: _Optional[str] = ..., args_json: _Optional[bytes] = ..., binary_parameters: _Optional[_Mapping[str, bytes]] = ..., metadata: _Optional[_Mapping[str, str]] = ..., timeout_ms: _Optional[int] = ...) -> None: ...
 
 class TelemetryEvent(_message.Message):
-    __slots__ = ("event_parts", "measurements_json", "metadata_json", "timestamp_ns", "correlation_id", "worker_id", "name", "dropped", "control_ack")
+    __slots__ = ("event_parts", "measurements_json", "metadata_json", "timestamp_ns", "correlation_id", "worker_id", "name", "dropped", "control_ack", "batch")
     EVENT_PARTS_FIELD_NUMBER: _ClassVar[int]
     MEASUREMENTS_JSON_FIELD_NUMBER: _ClassVar[int]
     METADATA_JSON_FIELD_NUMBER: _ClassVar[int]
@@ -317,6 +317,7 @@ class TelemetryEvent(_message.Message):
     NAME_FIELD_NUMBER: _ClassVar[int]
     DROPPED_FIELD_NUMBER: _ClassVar[int]
     CONTROL_ACK_FIELD_NUMBER: _ClassVar[int]
+    BATCH_FIELD_NUMBER: _ClassVar[int]
     event_parts: _containers.RepeatedScalarFieldContainer[str]
     measurements_json: bytes
     metadata_json: bytes
@@ -326,7 +327,8 @@ class TelemetryEvent(_message.Message):
     name: str
     dropped: int
     control_ack: int
-    def __init__(self, event_parts: _Optional[_Iterable[str]] = ..., measurements_json: _Optional[bytes] = ..., metadata_json: _Optional[bytes] = ..., timestamp_ns: _Optional[int] = ..., correlation_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., name: _Optional[str] = ..., dropped: _Optional[int] = ..., control_ack: _Optional[int] = ...) -> None: ...
+    batch: _containers.RepeatedCompositeFieldContainer[TelemetryEvent]
+    def __init__(self, event_parts: _Optional[_Iterable[str]] = ..., measurements_json: _Optional[bytes] = ..., metadata_json: _Optional[bytes] = ..., timestamp_ns: _Optional[int] = ..., correlation_id: _Optional[str] = ..., worker_id: _Optional[str] = ..., name: _Optional[str] = ..., dropped: _Optional[int] = ..., control_ack: _Optional[int] = ..., batch: _Optional[_Iterable[_Union[TelemetryEvent, _Mapping]]] = ...) -> None: ...
 
 class TelemetryControl(_message.Message):
     __slots__ = ("toggle", "sampling", "filter", "forwarding", "seq")

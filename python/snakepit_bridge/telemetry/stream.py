@@ -43,6 +43,10 @@ WORKER_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 
 _MAX_BACKOFF_S = 30.0
+# After a wake-up the sender waits this long before draining, so the events
+# of many calls leave in one message (one send and one wake-up in Elixir
+# instead of one per event). A period, not a wait for a condition.
+COALESCE_S = 0.002
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
@@ -143,9 +147,10 @@ class TelemetryStream:
         (and complain when the loop closes).
         """
         while not finished.is_set():
-            for record in self.hub.drain():
-                self.sent += 1
-                yield self._to_proto(record)
+            records = self.hub.drain()
+            if records:
+                self.sent += len(records)
+                yield pb.TelemetryEvent(batch=[self._to_proto(r) for r in records])
             more = asyncio.ensure_future(self.hub.wait_for_events())
             done = asyncio.ensure_future(finished.wait())
             try:
@@ -153,6 +158,8 @@ class TelemetryStream:
             finally:
                 more.cancel()
                 done.cancel()
+            if not finished.is_set():
+                await asyncio.sleep(COALESCE_S)
 
     async def _run(self) -> None:
         backoff = 0.5

@@ -68,6 +68,20 @@ struct Inbox {
     ended: bool,
 }
 
+impl Inbox {
+    fn take(&mut self, event: TelemetryEvent) {
+        self.dropped += event.dropped;
+        if event.control_ack != 0 {
+            // Acks are tiny and rare, and a caller waits on them: never dropped.
+            self.pending.push_back(Entry::Ack(event.control_ack));
+        } else if self.pending.len() >= QUEUE_CAP {
+            self.dropped += 1;
+        } else {
+            self.pending.push_back(Entry::Event(event));
+        }
+    }
+}
+
 /// One worker's telemetry stream, held by Elixir and by its two tasks.
 pub struct TelemetryStream {
     control: mpsc::Sender<TelemetryControl>,
@@ -88,16 +102,14 @@ impl TelemetryStream {
         out
     }
 
-    fn push(&self, event: TelemetryEvent) {
+    fn push(&self, mut message: TelemetryEvent) {
+        let batch = std::mem::take(&mut message.batch);
         self.with_inbox(|inbox| {
-            inbox.dropped += event.dropped;
-            if event.control_ack != 0 {
-                // Acks are tiny and rare, and a caller waits on them: never dropped.
-                inbox.pending.push_back(Entry::Ack(event.control_ack));
-            } else if inbox.pending.len() >= QUEUE_CAP {
-                inbox.dropped += 1;
+            if batch.is_empty() {
+                inbox.take(message);
             } else {
-                inbox.pending.push_back(Entry::Event(event));
+                // An envelope carries only its batch (one level deep).
+                batch.into_iter().for_each(|event| inbox.take(event));
             }
         })
     }
