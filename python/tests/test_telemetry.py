@@ -158,3 +158,21 @@ def test_log_records_of_a_call_name_its_correlation_id(capsys):
         logger.removeHandler(handler)
     lines = capsys.readouterr().err.splitlines()
     assert lines == ["outside", "inside [correlation_id=order-42]"]
+
+
+def test_filters_match_the_elixir_names_of_spans_and_user_events():
+    hub = telemetry.TelemetryHub()
+    seen: list = []
+    hub.add_handler(seen.append)
+    hub.allow = ["python.span.*"]
+    hub.emit(("work", "start"), kind="span")
+    hub.emit("model.inference")
+    hub.emit(("call", "start"))
+    assert [r.name for r in seen] == ["work.start"]
+    # The user's own name still matches, and "event" names every user event.
+    hub.allow = ["python.model.*", "python.call.*"]
+    hub.emit("model.inference")
+    hub.emit(("call", "stop"))
+    hub.allow, hub.deny = [], ["python.event"]
+    hub.emit("other.thing")
+    assert [r.name for r in seen] == ["work.start", "model.inference", "call.stop"]

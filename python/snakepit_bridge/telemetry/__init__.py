@@ -49,10 +49,33 @@ __all__ = [
     "set_enabled",
     "new_correlation_id",
     "TelemetryEventRecord",
+    "WORKER_EVENTS",
+    "elixir_name",
     "hub",
 ]
 
 Handler = Callable[["TelemetryEventRecord"], None]
+
+# event parts -> measurement keys
+WORKER_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {
+    ("call", "start"): ("system_time",),
+    ("call", "stop"): ("duration",),
+    ("call", "exception"): ("duration",),
+    ("memory", "sampled"): ("rss_bytes", "heap_bytes", "allocated_blocks"),
+    ("tool", "execution", "start"): ("system_time",),
+    ("tool", "execution", "stop"): ("duration",),
+    ("tool", "execution", "exception"): ("duration",),
+}
+
+
+def elixir_name(parts: Sequence[str], kind: str) -> str:
+    """The dotted name an event has in Elixir after ``python.``: a worker
+    event's own, ``span.<phase>`` for spans, ``event`` for the rest."""
+    if kind == "span":
+        return "span." + parts[-1]
+    if tuple(parts) in WORKER_EVENTS:
+        return ".".join(parts)
+    return "event"
 DEFAULT_QUEUE_SIZE = 1024
 
 
@@ -128,19 +151,23 @@ class TelemetryHub:
 
     # ------------------------------------------------------------ controls
 
-    def _matches(self, name: str, patterns: Sequence[str]) -> bool:
-        full = "python." + name
-        return any(fnmatch.fnmatchcase(full, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+    def _matches(self, names: Sequence[str], patterns: Sequence[str]) -> bool:
+        """Patterns match an event's own name or its Elixir name, with or
+        without the ``python.`` prefix."""
+        return any(
+            fnmatch.fnmatchcase(n, p) or fnmatch.fnmatchcase("python." + n, p) for n in names for p in patterns
+        )
 
-    def admits(self, name: str) -> bool:
+    def admits(self, name: str, elixir: str | None = None) -> bool:
         if not self.enabled:
             return False
-        if self.allow and not self._matches(name, self.allow):
+        names = (name,) if elixir is None or elixir == name else (name, elixir)
+        if self.allow and not self._matches(names, self.allow):
             return False
-        if self.deny and self._matches(name, self.deny):
+        if self.deny and self._matches(names, self.deny):
             return False
         if self.sampling_rate < 1.0:
-            if not self.sampling_patterns or self._matches(name, self.sampling_patterns):
+            if not self.sampling_patterns or self._matches(names, self.sampling_patterns):
                 if random.random() >= self.sampling_rate:
                     return False
         return True
@@ -212,7 +239,7 @@ class TelemetryHub:
             if not parts:
                 return
             name = ".".join(parts)
-            if not self.admits(name):
+            if not self.admits(name, elixir_name(parts, kind)):
                 return
             meta = dict(metadata or {})
             if self.worker_id and "worker_id" not in meta:

@@ -24,23 +24,12 @@ import grpc
 from .. import serialization
 from .._internal import auth
 from ..generated import snakepit_bridge_pb2 as pb
-from . import TelemetryHub
+from . import WORKER_EVENTS, TelemetryHub
 from . import hub as default_hub
 
 log = logging.getLogger("snakepit_bridge.telemetry")
 
 __all__ = ["TelemetryStream", "WORKER_EVENTS"]
-
-# event parts -> measurement keys
-WORKER_EVENTS: dict[tuple[str, ...], tuple[str, ...]] = {
-    ("call", "start"): ("system_time",),
-    ("call", "stop"): ("duration",),
-    ("call", "exception"): ("duration",),
-    ("memory", "sampled"): ("rss_bytes", "heap_bytes", "allocated_blocks"),
-    ("tool", "execution", "start"): ("system_time",),
-    ("tool", "execution", "stop"): ("duration",),
-    ("tool", "execution", "exception"): ("duration",),
-}
 
 _MAX_BACKOFF_S = 30.0
 # After a wake-up the sender waits this long before draining, so the events
