@@ -337,8 +337,11 @@ defmodule Snakepit.GRPC.BridgeServerTest do
       assert {:error, :not_found} = ToolRegistry.get_tool(s, "own")
     end
 
-    test "heartbeat answers; telemetry is declined as unimplemented", %{address: a} do
-      assert [%{"ok" => true, "status" => "ok"}, %{"code" => "UNIMPLEMENTED"}] =
+    test "heartbeat answers; a telemetry stream is told at once whether to send", %{address: a} do
+      # Nobody here listens to Python events, so forwarding is off.
+      refute Snakepit.Telemetry.has_handlers?([:snakepit, :python])
+
+      assert [%{"ok" => true, "status" => "ok"}, %{"forwarding" => %{"active" => false}}] =
                probe(a, [%{rpc: "heartbeat"}, %{rpc: "telemetry"}])
     end
 
