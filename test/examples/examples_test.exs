@@ -15,7 +15,7 @@ defmodule Snakepit.ExamplesTest do
   @expected %{
     "quickstart" => ["ping", ~s("result" => 42), "session worker pids", "chunk"],
     "grpc_basic" => [
-      ~s(%{"status" => "pong"),
+      ~s("status" => "pong"),
       ~s("result" => 42),
       "{:timeout,",
       "Snakepit.Error.ValueError"
