@@ -9,6 +9,9 @@ defmodule Snakepit.PythonPackages do
         Snakepit.PythonPackages.lock_metadata(["numpy~=1.26"])
       Snakepit.PythonPackages.ensure!({:file, "requirements.txt"}, upgrade: true)
 
+  The interpreter needs `packaging` or pip (whose copy of it is used);
+  `mix snakepit.setup` makes environments with pip in them.
+
   Requirements are PEP 508 strings (`"name[extra]>=1.2,<2; python_version >= '3.9'"`).
   `check_installed/2` evaluates them in the interpreter itself, with
   `packaging`'s PEP 440 rules (specifiers, pre-releases, environment
@@ -30,7 +33,7 @@ defmodule Snakepit.PythonPackages do
         requirements: ["numpy~=1.26"]      # what `mix snakepit.setup` installs
 
   Options of every function: `:python` (interpreter path), `:installer`,
-  `:env`, `:timeout`; `ensure!/2` and `install!/2` also `:upgrade` and
+  `:uv` (the uv executable), `:env`, `:timeout`; `ensure!/2` and `install!/2` also `:upgrade` and
   `:quiet`. Failures raise `Snakepit.PackageError`.
   """
 
@@ -140,7 +143,7 @@ defmodule Snakepit.PythonPackages do
     # Parsed first: a bad requirement never reaches the installer.
     inspect_requirements(requirements, opts)
     python = python!(opts)
-    {command, args} = installer_command(installer(opts, python), python)
+    {command, args} = installer_command(installer(opts, python), python, opts)
 
     args =
       args ++
@@ -314,7 +317,7 @@ defmodule Snakepit.PythonPackages do
   defp installer(opts, python) do
     case setting(opts, :installer, :auto) do
       :auto ->
-        if uv(python), do: :uv, else: :pip
+        if uv(python, opts), do: :uv, else: :pip
 
       :uv ->
         :uv
@@ -329,14 +332,20 @@ defmodule Snakepit.PythonPackages do
     end
   end
 
-  # uv beside the interpreter (installed into the venv from PyPI) or on PATH.
-  defp uv(python) do
+  # The :uv option, uv beside the interpreter (installed into the venv from
+  # PyPI), or uv on the PATH.
+  defp uv(python, opts) do
     beside = Path.join(Path.dirname(python), "uv")
-    if File.exists?(beside), do: beside, else: System.find_executable("uv")
+
+    cond do
+      opts[:uv] -> opts[:uv]
+      File.exists?(beside) -> beside
+      true -> System.find_executable("uv")
+    end
   end
 
-  defp installer_command(:uv, python) do
-    case uv(python) do
+  defp installer_command(:uv, python, opts) do
+    case uv(python, opts) do
       nil ->
         raise PackageError,
           type: :install_failed,
@@ -348,7 +357,7 @@ defmodule Snakepit.PythonPackages do
     end
   end
 
-  defp installer_command(:pip, python),
+  defp installer_command(:pip, python, _opts),
     do: {python, ["-m", "pip", "install", "--disable-pip-version-check"]}
 
   # Bounded by coreutils' timeout(1), which also ends the installer's

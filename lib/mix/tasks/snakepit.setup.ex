@@ -1,17 +1,23 @@
 defmodule Mix.Tasks.Snakepit.Setup do
   @shortdoc "Creates the Python environment Snakepit's workers use"
   @moduledoc """
-  Creates a virtualenv at `.venv/` in the current project (the place
-  `Snakepit.PythonRuntime` looks first after explicit config) and installs
-  the worker bridge's requirements into it (grpcio, protobuf, orjson).
+  Makes the Python environment the workers run in (`Snakepit.Bootstrap`):
+  a virtualenv (`.venv/` by default, where `Snakepit.PythonRuntime` looks),
+  the bridge's requirements (grpcio, protobuf, orjson), then
+  `config :snakepit, :python_packages, requirements: [...]`.
 
       mix snakepit.setup
       mix snakepit.setup --python /usr/bin/python3.12 --venv /opt/myapp/venv
       mix snakepit.setup --requirements priv/python/requirements.txt
 
+  With `config :snakepit, :python, strategy: :uv` uv makes the environment
+  (uv itself comes from PyPI when it is not installed), and with `managed:
+  true, python_version: "3.12"` uv provides that interpreter; when it cannot
+  (offline), setup says so in one line and uses `python3` instead.
+
   Options:
     * `--python` - interpreter that creates the virtualenv (default: `python3`)
-    * `--venv` - where to create it (default: `.venv`); set
+    * `--venv` - where to create it (default: `runtime_dir`, `.venv`); set
       `config :snakepit, python_executable: "<venv>/bin/python"` when you change it
     * `--requirements` - an extra requirements file of your own (repeatable)
 
@@ -24,48 +30,19 @@ defmodule Mix.Tasks.Snakepit.Setup do
     {opts, _, _} =
       OptionParser.parse(argv, strict: [python: :string, venv: :string, requirements: :keep])
 
-    venv = Path.expand(opts[:venv] || ".venv")
-
-    python =
-      opts[:python] || System.find_executable("python3") ||
-        Mix.raise("python3 not found; pass --python PATH")
-
-    venv_python = Path.join([venv, "bin", "python"])
-
-    unless File.exists?(venv_python) do
-      Mix.shell().info("Creating virtualenv #{venv} with #{python}")
-      run!(python, ["-m", "venv", venv])
-    end
-
-    requirements = [bridge_requirements() | Keyword.get_values(opts, :requirements)]
-
-    for req <- requirements do
-      Mix.shell().info("Installing #{req}")
-
-      run!(venv_python, [
-        "-m",
-        "pip",
-        "install",
-        "--quiet",
-        "--disable-pip-version-check",
-        "-r",
-        req
-      ])
-    end
-
-    Mix.shell().info("Snakepit's Python environment is ready: #{venv_python}")
-    Mix.shell().info("Check it with: mix snakepit.doctor")
-  end
-
-  defp bridge_requirements do
     Mix.Task.run("compile", [])
-    Path.join(:code.priv_dir(:snakepit), "python/requirements.txt")
-  end
+    Application.load(:snakepit)
 
-  defp run!(cmd, args) do
-    case System.cmd(cmd, args, stderr_to_stdout: true, into: IO.stream()) do
-      {_, 0} -> :ok
-      {_, code} -> Mix.raise("#{cmd} #{Enum.join(args, " ")} failed with exit status #{code}")
+    bootstrap =
+      [
+        skip_mix_deps: true,
+        python: opts[:python],
+        requirements: Keyword.get_values(opts, :requirements)
+      ] ++ if(opts[:venv], do: [venv: opts[:venv]], else: [])
+
+    case Snakepit.Bootstrap.run(bootstrap) do
+      :ok -> Mix.shell().info("Check it with: mix snakepit.doctor")
+      {:error, reason} -> Mix.raise("mix snakepit.setup: #{reason}")
     end
   end
 end

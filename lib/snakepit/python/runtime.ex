@@ -122,7 +122,7 @@ defmodule Snakepit.PythonRuntime do
         steps =
           if(managed?(config), do: [["python", "install", version]], else: []) ++
             [
-              ["venv", "--allow-existing", dir] ++
+              ["venv", "--seed", "--allow-existing", dir] ++
                 if(version, do: ["--python", version], else: [])
             ]
 
