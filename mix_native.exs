@@ -7,6 +7,16 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   The library is installed atomically (copy to a temporary name, then
   rename) so that a concurrently starting VM never loads half a file.
   Set `SNAKEPIT_CARGO_PROFILE=debug` for a debug build.
+
+  ## Without a Rust toolchain
+
+  `mix snakepit.native.package` writes a prebuilt artefact for this target
+  (`snakepit_native-<version>-<target>.tar.gz`, with a `.sha256` beside it).
+  Point `SNAKEPIT_NATIVE_PREBUILT` (or `config :snakepit, native_prebuilt:`)
+  at it and this compiler installs it instead of running cargo, once the
+  archive's checksum, the crate version, the target and every file's
+  checksum match. When one does not, it builds with cargo if there is one
+  (saying why), and otherwise fails naming what is missing.
   """
   use Mix.Task.Compiler
 
@@ -17,8 +27,7 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
     root = Path.dirname(__ENV__.file)
     priv = Path.join(root, "priv")
 
-    with :ok <- build_crate(root),
-         :ok <- install_library(root, priv) do
+    with :ok <- provide_library(root, priv) do
       sync_python(root, priv)
       {:ok, []}
     else
@@ -30,9 +39,145 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
 
   defp profile, do: System.get_env("SNAKEPIT_CARGO_PROFILE", "release")
 
-  defp build_crate(root) do
-    cargo = System.find_executable("cargo") || Path.expand("~/.cargo/bin/cargo")
+  @files ["lib#{@crate}.so", "snakepit_guard"]
 
+  @doc false
+  # The files an artefact carries.
+  def files, do: @files
+
+  @doc false
+  # What an artefact is built for: the BEAM's own architecture string.
+  def target, do: to_string(:erlang.system_info(:system_architecture))
+
+  @doc false
+  def crate_version(root) do
+    toml = File.read!(Path.join([root, "native", @crate, "Cargo.toml"]))
+    [_, version] = Regex.run(~r/^version\s*=\s*"([^"]+)"/m, toml)
+    version
+  end
+
+  @doc false
+  def artefact_name(root), do: "#{@crate}-#{crate_version(root)}-#{target()}.tar.gz"
+
+  @doc false
+  def sha256(path), do: :crypto.hash(:sha256, File.read!(path)) |> Base.encode16(case: :lower)
+
+  defp prebuilt do
+    case System.get_env("SNAKEPIT_NATIVE_PREBUILT") do
+      value when value not in [nil, ""] -> Path.expand(value)
+      _ -> if path = Application.get_env(:snakepit, :native_prebuilt), do: Path.expand(path)
+    end
+  end
+
+  defp cargo do
+    System.find_executable("cargo") ||
+      Enum.find([Path.expand("~/.cargo/bin/cargo")], &File.exists?/1)
+  end
+
+  defp provide_library(root, priv) do
+    case {prebuilt(), cargo()} do
+      {nil, nil} ->
+        {:error,
+         "cannot build the native library: cargo is not installed (https://rustup.rs), and no " <>
+           "prebuilt library is given (SNAKEPIT_NATIVE_PREBUILT=<archive from mix snakepit.native.package>)"}
+
+      {nil, cargo} ->
+        with :ok <- build_crate(root, cargo), do: install_library(root, priv)
+
+      {archive, cargo} ->
+        case install_prebuilt(root, priv, archive) do
+          :ok ->
+            :ok
+
+          {:error, reason} when cargo != nil ->
+            Mix.shell().info(
+              "snakepit: prebuilt native library not used (#{reason}); building with cargo"
+            )
+
+            with :ok <- build_crate(root, cargo), do: install_library(root, priv)
+
+          {:error, reason} ->
+            {:error,
+             "prebuilt native library #{archive} not used: #{reason}; and cargo is not installed to build one"}
+        end
+    end
+  end
+
+  defp install_prebuilt(root, priv, archive) do
+    tmp = Path.join(System.tmp_dir!(), "snakepit-prebuilt-#{System.unique_integer([:positive])}")
+
+    try do
+      with :ok <- check_archive(archive),
+           :ok <-
+             :erl_tar.extract(String.to_charlist(archive), [
+               :compressed,
+               cwd: String.to_charlist(tmp)
+             ]),
+           {:ok, manifest} <- read_manifest(tmp),
+           :ok <- check_manifest(root, manifest, tmp) do
+        Enum.reduce_while(@files, :ok, fn file, :ok ->
+          case install(Path.join(tmp, file), priv) do
+            :ok -> {:cont, :ok}
+            error -> {:halt, error}
+          end
+        end)
+      else
+        {:error, reason} when is_binary(reason) -> {:error, reason}
+        {:error, reason} -> {:error, "cannot unpack it: #{inspect(reason)}"}
+      end
+    after
+      File.rm_rf(tmp)
+    end
+  end
+
+  defp check_archive(archive) do
+    sum_file = archive <> ".sha256"
+
+    cond do
+      not File.regular?(archive) ->
+        {:error, "#{archive} does not exist"}
+
+      not File.regular?(sum_file) ->
+        {:error, "its checksum file #{sum_file} is missing"}
+
+      File.read!(sum_file) |> String.split() |> List.first() != sha256(archive) ->
+        {:error, "its checksum does not match #{sum_file}"}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp read_manifest(dir) do
+    with {:ok, text} <- File.read(Path.join(dir, "manifest.json")),
+         {:ok, manifest} <- JSON.decode(text) do
+      {:ok, manifest}
+    else
+      _ -> {:error, "it has no readable manifest.json"}
+    end
+  end
+
+  defp check_manifest(root, manifest, dir) do
+    version = crate_version(root)
+
+    cond do
+      manifest["version"] != version ->
+        {:error, "it is version #{manifest["version"]}, this is #{@crate} #{version}"}
+
+      manifest["target"] != target() ->
+        {:error, "it is built for #{manifest["target"]}, this is #{target()}"}
+
+      bad = Enum.find(@files, &(manifest["files"][&1] != sha256_or_nil(Path.join(dir, &1)))) ->
+        {:error, "#{bad} does not match the checksum in its manifest"}
+
+      true ->
+        :ok
+    end
+  end
+
+  defp sha256_or_nil(path), do: if(File.regular?(path), do: sha256(path))
+
+  defp build_crate(root, cargo) do
     args =
       ["build", "--quiet", "-p", @crate, "-p", "snakepit_core"] ++
         ["--manifest-path", Path.join(root, "Cargo.toml")] ++

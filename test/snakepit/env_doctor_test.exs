@@ -72,6 +72,31 @@ defmodule Snakepit.EnvDoctorTest do
       assert PythonRuntime.runtime_env()["PYTHONPATH"] =~ "priv/python"
     end
 
+    test "the identity changes when the interpreter behind a path changes" do
+      {:ok, venv_python} = PythonRuntime.resolve_executable()
+      a = venv_python |> Path.expand() |> resolve_link()
+      b = "/usr/bin/python3"
+      link = Path.join(System.tmp_dir!(), "snakepit-id-#{System.unique_integer([:positive])}")
+      on_exit(fn -> File.rm(link) end)
+
+      File.ln_s!(a, link)
+      {:ok, first} = PythonRuntime.identity(link)
+      assert {:ok, ^first} = PythonRuntime.identity(link)
+      File.rm!(link)
+      File.ln_s!(b, link)
+      {:ok, second} = PythonRuntime.identity(link)
+      # Two different interpreters on this machine (the venv's and Debian's).
+      assert first != second
+      assert String.ends_with?(first, ":" <> link) and String.ends_with?(second, ":" <> link)
+    end
+
+    defp resolve_link(path) do
+      case File.read_link(path) do
+        {:ok, target} -> resolve_link(Path.expand(target, Path.dirname(path)))
+        {:error, _} -> path
+      end
+    end
+
     test "config has defaults, and managed? follows strategy and managed" do
       assert %{strategy: :pip, managed: false, runtime_dir: ".venv"} = PythonRuntime.config()
       refute PythonRuntime.managed?()

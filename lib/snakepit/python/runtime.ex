@@ -163,8 +163,15 @@ defmodule Snakepit.PythonRuntime do
   """
   @spec runtime_identity() :: {:ok, String.t()} | {:error, String.t()}
   def runtime_identity do
-    with {:ok, meta} <- runtime_metadata() do
-      {:ok, "#{meta.implementation}-#{meta.version}-#{meta.platform}:#{meta.executable}"}
+    with {:ok, path} <- executable(), do: identity(path)
+  end
+
+  @doc false
+  # The identity of the interpreter at `path` (see runtime_identity/0).
+  @spec identity(String.t()) :: {:ok, String.t()} | {:error, String.t()}
+  def identity(path) do
+    with {:ok, facts} <- interpreter_facts(path) do
+      {:ok, "#{facts.implementation}-#{facts.version}-#{facts.platform}:#{path}"}
     end
   end
 
@@ -185,7 +192,12 @@ defmodule Snakepit.PythonRuntime do
   end
 
   defp interpreter_facts(path) do
-    key = {__MODULE__, :facts, path, File.stat!(path, time: :posix).mtime}
+    # Asked again when the file changes (an environment made anew).
+    key =
+      case File.stat(path, time: :posix) do
+        {:ok, stat} -> {__MODULE__, :facts, path, stat.mtime, stat.inode}
+        {:error, _} -> {__MODULE__, :facts, path}
+      end
 
     case :persistent_term.get(key, nil) do
       nil ->

@@ -7,8 +7,9 @@ defmodule Snakepit.ForkServer do
   A fork server (`python -m snakepit_bridge.fork_server`) pays it once and
   then forks workers that only import their adapter and start serving.
 
-  There is one fork server per interpreter, environment and working
-  directory, started on first use and kept for the life of the
+  There is one fork server per interpreter (by
+  `Snakepit.PythonRuntime.runtime_identity/0`'s rules: path, version,
+  platform), environment and working directory, started on first use and kept for the life of the
   application. Forked workers are handled like spawned ones: each leads
   its own session with a parent-death signal, gets its own group guard in
   this VM, carries the run id on its command line (inherited from the fork
@@ -45,7 +46,9 @@ defmodule Snakepit.ForkServer do
   @spec spawn(String.t(), [String.t()], [{String.t(), String.t()}], String.t() | nil) ::
           {:ok, {pos_integer(), reference()}} | {:error, term()}
   def spawn(python, [python, "-m", "snakepit_bridge.server" | _] = argv, env, cwd) do
-    with {:ok, server} <- server_for({python, env, cwd}) do
+    # Keyed by the interpreter's identity too: an environment recreated at the
+    # same path (another Python version) gets a fresh fork server.
+    with {:ok, server} <- server_for({python, interpreter(python), env, cwd}) do
       Native.fork_server_spawn(server, argv, env, cwd, self())
     end
   end
@@ -197,7 +200,14 @@ defmodule Snakepit.ForkServer do
 
   defp put_server(state, key, server), do: %{state | servers: Map.put(state.servers, key, server)}
 
-  defp start_server({python, env, cwd}) do
+  defp interpreter(python) do
+    case Snakepit.PythonRuntime.identity(python) do
+      {:ok, identity} -> identity
+      {:error, _} -> python
+    end
+  end
+
+  defp start_server({python, _identity, env, cwd}) do
     n = System.unique_integer([:positive])
     id = "fork_server_#{n}"
     path = Path.join(RuntimeDir.path(), "fork-#{n}.sock")
