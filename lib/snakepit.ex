@@ -52,7 +52,13 @@ defmodule Snakepit do
   called here is a `:validation` error naming `execute_stream/4`.
   """
   @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, error()}
-  def execute(command, args \\ %{}, opts \\ []), do: Pool.execute(command, args, opts)
+  def execute(command, args \\ %{}, opts \\ []) do
+    case Snakepit.Cluster.target(opts) do
+      :local -> Pool.execute(command, args, opts)
+      {:remote, _, _} = remote -> Snakepit.Cluster.execute(remote, command, args, opts)
+      {:error, _} = error -> error
+    end
+  end
 
   @doc """
   Like `execute/3`, in the session `session_id`: the call goes to the
@@ -62,7 +68,7 @@ defmodule Snakepit do
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
           {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
-    Pool.execute(command, args, with_session(opts, session_id))
+    execute(command, args, with_session(opts, session_id))
   end
 
   @doc """
@@ -83,14 +89,23 @@ defmodule Snakepit do
   @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}
   def execute_stream(command, args \\ %{}, callback_fn, opts \\ []) do
-    Pool.execute_stream(command, args, callback_fn, opts)
+    case Snakepit.Cluster.target(opts) do
+      :local ->
+        Pool.execute_stream(command, args, callback_fn, opts)
+
+      {:remote, _, _} = remote ->
+        Snakepit.Cluster.execute_stream(remote, command, args, callback_fn, opts)
+
+      {:error, _} = error ->
+        error
+    end
   end
 
   @doc "`execute_stream/4` in the session `session_id`."
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
-    Pool.execute_stream(command, args, callback_fn, with_session(opts, session_id))
+    execute_stream(command, args, callback_fn, with_session(opts, session_id))
   end
 
   @doc """
@@ -128,10 +143,15 @@ defmodule Snakepit do
   @spec run_as_script((-> any()), keyword()) :: any() | {:error, term()}
   def run_as_script(fun, opts \\ []), do: Snakepit.Script.run(fun, opts)
 
-  @doc "Request, error and worker counts summed over the pools."
+  @doc """
+  Request, error and worker counts summed over the pools (or of one pool);
+  `:cluster` sums them over every node of the cluster (`Snakepit.Cluster.stats/0`).
+  """
 
-  @spec get_stats(pool_name()) :: map()
-  def get_stats(pool \\ Snakepit.Pool), do: Pool.get_stats(pool)
+  @spec get_stats(pool_name() | :cluster) :: map()
+  def get_stats(pool \\ Snakepit.Pool)
+  def get_stats(:cluster), do: Snakepit.Cluster.stats()
+  def get_stats(pool), do: Pool.get_stats(pool)
 
   @doc "Ids of the ready workers."
   @spec list_workers(pool_name()) :: [String.t()]

@@ -94,7 +94,13 @@ defmodule Snakepit.Application do
         []
       end
 
-    Supervisor.start_link(base ++ pool, strategy: :one_for_one, name: Snakepit.Supervisor)
+    # Last, so that at shutdown this node leaves the cluster before its pools stop.
+    cluster = Snakepit.Cluster.child_specs()
+
+    Supervisor.start_link(base ++ pool ++ cluster,
+      strategy: :one_for_one,
+      name: Snakepit.Supervisor
+    )
   end
 
   # Issue 4: sessions and worker recycling, started whether or not pooling

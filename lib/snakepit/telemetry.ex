@@ -93,6 +93,12 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :retry, :success],
     [:snakepit, :retry, :exhausted]
   ]
+  @cluster_events [
+    [:snakepit, :cluster, :call, :start],
+    [:snakepit, :cluster, :call, :stop],
+    [:snakepit, :cluster, :node, :up],
+    [:snakepit, :cluster, :node, :down]
+  ]
   @hardware_events [
     [:snakepit, :hardware, :cache, :hit],
     [:snakepit, :hardware, :cache, :miss],
@@ -113,7 +119,9 @@ defmodule Snakepit.Telemetry do
     {:grpc_events, @grpc_events, "Events of calls to workers, measured on the Elixir side."},
     {:python_events, @python_events, "Events folded back from Python workers."},
     {:runtime_events, @runtime_events, "ML error translation, circuit breaker and retry events."},
-    {:hardware_events, @hardware_events, "Hardware detection and device selection events."}
+    {:hardware_events, @hardware_events, "Hardware detection and device selection events."},
+    {:cluster_events, @cluster_events,
+     "Calls routed to other nodes, and nodes joining and leaving (`Snakepit.Cluster`)."}
   ]
 
   @doc """

@@ -37,7 +37,8 @@ defmodule Snakepit.TelemetryCatalogTest do
         Telemetry.program_events() ++
         Telemetry.script_events() ++
         Telemetry.grpc_events() ++
-        Telemetry.python_events() ++ Telemetry.runtime_events() ++ Telemetry.hardware_events()
+        Telemetry.python_events() ++
+        Telemetry.runtime_events() ++ Telemetry.hardware_events() ++ Telemetry.cluster_events()
 
     assert Enum.sort(groups) == Enum.sort(Telemetry.events())
     assert Enum.uniq(Telemetry.events()) == Telemetry.events()

@@ -29,7 +29,8 @@ defmodule Snakepit.Test.AppPool do
     :max_message_bytes,
     :cancel_grace_ms,
     :zero_copy,
-    :telemetry_memory_interval_ms
+    :telemetry_memory_interval_ms,
+    :cluster
   ]
 
   @doc """

@@ -84,7 +84,8 @@ defmodule Snakepit.Pool.Call do
       worker_id: lease.worker.id,
       command: command,
       success: match?({:ok, _}, result),
-      correlation_id: correlation_id
+      correlation_id: correlation_id,
+      node: node()
     })
   end
 

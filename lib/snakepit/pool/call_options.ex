@@ -26,8 +26,12 @@ defmodule Snakepit.Pool.CallOptions do
     :request_id,
     :correlation_id,
     :traceparent,
-    # internal: set by the crash barrier's retries
-    :avoid
+    # routing across nodes (Snakepit.Cluster)
+    :node,
+    :require,
+    # internal: set by the crash barrier's retries, and the cluster's
+    :avoid,
+    :avoid_nodes
   ]
   @aliases %{pool_name: :pool}
 

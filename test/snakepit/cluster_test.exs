@@ -1,0 +1,291 @@
+defmodule Snakepit.ClusterTest do
+  # Pools across real BEAM nodes: this VM and peers started with :peer on
+  # this machine, each with a real pool of one Python worker.
+  use ExUnit.Case, async: false
+  @moduletag :python
+  @moduletag timeout: 300_000
+
+  alias Snakepit.{Cluster, Telemetry}
+  alias Snakepit.Test.{AppPool, PeerCluster}
+
+  setup_all do
+    PeerCluster.ensure_distributed!()
+    :ok = AppPool.start!(pool_size: 1, cluster: [labels: %{zone: "a"}, advert_interval_ms: 100])
+
+    {peer_b, b} =
+      PeerCluster.start_peer!(:b, cluster: [labels: %{zone: "b"}, advert_interval_ms: 100])
+
+    {peer_c, c} =
+      PeerCluster.start_peer!(:c,
+        cluster: [labels: %{zone: "c", gpu: true}, advert_interval_ms: 100]
+      )
+
+    on_exit(fn ->
+      PeerCluster.stop_peer(peer_b)
+      PeerCluster.stop_peer(peer_c)
+    end)
+
+    wait_for_nodes([b, c])
+    %{b: b, c: c}
+  end
+
+  # Until every node's pool is known here, by the telemetry the advertiser
+  # emits when a node's first advert arrives (or it is already known).
+  defp wait_for_nodes(nodes) do
+    parent = self()
+    id = {:wait_nodes, make_ref()}
+
+    :ok =
+      Telemetry.attach(
+        id,
+        [:snakepit, :cluster, :node, :up],
+        fn _, _, %{node: n}, _ -> send(parent, {:up, n}) end,
+        nil
+      )
+
+    for node <- nodes, node not in Cluster.nodes() do
+      assert_receive {:up, ^node}, 30_000
+    end
+
+    Telemetry.detach(id)
+  end
+
+  defp pid_on(node),
+    do: {:ok, %{"pid" => _}} = :erpc.call(node, Snakepit, :execute, ["get_pid", %{}])
+
+  defp os_pid(result), do: elem(result, 1)["pid"]
+
+  test "pools/0 lists every node's pool with capacity, free slots and capabilities", %{b: b, c: c} do
+    pools = Cluster.pools()
+    assert Enum.sort(Enum.map(pools, & &1.node)) == Enum.sort([node(), b, c])
+
+    for pool <- pools do
+      assert pool.capacity == 1 and pool.free in [0, 1] and pool.profile in [:process, :thread]
+      assert is_map(pool.capabilities.hardware)
+    end
+
+    assert Enum.find(pools, &(&1.node == c)).capabilities.gpu == true
+  end
+
+  test "node: runs on that node; :local and no option stay here", %{b: b} do
+    {:ok, %{"pid" => remote}} = Snakepit.execute("get_pid", %{}, node: b)
+    assert remote == os_pid(pid_on(b))
+    {:ok, %{"pid" => here}} = Snakepit.execute("get_pid", %{}, node: :local)
+    assert {:ok, %{"pid" => ^here}} = Snakepit.execute("get_pid", %{})
+    refute here == remote
+    assert {:ok, %{"result" => 5}} = Snakepit.execute("add", %{a: 2, b: 3}, node: b)
+
+    assert {:error, %Snakepit.Error{category: :python_error}} =
+             Snakepit.execute("error_demo", %{}, node: b)
+             |> then(fn {:error, e} ->
+               {:error, %Snakepit.Error{category: :python_error, message: Exception.message(e)}}
+             end)
+  end
+
+  test "an unknown node or a bad option is a clear error" do
+    assert {:error, %Snakepit.Error{category: :pool, message: msg}} =
+             Snakepit.execute("ping", %{}, node: :nobody@nowhere)
+
+    assert msg =~ "nobody@nowhere"
+
+    assert {:error, %Snakepit.Error{category: :validation}} =
+             Snakepit.execute("ping", %{}, node: "b")
+
+    assert {:error, %Snakepit.Error{category: :pool}} =
+             Snakepit.execute("ping", %{}, require: %{zone: "mars"})
+  end
+
+  test ":any uses this node while it has a free slot, then the others", %{b: b, c: c} do
+    {:ok, %{"pid" => here}} = Snakepit.execute("get_pid", %{})
+    assert {:ok, %{"pid" => ^here}} = Snakepit.execute("get_pid", %{}, node: :any)
+
+    busy = Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_500}) end)
+    wait_busy_here()
+    {:ok, %{"pid" => elsewhere}} = Snakepit.execute("get_pid", %{}, node: :any)
+    assert elsewhere in [os_pid(pid_on(b)), os_pid(pid_on(c))]
+    assert {:ok, _} = Task.await(busy, 5_000)
+  end
+
+  defp wait_busy_here do
+    # The local pool's advert is read live: busy once the call holds the slot.
+    case Enum.find(Cluster.pools(), &(&1.node == node())) do
+      %{free: 0} -> :ok
+      _ -> receive(after: (5 -> wait_busy_here()))
+    end
+  end
+
+  test "require: picks pools by capability", %{c: c} do
+    gpu = os_pid(pid_on(c))
+
+    for _ <- 1..3 do
+      assert {:ok, %{"pid" => ^gpu}} = Snakepit.execute("get_pid", %{}, require: %{gpu: true})
+    end
+
+    {:ok, %{"pid" => here}} = Snakepit.execute("get_pid", %{}, require: %{zone: "a"})
+    assert here != gpu
+  end
+
+  test "streams keep order and backpressure across nodes, and :halt stops the remote producer", %{
+    b: b
+  } do
+    parent = self()
+
+    :ok =
+      Snakepit.execute_stream("stream_data", %{count: 5}, &send(parent, {:chunk, &1["index"]}),
+        node: b
+      )
+
+    indexes =
+      for _ <- 1..5,
+          do:
+            (
+              assert_receive {:chunk, i}
+              i
+            )
+
+    assert indexes == Enum.to_list(Enum.min(indexes)..Enum.max(indexes))
+
+    :ok =
+      Snakepit.execute_stream(
+        "stream_data",
+        %{count: 10_000},
+        fn chunk ->
+          send(parent, {:halted_chunk, chunk["index"]})
+          if chunk["index"] >= 3, do: :halt, else: :ok
+        end,
+        node: b
+      )
+
+    n = count(:halted_chunk, 0)
+    assert n in 3..5
+    # The remote worker is free again: the producer stopped.
+    assert {:ok, _} = Snakepit.execute("ping", %{}, node: b, timeout: 5_000)
+  end
+
+  defp count(tag, n) do
+    receive do
+      {^tag, _} -> count(tag, n + 1)
+    after
+      0 -> n
+    end
+  end
+
+  test "get_stats(:cluster) sums every node", %{b: b, c: c} do
+    {:ok, _} = Snakepit.execute("ping", %{}, node: b)
+    stats = Snakepit.get_stats(:cluster)
+    assert Enum.sort(Map.keys(stats.nodes)) == Enum.sort([node(), b, c])
+    assert stats.workers == 3
+    assert stats.requests == Enum.sum(Enum.map(Map.values(stats.nodes), & &1.requests))
+  end
+
+  test "remote calls emit cluster events with the node; the executing node's events carry it too",
+       %{b: b} do
+    parent = self()
+    id = "cluster-events"
+
+    :ok =
+      Telemetry.attach(
+        id,
+        [:snakepit, :cluster, :call, :stop],
+        fn _, m, md, _ -> send(parent, {:stop, m, md}) end,
+        nil
+      )
+
+    on_exit(fn -> Telemetry.detach(id) end)
+    {:ok, _} = Snakepit.execute("ping", %{}, node: b, correlation_id: "cid-cluster")
+
+    assert_receive {:stop, %{duration: d},
+                    %{node: ^b, result: :ok, correlation_id: "cid-cluster"}}
+
+    assert is_integer(d)
+  end
+
+  describe "nodes coming and going" do
+    test "sessions pin to their node; :hint moves when it is gone, strict fails naming it" do
+      {peer, d} =
+        PeerCluster.start_peer!(:d, cluster: [labels: %{zone: "d"}, advert_interval_ms: 100])
+
+      wait_for_nodes([d])
+      req = %{zone: "d"}
+      {:ok, %{"pid" => first}} = Snakepit.execute_in_session("s-d", "get_pid", %{}, require: req)
+
+      for _ <- 1..3 do
+        assert {:ok, %{"pid" => ^first}} =
+                 Snakepit.execute_in_session("s-d", "get_pid", %{}, node: :any)
+      end
+
+      PeerCluster.stop_peer(peer)
+      wait_gone(d)
+
+      assert {:error, %Snakepit.Error{category: :pool, message: msg}} =
+               Snakepit.execute_in_session("s-d", "get_pid", %{},
+                 node: :any,
+                 affinity: :strict_fail_fast
+               )
+
+      assert msg =~ Atom.to_string(d)
+
+      assert {:ok, %{"pid" => moved}} =
+               Snakepit.execute_in_session("s-d", "get_pid", %{}, node: :any)
+
+      assert moved != first
+    end
+
+    test "a node killed mid-load: its calls end at once with an error naming it, idempotent ones elsewhere" do
+      {_peer, e} =
+        PeerCluster.start_peer!(:e, cluster: [labels: %{zone: "e"}, advert_interval_ms: 100])
+
+      wait_for_nodes([e])
+      os_pid = :erpc.call(e, System, :pid, [])
+
+      calls =
+        for i <- 1..4 do
+          Task.async(fn ->
+            {i, Snakepit.execute("sleep", %{ms: 5_000}, node: e, timeout: 30_000)}
+          end)
+        end
+
+      idempotent =
+        Task.async(fn ->
+          Snakepit.execute("sleep", %{ms: 2_000},
+            require: %{zone: "e"},
+            idempotent: true,
+            timeout: 30_000
+          )
+        end)
+
+      # Until e runs a call (its advert reads busy); then kill -9 its VM.
+      wait_busy(e)
+      killed_at = System.monotonic_time(:millisecond)
+      System.cmd("kill", ["-9", os_pid])
+
+      for task <- calls do
+        {_started, result} = Task.await(task, 20_000)
+        assert {:error, %Snakepit.Error{category: :pool, message: msg}} = result
+        assert msg =~ Atom.to_string(e)
+      end
+
+      # Nobody waited out the 30 s timeout.
+      assert System.monotonic_time(:millisecond) - killed_at < 10_000
+
+      # The idempotent call was routed again instead of failing with the
+      # node: no other node has zone "e", so it ends with :no_pool.
+      assert {:error, %Snakepit.Error{category: :pool, details: %{reason: :no_pool}}} =
+               Task.await(idempotent, 20_000)
+
+      wait_gone(e)
+      refute e in Cluster.nodes()
+    end
+  end
+
+  defp wait_busy(node) do
+    case Enum.find(Cluster.pools(), &(&1.node == node)) do
+      %{free: 0} -> :ok
+      _ -> receive(after: (10 -> wait_busy(node)))
+    end
+  end
+
+  defp wait_gone(node) do
+    if node in Cluster.nodes(), do: receive(after: (10 -> wait_gone(node))), else: :ok
+  end
+end
