@@ -55,8 +55,8 @@ defmodule Snakepit do
   def execute(command, args \\ %{}, opts \\ []) do
     case Snakepit.Cluster.target(opts) do
       :local -> Pool.execute(command, args, opts)
-      {:remote, _, _} = remote -> Snakepit.Cluster.execute(remote, command, args, opts)
       {:error, _} = error -> error
+      routed -> Snakepit.Cluster.execute(routed, command, args, opts)
     end
   end
 
@@ -93,11 +93,11 @@ defmodule Snakepit do
       :local ->
         Pool.execute_stream(command, args, callback_fn, opts)
 
-      {:remote, _, _} = remote ->
-        Snakepit.Cluster.execute_stream(remote, command, args, callback_fn, opts)
-
       {:error, _} = error ->
         error
+
+      routed ->
+        Snakepit.Cluster.execute_stream(routed, command, args, callback_fn, opts)
     end
   end
 

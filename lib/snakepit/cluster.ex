@@ -68,6 +68,7 @@ defmodule Snakepit.Cluster do
   alias Snakepit.Error
 
   @sessions :snakepit_cluster_sessions
+  @in_flight :snakepit_cluster_in_flight
   @strict [:strict_queue, :strict_fail_fast]
   @margin_ms 1_000
 
@@ -105,8 +106,10 @@ defmodule Snakepit.Cluster do
   # -- routing -----------------------------------------------------------------
 
   @doc false
-  # Where a call goes: :local, {:remote, node, pool_name}, or an error.
-  @spec target(keyword()) :: :local | {:remote, node(), atom()} | {:error, Error.t()}
+  # Where a call goes: :local (no routing asked for), {:local, pool_name}
+  # (routed here), {:remote, node, pool_name}, or an error.
+  @spec target(keyword()) ::
+          :local | {:local, atom()} | {:remote, node(), atom()} | {:error, Error.t()}
   def target(opts) do
     node_opt =
       Keyword.get(opts, :node, if(Keyword.has_key?(opts, :require), do: :any, else: :local))
@@ -153,7 +156,8 @@ defmodule Snakepit.Cluster do
   defp pinned_target(node, opts) do
     case route_node(node, opts) do
       {:error, _} = error -> error
-      {:remote, ^node, _} = remote -> if node == node(), do: :local, else: remote
+      {:remote, ^node, name} when node == node() -> {:local, name}
+      remote -> remote
     end
   end
 
@@ -170,15 +174,21 @@ defmodule Snakepit.Cluster do
   end
 
   # Local first when it has a free slot, else the most free slots, else the
-  # most capacity left for a queue.
+  # least loaded for its size (where the call queues). A remote pool's load
+  # is what it last advertised or, when more, the calls this node has in
+  # flight there (adverts are up to advert_interval_ms old).
   defp pick(opts, avoid) do
-    pools = candidates(opts) |> Enum.reject(&(&1.node in avoid))
-    local = Enum.find(pools, &(&1.node == node() and &1.free > 0))
+    pools =
+      candidates(opts)
+      |> Enum.reject(&(&1.node in avoid))
+      |> Enum.map(&Map.put(&1, :load, load(&1)))
 
     best =
-      local ||
-        Enum.max_by(Enum.filter(pools, &(&1.free > 0)), & &1.free, fn -> nil end) ||
-        Enum.max_by(pools, &(&1.capacity - &1.queued), fn -> nil end)
+      Enum.find(pools, &(&1.node == node() and &1.load < &1.capacity)) ||
+        Enum.max_by(Enum.filter(pools, &(&1.load < &1.capacity)), &(&1.capacity - &1.load), fn ->
+          nil
+        end) ||
+        Enum.min_by(pools, &((&1.load + &1.queued) / max(&1.capacity, 1)), fn -> nil end)
 
     case best do
       nil ->
@@ -188,14 +198,33 @@ defmodule Snakepit.Cluster do
            require: opts[:require]
          })}
 
-      %{node: node} when node == node() ->
+      %{node: node, name: name} when node == node() ->
         pin(opts, node)
-        :local
+        {:local, name}
 
       %{node: node, name: name} ->
         pin(opts, node)
-        Advertiser.took_slot(node, name)
         {:remote, node, name}
+    end
+  end
+
+  defp load(pool), do: max(pool.capacity - pool.free, in_flight({pool.node, pool.name}))
+
+  defp in_flight(key) do
+    case :ets.whereis(@in_flight) != :undefined and :ets.lookup(@in_flight, key) do
+      [{_, n}] -> n
+      _ -> 0
+    end
+  end
+
+  defp tracked(key, fun) do
+    table = Snakepit.ETSOwner.ensure_table(@in_flight)
+    :ets.update_counter(table, key, 1, {key, 0})
+
+    try do
+      fun.()
+    after
+      :ets.update_counter(table, key, -1, {key, 0})
     end
   end
 
@@ -245,6 +274,14 @@ defmodule Snakepit.Cluster do
   # -- calls ---------------------------------------------------------------------
 
   @doc false
+  # A call routed here: counted in flight like a remote one, so that
+  # concurrent routing decisions see it before its pool does.
+  def execute({:local, pool}, command, args, opts) do
+    tracked({node(), pool}, fn ->
+      Snakepit.Pool.execute(command, args, Keyword.put(opts, :pool, pool))
+    end)
+  end
+
   def execute({:remote, node, pool}, command, args, opts) do
     opts = with_correlation(opts)
 
@@ -279,6 +316,12 @@ defmodule Snakepit.Cluster do
   end
 
   @doc false
+  def execute_stream({:local, pool}, command, args, callback, opts) do
+    tracked({node(), pool}, fn ->
+      Snakepit.Pool.execute_stream(command, args, callback, Keyword.put(opts, :pool, pool))
+    end)
+  end
+
   def execute_stream({:remote, node, pool}, command, args, callback, opts) do
     opts = with_correlation(opts)
 
@@ -375,7 +418,7 @@ defmodule Snakepit.Cluster do
     )
 
     started = System.monotonic_time()
-    result = fun.()
+    result = tracked({node, pool}, fun)
     outcome = if match?({:error, _}, result), do: :error, else: :ok
 
     Snakepit.Telemetry.emit(

@@ -14,7 +14,8 @@ defmodule Snakepit.ETSOwner do
     snakepit_worker_lifecycle: [:set, :public, :named_table, write_concurrency: true],
     snakepit_zero_copy_handles: [:set, :public, :named_table, read_concurrency: true],
     snakepit_worker_exits: [:set, :public, :named_table],
-    snakepit_cluster_sessions: [:set, :public, :named_table, read_concurrency: true]
+    snakepit_cluster_sessions: [:set, :public, :named_table, read_concurrency: true],
+    snakepit_cluster_in_flight: [:set, :public, :named_table, write_concurrency: true]
   }
 
   @type table_name ::
@@ -24,6 +25,7 @@ defmodule Snakepit.ETSOwner do
           | :snakepit_zero_copy_handles
           | :snakepit_worker_exits
           | :snakepit_cluster_sessions
+          | :snakepit_cluster_in_flight
 
   @doc false
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)

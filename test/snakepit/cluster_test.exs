@@ -6,23 +6,24 @@ defmodule Snakepit.ClusterTest do
   @moduletag timeout: 300_000
 
   alias Snakepit.{Cluster, Telemetry}
-  alias Snakepit.Test.{AppPool, PeerCluster}
+  alias Snakepit.Test.AppPool
+  alias Snakepit.Cluster.LocalPeer, as: PeerCluster
 
   setup_all do
     PeerCluster.ensure_distributed!()
     :ok = AppPool.start!(pool_size: 1, cluster: [labels: %{zone: "a"}, advert_interval_ms: 100])
 
     {peer_b, b} =
-      PeerCluster.start_peer!(:b, cluster: [labels: %{zone: "b"}, advert_interval_ms: 100])
+      PeerCluster.start!(:b, cluster: [labels: %{zone: "b"}, advert_interval_ms: 100])
 
     {peer_c, c} =
-      PeerCluster.start_peer!(:c,
+      PeerCluster.start!(:c,
         cluster: [labels: %{zone: "c", gpu: true}, advert_interval_ms: 100]
       )
 
     on_exit(fn ->
-      PeerCluster.stop_peer(peer_b)
-      PeerCluster.stop_peer(peer_c)
+      PeerCluster.stop(peer_b)
+      PeerCluster.stop(peer_c)
     end)
 
     wait_for_nodes([b, c])
@@ -170,6 +171,21 @@ defmodule Snakepit.ClusterTest do
     end
   end
 
+  test "zero-copy refs cross nodes as bytes and are shared memory again on each side", %{b: b} do
+    floats = for i <- 1..6, into: <<>>, do: <<i * 1.0::float-32-native>>
+    {:ok, ref} = Snakepit.ZeroCopy.to_dlpack(floats, dtype: :float32, shape: {2, 3})
+
+    assert {:ok, %{"dtype" => "float32", "shape" => [2, 3], "sum" => 21.0}} =
+             Snakepit.execute("array_stats", %{"array" => ref}, node: b)
+
+    # A ref made in b's worker comes back as a ref of this node.
+    {:ok, %Snakepit.ZeroCopyRef{shape: {2, 3}, copy: false} = out} =
+      Snakepit.execute("scale_array", %{"array" => ref, "factor" => 2}, node: b)
+
+    {:ok, bin} = Snakepit.ZeroCopy.from_dlpack(out)
+    assert for(<<v::float-32-native <- bin>>, do: v) == Enum.map(1..6, &(&1 * 2.0))
+  end
+
   test "get_stats(:cluster) sums every node", %{b: b, c: c} do
     {:ok, _} = Snakepit.execute("ping", %{}, node: b)
     stats = Snakepit.get_stats(:cluster)
@@ -203,7 +219,7 @@ defmodule Snakepit.ClusterTest do
   describe "nodes coming and going" do
     test "sessions pin to their node; :hint moves when it is gone, strict fails naming it" do
       {peer, d} =
-        PeerCluster.start_peer!(:d, cluster: [labels: %{zone: "d"}, advert_interval_ms: 100])
+        PeerCluster.start!(:d, cluster: [labels: %{zone: "d"}, advert_interval_ms: 100])
 
       wait_for_nodes([d])
       req = %{zone: "d"}
@@ -214,7 +230,7 @@ defmodule Snakepit.ClusterTest do
                  Snakepit.execute_in_session("s-d", "get_pid", %{}, node: :any)
       end
 
-      PeerCluster.stop_peer(peer)
+      PeerCluster.stop(peer)
       wait_gone(d)
 
       assert {:error, %Snakepit.Error{category: :pool, message: msg}} =
@@ -233,7 +249,7 @@ defmodule Snakepit.ClusterTest do
 
     test "a node killed mid-load: its calls end at once with an error naming it, idempotent ones elsewhere" do
       {_peer, e} =
-        PeerCluster.start_peer!(:e, cluster: [labels: %{zone: "e"}, advert_interval_ms: 100])
+        PeerCluster.start!(:e, cluster: [labels: %{zone: "e"}, advert_interval_ms: 100])
 
       wait_for_nodes([e])
       os_pid = :erpc.call(e, System, :pid, [])

@@ -58,14 +58,6 @@ defmodule Snakepit.Cluster.Advertiser do
     :exit, _ -> []
   end
 
-  @doc "Lowers the free slots of a remote advert until the next one arrives."
-  def took_slot(node, pool) do
-    case :ets.lookup(@table, {node, pool}) do
-      [{key, advert}] -> :ets.insert(@table, {key, %{advert | free: max(advert.free - 1, 0)}})
-      [] -> :ok
-    end
-  end
-
   def labels do
     case Application.get_env(:snakepit, :cluster) do
       opts when is_list(opts) -> Map.new(Keyword.get(opts, :labels, %{}))
