@@ -41,6 +41,7 @@ defmodule Bench.Cluster do
       end
 
     {local, remote} = latency(b, rounds)
+    {quiet, busy, transfer} = latency_beside_bulk(b)
     for {peer, _} <- peers, do: LocalPeer.stop(peer)
 
     one = elem(hd(throughput), 1)
@@ -56,7 +57,10 @@ defmodule Bench.Cluster do
         end ++
         [
           "ping p50, one caller: local #{fmt(local)} us, remote #{fmt(remote)} us, " <>
-            "a remote call adds #{fmt(remote - local)} us"
+            "a remote call adds #{fmt(remote - local)} us",
+          "remote ping p50 while another process sends 64 MiB terms to that node without pause: " <>
+            "#{fmt(busy)} us (#{fmt(quiet)} us without), while one such transfer takes #{fmt(transfer / 1000)} ms: " <>
+            "fragments interleave, so a small call waits for a share of the link, not for the whole transfer"
         ]
 
     Enum.each(lines, &IO.puts/1)
@@ -111,6 +115,37 @@ defmodule Bench.Cluster do
     end
 
     {pick.(:local), pick.(remote_node)}
+  end
+
+  # The distribution channel under bulk traffic: remote pings beside a
+  # process sending 64 MiB binaries to the same node.
+  defp latency_beside_bulk(node) do
+    ping = fn ->
+      for(
+        _ <- 1..200,
+        do: elem(:timer.tc(fn -> {:ok, _} = Snakepit.execute("ping", %{}, node: node) end), 0)
+      )
+      |> median()
+    end
+
+    quiet = ping.()
+    big = :binary.copy(<<1>>, 64 * 1024 * 1024)
+
+    transfer =
+      median(
+        for _ <- 1..3,
+            do: elem(:timer.tc(fn -> :erpc.call(node, :erlang, :byte_size, [big]) end), 0)
+      )
+
+    bulk = spawn(fn -> bulk_loop(node, big) end)
+    busy = ping.()
+    Process.exit(bulk, :kill)
+    {quiet, busy, transfer}
+  end
+
+  defp bulk_loop(node, big) do
+    _ = :erpc.call(node, :erlang, :byte_size, [big])
+    bulk_loop(node, big)
   end
 
   defp fmt(x), do: :erlang.float_to_binary(x / 1, decimals: 1)
