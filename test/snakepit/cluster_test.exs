@@ -217,6 +217,25 @@ defmodule Snakepit.ClusterTest do
   end
 
   describe "nodes coming and going" do
+    test "a node that joins later takes load", %{b: b, c: c} do
+      {peer, f} = PeerCluster.start!(:f, cluster: [labels: %{zone: "f"}, advert_interval_ms: 100])
+      on_exit(fn -> PeerCluster.stop(peer) end)
+      wait_for_nodes([f])
+      f_pid = os_pid(pid_on(f))
+
+      # Every other pool busy: :any finds the newcomer's free slot.
+      busy =
+        for where <- [:local, b, c] do
+          Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_500}, node: where) end)
+        end
+
+      wait_busy_here()
+      wait_busy(b)
+      wait_busy(c)
+      assert {:ok, %{"pid" => ^f_pid}} = Snakepit.execute("get_pid", %{}, node: :any)
+      for task <- busy, do: assert({:ok, _} = Task.await(task, 10_000))
+    end
+
     test "sessions pin to their node; :hint moves when it is gone, strict fails naming it" do
       {peer, d} =
         PeerCluster.start!(:d, cluster: [labels: %{zone: "d"}, advert_interval_ms: 100])
