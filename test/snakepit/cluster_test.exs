@@ -27,6 +27,8 @@ defmodule Snakepit.ClusterTest do
     end)
 
     wait_for_nodes([b, c])
+    # And until every pool's worker shows in its advert.
+    :ok = PeerCluster.await_pools(3)
     %{b: b, c: c}
   end
 
@@ -214,113 +216,5 @@ defmodule Snakepit.ClusterTest do
                     %{node: ^b, result: :ok, correlation_id: "cid-cluster"}}
 
     assert is_integer(d)
-  end
-
-  describe "nodes coming and going" do
-    test "a node that joins later takes load", %{b: b, c: c} do
-      {peer, f} = PeerCluster.start!(:f, cluster: [labels: %{zone: "f"}, advert_interval_ms: 100])
-      on_exit(fn -> PeerCluster.stop(peer) end)
-      wait_for_nodes([f])
-      f_pid = os_pid(pid_on(f))
-
-      # Every other pool busy: :any finds the newcomer's free slot.
-      busy =
-        for where <- [:local, b, c] do
-          Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_500}, node: where) end)
-        end
-
-      wait_busy_here()
-      wait_busy(b)
-      wait_busy(c)
-      assert {:ok, %{"pid" => ^f_pid}} = Snakepit.execute("get_pid", %{}, node: :any)
-      for task <- busy, do: assert({:ok, _} = Task.await(task, 10_000))
-    end
-
-    test "sessions pin to their node; :hint moves when it is gone, strict fails naming it" do
-      {peer, d} =
-        PeerCluster.start!(:d, cluster: [labels: %{zone: "d"}, advert_interval_ms: 100])
-
-      wait_for_nodes([d])
-      req = %{zone: "d"}
-      {:ok, %{"pid" => first}} = Snakepit.execute_in_session("s-d", "get_pid", %{}, require: req)
-
-      for _ <- 1..3 do
-        assert {:ok, %{"pid" => ^first}} =
-                 Snakepit.execute_in_session("s-d", "get_pid", %{}, node: :any)
-      end
-
-      PeerCluster.stop(peer)
-      wait_gone(d)
-
-      assert {:error, %Snakepit.Error{category: :pool, message: msg}} =
-               Snakepit.execute_in_session("s-d", "get_pid", %{},
-                 node: :any,
-                 affinity: :strict_fail_fast
-               )
-
-      assert msg =~ Atom.to_string(d)
-
-      assert {:ok, %{"pid" => moved}} =
-               Snakepit.execute_in_session("s-d", "get_pid", %{}, node: :any)
-
-      assert moved != first
-    end
-
-    test "a node killed mid-load: its calls end at once with an error naming it, idempotent ones elsewhere" do
-      {_peer, e} =
-        PeerCluster.start!(:e, cluster: [labels: %{zone: "e"}, advert_interval_ms: 100])
-
-      wait_for_nodes([e])
-      os_pid = :erpc.call(e, System, :pid, [])
-
-      calls =
-        for i <- 1..4 do
-          Task.async(fn ->
-            {i, Snakepit.execute("sleep", %{ms: 5_000}, node: e, timeout: 30_000)}
-          end)
-        end
-
-      idempotent =
-        Task.async(fn ->
-          Snakepit.execute("sleep", %{ms: 2_000},
-            require: %{zone: "e"},
-            idempotent: true,
-            timeout: 30_000
-          )
-        end)
-
-      # Until e runs a call (its advert reads busy); then kill -9 its VM.
-      wait_busy(e)
-      killed_at = System.monotonic_time(:millisecond)
-      System.cmd("kill", ["-9", os_pid])
-
-      for task <- calls do
-        {_started, result} = Task.await(task, 20_000)
-        assert {:error, %Snakepit.Error{category: :pool, message: msg}} = result
-        assert msg =~ Atom.to_string(e)
-      end
-
-      # Nobody waited out the 30 s timeout.
-      assert System.monotonic_time(:millisecond) - killed_at < 10_000
-
-      # The idempotent call was routed again instead of failing with the
-      # node: no other node has zone "e", so it ends with :no_pool.
-      assert {:error, %Snakepit.Error{category: :pool, details: %{reason: :no_pool}}} =
-               Task.await(idempotent, 20_000)
-
-      wait_gone(e)
-      refute e in Cluster.nodes()
-    end
-  end
-
-  defp wait_busy(node) do
-    case Enum.find(Cluster.pools(), &(&1.node == node)) do
-      %{free: 0} -> :ok
-      _ -> receive(after: (10 -> wait_busy(node)))
-    end
-  end
-
-  defp wait_gone(node) do
-    if node in Cluster.nodes(), do: receive(after: (10 -> wait_gone(node))), else: :ok
   end
 end

@@ -38,10 +38,15 @@ defmodule Snakepit.Cluster.LocalPeer do
 
   defp boot(name, env) do
     ensure_distributed!()
-    # Schedulers that do not spin when idle: peers share this machine's cores.
+    # Schedulers that do not spin when idle (peers share this machine's
+    # cores), and no disconnects by global's overlapping-partition guard
+    # when a peer is killed (tests kill them on purpose).
     args =
       Enum.flat_map(:code.get_path(), &[~c"-pa", &1]) ++
-        Enum.map(~w(+sbwt none +sbwtdcpu none +sbwtdio none), &String.to_charlist/1)
+        Enum.map(
+          ~w(+sbwt none +sbwtdcpu none +sbwtdio none -kernel prevent_overlapping_partitions false),
+          &String.to_charlist/1
+        )
 
     {:ok, peer, node} =
       :peer.start(%{
