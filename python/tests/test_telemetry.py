@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from snakepit_bridge import telemetry
@@ -176,3 +178,22 @@ def test_filters_match_the_elixir_names_of_spans_and_user_events():
     hub.allow, hub.deny = [], ["python.event"]
     hub.emit("other.thing")
     assert [r.name for r in seen] == ["work.start", "model.inference", "call.stop"]
+
+
+def test_a_wake_up_lost_with_a_closed_loop_does_not_silence_the_next_one():
+    hub = telemetry.TelemetryHub()
+    old = asyncio.new_event_loop()
+    hub.start_buffering(old)
+    hub.emit("first")  # schedules a wake-up on `old` ...
+    old.close()  # ... which never runs
+    hub.drain()
+
+    async def go():
+        hub.start_buffering(asyncio.get_running_loop())
+        waiter = asyncio.ensure_future(hub.wait_for_events())
+        await asyncio.sleep(0)  # the sender waits on an empty buffer
+        hub.emit("second")
+        await asyncio.wait_for(waiter, 2)
+        assert [r.name for r in hub.drain()] == ["second"]
+
+    asyncio.run(go())

@@ -288,6 +288,8 @@ class TelemetryHub:
         """Begin queueing events for a sender running on ``loop``."""
         self._loop = loop
         self._wakeup = asyncio.Event()
+        # A wake-up scheduled on an earlier loop that closed never ran.
+        self._wakeup_pending = False
         self._buffering = True
         self._sending = self.forwarding
 
@@ -296,6 +298,7 @@ class TelemetryHub:
         self._sending = False
         self._loop = None
         self._wakeup = None
+        self._wakeup_pending = False
         with self._lock:
             self._buffer.clear()
 
