@@ -110,6 +110,8 @@ defmodule Snakepit.Cluster do
   # (routed here), {:remote, node, pool_name}, or an error.
   @spec target(keyword()) ::
           :local | {:local, atom()} | {:remote, node(), atom()} | {:error, Error.t()}
+  def target(opts) when not is_list(opts), do: :local
+
   def target(opts) do
     node_opt =
       Keyword.get(opts, :node, if(Keyword.has_key?(opts, :require), do: :any, else: :local))

@@ -79,6 +79,7 @@ defmodule Snakepit.ClusterMembershipTest do
         end)
       end
 
+    # The requirement only e has: routed again, it finds no pool.
     idempotent =
       Task.async(fn ->
         Snakepit.execute("sleep", %{ms: 2_000},
@@ -86,6 +87,16 @@ defmodule Snakepit.ClusterMembershipTest do
           idempotent: true,
           timeout: 30_000
         )
+      end)
+
+    # With this node busy, :any sends this idempotent call to e; once e is
+    # gone it is routed again and runs here.
+    here_busy = Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_000}) end)
+    wait_busy_here()
+
+    moved =
+      Task.async(fn ->
+        Snakepit.execute("get_pid", %{}, node: :any, idempotent: true, timeout: 30_000)
       end)
 
     # Until e runs a call (its advert reads busy); then kill -9 its VM.
@@ -102,10 +113,17 @@ defmodule Snakepit.ClusterMembershipTest do
     # Nobody waited out the 30 s timeout.
     assert System.monotonic_time(:millisecond) - killed_at < 10_000
 
-    # The idempotent call was routed again instead of failing with the
-    # node: no other node has zone "e", so it ends with :no_pool.
+    # The idempotent calls were routed again instead of failing with the
+    # node: the one needing zone "e" finds none, the other runs here.
     assert {:error, %Snakepit.Error{category: :pool, details: %{reason: :no_pool}}} =
              Task.await(idempotent, 20_000)
+
+    here = :erpc.call(node(), System, :pid, [])
+    assert {:ok, %{"pid" => pid}} = Task.await(moved, 20_000)
+    assert {:ok, _} = Task.await(here_busy, 20_000)
+    assert is_integer(pid) and here != Integer.to_string(pid)
+    {:ok, %{"pid" => local_worker}} = Snakepit.execute("get_pid", %{})
+    assert pid == local_worker
 
     wait_gone(e)
     refute e in Cluster.nodes()
