@@ -581,8 +581,10 @@ defmodule Snakepit.ToolBridgeTest do
                    {:message_queue_len, len} = Process.info(me, :message_queue_len)
                    Process.put(:max_queue, max(len, Process.get(:max_queue, 0)))
                    # A slow consumer (a pause, not a wait for anything): an
-                   # unbounded producer would run far ahead meanwhile.
-                   if rem(chunk["index"], 10) == 0, do: :timer.sleep(5)
+                   # unbounded producer would run far ahead meanwhile. Slow
+                   # enough that a loaded machine's producer still fills the
+                   # window.
+                   if rem(chunk["index"], 5) == 0, do: :timer.sleep(10)
                    if chunk["index"] == halt_at, do: :halt, else: :ok
                  end
                )
