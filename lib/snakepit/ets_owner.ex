@@ -15,7 +15,8 @@ defmodule Snakepit.ETSOwner do
     snakepit_zero_copy_handles: [:set, :public, :named_table, read_concurrency: true],
     snakepit_worker_exits: [:set, :public, :named_table],
     snakepit_cluster_sessions: [:set, :public, :named_table, read_concurrency: true],
-    snakepit_cluster_in_flight: [:set, :public, :named_table, write_concurrency: true]
+    snakepit_cluster_in_flight: [:set, :public, :named_table, write_concurrency: true],
+    snakepit_telemetry_streams: [:set, :public, :named_table]
   }
 
   @type table_name ::
@@ -26,6 +27,7 @@ defmodule Snakepit.ETSOwner do
           | :snakepit_worker_exits
           | :snakepit_cluster_sessions
           | :snakepit_cluster_in_flight
+          | :snakepit_telemetry_streams
 
   @doc false
   def start_link(_opts), do: GenServer.start_link(__MODULE__, :ok, name: __MODULE__)

@@ -291,4 +291,30 @@ defmodule Snakepit.PythonTelemetryTest do
 
     assert Enum.sort(String.split(out, "\n", trim: true)) == Enum.sort(known)
   end
+
+  test "a restarted GrpcStream takes over the workers' streams" do
+    old = Process.whereis(GrpcStream)
+    before = Enum.map(GrpcStream.list_streams(), & &1.worker_id)
+    assert length(before) == 2
+    ref = Process.monitor(old)
+    Process.exit(old, :kill)
+    assert_receive {:DOWN, ^ref, :process, ^old, :killed}
+
+    # Nobody listens meanwhile, so no event would make workers reconnect:
+    # the new GrpcStream must find their streams itself.
+    assert Enum.sort(Enum.map(streams_after_restart(old), & &1.worker_id)) == Enum.sort(before)
+    forward("py-takeover", [[:snakepit, :python, :call, :stop]])
+    id = cid()
+    {:ok, _} = Snakepit.execute("ping", %{}, correlation_id: id)
+    assert_receive {:event, [:snakepit, :python, :call, :stop], _, %{correlation_id: ^id}}
+  end
+
+  # The supervisor restarts it after the DOWN reached us: until then the
+  # name is unregistered or still the old pid.
+  defp streams_after_restart(old) do
+    case Process.whereis(GrpcStream) do
+      pid when is_pid(pid) and pid != old -> GrpcStream.list_streams()
+      _ -> receive(after: (10 -> streams_after_restart(old)))
+    end
+  end
 end

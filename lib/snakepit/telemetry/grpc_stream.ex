@@ -44,6 +44,10 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   @poll_ms 1_000
   @ack_timeout_ms 5_000
+  # The open streams, kept outside this process so that a restarted
+  # GrpcStream takes them over (workers do not reconnect on their own while
+  # they are told not to send anything).
+  @streams_table :snakepit_telemetry_streams
 
   @type worker_ctx :: %{
           required(:worker_id) => String.t(),
@@ -103,7 +107,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
 
   @doc """
   Looks again whether anyone listens to Python events and tells the workers
-  when that changed; returns once they confirmed (or after 2 s).
+  when that changed; returns once they confirmed (or after 3 s).
   """
   @spec refresh() :: :ok
   def refresh do
@@ -151,6 +155,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
   @impl true
   def init(_opts) do
     Process.send_after(self(), :poll, @poll_ms)
+    send(self(), :take_over)
 
     {:ok,
      %{
@@ -262,6 +267,25 @@ defmodule Snakepit.Telemetry.GrpcStream do
     end
   end
 
+  # Streams a previous GrpcStream had: attach to them again.
+  def handle_info(:take_over, state) do
+    table = Snakepit.ETSOwner.ensure_table(@streams_table)
+
+    state =
+      Enum.reduce(:ets.tab2list(table), state, fn {stream, worker_id}, acc ->
+        case Native.telemetry_attach(stream, self()) do
+          :ok ->
+            open_stream(acc, stream, %{worker_id: worker_id})
+
+          :ended ->
+            :ets.delete(table, stream)
+            acc
+        end
+      end)
+
+    {:noreply, state}
+  end
+
   def handle_info(:poll, state) do
     Process.send_after(self(), :poll, @poll_ms)
     now = listening?()
@@ -297,6 +321,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
     # all workers before it started.
     Native.telemetry_control(stream, {:forwarding, state.listening}, 0)
     for {_kind, message} <- state.defaults, do: Native.telemetry_control(stream, message, 0)
+    :ets.insert(Snakepit.ETSOwner.ensure_table(@streams_table), {stream, worker_id})
 
     %{
       state
@@ -318,6 +343,7 @@ defmodule Snakepit.Telemetry.GrpcStream do
         state
 
       {s, streams} ->
+        :ets.delete(Snakepit.ETSOwner.ensure_table(@streams_table), stream)
         closed = Map.new(state.closed, fn {k, v} -> {k, v + Map.fetch!(s, k)} end)
 
         by_worker =

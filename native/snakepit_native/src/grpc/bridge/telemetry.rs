@@ -298,7 +298,8 @@ fn object(bytes: &[u8]) -> Option<Value> {
 }
 
 /// Names the process that takes this stream's events (and gets its close).
-/// `:ended` when the worker's side ended before: nothing will come.
+/// A batch in flight to an earlier process is given up (it went with that
+/// process). `:ended` when the worker's side ended before: nothing will come.
 #[rustler::nif]
 fn telemetry_attach(stream: ResourceArc<TelemetryStream>, sink: LocalPid) -> Atom {
     stream.with_inbox(|inbox| {
@@ -306,6 +307,7 @@ fn telemetry_attach(stream: ResourceArc<TelemetryStream>, sink: LocalPid) -> Ato
             atoms::ended()
         } else {
             inbox.sink = Some(sink);
+            inbox.in_flight = false;
             atoms::ok()
         }
     })
