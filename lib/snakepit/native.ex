@@ -164,12 +164,36 @@ defmodule Snakepit.Native do
   # -- the call lane (see native/snakepit_native/src/lane) ----------------------
 
   @doc """
-  Connects to a worker's call lane (a `SOCK_SEQPACKET` socket at `path`) and
-  greets it with this VM's secret. `{:ok, lane}`; the lane closes when the
-  last reference to it goes.
+  Takes over the lane socket `fd` that a `gen_tcp` port connected to a
+  worker's call lane (`:inet.getfd/1`; a Unix stream socket, anything else
+  is refused) and greets the worker with this VM's secret. `{:ok, lane}`:
+  calls are written through a descriptor of the lane's own, replies stay
+  the port's to read and go to `lane_deliver/2`
+  (`Snakepit.Worker.LaneReader`).
   """
-  @spec lane_open(String.t()) :: {:ok, reference()} | error()
-  def lane_open(_path), do: not_loaded()
+  @spec lane_attach(non_neg_integer()) :: {:ok, reference()} | error()
+  def lane_attach(_fd), do: not_loaded()
+
+  @doc """
+  Delivers one message the lane's port received (header and payload, the
+  length prefix removed): decoded and sent to its caller as `{ref, result}`.
+  `:ok`; `:collect` when the calling process should collect its heap now
+  (the result built there held a zero-copy region or a large binary); an
+  error when it is not a lane message.
+  """
+  @spec lane_deliver(reference(), binary()) :: :ok | :collect | error()
+  def lane_deliver(_lane, _message), do: not_loaded()
+
+  @doc "`lane_deliver/2` on a dirty CPU scheduler, for large messages."
+  @spec lane_deliver_large(reference(), binary()) :: :ok | :collect | error()
+  def lane_deliver_large(_lane, _message), do: not_loaded()
+
+  @doc """
+  Closes the lane: waiting callers get `{ref, {:error, {:unavailable,
+  reason}}}`, later calls are refused with it.
+  """
+  @spec lane_close(reference(), String.t()) :: :ok
+  def lane_close(_lane, _reason), do: not_loaded()
 
   @doc """
   Sends an `ExecuteTool` call on the lane: `{:ok, call_id}`, then one

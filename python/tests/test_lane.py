@@ -1,7 +1,8 @@
 """The call lane, spoken to by a small client that frames messages as the
-native core does (snakepit_core::lane): hello and its refusal, unary calls
-(sync, async, unknown tools, messages cut in frames), and streams with
-credit, batching, end and cancel."""
+native core does (snakepit_core::lane: a big-endian length, a header, the
+payload, on a stream socket): hello and its refusal, unary calls (sync,
+async, unknown tools, large messages), a length past the limit, and
+streams with credit, batching, end and cancel."""
 
 from __future__ import annotations
 
@@ -24,8 +25,6 @@ from snakepit_bridge._internal.lane import (
     END,
     HEADER,
     HELLO,
-    MAX_FRAME,
-    MORE,
     REPLY,
     STREAM,
 )
@@ -33,6 +32,7 @@ from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 
 SECRET = "lane-test-secret"
 _LEN = struct.Struct("<I")
+_PREFIX = struct.Struct(">I")
 
 
 @pytest.fixture(autouse=True)
@@ -46,30 +46,30 @@ class LaneClient:
     """The VM's end, blocking, in a thread of its own (via to_thread)."""
 
     def __init__(self, path: str, secret: str = SECRET):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(WAIT_S)
         self.sock.connect(path)
-        self.sock.sendmsg([HEADER.pack(HELLO, 0, 0, 0), secret.encode()])
-        self.partial: dict[tuple[int, int], list[bytes]] = {}
+        self.send(HELLO, 0, secret.encode())
 
     def send(self, kind: int, call_id: int, payload: bytes = b"", arg: int = 0) -> None:
-        room = MAX_FRAME - HEADER.size
-        parts = [payload[i : i + room] for i in range(0, len(payload), room)] or [b""]
-        for i, part in enumerate(parts):
-            flags = MORE if i < len(parts) - 1 else 0
-            self.sock.sendmsg([HEADER.pack(kind, flags, arg, call_id), part])
+        head = _PREFIX.pack(HEADER.size + len(payload)) + HEADER.pack(kind, 0, arg, call_id)
+        self.sock.sendall(head + payload)
+
+    def _exactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:
+            got = self.sock.recv(n - len(out))
+            if not got:
+                raise EOFError("the worker closed the lane")
+            out += got
+        return bytes(out)
 
     def receive(self) -> tuple[int, int, int, bytes]:
         """One whole message: (kind, flags, call_id, payload)."""
-        while True:
-            frame = self.sock.recv(MAX_FRAME)
-            if not frame:
-                raise EOFError("the worker closed the lane")
-            kind, flags, _arg, call_id = HEADER.unpack_from(frame)
-            key = (call_id, kind)
-            self.partial.setdefault(key, []).append(frame[HEADER.size :])
-            if not flags & MORE:
-                return kind, flags, call_id, b"".join(self.partial.pop(key))
+        (n,) = _PREFIX.unpack(self._exactly(_PREFIX.size))
+        message = self._exactly(n)
+        kind, flags, _arg, call_id = HEADER.unpack_from(message)
+        return kind, flags, call_id, message[HEADER.size :]
 
     def call(self, call_id: int, req: Any) -> Any:
         self.send(CALL, call_id, req.SerializeToString())
@@ -119,17 +119,32 @@ def test_calls_answer_on_the_lane(sock_dir):
     asyncio.run(main())
 
 
-def test_messages_larger_than_a_frame_are_cut_and_joined(sock_dir):
+def test_large_messages_travel_whole(sock_dir):
     async def main():
         async with lane_worker(TestAdapter(), sock_dir) as (worker, _stub):
             client = await connect(worker)
             try:
-                big = bytes(range(256)) * 2000  # 512 KB: four frames and more
+                big = bytes(range(256)) * 2000  # 512 KB: more than one receive
                 req = request("binary_len", {"label": "x"}, binary={"data": big})
                 answer = await asyncio.to_thread(client.call, 7, req)
                 assert result_of(answer) == {"len": len(big), "type": "bytes", "label": "x"}
                 blob = await asyncio.to_thread(client.call, 8, request("blob", {"size": 256}))
                 assert result_of(blob) == bytes(range(256))
+            finally:
+                client.close()
+
+    asyncio.run(main())
+
+
+def test_a_length_past_the_limit_closes_the_lane(sock_dir):
+    async def main():
+        async with lane_worker(TestAdapter(), sock_dir) as (worker, _stub):
+            client = await connect(worker)
+            try:
+                assert result_of(await asyncio.to_thread(client.call, 1, request("add", {"a": 1, "b": 1}))) == 2
+                client.sock.sendall(_PREFIX.pack(0xFFFF_FFF0) + HEADER.pack(CALL, 0, 0, 2))
+                with pytest.raises((EOFError, ConnectionResetError)):
+                    await asyncio.to_thread(client.receive)
             finally:
                 client.close()
 

@@ -592,8 +592,12 @@ defmodule Snakepit.ToolBridgeTest do
       assert_receive {:stopped, %{"produced" => produced}}, 10_000
       max_queue = Process.get(:max_queue)
       assert max_queue <= window + 1, "mailbox held #{max_queue} messages, window #{window}"
-      # And the producer really was ahead: it filled the window.
-      assert max_queue >= window - 1
+      # And the producer really was ahead: during the consumer's pauses its
+      # messages waited in the mailbox. Credit goes back to the worker in
+      # halves of the window, so at a pause up to half the window minus one
+      # acknowledged chunks are not yet granted back, and the chunk in hand
+      # is out of the mailbox: at least half the window waits there.
+      assert max_queue >= div(window, 2)
       # The producer itself was held back by the same chain of buffers.
       bound = max_produced(halt_at, window, payload)
       assert produced <= bound, "producer ran #{produced} items ahead, bound #{bound}"

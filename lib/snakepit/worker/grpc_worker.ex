@@ -37,7 +37,7 @@ defmodule Snakepit.GRPCWorker do
   def supervisor_shutdown_timeout,
     do: Defaults.graceful_shutdown_timeout_ms() + @kill_wait_ms + 1_000
 
-  @doc "The worker's OS pid, channel and status."
+  @doc "The worker's OS pid, channel, call lane (and its reader) and status."
   @spec get_info(pid()) :: map()
   def get_info(worker), do: GenServer.call(worker, :info)
 
@@ -66,6 +66,7 @@ defmodule Snakepit.GRPCWorker do
       handle: nil,
       channel: nil,
       lane: nil,
+      lane_reader: nil,
       address: nil,
       output: :queue.new(),
       startup_error: nil,
@@ -164,13 +165,25 @@ defmodule Snakepit.GRPCWorker do
 
   def handle_info({:EXIT, _monitor, :heartbeat_timeout}, state), do: heartbeat_failed(state)
 
+  # The lane's reader ends normally when the lane closes (the Python
+  # process is going); anything else leaves a worker nobody can call.
+  def handle_info({:EXIT, reader, reason}, %{lane_reader: reader} = state)
+      when reader != nil and reason != :normal do
+    Snakepit.Logger.error(
+      :worker,
+      "worker #{state.id}: its call lane's reader stopped (#{inspect(reason)}); restarting it"
+    )
+
+    {:stop, {:shutdown, {:lane_reader, reason}}, state}
+  end
+
   def handle_info(_other, state), do: {:noreply, state}
 
   defp handle_process_event({:stdout, "SNAKEPIT_READY " <> ready}, %{status: :starting} = state) do
     {address, lane_path} = parse_ready(ready)
 
     with {:ok, channel} <- Native.grpc_connect(address),
-         {:ok, lane} <- open_lane(lane_path, state) do
+         {:ok, lane, lane_reader} <- open_lane(lane_path, state) do
       if state.startup_timer, do: Process.cancel_timer(state.startup_timer)
 
       worker = %{
@@ -218,6 +231,7 @@ defmodule Snakepit.GRPCWorker do
          | status: :ready,
            channel: channel,
            lane: lane,
+           lane_reader: lane_reader,
            address: address,
            startup_timer: nil
        }}
@@ -308,13 +322,13 @@ defmodule Snakepit.GRPCWorker do
     if Map.get(state.config, :call_transport) == :lane,
       do: Logger.debug("[#{state.id}] the worker offers no call lane; calls use gRPC")
 
-    {:ok, nil}
+    {:ok, nil, nil}
   end
 
   defp open_lane(path, _state) do
-    case Native.lane_open(path) do
-      {:ok, lane} -> {:ok, lane}
-      {:error, {_kind, message}} -> {:error, "cannot open the call lane: #{message}"}
+    case Snakepit.Worker.LaneReader.start_link(path) do
+      {:ok, reader, lane} -> {:ok, lane, reader}
+      {:error, message} -> {:error, "cannot open the call lane: #{message}"}
     end
   end
 
@@ -431,7 +445,8 @@ defmodule Snakepit.GRPCWorker do
 
   @impl true
   def handle_call(:info, _from, state) do
-    {:reply, Map.take(state, [:id, :pool_name, :status, :os_pid, :address, :channel, :lane]),
+    {:reply,
+     Map.take(state, [:id, :pool_name, :status, :os_pid, :address, :channel, :lane, :lane_reader]),
      state}
   end
 

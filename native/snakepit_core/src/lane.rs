@@ -1,22 +1,22 @@
 //! The call lane's framing: how calls, replies and stream chunks travel
-//! between the VM and a worker on one `SOCK_SEQPACKET` Unix socket, beside
-//! the gRPC control plane. Payloads are the protobuf messages of
-//! `proto/snakepit_bridge.proto`; the lane only adds a 12-byte header.
+//! between the VM and a worker on one Unix stream socket, beside the gRPC
+//! control plane. Payloads are the protobuf messages of
+//! `proto/snakepit_bridge.proto`; the lane only adds a length and a 12-byte
+//! header.
 //!
 //! ```text
-//! 0      1      2          4                      12
-//! +------+------+----------+----------------------+----------------
-//! | kind | flags| arg (u16)| call id (u64, LE)    | payload ...
-//! +------+------+----------+----------------------+----------------
+//! 0                4      5      6          8                      16
+//! +----------------+------+------+----------+----------------------+-------------
+//! | length (u32 BE)| kind | flags| arg (u16)| call id (u64, LE)    | payload ...
+//! +----------------+------+------+----------+----------------------+-------------
 //! ```
 //!
-//! `arg` is the initial credit of a `STREAM` (0 elsewhere).
-//!
-//! A message longer than one frame is cut into frames of at most
-//! `MAX_FRAME` bytes; every frame but the last carries `MORE`, and the
-//! receiver joins them by call id (frames of different calls may
-//! interleave; frames of one call never do, since one sender sends them in
-//! order on one socket).
+//! `length` counts the header and the payload. It is big-endian because it
+//! is the 4-byte packet header that the BEAM's socket driver reads itself
+//! (`{:packet, 4}`): the VM receives each message whole from an ERTS port,
+//! whose socket the schedulers poll, so a reply wakes one scheduler and no
+//! other thread (see `snakepit_native::lane`). `arg` is the initial credit
+//! of a `STREAM` (0 elsewhere).
 //!
 //! | kind | direction | payload |
 //! |---|---|---|
@@ -28,12 +28,9 @@
 //! | `CREDIT` | VM → worker | u32 LE: chunks the worker may send more |
 //! | `CANCEL` | VM → worker | none: stop the call (a halted or timed-out stream) |
 
-use std::collections::HashMap;
-
 pub const HEADER: usize = 12;
-/// Largest frame, header included: fits the default socket buffer
-/// (wmem_default is 208 KiB), so a send never needs a bigger one.
-pub const MAX_FRAME: usize = 128 * 1024;
+/// The length prefix before each message.
+pub const PREFIX: usize = 4;
 
 pub const HELLO: u8 = 1;
 pub const CALL: u8 = 2;
@@ -43,8 +40,6 @@ pub const CHUNKS: u8 = 5;
 pub const CREDIT: u8 = 6;
 pub const CANCEL: u8 = 7;
 
-/// More frames of this message follow.
-pub const MORE: u8 = 1;
 /// The last message of a stream: the call is over.
 pub const END: u8 = 2;
 
@@ -97,75 +92,15 @@ impl Header {
     }
 }
 
-/// The frames of one message with `header`: `(header bytes, payload
-/// slice)` each, in order. Every frame but the last carries `MORE` (and no
-/// `END`); the last carries `header`'s own flags.
-pub fn frames(header: Header, payload: &[u8]) -> Vec<([u8; HEADER], &[u8])> {
-    let room = MAX_FRAME - HEADER;
-    if payload.len() <= room {
-        return vec![(header.encode(), payload)];
-    }
-    let parts: Vec<&[u8]> = payload.chunks(room).collect();
-    let last = parts.len() - 1;
-    parts
-        .into_iter()
-        .enumerate()
-        .map(|(i, part)| {
-            let flags = if i < last {
-                (header.flags | MORE) & !END
-            } else {
-                header.flags
-            };
-            (Header { flags, ..header }.encode(), part)
-        })
-        .collect()
-}
-
-/// Joins the frames of messages cut in several, by call id and kind.
-#[derive(Default)]
-pub struct Reassembler {
-    partial: HashMap<(u64, u8), Vec<u8>>,
-    limit: usize,
-}
-
-impl Reassembler {
-    /// `limit`: the largest message accepted (max_message_bytes).
-    pub fn new(limit: usize) -> Self {
-        Reassembler {
-            partial: HashMap::new(),
-            limit,
-        }
-    }
-
-    /// Takes one frame: `Ok(Some((header, message)))` when a message is
-    /// complete, `Ok(None)` while more frames are due, `Err` when a message
-    /// grows past the limit (its frames are dropped).
-    pub fn push(&mut self, frame: &[u8]) -> Result<Option<(Header, Vec<u8>)>, String> {
-        let (header, payload) = Header::decode(frame)?;
-        let key = (header.call_id, header.kind);
-        if header.flags & MORE == 0 && !self.partial.contains_key(&key) {
-            return Ok(Some((header, payload.to_vec())));
-        }
-        let buf = self.partial.entry(key).or_default();
-        if buf.len() + payload.len() > self.limit {
-            self.partial.remove(&key);
-            return Err(format!(
-                "a lane message of call {} is larger than max_message_bytes ({})",
-                header.call_id, self.limit
-            ));
-        }
-        buf.extend_from_slice(payload);
-        if header.flags & MORE != 0 {
-            return Ok(None);
-        }
-        let message = self.partial.remove(&key).unwrap_or_default();
-        Ok(Some((header, message)))
-    }
-
-    /// Forgets a call's partial message (it was cancelled or timed out).
-    pub fn forget(&mut self, call_id: u64) {
-        self.partial.retain(|(id, _), _| *id != call_id);
-    }
+/// What goes before a message's payload on the socket: its length prefix
+/// and its header.
+pub fn prefix(header: Header, payload_len: usize) -> Result<[u8; PREFIX + HEADER], String> {
+    let length = u32::try_from(HEADER + payload_len)
+        .map_err(|_| format!("a lane message of {payload_len} bytes is too large"))?;
+    let mut out = [0u8; PREFIX + HEADER];
+    out[..PREFIX].copy_from_slice(&length.to_be_bytes());
+    out[PREFIX..].copy_from_slice(&header.encode());
+    Ok(out)
 }
 
 /// The chunks of a `CHUNKS` payload, each a `ToolChunk` message.
@@ -238,7 +173,7 @@ mod tests {
     fn headers_round_trip() {
         let h = Header {
             kind: REPLY,
-            flags: MORE,
+            flags: END,
             arg: 513,
             call_id: 0x0102_0304_0506_0708,
         };
@@ -249,66 +184,12 @@ mod tests {
     }
 
     #[test]
-    fn a_small_message_is_one_frame() {
-        let frames = frames(Header::new(CALL, 7), b"hello");
-        assert_eq!(frames.len(), 1);
-        let (header, _) = Header::decode(&frames[0].0).unwrap();
-        assert_eq!(header.flags, 0);
-    }
-
-    #[test]
-    fn a_large_message_is_cut_and_joined_even_interleaved() {
-        let big: Vec<u8> = (0..(MAX_FRAME * 3)).map(|i| (i % 251) as u8).collect();
-        let other = b"small".to_vec();
-        let a = frames(
-            Header {
-                flags: END,
-                ..Header::new(CHUNKS, 1)
-            },
-            &big,
-        );
-        let b = frames(Header::new(CALL, 2), &other);
-        assert_eq!(a.len(), 4);
-        assert!(a
-            .iter()
-            .all(|(h, p)| HEADER + p.len() <= MAX_FRAME && h.len() == HEADER));
-        let flags: Vec<u8> = a.iter().map(|(h, _)| h[1]).collect();
-        assert_eq!(flags, vec![MORE, MORE, MORE, END]);
-
-        let mut r = Reassembler::new(usize::MAX);
-        let mut done = Vec::new();
-        let to_frame = |(h, p): &([u8; HEADER], &[u8])| [h.as_slice(), p].concat();
-        // Call 2's frame arrives between call 1's.
-        let order = [
-            to_frame(&a[0]),
-            to_frame(&b[0]),
-            to_frame(&a[1]),
-            to_frame(&a[2]),
-            to_frame(&a[3]),
-        ];
-        for frame in &order {
-            if let Some(msg) = r.push(frame).unwrap() {
-                done.push(msg);
-            }
-        }
-        assert_eq!(done.len(), 2);
-        assert_eq!(done[0].0.call_id, 2);
-        assert_eq!(done[0].1, other);
-        assert_eq!(done[1].0.call_id, 1);
-        assert_eq!(done[1].0.flags, END);
-        assert_eq!(done[1].1, big);
-    }
-
-    #[test]
-    fn a_message_past_the_limit_is_refused_and_dropped() {
-        let big = vec![0u8; MAX_FRAME * 2];
-        let mut r = Reassembler::new(MAX_FRAME);
-        let frames = frames(Header::new(REPLY, 9), &big);
-        let first = [frames[0].0.as_slice(), frames[0].1].concat();
-        let second = [frames[1].0.as_slice(), frames[1].1].concat();
-        assert_eq!(r.push(&first).unwrap(), None);
-        assert!(r.push(&second).unwrap_err().contains("max_message_bytes"));
-        assert!(r.partial.is_empty());
+    fn the_prefix_counts_header_and_payload_big_endian() {
+        let p = prefix(Header::new(CALL, 7), 300).unwrap();
+        assert_eq!(&p[..PREFIX], &(312u32).to_be_bytes());
+        let (header, rest) = Header::decode(&p[PREFIX..]).unwrap();
+        assert_eq!((header.kind, header.call_id, rest.len()), (CALL, 7, 0));
+        assert!(prefix(Header::new(CALL, 1), u32::MAX as usize).is_err());
     }
 
     #[test]

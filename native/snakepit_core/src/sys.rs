@@ -197,10 +197,35 @@ pub fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
     connect_seqpacket_with(path, 0)
 }
 
-/// As `connect_seqpacket`, non-blocking: the connect itself never waits
-/// (a full listen backlog is `WouldBlock`), nor do later sends and receives.
-pub fn connect_seqpacket_nonblocking(path: &str) -> io::Result<OwnedFd> {
-    connect_seqpacket_with(path, libc::SOCK_NONBLOCK)
+/// A close-on-exec duplicate of `fd`, when `fd` is an `AF_UNIX`
+/// `SOCK_STREAM` socket (anything else is refused: the caller hands over a
+/// descriptor number, and must not get a handle on another file by mistake).
+pub fn dup_unix_stream(fd: RawFd) -> io::Result<OwnedFd> {
+    let option = |name: libc::c_int| -> io::Result<libc::c_int> {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `value` and `len` are valid for getsockopt to write one int.
+        cvt(unsafe {
+            libc::getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                name,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        })?;
+        Ok(value)
+    };
+    if option(libc::SO_DOMAIN)? != libc::AF_UNIX || option(libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("descriptor {fd} is not a Unix stream socket"),
+        ));
+    }
+    // SAFETY: F_DUPFD_CLOEXEC reads the integer fd and returns a new one.
+    Ok(owned(cvt(unsafe {
+        libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3)
+    })?))
 }
 
 fn connect_seqpacket_with(path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
@@ -287,8 +312,9 @@ pub fn seqpacket_pair() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok((owned(fds[0]), owned(fds[1])))
 }
 
-/// Sends `parts`, joined, as one message (one SOCK_SEQPACKET record),
-/// without copying them together; `flags` as for `sendmsg(2)`
+/// Sends `parts`, joined (one record on a SOCK_SEQPACKET socket; on a
+/// stream socket possibly only a first part of them), without copying them
+/// together; `flags` as for `sendmsg(2)`
 /// (`MSG_NOSIGNAL` is always added). Returns the bytes sent.
 pub fn send_parts(socket: RawFd, parts: &[&[u8]], flags: i32) -> io::Result<usize> {
     let mut iov: Vec<libc::iovec> = parts

@@ -2,6 +2,7 @@
 
 rustler::atoms! {
     ok,
+    collect,
     error,
     nil,
     timeout,

@@ -37,7 +37,19 @@ impl ReplyTo {
         }
     }
 
-    /// Sends `{ref, payload}`; a stream sends many through one env.
+    /// Sends `{ref, payload}` from inside a NIF, building the message in
+    /// the calling process's `env` (on a scheduler thread, where an owned
+    /// env may not send).
+    pub fn send_from(&self, env: Env, payload: Payload) -> bool {
+        let reference = match env.binary_to_term(&self.reference) {
+            Some((term, _)) => term,
+            None => atoms::error().to_term(env),
+        };
+        env.send(&self.pid, (reference, payload(env))).is_ok()
+    }
+
+    /// Sends `{ref, payload}` from a thread of ours (never a scheduler); a
+    /// stream sends many through one env.
     pub fn send(&mut self, payload: Payload) -> bool {
         let (reference, pid) = (&self.reference, self.pid);
         let msg_env = self.msg_env.get_or_insert_with(OwnedEnv::new);

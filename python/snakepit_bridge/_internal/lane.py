@@ -1,11 +1,14 @@
 """The worker's end of the call lane.
 
 Beside its gRPC server (sessions, heartbeats, cancellation: the control
-plane), a worker listens on a ``SOCK_SEQPACKET`` Unix socket for the VM's
+plane), a worker listens on a Unix stream socket for the VM's
 ``ExecuteTool`` calls and streams. The framing is the native core's
-``snakepit_core::lane`` (see its module documentation): a 12-byte header
-(kind, flags, arg, call id) before the same protobuf messages the gRPC
-service carries, so ``proto/`` stays the one contract.
+``snakepit_core::lane`` (see its module documentation): each message is a
+4-byte big-endian length, then a 12-byte header (kind, flags, arg, call id)
+and one of the protobuf messages the gRPC service carries, so ``proto/``
+stays the one contract. (The length prefix is the one the VM's socket
+driver reads natively, which is what lets a reply wake a BEAM scheduler
+directly.)
 
 * The VM connects once and sends ``HELLO`` with its secret first; a
   connection without it is dropped (and counted as a refusal). Once the
@@ -14,10 +17,10 @@ service carries, so ``proto/`` stays the one contract.
   Under the process profile it runs sync tools itself, one at a time as
   the profile promises; the thread profile hands them to its executor;
   async tools go to the event loop.
-* A stream's chunks leave in ``CHUNKS`` frames within the credit the VM
+* A stream's chunks leave in ``CHUNKS`` messages within the credit the VM
   grants: a chunk goes out at once when none of the stream is in flight,
   and otherwise waits for the next grant or until the credit is used up,
-  so a fast producer sends many chunks per frame and a slow one is never
+  so a fast producer sends many chunks per message and a slow one is never
   held back.
 """
 
@@ -27,6 +30,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import select
 import socket
 import struct
 import threading
@@ -40,21 +44,132 @@ from .runtime import ToolRunner, tool_error
 
 log = logging.getLogger("snakepit_bridge.lane")
 
-__all__ = ["LaneServer", "HEADER", "MAX_FRAME"]
+__all__ = ["LaneServer", "FrameReader", "HEADER", "PREFIX"]
 
 HEADER = struct.Struct("<BBHQ")
-MAX_FRAME = 128 * 1024
-_ROOM = MAX_FRAME - HEADER.size
+PREFIX = struct.Struct(">I")
 _LEN = struct.Struct("<I")
 
 HELLO, CALL, REPLY, STREAM, CHUNKS, CREDIT, CANCEL = 1, 2, 3, 4, 5, 6, 7
-MORE, END = 1, 2
+END = 2
+
+# How much one receive asks for; a larger message is read straight into a
+# buffer of its own size.
+RECV_BYTES = 256 * 1024
+# Messages up to this size leave in one write with their prefix joined on.
+_JOIN_BYTES = 64 * 1024
 
 # A batch of chunks is sent once it holds this much, credit or not.
 BATCH_BYTES = 64 * 1024
 
 # How long a new connection may take to say HELLO before it is dropped.
 HELLO_TIMEOUT_S = 2.0
+
+
+def max_message_bytes() -> int:
+    """The largest lane message accepted: the VM's max_message_bytes plus
+    the header."""
+    from .elixir_bridge import MAX_MESSAGE_BYTES
+
+    return MAX_MESSAGE_BYTES + HEADER.size
+
+
+def frame(kind: int, call_id: int, payload: bytes = b"", flags: int = 0, arg: int = 0) -> list[bytes]:
+    """One message as the parts to write: prefix and header, then payload."""
+    head = PREFIX.pack(HEADER.size + len(payload)) + HEADER.pack(kind, flags, arg, call_id)
+    if len(payload) <= _JOIN_BYTES:
+        return [head + payload]
+    return [head, payload]
+
+
+def send_all(sock: socket.socket, parts: list[bytes]) -> None:
+    """Writes every byte of ``parts`` (a stream socket may take less)."""
+    if len(parts) == 1:
+        sock.sendall(parts[0])
+        return
+    total = sum(len(p) for p in parts)
+    sent = sock.sendmsg(parts)
+    if sent < total:
+        sock.sendall(memoryview(b"".join(parts))[sent:])
+
+
+class FrameReader:
+    """Cuts a stream socket's bytes into lane messages (header + payload,
+    without the length prefix).
+
+    Receives go into one buffer kept for the connection's life: a fresh
+    ``recv(n)`` buffer of this size is an mmap, mremap and munmap per call.
+    """
+
+    def __init__(self, sock: socket.socket, limit: int):
+        self.sock = sock
+        self.limit = limit
+        self._buf = bytearray(RECV_BYTES)
+        self._view = memoryview(self._buf)
+        self._start = 0
+        self._end = 0
+        # Waiting in poll() for input, not in recv(): a thread asleep in a
+        # stream socket's recv() is also woken each time the VM reads a
+        # reply (the kernel signals freed room to every sleeper on the
+        # socket), a wasted wake-up on both sides per call; poll() waiters
+        # are woken only for what they asked.
+        self._poll = select.poll()
+        self._poll.register(sock.fileno(), select.POLLIN)
+
+    def _fill(self) -> bool:
+        """Receives more bytes after those buffered; False at end of input."""
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buf):
+            kept = self._end - self._start
+            self._buf[:kept] = self._buf[self._start : self._end]
+            self._start, self._end = 0, kept
+        if self.sock.gettimeout() is None:
+            self._poll.poll()
+        got = self.sock.recv_into(self._view[self._end :])
+        if got == 0:
+            return False
+        self._end += got
+        return True
+
+    def next(self) -> bytes | None:
+        """The next message, or None when the peer closed the socket."""
+        while self._end - self._start < PREFIX.size:
+            if not self._fill():
+                return None
+        (n,) = PREFIX.unpack_from(self._buf, self._start)
+        if n < HEADER.size or n > self.limit:
+            raise OSError(f"a lane message of {n} bytes (limit {self.limit})")
+        total = PREFIX.size + n
+        if total > len(self._buf):
+            return self._large(n)
+        while self._end - self._start < total:
+            if self._start + total > len(self._buf):
+                self._compact()
+            if not self._fill():
+                return None
+        first = self._start + PREFIX.size
+        self._start += total
+        return bytes(self._view[first : self._start])
+
+    def _compact(self) -> None:
+        kept = self._end - self._start
+        self._buf[:kept] = self._buf[self._start : self._end]
+        self._start, self._end = 0, kept
+
+    def _large(self, n: int) -> bytes | None:
+        """A message larger than the buffer, read straight into its own."""
+        out = bytearray(n)
+        have = self._end - self._start - PREFIX.size
+        out[:have] = self._view[self._start + PREFIX.size : self._end]
+        self._start = self._end = 0
+        view = memoryview(out)
+        while have < n:
+            got = self.sock.recv_into(view[have:])
+            if got == 0:
+                return None
+            have += got
+        return bytes(out)
 
 
 class LaneServer:
@@ -78,7 +193,8 @@ class LaneServer:
         self._conn: socket.socket | None = None
         self._send_lock = threading.Lock()
         self._closed = False
-        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._limit = max_message_bytes()
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self._listener.bind(path)
             os.chmod(path, 0o600)
@@ -111,12 +227,13 @@ class LaneServer:
     # ------------------------------------------------------------ connection
 
     def _serve(self) -> None:
-        conn = self._accept()
-        if conn is None:
+        accepted = self._accept()
+        if accepted is None:
             return
+        conn, reader = accepted
         self._conn = conn
         try:
-            self._read(conn)
+            self._read(reader)
         except OSError as exc:
             if not self._closed:
                 log.debug("lane closed: %s", exc)
@@ -126,7 +243,7 @@ class LaneServer:
             self.streams.clear()
             conn.close()
 
-    def _accept(self) -> socket.socket | None:
+    def _accept(self) -> tuple[socket.socket, FrameReader] | None:
         """The VM's connection: the first that says HELLO with the secret."""
         while not self._closed:
             try:
@@ -134,43 +251,35 @@ class LaneServer:
             except OSError:
                 return None
             conn.settimeout(HELLO_TIMEOUT_S)
+            reader = FrameReader(conn, self._limit)
             try:
-                first = conn.recv(MAX_FRAME)
+                first = reader.next() or b""
             except OSError:
                 first = b""
             if len(first) >= HEADER.size and first[0] == HELLO and auth.valid(first[HEADER.size :]):
                 conn.settimeout(None)
                 self._listener.close()
                 self._unlink()
-                return conn
+                return conn, reader
             auth.count_refusal("lane", "missing" if len(first) <= HEADER.size else "wrong")
             conn.close()
         return None
 
-    def _read(self, conn: socket.socket) -> None:
-        recv = conn.recv
-        partial: dict[tuple[int, int], list[bytes]] = {}
+    def _read(self, reader: FrameReader) -> None:
+        next_message = reader.next
         while True:
-            frame = recv(MAX_FRAME)
-            if not frame:
+            message = next_message()
+            if message is None:
                 return
-            kind, flags, arg, call_id = HEADER.unpack_from(frame)
-            payload = frame[HEADER.size :]
-            key = (call_id, kind)
-            if flags & MORE or key in partial:
-                parts = partial.setdefault(key, [])
-                parts.append(payload)
-                if flags & MORE:
-                    continue
-                payload = b"".join(partial.pop(key))
+            kind, _flags, arg, call_id = HEADER.unpack_from(message)
             if kind == CALL:
-                self._call(call_id, payload)
+                self._call(call_id, message[HEADER.size :])
             elif kind == CREDIT:
                 channel = self.streams.get(call_id)
                 if channel is not None:
-                    channel.grant(_LEN.unpack_from(payload)[0])
+                    channel.grant(_LEN.unpack_from(message, HEADER.size)[0])
             elif kind == STREAM:
-                self._stream(call_id, payload, arg)
+                self._stream(call_id, message[HEADER.size :], arg)
             elif kind == CANCEL:
                 channel = self.streams.pop(call_id, None)
                 if channel is not None:
@@ -179,20 +288,13 @@ class LaneServer:
     # ------------------------------------------------------------ sending
 
     def send(self, kind: int, call_id: int, payload: bytes, flags: int = 0) -> None:
-        """One message, cut into frames when it is large; frames of one
-        message never interleave with another's."""
+        """One message; messages never interleave."""
         conn = self._conn
         if conn is None:
             raise OSError("the lane is not connected")
+        parts = frame(kind, call_id, payload, flags)
         with self._send_lock:
-            if len(payload) <= _ROOM:
-                conn.sendmsg([HEADER.pack(kind, flags, 0, call_id), payload])
-                return
-            view = memoryview(payload)
-            last = (len(payload) - 1) // _ROOM
-            for i in range(last + 1):
-                part_flags = flags if i == last else (flags | MORE) & ~END
-                conn.sendmsg([HEADER.pack(kind, part_flags, 0, call_id), view[i * _ROOM : (i + 1) * _ROOM]])
+            send_all(conn, parts)
 
     def _reply(self, call_id: int, response: Any) -> None:
         try:

@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--instance-token", default=os.environ.get("SNAKEPIT_INSTANCE_TOKEN", ""))
     parser.add_argument("--max-workers", type=int, default=None, help="thread pool size; >1 selects threaded mode")
     parser.add_argument("--mode", choices=("process", "threaded"), default=None, help="worker mode")
-    parser.add_argument("--lane", default="", help="also serve calls on a SOCK_SEQPACKET socket at this path")
+    parser.add_argument("--lane", default="", help="also serve calls on the call lane (a Unix socket) at this path")
     parser.add_argument(
         "--log-level",
         default=os.environ.get("SNAKEPIT_LOG_LEVEL", "warning"),

@@ -1,6 +1,6 @@
 defmodule Snakepit.CallTransportTest do
   # Real Python workers through the real native core, on both call
-  # transports side by side: the lane (a SOCK_SEQPACKET socket per worker)
+  # transports side by side: the lane (a Unix stream socket per worker)
   # and gRPC answer the same calls with the same results and errors.
   use ExUnit.Case, async: false
   @moduletag :python
@@ -45,6 +45,46 @@ defmodule Snakepit.CallTransportTest do
     # The gRPC socket of the same worker is still there.
     assert "unix:" <> sock = info(:lane).address
     assert File.exists?(sock)
+  end
+
+  test "lane replies are read by an ERTS port owned by the lane's reader, linked to its worker" do
+    %{lane_reader: reader} = info = info(:lane)
+    {:ok, worker} = Snakepit.Pool.Registry.get_worker_pid(info.id)
+    {:links, links} = Process.info(reader, :links)
+    assert worker in links
+    assert [port] = Enum.filter(links, &is_port/1)
+    # The socket driver's port: the schedulers poll its socket.
+    assert {:name, ~c"tcp_inet"} = Port.info(port, :name)
+    assert {:ok, %{"pid" => _}} = Snakepit.execute("get_pid", %{}, pool: :lane)
+  end
+
+  test "a worker whose lane reader dies is replaced, and calls go on" do
+    %{lane_reader: reader, id: id, os_pid: os_pid} = info(:lane)
+    {:ok, worker} = Snakepit.Pool.Registry.get_worker_pid(id)
+    ref = Process.monitor(worker)
+    Process.exit(reader, :kill)
+    assert_receive {:DOWN, ^ref, :process, ^worker, {:shutdown, {:lane_reader, :killed}}}, 5_000
+    assert is_integer(AppPool.await_workers(3, without: [os_pid]))
+    assert {:ok, %{"pid" => new_pid}} = Snakepit.execute("get_pid", %{}, pool: :lane)
+    assert new_pid != os_pid
+  end
+
+  @tag :tmp_dir
+  test "when its worker's process dies the lane closes: the waiting call fails, the reader ends",
+       %{tmp_dir: dir} do
+    %{os_pid: os_pid, lane_reader: reader} = info(:lane)
+    ref = Process.monitor(reader)
+    path = Path.join(dir, "marks")
+    caller = Task.async(fn -> Snakepit.execute("busy", %{path: path}, pool: :lane) end)
+    # The call runs in the worker before the worker is killed.
+    assert is_integer(AppPool.wait_until(fn -> File.exists?(path) end, 5_000))
+    Snakepit.ProcessKiller.kill_process_group(os_pid, :sigkill)
+    assert_receive {:DOWN, ^ref, :process, ^reader, :normal}, 5_000
+
+    assert {:error, %Error{category: :worker, details: %{reason: :worker_crash}}} =
+             Task.await(caller, 10_000)
+
+    assert is_integer(AppPool.await_workers(3, without: [os_pid]))
   end
 
   for pool <- [:lane, :grpc, :laneless] do

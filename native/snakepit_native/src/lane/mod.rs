@@ -1,13 +1,25 @@
 //! The call lane: `ExecuteTool` calls and streams to one worker over a
-//! `SOCK_SEQPACKET` Unix socket, framed by `snakepit_core::lane`, beside
-//! the gRPC channel that keeps the control plane (sessions, heartbeats,
+//! Unix stream socket, framed by `snakepit_core::lane`, beside the gRPC
+//! channel that keeps the control plane (sessions, heartbeats,
 //! cancellation).
 //!
 //! Why: through gRPC a trivial call costs the Python worker ~700 µs of CPU,
-//! most of it grpcio's own machinery. Here the NIF sends the request with
-//! one `sendmsg` from the caller's scheduler (no task is woken to send),
-//! one tokio task per lane reads replies and sends each to its caller, and
-//! the worker answers from one thread that blocks on the socket.
+//! most of it grpcio's own machinery. Here the worker answers from one
+//! thread that blocks on the socket, and the VM side costs one thread
+//! wake-up per reply:
+//!
+//! * Sending: the NIF writes a call with one non-blocking `sendmsg` from the
+//!   caller's scheduler, on a descriptor of its own (a dup of the socket).
+//!   What does not fit at once (large messages, a full socket) waits in a
+//!   backlog that a tokio task writes out when the socket has room.
+//! * Receiving: the socket belongs to an ERTS port (`gen_tcp` with
+//!   `{:packet, 4}`, owned by `Snakepit.Worker.LaneReader`). ERTS polls busy
+//!   port sockets from the schedulers themselves, so a reply wakes the one
+//!   scheduler that runs the reader, which hands the message to
+//!   `lane_deliver`: decoded and sent to its caller inside that NIF. Read by
+//!   a thread of ours (tokio, or `enif_select`'s poll thread), every reply
+//!   woke two threads: that one and then a scheduler (measured: 2.0 against
+//!   1.0 thread runs per round trip).
 //!
 //! Deadlines are the caller's: the Elixir side waits with `receive ...
 //! after` and forgets a call it gave up on (`lane_forget`), so no timer is
@@ -17,14 +29,14 @@ mod nifs;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use prost::Message;
-use rustler::Encoder;
-use snakepit_core::lane::{self as frame, Header, Reassembler, HEADER, MAX_FRAME};
+use rustler::{Encoder, Env};
+use snakepit_core::lane::{self as frame, Header, HEADER, PREFIX};
 use snakepit_core::sys;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
@@ -36,14 +48,20 @@ use crate::grpc::pb::{ExecuteToolResponse, ToolChunk};
 use crate::grpc::response;
 use crate::reply::{Payload, ReplyTo};
 
-/// Messages up to this size are sent straight from the NIF; larger ones
-/// are handed to the lane's task, so a scheduler never copies or waits on
+/// Messages up to this size are written straight from the NIF; larger ones
+/// are handed to the writer task, so a scheduler never copies or waits on
 /// a big payload.
 const DIRECT_SEND_MAX: usize = 256 * 1024;
 
-/// A connected lane, as Elixir holds it. Dropping it (the worker's process
-/// ended and no caller holds its map) closes the socket, which ends the
-/// task.
+/// Messages from this size on may leave a large binary behind on the
+/// reader's heap (`deliver`); smaller binaries are bounded by the heap's
+/// own accounting of the binaries it references, which triggers its
+/// collections.
+const HOLD_OFF_HEAP: usize = 64 * 1024;
+
+/// A connected lane, as Elixir holds it. Dropping it (the worker and its
+/// reader are gone, and no caller holds it) ends the writer task and closes
+/// this side's descriptor; the reader's port closes its own.
 pub struct Lane {
     shared: Arc<Shared>,
 }
@@ -53,24 +71,32 @@ impl rustler::Resource for Lane {}
 
 impl Drop for Lane {
     fn drop(&mut self) {
-        sys::shutdown(self.shared.fd.get_ref().as_raw_fd());
+        // Nobody can be waiting: every waiting caller holds the lane.
+        let mut state = self.shared.lock();
+        state.calls.clear();
+        state.backlog.clear();
+        state
+            .closed
+            .get_or_insert_with(|| "the lane was dropped".into());
+        drop(state);
+        self.shared.wake_writer.notify_one();
     }
 }
 
 struct Shared {
-    fd: AsyncFd<OwnedFd>,
+    /// This side's own descriptor of the socket, for writing only.
+    fd: OwnedFd,
     state: Mutex<State>,
     next_id: AtomicU64,
-    /// Frames were queued for the task to send.
-    backlog_added: Notify,
-    max_message: usize,
+    /// Messages were queued for the writer task, or the lane closed.
+    wake_writer: Notify,
 }
 
 #[derive(Default)]
 struct State {
     calls: HashMap<u64, Call>,
-    /// Frames waiting for room in the socket, in order.
-    backlog: VecDeque<([u8; HEADER], Bytes)>,
+    /// Messages waiting for room in the socket, in order.
+    backlog: VecDeque<Outgoing>,
     /// Why the lane is closed; no call is taken after.
     closed: Option<String>,
 }
@@ -90,6 +116,70 @@ fn unavailable(reason: &str) -> NifError {
     NifError::new(atoms::unavailable(), reason.to_string())
 }
 
+/// One message on its way out, and how much of it the socket took.
+struct Outgoing {
+    head: [u8; PREFIX + HEADER],
+    body: Bytes,
+    sent: usize,
+}
+
+impl Outgoing {
+    fn new(header: Header, body: Bytes) -> io::Result<Outgoing> {
+        let head = frame::prefix(header, body.len())
+            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
+        Ok(Outgoing {
+            head,
+            body,
+            sent: 0,
+        })
+    }
+
+    fn len(&self) -> usize {
+        self.head.len() + self.body.len()
+    }
+
+    /// Writes what the socket takes without waiting: `Ok(true)` once the
+    /// whole message is out.
+    fn write(&mut self, fd: RawFd) -> io::Result<bool> {
+        let head = self.head.len();
+        while self.sent < self.len() {
+            let result = if self.sent < head {
+                sys::send_parts(
+                    fd,
+                    &[&self.head[self.sent..], &self.body],
+                    libc::MSG_DONTWAIT,
+                )
+            } else {
+                sys::send_parts(fd, &[&self.body[self.sent - head..]], libc::MSG_DONTWAIT)
+            };
+            match result {
+                Ok(n) => self.sent += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Where a message to a caller is sent from: inside a NIF (through the
+/// calling process's env: a scheduler thread may not send through an owned
+/// env), or from a thread of ours.
+#[derive(Clone, Copy)]
+enum Via<'a> {
+    Nif(Env<'a>),
+    Thread,
+}
+
+impl Via<'_> {
+    fn send(self, to: &mut ReplyTo, payload: Payload) {
+        match self {
+            Via::Nif(env) => to.send_from(env, payload),
+            Via::Thread => to.send(payload),
+        };
+    }
+}
+
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves plain data behind.
@@ -98,13 +188,16 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn raw_fd(&self) -> i32 {
-        self.fd.get_ref().as_raw_fd()
-    }
-
-    /// Registers `call` (when given) and sends its first message. The call
+    /// Registers `call` and sends its first message, from a NIF. The call
     /// is in the table before a byte leaves, so the quickest reply finds it.
-    fn start(&self, kind: u8, arg: u16, payload: Vec<u8>, call: Call) -> Result<u64, NifError> {
+    fn start(
+        &self,
+        env: Env,
+        kind: u8,
+        arg: u16,
+        payload: Vec<u8>,
+        call: Call,
+    ) -> Result<u64, NifError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let header = Header {
             arg,
@@ -117,53 +210,43 @@ impl Shared {
         state.calls.insert(id, call);
         if let Err(err) = self.send(&mut state, header, Bytes::from(payload)) {
             state.calls.remove(&id);
-            return Err(self.failed(state, err));
+            let reason = format!("sending to the worker failed: {err}");
+            self.close_locked(&mut state, &reason, Via::Nif(env));
+            return Err(unavailable(&reason));
         }
         Ok(id)
     }
 
-    /// Sends one control message (`CREDIT`, `CANCEL`) of a running call.
-    fn control(&self, state: &mut MutexGuard<'_, State>, header: Header, payload: &[u8]) {
+    /// Sends one control message (`CREDIT`, `CANCEL`) of a running call,
+    /// from a NIF.
+    fn control(&self, env: Env, state: &mut State, header: Header, payload: &[u8]) {
         if state.closed.is_none() {
             if let Err(err) = self.send(state, header, Bytes::copy_from_slice(payload)) {
                 let reason = format!("sending to the worker failed: {err}");
-                self.close_locked(state, &reason);
+                self.close_locked(state, &reason, Via::Nif(env));
             }
         }
     }
 
-    /// Sends a message's frames: straight away while the socket has room and
-    /// nothing is queued before them, else queued for the task.
+    /// Sends a message: straight away while the socket has room and nothing
+    /// is queued before it, else (or what is left of it) queued for the
+    /// writer task.
     fn send(&self, state: &mut State, header: Header, payload: Bytes) -> io::Result<()> {
-        let direct = state.backlog.is_empty() && payload.len() <= DIRECT_SEND_MAX;
-        let mut queued = false;
-        for (head, part) in frame::frames(header, &payload) {
-            let body = payload.slice_ref(part);
-            if direct && !queued {
-                match sys::send_parts(self.raw_fd(), &[&head, &body], libc::MSG_DONTWAIT) {
-                    Ok(_) => continue,
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                    Err(err) => return Err(err),
-                }
-            }
-            state.backlog.push_back((head, body));
-            queued = true;
+        let mut out = Outgoing::new(header, payload)?;
+        if state.backlog.is_empty()
+            && out.len() <= DIRECT_SEND_MAX
+            && out.write(self.fd.as_raw_fd())?
+        {
+            return Ok(());
         }
-        if queued {
-            self.backlog_added.notify_one();
-        }
+        state.backlog.push_back(out);
+        self.wake_writer.notify_one();
         Ok(())
-    }
-
-    fn failed(&self, mut state: MutexGuard<'_, State>, err: io::Error) -> NifError {
-        let reason = format!("sending to the worker failed: {err}");
-        self.close_locked(&mut state, &reason);
-        unavailable(&reason)
     }
 
     /// Closes the lane: every waiting caller gets `{:error, {:unavailable,
     /// reason}}`, and later calls are refused with it.
-    fn close_locked(&self, state: &mut State, reason: &str) {
+    fn close_locked(&self, state: &mut State, reason: &str, via: Via) {
         if state.closed.is_some() {
             return;
         }
@@ -175,51 +258,55 @@ impl Shared {
                 Call::Stream(stream) => stream.to,
             };
             let err = unavailable(reason);
-            to.send(Box::new(move |env| err.encode(env)));
+            via.send(&mut to, Box::new(move |env| err.encode(env)));
         }
-        sys::shutdown(self.raw_fd());
+        self.wake_writer.notify_one();
     }
 
-    fn close(&self, reason: &str) {
+    fn close(&self, reason: &str, via: Via) {
         let mut state = self.lock();
-        self.close_locked(&mut state, reason);
+        self.close_locked(&mut state, reason, via);
     }
 
-    /// Writes queued frames until the socket is full or the queue empty.
-    fn flush_backlog(&self) -> io::Result<()> {
-        let mut state = self.lock();
-        while let Some((head, body)) = state.backlog.front() {
-            match sys::send_parts(self.raw_fd(), &[head, body], libc::MSG_DONTWAIT) {
-                Ok(_) => {
-                    state.backlog.pop_front();
-                }
-                Err(err) => return Err(err),
+    /// Writes queued messages until the socket is full (`Ok(false)`) or
+    /// the queue is empty (`Ok(true)`).
+    fn flush_backlog(&self, state: &mut State) -> io::Result<bool> {
+        while let Some(out) = state.backlog.front_mut() {
+            if !out.write(self.fd.as_raw_fd())? {
+                return Ok(false);
             }
+            state.backlog.pop_front();
         }
-        Ok(())
+        Ok(true)
     }
 
-    /// One whole message from the worker.
-    fn deliver(&self, header: Header, message: Vec<u8>) {
+    /// One whole message from the worker (header and payload), inside the
+    /// reader's NIF. The message to the caller is built on the reader's
+    /// heap and copied out; `Ok(true)` when what stays behind on that heap
+    /// until its next collection holds more than garbage (a zero-copy
+    /// region, a large binary), so the reader collects it at once.
+    fn deliver(&self, env: Env, message: &[u8]) -> Result<bool, String> {
+        let (header, payload) = Header::decode(message)?;
         match header.kind {
-            frame::REPLY => self.deliver_reply(header.call_id, &message),
-            frame::CHUNKS => self.deliver_chunks(header, &message),
+            frame::REPLY => self.deliver_reply(env, header.call_id, payload),
+            frame::CHUNKS => self.deliver_chunks(env, header, payload),
             _ => {} // Unknown kinds are ignored: newer workers may send more.
         }
+        Ok(message.len() >= HOLD_OFF_HEAP || crate::zero_copy::mentions_marker(payload))
     }
 
-    fn deliver_reply(&self, id: u64, message: &[u8]) {
-        let Some(Call::Unary(mut to)) = self.lock().calls.remove(&id) else {
+    fn deliver_reply(&self, env: Env, id: u64, message: &[u8]) {
+        let Some(Call::Unary(to)) = self.lock().calls.remove(&id) else {
             return; // Forgotten: its caller gave up.
         };
         let payload = match ExecuteToolResponse::decode(message) {
             Ok(resp) => response::execute(resp),
             Err(err) => malformed(&err.to_string()),
         };
-        to.send(payload);
+        to.send_from(env, payload);
     }
 
-    fn deliver_chunks(&self, header: Header, message: &[u8]) {
+    fn deliver_chunks(&self, env: Env, header: Header, message: &[u8]) {
         let decoded: Result<Vec<ToolChunk>, String> =
             frame::split_chunks(message).and_then(|parts| {
                 parts
@@ -235,7 +322,7 @@ impl Shared {
         let chunks = match decoded {
             Ok(chunks) => chunks,
             Err(msg) => {
-                stream.to.send(malformed(&msg));
+                stream.to.send_from(env, malformed(&msg));
                 state.calls.remove(&id);
                 return;
             }
@@ -249,10 +336,10 @@ impl Shared {
             stream.credit.delivered(chunks.len() as u32);
             stream
                 .to
-                .send(chunks_payload(chunks, ended && error.is_none()));
+                .send_from(env, chunks_payload(chunks, ended && error.is_none()));
         }
         if let Some(err) = error {
-            stream.to.send(response::chunk(err));
+            stream.to.send_from(env, response::chunk(err));
         }
         if ended {
             state.calls.remove(&id);
@@ -279,103 +366,76 @@ fn malformed(what: &str) -> Payload {
     Box::new(move |env| err.encode(env))
 }
 
-/// The lane's socket watched for room to write. Registered only while
-/// frames wait: a socket watched for writability wakes the task each time
-/// the worker reads a message (the kernel signals the freed room), which
-/// would be a second wake-up per call.
-fn writer(shared: &Shared) -> io::Result<AsyncFd<OwnedFd>> {
-    let fd = shared.fd.get_ref().try_clone()?;
-    sys::async_fd(fd, Interest::WRITABLE)
-}
-
-/// Reads and writes the lane until it closes.
-async fn run(shared: Arc<Shared>) {
-    let mut buf = vec![0u8; MAX_FRAME];
-    let mut reassembler = Reassembler::new(shared.max_message.saturating_add(HEADER));
+/// Writes the backlog out whenever there is one, until the lane closes.
+///
+/// The socket is watched for room to write only while messages wait: a
+/// socket watched for writability wakes the runtime each time the worker
+/// reads a message (the kernel signals the freed room), which would be a
+/// second wake-up per call.
+async fn write_backlog(shared: Arc<Shared>) {
     let mut watching: Option<AsyncFd<OwnedFd>> = None;
     let reason = loop {
-        let backlog = !shared.lock().backlog.is_empty();
-        if !backlog {
-            watching = None;
-        } else if watching.is_none() {
-            match writer(&shared) {
-                Ok(fd) => watching = Some(fd),
-                Err(err) => break format!("the lane failed: {err}"),
+        let flushed = {
+            let mut state = shared.lock();
+            if state.closed.is_some() {
+                return;
             }
-        }
-        tokio::select! {
-            ready = shared.fd.readable() => {
-                let mut guard = match ready {
-                    Ok(guard) => guard,
-                    Err(err) => break format!("the lane failed: {err}"),
-                };
-                match read_all(&shared, &mut buf, &mut reassembler) {
-                    Ok(()) => guard.clear_ready(),
-                    Err(reason) => break reason,
+            shared.flush_backlog(&mut state)
+        };
+        match flushed {
+            Ok(true) => {
+                watching = None;
+                shared.wake_writer.notified().await;
+            }
+            Ok(false) => {
+                if watching.is_none() {
+                    let registered = shared
+                        .fd
+                        .try_clone()
+                        .and_then(|fd| sys::async_fd(fd, Interest::WRITABLE));
+                    match registered {
+                        Ok(fd) => watching = Some(fd),
+                        Err(err) => break format!("the lane failed: {err}"),
+                    }
+                }
+                let fd = watching.as_ref().expect("watched while messages wait");
+                tokio::select! {
+                    ready = fd.writable() => match ready {
+                        Ok(mut guard) => guard.clear_ready(),
+                        Err(err) => break format!("the lane failed: {err}"),
+                    },
+                    // More queued, or closed: the loop's check sees which.
+                    _ = shared.wake_writer.notified() => {}
                 }
             }
-            ready = async { watching.as_ref().expect("watched while frames wait").writable().await }, if backlog => {
-                let mut guard = match ready {
-                    Ok(guard) => guard,
-                    Err(err) => break format!("the lane failed: {err}"),
-                };
-                match shared.flush_backlog() {
-                    Ok(()) => {}
-                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                    Err(err) => break format!("sending to the worker failed: {err}"),
-                }
-            }
-            _ = shared.backlog_added.notified(), if !backlog => {}
+            Err(err) => break format!("sending to the worker failed: {err}"),
         }
     };
-    shared.close(&reason);
+    shared.close(&reason, Via::Thread);
 }
 
-/// Receives every frame the socket holds; `Err` when the lane must close.
-fn read_all(shared: &Shared, buf: &mut [u8], reassembler: &mut Reassembler) -> Result<(), String> {
-    loop {
-        let n = match sys::recv(shared.raw_fd(), buf, libc::MSG_DONTWAIT | libc::MSG_TRUNC) {
-            Ok(0) => return Err("the worker closed its lane".into()),
-            Ok(n) if n > buf.len() => {
-                return Err(format!(
-                    "the worker sent a lane frame of {n} bytes, more than {MAX_FRAME}"
-                ))
-            }
-            Ok(n) => n,
-            Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-            Err(err) => return Err(format!("the lane failed: {err}")),
-        };
-        match reassembler.push(&buf[..n]) {
-            Ok(Some((header, message))) => shared.deliver(header, message),
-            Ok(None) => {}
-            Err(msg) => return Err(msg),
-        }
+/// Takes over the socket `fd` that the reader's port connected to the
+/// worker's lane: writes go through a duplicate of it, starting with the
+/// `HELLO` that introduces this VM with its secret (the worker drops
+/// connections that do not start so).
+fn attach(fd: RawFd) -> Result<Lane, NifError> {
+    let own = sys::dup_unix_stream(fd)
+        .map_err(|e| NifError::os(&e, "cannot take over the lane's socket"))?;
+    let secret = Bytes::copy_from_slice(snakepit_core::auth::token().as_bytes());
+    let mut hello = Outgoing::new(Header::new(frame::HELLO, 0), secret)
+        .map_err(|e| NifError::os(&e, "cannot greet the worker's lane"))?;
+    // A fresh socket's buffer takes a few dozen bytes at once.
+    match hello.write(own.as_raw_fd()) {
+        Ok(true) => {}
+        Ok(false) => return Err(unavailable("the worker's lane took no greeting")),
+        Err(e) => return Err(NifError::os(&e, "cannot greet the worker's lane")),
     }
-}
-
-/// Connects to the worker's lane at `path` and introduces this VM with its
-/// secret; the worker drops connections that do not start so.
-fn open(path: &str, max_message: usize) -> Result<Lane, NifError> {
-    let fd = sys::connect_seqpacket_nonblocking(path)
-        .map_err(|e| NifError::os(&e, &format!("cannot connect to the lane {path}")))?;
-    let hello = Header::new(frame::HELLO, 0).encode();
-    sys::send_parts(
-        fd.as_raw_fd(),
-        &[&hello, snakepit_core::auth::token().as_bytes()],
-        libc::MSG_DONTWAIT,
-    )
-    .map_err(|e| NifError::os(&e, "cannot greet the worker's lane"))?;
-    let runtime = crate::runtime::get();
-    let _entered = runtime.enter();
-    let fd = sys::async_fd(fd, Interest::READABLE)
-        .map_err(|e| NifError::os(&e, "cannot watch the lane"))?;
     let shared = Arc::new(Shared {
-        fd,
+        fd: own,
         state: Mutex::new(State::default()),
         next_id: AtomicU64::new(1),
-        backlog_added: Notify::new(),
-        max_message,
+        wake_writer: Notify::new(),
     });
-    runtime.spawn(run(shared.clone()));
+    crate::runtime::get().spawn(write_backlog(shared.clone()));
     Ok(Lane { shared })
 }

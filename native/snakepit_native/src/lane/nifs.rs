@@ -1,26 +1,60 @@
 //! The lane's NIFs. Each one does a bounded amount of work on the caller's
-//! scheduler (encode, one non-blocking `sendmsg`) and returns; replies come
-//! as `{ref, result}` messages, as on the gRPC path.
+//! scheduler (encode, one non-blocking `sendmsg`; decode a small reply) and
+//! returns; replies come as `{ref, result}` messages, as on the gRPC path.
 
-use rustler::{Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use snakepit_core::lane::{self as frame, Header};
 
-use super::{open, Call, Lane, StreamCall};
+use super::{attach, Call, Lane, StreamCall, Via};
 use crate::atoms;
 use crate::decode::opt;
 use crate::error::NifError;
-use crate::grpc::{build_request, max_message_bytes, DEFAULT_WINDOW};
+use crate::grpc::{build_request, DEFAULT_WINDOW};
 use crate::reply::{self, ReplyTo};
 
-/// Connects to the worker's lane: `{:ok, lane}` or `{:error, {kind, msg}}`.
-/// Connecting to a listening Unix socket does not wait (the socket is
-/// non-blocking), so this runs on a normal scheduler.
+/// Takes over the lane socket `fd` that a `gen_tcp` port connected to a
+/// worker (`:inet.getfd/1`): `{:ok, lane}` once the worker was greeted, or
+/// `{:error, {kind, msg}}`. The port keeps reading replies (handed to
+/// `lane_deliver/2`); the lane writes through a descriptor of its own.
 #[rustler::nif]
-fn lane_open(env: Env, path: String) -> Term {
-    match open(&path, max_message_bytes()) {
+fn lane_attach(env: Env, fd: i32) -> Term {
+    match attach(fd) {
         Ok(lane) => (atoms::ok(), ResourceArc::new(lane)).encode(env),
         Err(err) => err.encode(env),
     }
+}
+
+/// One message the reader's port received (header and payload): decoded
+/// and sent to its caller. `:ok`; `:collect` when the reader should collect
+/// its heap now (what the message left there holds a zero-copy region or a
+/// large binary); `{:error, {:internal, msg}}` when it is not a lane
+/// message (the lane must close).
+#[rustler::nif]
+fn lane_deliver<'a>(env: Env<'a>, lane: ResourceArc<Lane>, message: Binary<'a>) -> Term<'a> {
+    delivered(env, &lane, message.as_slice())
+}
+
+/// `lane_deliver/2` for large messages, whose decoding may take longer
+/// than a normal scheduler should be held.
+#[rustler::nif(schedule = "DirtyCpu")]
+fn lane_deliver_large<'a>(env: Env<'a>, lane: ResourceArc<Lane>, message: Binary<'a>) -> Term<'a> {
+    delivered(env, &lane, message.as_slice())
+}
+
+fn delivered<'a>(env: Env<'a>, lane: &Lane, message: &[u8]) -> Term<'a> {
+    match lane.shared.deliver(env, message) {
+        Ok(false) => atoms::ok().encode(env),
+        Ok(true) => atoms::collect().encode(env),
+        Err(msg) => NifError::new(atoms::internal(), msg).encode(env),
+    }
+}
+
+/// Closes the lane (its reader saw the socket end): every waiting caller
+/// gets `{ref, {:error, {:unavailable, reason}}}`, later calls are refused.
+#[rustler::nif]
+fn lane_close(env: Env, lane: ResourceArc<Lane>, reason: String) -> rustler::Atom {
+    lane.shared.close(&reason, Via::Nif(env));
+    atoms::ok()
 }
 
 fn encoded(tool: String, arguments: Term, opts: Term) -> Result<Vec<u8>, NifError> {
@@ -44,7 +78,7 @@ fn lane_execute<'a>(
 ) -> Term<'a> {
     let result = encoded(tool, arguments, opts).and_then(|payload| {
         let call = Call::Unary(ReplyTo::new(owner, reference));
-        lane.shared.start(frame::CALL, 0, payload, call)
+        lane.shared.start(env, frame::CALL, 0, payload, call)
     });
     started(env, result)
 }
@@ -73,7 +107,7 @@ fn lane_execute_stream<'a>(
             credit: frame::Credit::new(window),
         });
         lane.shared
-            .start(frame::STREAM, window as u16, payload, call)
+            .start(env, frame::STREAM, window as u16, payload, call)
     });
     started(env, result)
 }
@@ -87,7 +121,7 @@ fn started(env: Env, result: Result<u64, NifError>) -> Term {
 
 /// The consumer handled `n` chunks of stream `call_id`.
 #[rustler::nif]
-fn lane_stream_ack(lane: ResourceArc<Lane>, call_id: u64, n: u32) -> rustler::Atom {
+fn lane_stream_ack(env: Env, lane: ResourceArc<Lane>, call_id: u64, n: u32) -> rustler::Atom {
     let shared = &lane.shared;
     let mut state = shared.lock();
     let grant = match state.calls.get_mut(&call_id) {
@@ -96,7 +130,7 @@ fn lane_stream_ack(lane: ResourceArc<Lane>, call_id: u64, n: u32) -> rustler::At
     };
     if let Some(grant) = grant {
         let header = Header::new(frame::CREDIT, call_id);
-        shared.control(&mut state, header, &frame::credit(grant));
+        shared.control(env, &mut state, header, &frame::credit(grant));
     }
     atoms::ok()
 }
@@ -104,11 +138,11 @@ fn lane_stream_ack(lane: ResourceArc<Lane>, call_id: u64, n: u32) -> rustler::At
 /// Stops stream `call_id`: no message follows, and the worker is told to
 /// stop producing. Idempotent.
 #[rustler::nif]
-fn lane_stream_cancel(lane: ResourceArc<Lane>, call_id: u64) -> rustler::Atom {
+fn lane_stream_cancel(env: Env, lane: ResourceArc<Lane>, call_id: u64) -> rustler::Atom {
     let shared = &lane.shared;
     let mut state = shared.lock();
     if let Some(Call::Stream(_)) = state.calls.remove(&call_id) {
-        shared.control(&mut state, Header::new(frame::CANCEL, call_id), &[]);
+        shared.control(env, &mut state, Header::new(frame::CANCEL, call_id), &[]);
     }
     atoms::ok()
 }
