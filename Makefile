@@ -44,6 +44,7 @@ lint: setup
 
 bench: setup
 	ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/pool_throughput.exs
+	ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/call_transport.exs
 	MIX_ENV=prod mix run bench/startup.exs
 	cargo run --release -q -p snakepit_core --example wakeup_floor
 

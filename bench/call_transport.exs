@@ -14,7 +14,11 @@
 # BENCH_ROUNDS rounds whose variant order rotates; every window opens after
 # its warm-up. CPU comes from /proc/PID/task/TID/schedstat (ns). The
 # wake-up floor (native/snakepit_core/examples/wakeup_floor.rs) is measured
-# in the same run. Ratios are against the grpcio pair.
+# in the same run. Ratios are against the grpcio pair. For pool 2 the
+# summary also gives the BEAM's CPU per call of the lane's native call
+# alone (lane_execute and its reply, one caller per worker, no pool), to
+# show how much of a call's cost is the transport and how much the layers
+# above it.
 #
 #     ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/call_transport.exs
 #     BENCH_CALLS=3000 BENCH_POOL_SIZES=2 BENCH_CONCURRENCY=8 BENCH_ROUNDS=3 ...
@@ -39,7 +43,7 @@ defmodule Bench.CallTransport do
     rounds = env_ints("BENCH_ROUNDS", [3]) |> hd()
     streams = env_ints("BENCH_STREAMS", [16]) |> hd()
 
-    floor = wakeup_floor()
+    floor = wakeup_floor() |> Map.put(:beam, beam_floor(rounds))
     {load, _} = File.read!("/proc/loadavg") |> String.split() |> hd() |> Float.parse()
 
     header = [
@@ -50,6 +54,9 @@ defmodule Bench.CallTransport do
         "; caller = the grpcio client's process or the BEAM's OS process",
       "wake-up floor (one-byte request/reply between two processes): #{fmt(floor.direct)} us " <>
         "CPU per call (direct), #{fmt(floor.hop)} us with one thread hop",
+      "the BEAM's own round trip (an Erlang process, gen_tcp on a Unix socket, an echo " <>
+        "process; no Snakepit code): #{fmt(floor.beam)} us BEAM CPU per call = " <>
+        "#{fmt(floor.beam / floor.direct, 2)}x the floor",
       "",
       "variant        pool conc     ops/s   p50 us   p99 us  caller cpu us  worker cpu us   x pair"
     ]
@@ -71,6 +78,11 @@ defmodule Bench.CallTransport do
         results =
           measure_rounds(rounds, fn variant -> stream(variant, size, 8, streams) end)
 
+        unary_rows =
+          if size == 2,
+            do: unary_rows ++ [{:native, native_only(rounds, calls)}],
+            else: unary_rows
+
         Application.stop(:snakepit)
         {unary_acc ++ unary_rows, stream_acc ++ [{size, results}]}
       end)
@@ -89,7 +101,8 @@ defmodule Bench.CallTransport do
     summary = summary(unary, stream_rows, floor)
     Enum.each(summary, &IO.puts/1)
 
-    lines = header ++ Enum.flat_map(unary, fn {_, _, _, rows} -> rows end) ++ stream_header
+    rows = for {_, _, _, rows} <- unary, do: rows
+    lines = header ++ List.flatten(rows) ++ stream_header
     File.mkdir_p!("bench/results")
 
     File.write!(
@@ -218,6 +231,87 @@ defmodule Bench.CallTransport do
     }
   end
 
+  # Where the BEAM's CPU goes: the lane's native call alone (lane_execute
+  # and the reply, through the lane's reader), one caller per worker as the
+  # pool's capacity allows, without the pool or Snakepit.execute's layers.
+  defp native_only(rounds, calls) do
+    leases = for _ <- 1..2, do: elem(Snakepit.Pool.Call.checkout([], :infinity), 1)
+
+    cpu =
+      for _ <- 1..rounds do
+        {_, delta} =
+          CPU.measure([CPU.beam_os_pid()], fn ->
+            leases
+            |> Enum.map(fn lease ->
+              Task.async(fn -> native_calls(lease.worker.lane, div(calls, 2)) end)
+            end)
+            |> Task.await_many(:infinity)
+          end)
+
+        CPU.total(delta, [CPU.beam_os_pid()]) / 1_000 / (2 * div(calls, 2))
+      end
+
+    Enum.each(leases, &Snakepit.Pool.Call.checkin(&1, {:ok, nil}))
+    median(cpu)
+  end
+
+  defp native_calls(_lane, 0), do: :ok
+
+  defp native_calls(lane, n) do
+    ref = make_ref()
+    {:ok, _} = Snakepit.Native.lane_execute(lane, self(), ref, "add", %{a: 1, b: 2}, %{})
+
+    receive do
+      {^ref, {:ok, _}} -> native_calls(lane, n - 1)
+    end
+  end
+
+  # What the BEAM itself spends on one request/reply with another OS
+  # process, through the same machinery the lane's replies take (a port's
+  # socket, polled by the schedulers): the least any call from Elixir can
+  # cost here. Median of `rounds` windows of 10000 round trips.
+  defp beam_floor(rounds) do
+    path =
+      Path.join(System.tmp_dir!(), "snakepit-beam-echo-#{System.unique_integer([:positive])}")
+
+    {:ok, python} = Snakepit.PythonRuntime.executable()
+
+    echo =
+      Port.open({:spawn_executable, python}, [
+        :binary,
+        :exit_status,
+        args: ["bench/beam_echo.py", path]
+      ])
+
+    receive do: ({^echo, {:data, "ready" <> _}} -> :ok)
+
+    {:ok, socket} =
+      :gen_tcp.connect({:local, path}, 0, [:local, :binary, packet: 4, active: true])
+
+    round_trips = fn n -> echo_round_trips(socket, n) end
+    round_trips.(1_000)
+
+    cpu =
+      for _ <- 1..rounds do
+        {_, delta} = CPU.measure([CPU.beam_os_pid()], fn -> round_trips.(10_000) end)
+        CPU.total(delta, [CPU.beam_os_pid()]) / 1_000 / 10_000
+      end
+
+    :gen_tcp.close(socket)
+    receive do: ({^echo, {:exit_status, _}} -> :ok)
+    median(cpu)
+  end
+
+  defp echo_round_trips(_socket, 0), do: :ok
+
+  defp echo_round_trips(socket, n) do
+    :ok = :gen_tcp.send(socket, "0123456789abcdef0123456789abcdef")
+
+    receive do
+      {:tcp, ^socket, _} -> echo_round_trips(socket, n - 1)
+    end
+  end
+
   defp timed(callers, n, fun) do
     started = System.monotonic_time()
     latencies = run_callers(callers, n, fun)
@@ -306,6 +400,7 @@ defmodule Bench.CallTransport do
   defp summary(unary, stream_rows, floor) do
     target = for {2, 8, results, _} <- unary, do: results
     one = for {2, 1, results, _} <- unary, do: results
+    native = for {:native, cpu} <- unary, do: cpu
     streams = for {2, results} <- stream_rows, do: results
 
     [
@@ -317,6 +412,11 @@ defmodule Bench.CallTransport do
           "(target >= 3x); worker cpu #{fmt(r.lane.server_cpu_us)} us/call (target <= 100); " <>
           "BEAM cpu #{fmt(r.lane.client_cpu_us)} us/call = #{fmt(r.lane.client_cpu_us / floor.direct, 2)}x " <>
           "the wake-up floor (target <= 2x)"
+      end) ++
+      Enum.map(native, fn cpu ->
+        "  of which the lane's native call alone (no pool; one caller per worker): " <>
+          "#{fmt(cpu)} us/call = #{fmt(cpu / floor.direct, 2)}x the floor; the BEAM's own " <>
+          "round trip: #{fmt(floor.beam)} us = #{fmt(floor.beam / floor.direct, 2)}x"
       end) ++
       Enum.map(streams, fn r ->
         "  stream msgs/s: lane #{fmt(r.lane.msgs_per_s / r.pair.msgs_per_s, 2)}x the grpcio pair (target >= 3x)"

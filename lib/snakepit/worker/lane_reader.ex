@@ -44,8 +44,9 @@ defmodule Snakepit.Worker.LaneReader do
       :local,
       :binary,
       packet: 4,
-      # The header and the largest message either side accepts.
-      packet_size: Defaults.max_message_bytes() + 64,
+      # The largest message either side accepts, with room for a batch of
+      # stream chunks that the worker closes once it passes 64 KiB.
+      packet_size: Defaults.max_message_bytes() + 128 * 1024,
       active: true
     ]
 
