@@ -169,11 +169,10 @@ defmodule Snakepit.GRPCWorker do
   # process is going); anything else leaves a worker nobody can call.
   def handle_info({:EXIT, reader, reason}, %{lane_reader: reader} = state)
       when reader != nil and reason != :normal do
-    Snakepit.Logger.error(
-      :worker,
-      "worker #{state.id}: its call lane's reader stopped (#{inspect(reason)}); restarting it"
-    )
-
+    message = "worker #{state.id}: its call lane's reader stopped (#{inspect(reason)})"
+    # Calls waiting on the lane hear it now, not at their deadlines.
+    Native.lane_close(state.lane, message)
+    Snakepit.Logger.error(:worker, message <> "; restarting it")
     {:stop, {:shutdown, {:lane_reader, reason}}, state}
   end
 

@@ -58,12 +58,19 @@ defmodule Snakepit.CallTransportTest do
     assert {:ok, %{"pid" => _}} = Snakepit.execute("get_pid", %{}, pool: :lane)
   end
 
-  test "a worker whose lane reader dies is replaced, and calls go on" do
+  @tag :tmp_dir
+  test "a worker whose lane reader dies is replaced: its waiting call fails at once, calls go on",
+       %{tmp_dir: dir} do
     %{lane_reader: reader, id: id, os_pid: os_pid} = info(:lane)
     {:ok, worker} = Snakepit.Pool.Registry.get_worker_pid(id)
     ref = Process.monitor(worker)
+    path = Path.join(dir, "marks")
+    # A call that would run for 100 s is running when the reader dies.
+    caller = Task.async(fn -> Snakepit.execute("busy", %{path: path}, pool: :lane) end)
+    assert is_integer(AppPool.wait_until(fn -> File.exists?(path) end, 5_000))
     Process.exit(reader, :kill)
     assert_receive {:DOWN, ^ref, :process, ^worker, {:shutdown, {:lane_reader, :killed}}}, 5_000
+    assert {:error, %Error{}} = Task.await(caller, 5_000)
     assert is_integer(AppPool.await_workers(3, without: [os_pid]))
     assert {:ok, %{"pid" => new_pid}} = Snakepit.execute("get_pid", %{}, pool: :lane)
     assert new_pid != os_pid
