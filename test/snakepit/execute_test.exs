@@ -20,8 +20,16 @@ defmodule Snakepit.ExecuteTest do
   # await_ready answers once the pool can serve (its first worker is up),
   # and after another test killed a worker the pool may still be replacing
   # it; some tests need both workers.
+  # Both workers listed and free: a call an earlier test abandoned (a halted
+  # stream, a timeout) holds its slot until the worker confirms it stopped.
   defp both_workers!(timeout \\ 10_000) do
-    assert AppPool.wait_until(fn -> length(Snakepit.list_workers()) == 2 end, timeout) != :timeout
+    assert AppPool.wait_until(
+             fn ->
+               length(Snakepit.list_workers()) == 2 and Snakepit.get_stats().available == 2
+             end,
+             timeout
+           ) != :timeout
+
     :ok
   end
 

@@ -25,6 +25,9 @@ defmodule Snakepit.GRPCWorker do
   @kept_lines 30
   # How long to wait for the exit notice after SIGKILL.
   @kill_wait_ms 2_000
+  # How long a worker whose lane closed waits for its Python process's exit
+  # notice before it is replaced anyway.
+  @lane_closed_grace_ms 1_000
 
   @doc false
   def start_link(args), do: GenServer.start_link(__MODULE__, args)
@@ -165,15 +168,32 @@ defmodule Snakepit.GRPCWorker do
 
   def handle_info({:EXIT, _monitor, :heartbeat_timeout}, state), do: heartbeat_failed(state)
 
-  # The lane's reader ends normally when the lane closes (the Python
-  # process is going); anything else leaves a worker nobody can call.
-  def handle_info({:EXIT, reader, reason}, %{lane_reader: reader} = state)
-      when reader != nil and reason != :normal do
+  # The lane's reader ends normally when the lane closed: mostly because the
+  # Python process is going, whose exit notice follows and stops this
+  # worker with its exit status. A lane that closed while Python runs (the
+  # worker sent a malformed or oversized message) leaves a worker every
+  # call to fails at once: replaced once the grace has passed.
+  def handle_info({:EXIT, reader, :normal}, %{lane_reader: reader} = state) when reader != nil do
+    Process.send_after(self(), {:lane_closed, reader}, @lane_closed_grace_ms)
+    {:noreply, state}
+  end
+
+  # Anything else leaves a worker nobody can call.
+  def handle_info({:EXIT, reader, reason}, %{lane_reader: reader} = state) when reader != nil do
     message = "worker #{state.id}: its call lane's reader stopped (#{inspect(reason)})"
     # Calls waiting on the lane hear it now, not at their deadlines.
     Native.lane_close(state.lane, message)
     Snakepit.Logger.error(:worker, message <> "; restarting it")
     {:stop, {:shutdown, {:lane_reader, reason}}, state}
+  end
+
+  def handle_info({:lane_closed, reader}, %{lane_reader: reader} = state) do
+    Snakepit.Logger.error(
+      :worker,
+      "worker #{state.id}: its call lane closed while its Python process runs; restarting it"
+    )
+
+    {:stop, {:shutdown, :lane_closed}, state}
   end
 
   def handle_info(_other, state), do: {:noreply, state}
@@ -451,6 +471,9 @@ defmodule Snakepit.GRPCWorker do
 
   @impl true
   def terminate(_reason, state) do
+    # Calls waiting on the lane hear it now (the reader closes it too, but
+    # it may be killed with this process before it can).
+    if state.lane, do: Native.lane_close(state.lane, "the worker #{state.id} stopped")
     stop_process(state)
     :ok
   end

@@ -18,9 +18,11 @@ defmodule Snakepit.Worker.LaneReader do
   threads per reply (that thread, then a scheduler); on this kind of
   machine each wake-up costs about as much as a whole bare request/reply.
 
-  The reader is linked to its `Snakepit.GRPCWorker` and ends with it. When
-  the worker closes the lane (its process died), waiting callers get
-  `{:error, {:unavailable, reason}}` and the reader ends normally.
+  The reader is linked to its `Snakepit.GRPCWorker` and ends with it,
+  closing the lane. When the worker's end closes the lane (its process
+  died) or sends what is not a lane message, waiting callers get
+  `{:error, {:unavailable, reason}}` and the reader ends normally; the
+  worker is then replaced.
   """
 
   alias Snakepit.{Defaults, Native}
@@ -40,6 +42,10 @@ defmodule Snakepit.Worker.LaneReader do
 
   @doc false
   def init(parent, path) do
+    # Its worker's exit, whatever the reason, must close the lane here:
+    # callers waiting on it would otherwise hear nothing.
+    Process.flag(:trap_exit, true)
+
     options = [
       :local,
       :binary,
@@ -47,15 +53,23 @@ defmodule Snakepit.Worker.LaneReader do
       # The largest message either side accepts, with room for a batch of
       # stream chunks that the worker closes once it passes 64 KiB.
       packet_size: Defaults.max_message_bytes() + 128 * 1024,
-      active: true
+      # Passive until the native core holds its own descriptor: an active
+      # port could close its socket on an early end of input, and the
+      # number handed over could then name another socket.
+      active: false
     ]
 
     with {:ok, port} <- connect(path, options),
-         {:ok, lane} <- attach(port) do
+         {:ok, lane} <- attach(port),
+         :ok <- :inet.setopts(port, active: true) do
       :proc_lib.init_ack(parent, {:ok, self(), lane})
-      loop(port, lane, Process.monitor(parent))
+      loop(port, lane, parent)
     else
-      {:error, message} -> :proc_lib.init_ack(parent, {:error, message})
+      {:error, message} when is_binary(message) ->
+        :proc_lib.init_ack(parent, {:error, message})
+
+      {:error, reason} ->
+        :proc_lib.init_ack(parent, {:error, "cannot read the lane: #{inspect(reason)}"})
     end
   end
 
@@ -106,7 +120,7 @@ defmodule Snakepit.Worker.LaneReader do
         :gen_tcp.close(port)
         Native.lane_close(lane, "the lane failed: #{:inet.format_error(reason)}")
 
-      {:DOWN, ^parent, :process, _, _} ->
+      {:EXIT, ^parent, _reason} ->
         :gen_tcp.close(port)
         Native.lane_close(lane, "the worker stopped")
 

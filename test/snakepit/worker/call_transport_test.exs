@@ -77,6 +77,30 @@ defmodule Snakepit.CallTransportTest do
   end
 
   @tag :tmp_dir
+  test "a worker process killed outright: its waiting call fails at once", %{tmp_dir: dir} do
+    %{id: id, os_pid: os_pid} = info(:lane)
+    {:ok, worker} = Snakepit.Pool.Registry.get_worker_pid(id)
+    path = Path.join(dir, "marks")
+    caller = Task.async(fn -> Snakepit.execute("busy", %{path: path}, pool: :lane) end)
+    assert is_integer(AppPool.wait_until(fn -> File.exists?(path) end, 5_000))
+    # No terminate/2 runs: the lane's reader closes the lane.
+    Process.exit(worker, :kill)
+    assert {:error, %Error{}} = Task.await(caller, 5_000)
+    assert is_integer(AppPool.await_workers(3, without: [os_pid]))
+  end
+
+  test "a worker whose lane closes while its Python process runs is replaced" do
+    %{os_pid: os_pid, id: id} = info(:lane)
+    {:ok, worker} = Snakepit.Pool.Registry.get_worker_pid(id)
+    ref = Process.monitor(worker)
+    assert {:error, %Error{}} = Snakepit.execute("corrupt_lane", %{}, pool: :lane)
+    assert_receive {:DOWN, ^ref, :process, ^worker, {:shutdown, :lane_closed}}, 5_000
+    assert is_integer(AppPool.await_workers(3, without: [os_pid]))
+    assert {:ok, %{"pid" => new_pid}} = Snakepit.execute("get_pid", %{}, pool: :lane)
+    assert new_pid != os_pid
+  end
+
+  @tag :tmp_dir
   test "when its worker's process dies the lane closes: the waiting call fails, the reader ends",
        %{tmp_dir: dir} do
     %{os_pid: os_pid, lane_reader: reader} = info(:lane)

@@ -60,8 +60,9 @@ const DIRECT_SEND_MAX: usize = 256 * 1024;
 const HOLD_OFF_HEAP: usize = 64 * 1024;
 
 /// A connected lane, as Elixir holds it. Dropping it (the worker and its
-/// reader are gone, and no caller holds it) ends the writer task and closes
-/// this side's descriptor; the reader's port closes its own.
+/// reader are gone, and no caller holds it) shuts the socket down, ends the
+/// writer task and closes this side's descriptor; the reader's port closes
+/// its own.
 pub struct Lane {
     shared: Arc<Shared>,
 }
@@ -79,6 +80,7 @@ impl Drop for Lane {
             .closed
             .get_or_insert_with(|| "the lane was dropped".into());
         drop(state);
+        sys::shutdown(self.shared.fd.as_raw_fd());
         self.shared.wake_writer.notify_one();
     }
 }
@@ -252,6 +254,9 @@ impl Shared {
         }
         state.closed = Some(reason.to_string());
         state.backlog.clear();
+        // The worker sees the end too (its thread waits for input, and a
+        // stream's producer for credit), and so does the reader's port.
+        sys::shutdown(self.fd.as_raw_fd());
         for (_, call) in state.calls.drain() {
             let mut to = match call {
                 Call::Unary(to) => to,
