@@ -53,6 +53,10 @@ use crate::reply::{Payload, ReplyTo};
 /// a big payload.
 const DIRECT_SEND_MAX: usize = 256 * 1024;
 
+/// How much the writer task writes per hold of the lane's lock: callers'
+/// NIFs (on schedulers) wait for that lock, so no hold may last long.
+const WRITE_SLICE: usize = 256 * 1024;
+
 /// Messages from this size on may leave a large binary behind on the
 /// reader's heap (`deliver`); smaller binaries are bounded by the heap's
 /// own accounting of the binaries it references, which triggers its
@@ -140,11 +144,20 @@ impl Outgoing {
         self.head.len() + self.body.len()
     }
 
-    /// Writes what the socket takes without waiting: `Ok(true)` once the
-    /// whole message is out.
-    fn write(&mut self, fd: RawFd) -> io::Result<bool> {
+    /// `write` with no budget: all that the socket takes now.
+    fn write_now(&mut self, fd: RawFd) -> io::Result<Progress> {
+        let mut unlimited = usize::MAX;
+        self.write(fd, &mut unlimited)
+    }
+
+    /// Writes what the socket takes without waiting, until the message is
+    /// out, the socket is full, or `budget` bytes were written.
+    fn write(&mut self, fd: RawFd, budget: &mut usize) -> io::Result<Progress> {
         let head = self.head.len();
         while self.sent < self.len() {
+            if *budget == 0 {
+                return Ok(Progress::Budget);
+            }
             let result = if self.sent < head {
                 sys::send_parts(
                     fd,
@@ -155,13 +168,27 @@ impl Outgoing {
                 sys::send_parts(fd, &[&self.body[self.sent - head..]], libc::MSG_DONTWAIT)
             };
             match result {
-                Ok(n) => self.sent += n,
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Ok(n) => {
+                    self.sent += n;
+                    *budget = budget.saturating_sub(n);
+                }
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Full),
                 Err(err) => return Err(err),
             }
         }
-        Ok(true)
+        Ok(Progress::Done)
     }
+}
+
+/// How far writing got.
+#[derive(Debug, PartialEq, Eq)]
+enum Progress {
+    /// Everything asked for is out.
+    Done,
+    /// The socket has no room: wait until it has.
+    Full,
+    /// The byte budget is spent: let others have the lane's lock.
+    Budget,
 }
 
 /// Where a message to a caller is sent from: inside a NIF (through the
@@ -237,7 +264,7 @@ impl Shared {
         let mut out = Outgoing::new(header, payload)?;
         if state.backlog.is_empty()
             && out.len() <= DIRECT_SEND_MAX
-            && out.write(self.fd.as_raw_fd())?
+            && out.write_now(self.fd.as_raw_fd())? == Progress::Done
         {
             return Ok(());
         }
@@ -273,16 +300,18 @@ impl Shared {
         self.close_locked(&mut state, reason, via);
     }
 
-    /// Writes queued messages until the socket is full (`Ok(false)`) or
-    /// the queue is empty (`Ok(true)`).
-    fn flush_backlog(&self, state: &mut State) -> io::Result<bool> {
+    /// Writes queued messages until the queue is empty, the socket full,
+    /// or `WRITE_SLICE` bytes are out (the lock is held meanwhile, and the
+    /// worker may drain a large message as fast as it is written).
+    fn flush_backlog(&self, state: &mut State) -> io::Result<Progress> {
+        let mut budget = WRITE_SLICE;
         while let Some(out) = state.backlog.front_mut() {
-            if !out.write(self.fd.as_raw_fd())? {
-                return Ok(false);
-            }
-            state.backlog.pop_front();
+            match out.write(self.fd.as_raw_fd(), &mut budget)? {
+                Progress::Done => state.backlog.pop_front(),
+                unfinished => return Ok(unfinished),
+            };
         }
-        Ok(true)
+        Ok(Progress::Done)
     }
 
     /// One whole message from the worker (header and payload), inside the
@@ -388,11 +417,12 @@ async fn write_backlog(shared: Arc<Shared>) {
             shared.flush_backlog(&mut state)
         };
         match flushed {
-            Ok(true) => {
+            Ok(Progress::Done) => {
                 watching = None;
                 shared.wake_writer.notified().await;
             }
-            Ok(false) => {
+            Ok(Progress::Budget) => tokio::task::yield_now().await,
+            Ok(Progress::Full) => {
                 if watching.is_none() {
                     let registered = shared
                         .fd
@@ -430,9 +460,9 @@ fn attach(fd: RawFd) -> Result<Lane, NifError> {
     let mut hello = Outgoing::new(Header::new(frame::HELLO, 0), secret)
         .map_err(|e| NifError::os(&e, "cannot greet the worker's lane"))?;
     // A fresh socket's buffer takes a few dozen bytes at once.
-    match hello.write(own.as_raw_fd()) {
-        Ok(true) => {}
-        Ok(false) => return Err(unavailable("the worker's lane took no greeting")),
+    match hello.write_now(own.as_raw_fd()) {
+        Ok(Progress::Done) => {}
+        Ok(_) => return Err(unavailable("the worker's lane took no greeting")),
         Err(e) => return Err(NifError::os(&e, "cannot greet the worker's lane")),
     }
     let shared = Arc::new(Shared {
