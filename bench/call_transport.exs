@@ -237,22 +237,19 @@ defmodule Bench.CallTransport do
   defp native_only(rounds, calls) do
     leases = for _ <- 1..2, do: elem(Snakepit.Pool.Call.checkout([], :infinity), 1)
 
-    cpu =
-      for _ <- 1..rounds do
-        {_, delta} =
-          CPU.measure([CPU.beam_os_pid()], fn ->
-            leases
-            |> Enum.map(fn lease ->
-              Task.async(fn -> native_calls(lease.worker.lane, div(calls, 2)) end)
-            end)
-            |> Task.await_many(:infinity)
-          end)
+    per_worker = div(calls, 2)
 
-        CPU.total(delta, [CPU.beam_os_pid()]) / 1_000 / (2 * div(calls, 2))
-      end
+    cpu =
+      beam_cpu_per_call(rounds, 2 * per_worker, fn ->
+        leases
+        |> Enum.map(fn lease ->
+          Task.async(fn -> native_calls(lease.worker.lane, per_worker) end)
+        end)
+        |> Task.await_many(:infinity)
+      end)
 
     Enum.each(leases, &Snakepit.Pool.Call.checkin(&1, {:ok, nil}))
-    median(cpu)
+    cpu
   end
 
   defp native_calls(_lane, 0), do: :ok
@@ -288,18 +285,21 @@ defmodule Bench.CallTransport do
     {:ok, socket} =
       :gen_tcp.connect({:local, path}, 0, [:local, :binary, packet: 4, active: true])
 
-    round_trips = fn n -> echo_round_trips(socket, n) end
-    round_trips.(1_000)
-
-    cpu =
-      for _ <- 1..rounds do
-        {_, delta} = CPU.measure([CPU.beam_os_pid()], fn -> round_trips.(10_000) end)
-        CPU.total(delta, [CPU.beam_os_pid()]) / 1_000 / 10_000
-      end
-
+    echo_round_trips(socket, 1_000)
+    cpu = beam_cpu_per_call(rounds, 10_000, fn -> echo_round_trips(socket, 10_000) end)
     :gen_tcp.close(socket)
     receive do: ({^echo, {:exit_status, _}} -> :ok)
-    median(cpu)
+    cpu
+  end
+
+  # The median over `rounds` windows of the BEAM's CPU (us) per call, `fun`
+  # making `calls` calls in each.
+  defp beam_cpu_per_call(rounds, calls, fun) do
+    for _ <- 1..rounds do
+      {_, delta} = CPU.measure([CPU.beam_os_pid()], fun)
+      CPU.total(delta, [CPU.beam_os_pid()]) / 1_000 / calls
+    end
+    |> median()
   end
 
   defp echo_round_trips(_socket, 0), do: :ok

@@ -192,11 +192,6 @@ fn sockaddr_un(path: &str) -> io::Result<libc::sockaddr_un> {
     Ok(addr)
 }
 
-/// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` socket connected to `path`.
-pub fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
-    connect_seqpacket_with(path, 0)
-}
-
 /// A close-on-exec duplicate of `fd`, when `fd` is an `AF_UNIX`
 /// `SOCK_STREAM` socket (anything else is refused: the caller hands over a
 /// descriptor number, and must not get a handle on another file by mistake).
@@ -228,15 +223,12 @@ pub fn dup_unix_stream(fd: RawFd) -> io::Result<OwnedFd> {
     })?))
 }
 
-fn connect_seqpacket_with(path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+/// A close-on-exec `AF_UNIX` `SOCK_SEQPACKET` socket connected to `path`.
+pub fn connect_seqpacket(path: &str) -> io::Result<OwnedFd> {
     let addr = sockaddr_un(path)?;
     // SAFETY: a plain syscall on integer values.
     let fd = owned(cvt(unsafe {
-        libc::socket(
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | flags,
-            0,
-        )
+        libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
     })?);
     // SAFETY: `addr` is a valid sockaddr_un of the length given.
     cvt(unsafe {

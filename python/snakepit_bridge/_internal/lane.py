@@ -118,12 +118,9 @@ class FrameReader:
 
     def _fill(self) -> bool:
         """Receives more bytes after those buffered; False at end of input."""
-        if self._start == self._end:
-            self._start = self._end = 0
-        elif self._end == len(self._buf):
-            kept = self._end - self._start
-            self._buf[:kept] = self._buf[self._start : self._end]
-            self._start, self._end = 0, kept
+        # All read, or no room left: start again at the buffer's start.
+        if self._start == self._end or self._end == len(self._buf):
+            self._compact()
         if self.sock.gettimeout() is None:
             self._poll.poll()
         got = self.sock.recv_into(self._view[self._end :])
@@ -153,6 +150,7 @@ class FrameReader:
         return bytes(self._view[first : self._start])
 
     def _compact(self) -> None:
+        """Moves the unread bytes to the buffer's start."""
         kept = self._end - self._start
         self._buf[:kept] = self._buf[self._start : self._end]
         self._start, self._end = 0, kept

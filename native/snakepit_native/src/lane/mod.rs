@@ -76,16 +76,12 @@ impl rustler::Resource for Lane {}
 
 impl Drop for Lane {
     fn drop(&mut self) {
-        // Nobody can be waiting: every waiting caller holds the lane.
+        // Nobody can be waiting (every waiting caller holds the lane), so
+        // closing sends nothing; it only ends the socket and the writer.
         let mut state = self.shared.lock();
         state.calls.clear();
-        state.backlog.clear();
-        state
-            .closed
-            .get_or_insert_with(|| "the lane was dropped".into());
-        drop(state);
-        sys::shutdown(self.shared.fd.as_raw_fd());
-        self.shared.wake_writer.notify_one();
+        self.shared
+            .close_locked(&mut state, "the lane was dropped", Via::Thread);
     }
 }
 
