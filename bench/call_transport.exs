@@ -15,10 +15,11 @@
 # its warm-up. CPU comes from /proc/PID/task/TID/schedstat (ns). The
 # wake-up floor (native/snakepit_core/examples/wakeup_floor.rs) is measured
 # in the same run. Ratios are against the grpcio pair. For pool 2 the
-# summary also gives the BEAM's CPU per call of the lane's native call
-# alone (lane_execute and its reply, one caller per worker, no pool), to
-# show how much of a call's cost is the transport and how much the layers
-# above it.
+# summary also splits the BEAM's CPU per call into layers (lower_layers/2):
+# the BEAM's own round trip, the lane's native call alone, callers sharing
+# lanes without a pool process (bench/support/lane_handoff.exs), calls
+# leased from the least a pool process can be (bench/support/minimal_pool.exs)
+# and from Snakepit's, to show what each layer above the transport costs.
 #
 #     ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/call_transport.exs
 #     BENCH_CALLS=3000 BENCH_POOL_SIZES=2 BENCH_CONCURRENCY=8 BENCH_ROUNDS=3 ...
@@ -28,6 +29,10 @@
 Code.require_file("support/cpu.exs", __DIR__)
 
 Code.require_file("support/args.exs", __DIR__)
+
+Code.require_file("support/lane_handoff.exs", __DIR__)
+
+Code.require_file("support/minimal_pool.exs", __DIR__)
 
 defmodule Bench.CallTransport do
   import Bench.Args, only: [env_ints: 2, median: 1]
@@ -80,7 +85,7 @@ defmodule Bench.CallTransport do
 
         unary_rows =
           if size == 2,
-            do: unary_rows ++ [{:native, native_only(rounds, calls)}],
+            do: unary_rows ++ [{:layers, lower_layers(rounds, calls)}],
             else: unary_rows
 
         Application.stop(:snakepit)
@@ -134,10 +139,9 @@ defmodule Bench.CallTransport do
   defp measure_rounds(rounds, fun) do
     for round <- 0..(rounds - 1), reduce: %{} do
       acc ->
-        order = Enum.drop(@variants, rem(round, 3)) ++ Enum.take(@variants, rem(round, 3))
-
-        Enum.reduce(order, acc, fn variant, acc ->
-          Map.update(acc, variant, [fun.(variant)], &[fun.(variant) | &1])
+        Enum.reduce(rotate(@variants, round), acc, fn variant, acc ->
+          sample = fun.(variant)
+          Map.update(acc, variant, [sample], &[sample | &1])
         end)
     end
     |> Map.new(fn {variant, samples} -> {variant, medians(samples)} end)
@@ -231,25 +235,80 @@ defmodule Bench.CallTransport do
     }
   end
 
-  # Where the BEAM's CPU goes: the lane's native call alone (lane_execute
-  # and the reply, through the lane's reader), one caller per worker as the
-  # pool's capacity allows, without the pool or Snakepit.execute's layers.
-  defp native_only(rounds, calls) do
+  # Where the BEAM's CPU goes, layer by layer under Snakepit.execute, in
+  # rounds whose order rotates (BEAM CPU us per call, medians):
+  #
+  # * :native - the lane's native call alone (lane_execute and its reply
+  #   through the lane's reader), one caller per worker as the process
+  #   profile's capacity allows: no pool, no Snakepit.execute layers;
+  # * :handoff - 8 callers on the same lanes without a pool process
+  #   (Bench.LaneHandoff: a caller whose call ended writes the next
+  #   waiter's request itself);
+  # * :minimal - 8 callers leasing lanes from the least a pool process can
+  #   be (Bench.MinimalPool: a FIFO, caller monitors, queue timers);
+  # * :pooled - 8 callers, each call leased from Snakepit's pool process
+  #   (Call.checkout/checkin) around the native call.
+  #
+  # :handoff against :minimal is what having a pool process costs per
+  # call; :minimal against :pooled is what Snakepit's pool code costs.
+  defp lower_layers(rounds, calls) do
+    callers = 8
+    per_caller = div(calls, callers)
+    made = per_caller * callers
+
+    layers = %{
+      native: fn lanes ->
+        per_lane = div(made, length(lanes))
+        run_tasks(Enum.map(lanes, fn lane -> fn -> native_calls(lane, per_lane) end end))
+      end,
+      handoff: fn lanes ->
+        handoff = Bench.LaneHandoff.new(lanes)
+        run_tasks(for _ <- 1..callers, do: fn -> Bench.LaneHandoff.calls(handoff, per_caller) end)
+      end,
+      minimal: fn lanes ->
+        pool = Bench.MinimalPool.start(lanes)
+        run_tasks(for _ <- 1..callers, do: fn -> Bench.MinimalPool.calls(pool, per_caller) end)
+        Bench.MinimalPool.stop(pool)
+      end,
+      pooled: fn -> run_tasks(for _ <- 1..callers, do: fn -> pooled_calls(per_caller) end) end
+    }
+
+    order = Map.keys(layers)
+
+    for round <- 0..(rounds - 1), layer <- rotate(order, round), reduce: %{} do
+      acc ->
+        cpu = beam_cpu_per_call(1, made, fn -> with_lanes(layers[layer]) end)
+        Map.update(acc, layer, [cpu], &[cpu | &1])
+    end
+    |> Map.new(fn {layer, samples} -> {layer, median(samples)} end)
+  end
+
+  # Every layer but :pooled runs on both workers' lanes, their slots held
+  # from the pool for the window, as a caller of the native core must.
+  defp with_lanes(run) when is_function(run, 0), do: run.()
+
+  defp with_lanes(run) do
     leases = for _ <- 1..2, do: elem(Snakepit.Pool.Call.checkout([], :infinity), 1)
 
-    per_worker = div(calls, 2)
+    try do
+      leases |> Enum.map(& &1.worker.lane) |> run.()
+    after
+      Enum.each(leases, &Snakepit.Pool.Call.checkin(&1, {:ok, nil}))
+    end
+  end
 
-    cpu =
-      beam_cpu_per_call(rounds, 2 * per_worker, fn ->
-        leases
-        |> Enum.map(fn lease ->
-          Task.async(fn -> native_calls(lease.worker.lane, per_worker) end)
-        end)
-        |> Task.await_many(:infinity)
-      end)
+  defp run_tasks(funs), do: funs |> Enum.map(&Task.async/1) |> Task.await_many(:infinity)
 
-    Enum.each(leases, &Snakepit.Pool.Call.checkin(&1, {:ok, nil}))
-    cpu
+  defp rotate(list, n),
+    do: Enum.drop(list, rem(n, length(list))) ++ Enum.take(list, rem(n, length(list)))
+
+  defp pooled_calls(0), do: :ok
+
+  defp pooled_calls(n) do
+    {:ok, lease} = Snakepit.Pool.Call.checkout([], :infinity)
+    native_calls(lease.worker.lane, 1)
+    Snakepit.Pool.Call.checkin(lease, {:ok, nil})
+    pooled_calls(n - 1)
   end
 
   defp native_calls(_lane, 0), do: :ok
@@ -400,7 +459,7 @@ defmodule Bench.CallTransport do
   defp summary(unary, stream_rows, floor) do
     target = for {2, 8, results, _} <- unary, do: results
     one = for {2, 1, results, _} <- unary, do: results
-    native = for {:native, cpu} <- unary, do: cpu
+    layers = for {:layers, l} <- unary, do: l
     streams = for {2, results} <- stream_rows, do: results
 
     [
@@ -413,10 +472,15 @@ defmodule Bench.CallTransport do
           "BEAM cpu #{fmt(r.lane.client_cpu_us)} us/call = #{fmt(r.lane.client_cpu_us / floor.direct, 2)}x " <>
           "the wake-up floor (target <= 2x)"
       end) ++
-      Enum.map(native, fn cpu ->
-        "  of which the lane's native call alone (no pool; one caller per worker): " <>
-          "#{fmt(cpu)} us/call = #{fmt(cpu / floor.direct, 2)}x the floor; the BEAM's own " <>
-          "round trip: #{fmt(floor.beam)} us = #{fmt(floor.beam / floor.direct, 2)}x"
+      Enum.map(layers, fn l ->
+        "  where the BEAM's cpu per call goes (8 callers unless said): the BEAM's own round trip " <>
+          "#{fmt(floor.beam)} us (#{fmt(floor.beam / floor.direct, 2)}x the floor); the lane's " <>
+          "native call alone, one caller per worker #{fmt(l.native)} us " <>
+          "(#{fmt(l.native / floor.direct, 2)}x); callers handing lanes to each other, no pool " <>
+          "process #{fmt(l.handoff)} us (#{fmt(l.handoff / floor.direct, 2)}x); leased from a " <>
+          "minimal pool process #{fmt(l.minimal)} us (#{fmt(l.minimal / floor.direct, 2)}x); " <>
+          "leased from Snakepit's pool process #{fmt(l.pooled)} us (#{fmt(l.pooled / floor.direct, 2)}x); all of " <>
+          "Snakepit.execute: the BEAM cpu above"
       end) ++
       Enum.map(streams, fn r ->
         "  stream msgs/s: lane #{fmt(r.lane.msgs_per_s / r.pair.msgs_per_s, 2)}x the grpcio pair (target >= 3x)"
