@@ -52,6 +52,19 @@ defmodule Snakepit.TelemetryModulesTest do
     end
   end
 
+  test "correlation ids are 32 lowercase hex digits, distinct across processes" do
+    ids =
+      1..4
+      |> Enum.map(fn _ -> Task.async(fn -> for _ <- 1..500, do: Correlation.new_id() end) end)
+      |> Task.await_many()
+      |> List.flatten()
+
+    assert Enum.all?(ids, &(&1 =~ ~r/\A[0-9a-f]{32}\z/))
+    assert length(Enum.uniq(ids)) == 2_000
+    # One VM, one random half.
+    assert ids |> Enum.map(&binary_part(&1, 0, 16)) |> Enum.uniq() |> length() == 1
+  end
+
   describe "Span" do
     setup do
       parent = self()
