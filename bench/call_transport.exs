@@ -244,6 +244,10 @@ defmodule Bench.CallTransport do
   # * :handoff - 8 callers on the same lanes without a pool process
   #   (Bench.LaneHandoff: a caller whose call ended writes the next
   #   waiter's request itself);
+  # * :handoff_api - the same, each call also doing the per-call work the
+  #   documented API asks of any design (a correlation id, a request id, a
+  #   deadline timer, a monitor, the stats timings, three telemetry events),
+  #   in the leanest form we know: a floor for any implementation of it;
   # * :minimal - 8 callers leasing lanes from the least a pool process can
   #   be (Bench.MinimalPool: a FIFO, caller monitors, queue timers);
   # * :pooled - 8 callers, each call leased from Snakepit's pool process
@@ -257,16 +261,14 @@ defmodule Bench.CallTransport do
     made = per_caller * callers
 
     layers = %{
-      native: fn lanes ->
-        per_lane = div(made, length(lanes))
-        run_tasks(Enum.map(lanes, fn lane -> fn -> native_calls(lane, per_lane) end end))
+      native: fn workers ->
+        per_lane = div(made, length(workers))
+        run_tasks(Enum.map(workers, fn w -> fn -> native_calls(w.lane, per_lane) end end))
       end,
-      handoff: fn lanes ->
-        handoff = Bench.LaneHandoff.new(lanes)
-        run_tasks(for _ <- 1..callers, do: fn -> Bench.LaneHandoff.calls(handoff, per_caller) end)
-      end,
-      minimal: fn lanes ->
-        pool = Bench.MinimalPool.start(lanes)
+      handoff: fn workers -> handoff_calls(workers, callers, per_caller, false) end,
+      handoff_api: fn workers -> handoff_calls(workers, callers, per_caller, true) end,
+      minimal: fn workers ->
+        pool = Bench.MinimalPool.start(Enum.map(workers, & &1.lane))
         run_tasks(for _ <- 1..callers, do: fn -> Bench.MinimalPool.calls(pool, per_caller) end)
         Bench.MinimalPool.stop(pool)
       end,
@@ -283,6 +285,11 @@ defmodule Bench.CallTransport do
     |> Map.new(fn {layer, samples} -> {layer, median(samples)} end)
   end
 
+  defp handoff_calls(workers, callers, per_caller, features) do
+    handoff = Bench.LaneHandoff.new(Enum.map(workers, &{&1.lane, &1.pid}), features: features)
+    run_tasks(for _ <- 1..callers, do: fn -> Bench.LaneHandoff.calls(handoff, per_caller) end)
+  end
+
   # Every layer but :pooled runs on both workers' lanes, their slots held
   # from the pool for the window, as a caller of the native core must.
   defp with_lanes(run) when is_function(run, 0), do: run.()
@@ -291,7 +298,7 @@ defmodule Bench.CallTransport do
     leases = for _ <- 1..2, do: elem(Snakepit.Pool.Call.checkout([], :infinity), 1)
 
     try do
-      leases |> Enum.map(& &1.worker.lane) |> run.()
+      leases |> Enum.map(& &1.worker) |> run.()
     after
       Enum.each(leases, &Snakepit.Pool.Call.checkin(&1, {:ok, nil}))
     end
@@ -477,7 +484,9 @@ defmodule Bench.CallTransport do
           "#{fmt(floor.beam)} us (#{fmt(floor.beam / floor.direct, 2)}x the floor); the lane's " <>
           "native call alone, one caller per worker #{fmt(l.native)} us " <>
           "(#{fmt(l.native / floor.direct, 2)}x); callers handing lanes to each other, no pool " <>
-          "process #{fmt(l.handoff)} us (#{fmt(l.handoff / floor.direct, 2)}x); leased from a " <>
+          "process #{fmt(l.handoff)} us (#{fmt(l.handoff / floor.direct, 2)}x), with the API's " <>
+          "per-call work #{fmt(l.handoff_api)} us (#{fmt(l.handoff_api / floor.direct, 2)}x); " <>
+          "leased from a " <>
           "minimal pool process #{fmt(l.minimal)} us (#{fmt(l.minimal / floor.direct, 2)}x); " <>
           "leased from Snakepit's pool process #{fmt(l.pooled)} us (#{fmt(l.pooled / floor.direct, 2)}x); all of " <>
           "Snakepit.execute: the BEAM cpu above"
