@@ -480,16 +480,15 @@ defmodule Bench.CallTransport do
           "the wake-up floor (target <= 2x)"
       end) ++
       Enum.map(layers, fn l ->
-        "  where the BEAM's cpu per call goes (8 callers unless said): the BEAM's own round trip " <>
-          "#{fmt(floor.beam)} us (#{fmt(floor.beam / floor.direct, 2)}x the floor); the lane's " <>
-          "native call alone, one caller per worker #{fmt(l.native)} us " <>
-          "(#{fmt(l.native / floor.direct, 2)}x); callers handing lanes to each other, no pool " <>
-          "process #{fmt(l.handoff)} us (#{fmt(l.handoff / floor.direct, 2)}x), with the API's " <>
-          "per-call work #{fmt(l.handoff_api)} us (#{fmt(l.handoff_api / floor.direct, 2)}x); " <>
-          "leased from a " <>
-          "minimal pool process #{fmt(l.minimal)} us (#{fmt(l.minimal / floor.direct, 2)}x); " <>
-          "leased from Snakepit's pool process #{fmt(l.pooled)} us (#{fmt(l.pooled / floor.direct, 2)}x); all of " <>
-          "Snakepit.execute: the BEAM cpu above"
+        of = fn us -> "#{fmt(us)} us (#{fmt(us / floor.direct, 2)}x)" end
+
+        "  where the BEAM's cpu per call goes (8 callers unless said): the BEAM's own round " <>
+          "trip #{fmt(floor.beam)} us (#{fmt(floor.beam / floor.direct, 2)}x the floor); the " <>
+          "lane's native call alone, one caller per worker #{of.(l.native)}; callers handing " <>
+          "lanes to each other, no pool process #{of.(l.handoff)}, with the API's per-call " <>
+          "work #{of.(l.handoff_api)}; leased from a minimal pool process #{of.(l.minimal)}; " <>
+          "leased from Snakepit's pool process #{of.(l.pooled)}; all of Snakepit.execute: the " <>
+          "BEAM cpu above"
       end) ++
       Enum.map(streams, fn r ->
         "  stream msgs/s: lane #{fmt(r.lane.msgs_per_s / r.pair.msgs_per_s, 2)}x the grpcio pair (target >= 3x)"
