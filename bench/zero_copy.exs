@@ -206,13 +206,13 @@ defmodule Bench.ZeroCopy do
     {fds1, files1, shm1} = after_
 
     "#{n} create/use/close cycles (both directions): VM open descriptors #{fds0} -> #{fds1}, " <>
-      "region files #{files0} -> #{files1}, /dev/shm entries #{shm0} -> #{shm1}, live regions " <>
+      "shared regions #{files0} -> #{files1}, /dev/shm entries #{shm0} -> #{shm1}, live regions " <>
       "#{ZeroCopy.stats().regions}"
   end
 
   defp collect_all, do: Enum.each(Process.list(), &:erlang.garbage_collect/1)
   defp open_fds, do: length(File.ls!("/proc/self/fd"))
-  defp region_files, do: length(File.ls!(ZeroCopy.stats().dir))
+  defp region_files, do: ZeroCopy.stats().shared
   defp shm_entries, do: length(File.ls!("/dev/shm"))
 
   defp median_or_refused(values) do

@@ -46,7 +46,7 @@ defmodule Snakepit.Application do
   end
 
   defp zero_copy_config do
-    with {:error, message} <- Snakepit.ZeroCopy.Directory.config(),
+    with {:error, message} <- Snakepit.ZeroCopy.Settings.config(),
          do: {:error, {:invalid_config, message}}
   end
 
@@ -54,8 +54,8 @@ defmodule Snakepit.Application do
     Snakepit.Telemetry.choose_backend()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
     Snakepit.RuntimeDir.create()
-    # Before any worker starts: workers are told where regions live.
-    Snakepit.ZeroCopy.Directory.open(zero_copy)
+    # Before any worker starts: workers are told how regions are shared.
+    Snakepit.ZeroCopy.Settings.open(zero_copy)
 
     base =
       [
@@ -111,7 +111,7 @@ defmodule Snakepit.Application do
 
   @impl true
   def stop(_state) do
-    Snakepit.ZeroCopy.Directory.close()
+    Snakepit.ZeroCopy.Settings.close()
     Snakepit.RuntimeDir.remove()
   end
 end

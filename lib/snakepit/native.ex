@@ -281,17 +281,19 @@ defmodule Snakepit.Native do
   # -- zero-copy regions (see Snakepit.ZeroCopy) ------------------------------
 
   @doc """
-  Opens this application start's region directory under `base` (`nil`:
-  `/dev/shm`), after removing those of VMs no longer running:
-  `{:ok, {dir, stale_removed}}`.
+  Turns zero copy on for this application start: `{:ok, limit}`, the most
+  shared regions alive at once (`max_live`, lowered to what the process's
+  descriptor and mapping limits allow). Regions under `inline_below`
+  bytes stay on the heap; workers may hand over at most `max_bytes` (0: no
+  limit).
   """
-  @spec zero_copy_open_dir(String.t() | nil) ::
-          {:ok, {String.t(), non_neg_integer()}} | error()
-  def zero_copy_open_dir(_base), do: not_loaded()
+  @spec zero_copy_enable(pos_integer(), non_neg_integer(), non_neg_integer()) ::
+          {:ok, pos_integer()}
+  def zero_copy_enable(_max_live, _inline_below, _max_bytes), do: not_loaded()
 
-  @doc "Removes the region directory and its files. Idempotent."
-  @spec zero_copy_close_dir() :: :ok
-  def zero_copy_close_dir, do: not_loaded()
+  @doc "Turns zero copy off; shared regions of the start that ends can no longer be sent."
+  @spec zero_copy_disable() :: :ok
+  def zero_copy_disable, do: not_loaded()
 
   @doc """
   Copies `data` into a new region (dirty CPU scheduler): `{:ok,
@@ -305,7 +307,7 @@ defmodule Snakepit.Native do
   @spec zero_copy_binary(reference()) :: {:ok, binary()} | error()
   def zero_copy_binary(_region), do: not_loaded()
 
-  @doc "Releases the region's file. Idempotent."
+  @doc "Closes the region's memory file (it can no longer be sent). Idempotent."
   @spec zero_copy_close(reference()) :: :ok
   def zero_copy_close(_region), do: not_loaded()
 
@@ -313,7 +315,8 @@ defmodule Snakepit.Native do
   @spec zero_copy_region_info(reference()) :: {boolean(), String.t() | nil}
   def zero_copy_region_info(_region), do: not_loaded()
 
-  @doc "`{regions, bytes}` alive in this VM."
-  @spec zero_copy_live() :: {non_neg_integer(), non_neg_integer()}
+  @doc "`{regions, bytes, shared, shared_limit}` alive in this VM."
+  @spec zero_copy_live() ::
+          {non_neg_integer(), non_neg_integer(), non_neg_integer(), non_neg_integer()}
   def zero_copy_live, do: not_loaded()
 end

@@ -21,9 +21,28 @@ defmodule Snakepit.ZeroCopy do
 
   `close/1` releases a ref (a second `close/1` is a no-op). A ref that no
   process references any more is released when it is garbage collected, so
-  the refs of a process that dies go with it. The whole region directory is
-  removed when Snakepit stops, and the directories of a VM that was killed
-  are removed at the next start.
+  the refs of a process that dies go with it. Regions are anonymous memory
+  files: nothing is ever written to disk, and whatever way a VM or a
+  worker dies, the memory goes with the last process that held it. Refs
+  made before Snakepit was restarted can no longer be sent.
+
+  ## Safety and limits
+
+  A region is sealed against shrinking and growing before anyone maps it
+  (`memfd` seals), so no worker, however it misbehaves, can truncate
+  memory the VM has mapped (which would kill the VM with a bus error).
+  Regions the VM makes are sealed against writes too. The VM takes over a
+  region from a worker's reply only if it is such a sealed memory file
+  held by one of its own workers, of exactly the size its marker states
+  and within `max_bytes`; anything else fails that call with an error.
+
+  Refs under `inline_below` bytes (64 KiB) hold their bytes on the heap
+  and need no shared memory, so any number of them can be alive. Larger
+  ones each hold a descriptor and a mapping; past `max_live_regions`
+  alive at once, `to_dlpack/2` and `to_arrow/2` return
+  `{:error, %Snakepit.Error{category: :validation, details: %{reason:
+  :resource_exhausted}}}` (and a reply carrying more fails that call),
+  well before the kernel's limits.
 
   ## Errors
 
@@ -37,16 +56,16 @@ defmodule Snakepit.ZeroCopy do
 
   ## Copying fallback
 
-  With `zero_copy: [enabled: false]`, or where the region directory cannot
-  be made, refs hold their bytes on the heap (`copy: true`) and the bytes
+  With `zero_copy: [enabled: false]`, and for refs under `inline_below`
+  bytes, refs hold their bytes on the heap (`copy: true`) and the bytes
   travel inside the call's message (base64), within `max_message_bytes`.
   Python tools see the same objects either way.
 
-  See `Snakepit.ZeroCopy.Directory` for the configuration.
+  See `Snakepit.ZeroCopy.Settings` for the configuration.
   """
 
   alias Snakepit.{Error, Native, ZeroCopyRef}
-  alias Snakepit.ZeroCopy.Directory
+  alias Snakepit.ZeroCopy.Settings
 
   @typedoc "Options of `to_dlpack/2` and `to_arrow/2`."
   @type export_opts :: [
@@ -152,22 +171,60 @@ defmodule Snakepit.ZeroCopy do
   def dtypes, do: @dtypes
 
   @doc """
-  Regions alive in this VM (`:regions`, `:bytes`; closed refs still
-  referenced count, their memory is still held) and the region directory
-  (`:dir`, `nil` when zero copy is off).
+  Regions alive in this VM: `:regions` and their `:bytes` (closed refs
+  still referenced count, their memory is still held), how many of them
+  are in shared memory (`:shared`) and the most allowed at once
+  (`:shared_limit`), and whether zero copy is on (`:enabled`).
   """
-  @spec stats() :: %{regions: non_neg_integer(), bytes: non_neg_integer(), dir: String.t() | nil}
+  @spec stats() :: %{
+          regions: non_neg_integer(),
+          bytes: non_neg_integer(),
+          shared: non_neg_integer(),
+          shared_limit: non_neg_integer(),
+          enabled: boolean()
+        }
   def stats do
-    {regions, bytes} = Native.zero_copy_live()
-    %{regions: regions, bytes: bytes, dir: Directory.path()}
+    {regions, bytes, shared, limit} = Native.zero_copy_live()
+
+    %{
+      regions: regions,
+      bytes: bytes,
+      shared: shared,
+      shared_limit: limit,
+      enabled: Settings.enabled?()
+    }
   end
 
   # -- internals -------------------------------------------------------------
 
   defp create(kind, binary, dtype, shape) do
     case Native.zero_copy_create(kind, binary, dtype, shape) do
-      {:ok, %ZeroCopyRef{}} = ok -> ok
-      {:error, {_kind, message}} -> {:error, Error.worker_error(message, %{zero_copy: kind})}
+      # Refs this process dropped but has not collected yet still hold
+      # their shared memory: collect once, then try again.
+      {:error, {:resource_exhausted, _}} ->
+        :erlang.garbage_collect()
+        created(Native.zero_copy_create(kind, binary, dtype, shape), kind)
+
+      other ->
+        created(other, kind)
+    end
+  end
+
+  defp created(result, kind) do
+    case result do
+      {:ok, %ZeroCopyRef{}} = ok ->
+        ok
+
+      {:error, {:resource_exhausted, message}} ->
+        {:error,
+         Error.validation_error(message, %{
+           zero_copy: kind,
+           reason: :resource_exhausted,
+           limit: Settings.live_limit()
+         })}
+
+      {:error, {_kind, message}} ->
+        {:error, Error.worker_error(message, %{zero_copy: kind})}
     end
   end
 
@@ -278,7 +335,7 @@ defmodule Snakepit.ZeroCopy do
     do: invalid("to_arrow/2 takes Arrow IPC stream or file bytes; this binary is neither")
 
   defp check_size(binary) do
-    case Directory.max_bytes() do
+    case Settings.max_bytes() do
       max when is_integer(max) and byte_size(binary) > max ->
         invalid("#{byte_size(binary)} bytes is more than zero_copy max_bytes (#{max})")
 

@@ -36,7 +36,7 @@ defmodule Snakepit.ExamplesTest do
     "pools_and_sessions" => ["workers per pool"],
     "hardware_detection" => ["recommended profile"],
     "crash_recovery" => ["Snakepit.Error.DeviceMismatch"],
-    "zero_copy" => ["region files left after close/1: 0"],
+    "zero_copy" => ["shared regions left after close/1: 0"],
     "distributed_pools" => [
       "pools in the cluster",
       "6 calls with node: :any",

@@ -7,23 +7,49 @@ defmodule Snakepit.ZeroCopyTest do
   alias Snakepit.{Error, ProcessKiller, ZeroCopy, ZeroCopyRef}
   alias Snakepit.Test.{AppPool, ExternalBeam}
 
+  # Every size shares memory here (small refs would copy by default), so
+  # small test arrays exercise the shared path.
+  @shared [inline_below: 0]
+
   setup_all do
     start_pool!([])
   end
 
+  # Tests that start the pool with other settings leave them behind: each
+  # test begins on the module's own settings.
+  setup do
+    if Application.get_env(:snakepit, :zero_copy) != @shared, do: start_pool!([])
+    :ok
+  end
+
   defp start_pool!(extra) do
     AppPool.start!(
-      [
-        pool_size: 2,
-        python_path: [AppPool.fixtures_dir()],
-        adapter_args: AppPool.fixture_adapter("ShowcaseTestAdapter")
-      ] ++ extra
+      Keyword.merge(
+        [
+          pool_size: 2,
+          python_path: [AppPool.fixtures_dir()],
+          adapter_args: AppPool.fixture_adapter("ShowcaseTestAdapter"),
+          zero_copy: @shared
+        ],
+        extra
+      )
     )
   end
 
   defp f32(values), do: for(v <- values, into: <<>>, do: <<v * 1.0::float-32-native>>)
   defp floats32(bin), do: for(<<v::float-32-native <- bin>>, do: v)
-  defp files, do: File.ls!(ZeroCopy.stats().dir) |> Enum.sort()
+  defp vm_holds?(inode), do: holds?("/proc/#{System.pid()}/fd/*", inode)
+
+  # The VM's descriptors of region memory files.
+  defp memfds do
+    dir = "/proc/#{System.pid()}/fd"
+
+    dir
+    |> File.ls!()
+    |> Enum.count(fn fd ->
+      match?({:ok, "/memfd:snakepit-" <> _}, File.read_link(Path.join(dir, fd)))
+    end)
+  end
 
   defp collect_all, do: Enum.each(Process.list(), &:erlang.garbage_collect/1)
 
@@ -166,13 +192,13 @@ defmodule Snakepit.ZeroCopyTest do
   end
 
   describe "lifetimes" do
-    test "close/1 removes the region, is idempotent, and a closed ref is refused with a structured error" do
+    test "close/1 releases the region, is idempotent, and a closed ref is refused with a structured error" do
       {:ok, ref} = ZeroCopy.to_dlpack(f32([1]), dtype: :float32)
       path = path_of(ref)
-      assert File.exists?(path)
+      assert {:ok, "/memfd:snakepit-dlpack" <> _} = File.read_link(path)
 
       assert :ok = ZeroCopy.close(ref)
-      refute File.exists?(path)
+      assert path_of(ref) == nil
       assert :ok = ZeroCopy.close(ref)
 
       assert {:error, %Error{category: :validation, message: msg}} = ZeroCopy.from_dlpack(ref)
@@ -191,14 +217,20 @@ defmodule Snakepit.ZeroCopyTest do
         spawn_monitor(fn ->
           {:ok, ref} = ZeroCopy.to_dlpack(f32(1..1000), dtype: :float32)
           {:ok, out} = Snakepit.execute("echo_array", %{"array" => ref})
-          send(parent, {:paths, path_of(ref), path_of(out)})
+          send(parent, {:inodes, Enum.map([ref, out], &File.stat!(path_of(&1)).inode), out.owner})
+          receive do: (:exit -> :ok)
         end)
 
-      assert_receive {:paths, mine, from_python}, 10_000
+      assert_receive {:inodes, inodes, :python}, 10_000
+      assert Enum.all?(inodes, &vm_holds?/1)
+      send(pid, :exit)
       assert_receive {:DOWN, ^monitor, :process, ^pid, :normal}
 
       assert AppPool.wait_until(
-               fn -> not File.exists?(mine) and not File.exists?(from_python) end,
+               fn ->
+                 collect_all()
+                 not Enum.any?(inodes, &vm_holds?/1)
+               end,
                5_000
              ) != :timeout
     end
@@ -222,15 +254,14 @@ defmodule Snakepit.ZeroCopyTest do
 
       assert {:ok, %{"sum" => sum}} = Snakepit.execute("array_stats", %{"array" => ref})
       assert sum == 100_000.0
-      path = path_of(ref)
       :ok = ZeroCopy.close(ref)
-      refute File.exists?(path)
+      assert path_of(ref) == nil
     end
 
-    test "200 create/use/close cycles leave the region directory and the live count as they were" do
+    test "200 create/use/close cycles leave the VM's memory files and the live count as they were" do
       # Refs pass through the pool's processes too: collect them all.
       collect_all()
-      before = {files(), ZeroCopy.stats().regions}
+      before = {memfds(), ZeroCopy.stats().regions}
 
       for i <- 1..200 do
         {:ok, ref} = ZeroCopy.to_dlpack(f32([i]), dtype: :float32)
@@ -241,7 +272,11 @@ defmodule Snakepit.ZeroCopyTest do
       end
 
       collect_all()
-      assert {files(), ZeroCopy.stats().regions} == before
+      assert {memfds(), ZeroCopy.stats().regions} == before
+      # And the workers keep no region the VM has taken over.
+      for _ <- 1..4 do
+        assert {:ok, %{"pending" => 0}} = Snakepit.execute("zero_copy_state", %{})
+      end
     end
   end
 
@@ -287,11 +322,7 @@ defmodule Snakepit.ZeroCopyTest do
   describe "restarts and crashes of the VM" do
     test "a ref from before a restart of Snakepit cannot be sent, but its binary still reads" do
       {:ok, ref} = ZeroCopy.to_dlpack(f32([1, 2]), dtype: :float32)
-      old_dir = ZeroCopy.stats().dir
       start_pool!([])
-
-      refute ZeroCopy.stats().dir == old_dir
-      refute File.exists?(old_dir)
 
       assert {:error, %Error{category: :validation, message: msg}} =
                Snakepit.execute("describe", %{"a" => ref})
@@ -301,35 +332,173 @@ defmodule Snakepit.ZeroCopyTest do
       assert floats32(bin) == [1.0, 2.0]
     end
 
-    @tag :tmp_dir
-    test "kill -9 of a VM holding regions: the next start removes them", %{tmp_dir: base} do
+    test "kill -9 of a VM holding regions: no process holds their memory afterwards" do
       vm =
         ExternalBeam.start!(
           [
             pool_size: 1,
             python_path: [AppPool.fixtures_dir()],
             adapter_args: AppPool.fixture_adapter("ShowcaseTestAdapter"),
-            zero_copy: [dir: base]
+            zero_copy: [inline_below: 0]
           ],
           """
           {:ok, ref} = Snakepit.ZeroCopy.to_dlpack(<<1, 2, 3>>, dtype: :uint8)
           {:ok, out} = Snakepit.execute("echo_array", %{"array" => ref})
           :persistent_term.put(:zero_copy_test_refs, {ref, out})
-          IO.puts("EXTRA " <> Snakepit.ZeroCopy.stats().dir)
+          inodes =
+            for r <- [ref, out] do
+              {_closed, path} = Snakepit.Native.zero_copy_region_info(r.ref)
+              File.stat!(path).inode
+            end
+          IO.puts("EXTRA " <> Enum.join(inodes, ","))
           """
         )
 
-      [dir] = vm.extra
-      assert [_, _] = File.ls!(dir)
+      [line] = vm.extra
+      inodes = line |> String.split(",") |> Enum.map(&String.to_integer/1)
+      assert [_, _] = Enum.filter(inodes, &held_by_any_process?/1)
       :ok = ProcessKiller.kill_process(vm.os_pid, :sigkill)
       port = vm.port
       assert_receive {^port, {:exit_status, _}}, 10_000
-      assert File.exists?(dir)
 
-      start_pool!(zero_copy: [dir: base])
-      refute File.exists?(dir)
-      assert [mine] = File.ls!(base)
-      assert Path.join(base, mine) == ZeroCopy.stats().dir
+      # Its worker goes too (the guard), and with the last holder the memory.
+      assert AppPool.wait_until(fn -> not Enum.any?(inodes, &held_by_any_process?/1) end, 10_000) !=
+               :timeout
+    end
+  end
+
+  defp held_by_any_process?(inode), do: holds?("/proc/[0-9]*/fd/*", inode)
+
+  defp holds?(pattern, inode) do
+    Path.wildcard(pattern)
+    |> Enum.any?(fn fd ->
+      match?({:ok, "/memfd:snakepit-" <> _}, File.read_link(fd)) and
+        match?({:ok, %{inode: ^inode}}, File.stat(fd))
+    end)
+  end
+
+  describe "a worker that attacks regions" do
+    # Each attempt a same-user process can make on memory the VM has mapped;
+    # every one that changes a size must be refused by the seals.
+    @resizes ["truncate", "ftruncate_shrink", "ftruncate_grow", "fallocate_punch"]
+    # One session: both calls reach the worker that exported the region.
+    @attacker "zero-copy-attacker"
+
+    test "cannot shrink, grow or rewrite a region Elixir made, and the VM reads it whole" do
+      data = :binary.copy(<<1, 2, 3, 4>>, 65_536)
+      {:ok, ref} = ZeroCopy.to_dlpack(data, dtype: :uint8)
+      {:ok, bin} = ZeroCopy.from_dlpack(ref)
+
+      assert {:ok, %{"attempts" => attempts}} =
+               Snakepit.execute("attack_region", %{"path" => path_of(ref)})
+
+      for what <- @resizes ++ ["write"] do
+        assert attempts[what] =~ "refused", "#{what}: #{attempts[what]}"
+      end
+
+      # Reading every page: a truncated mapping would kill the VM here.
+      assert :erlang.md5(bin) == :erlang.md5(data)
+      assert {:ok, %{"sum" => _}} = Snakepit.execute("array_stats", %{"array" => ref})
+    end
+
+    test "cannot shrink a region it handed over, and the VM reads it whole" do
+      assert {:ok, %ZeroCopyRef{owner: :python, bytes: 262_144} = out} =
+               Snakepit.execute_in_session(@attacker, "export_and_keep", %{})
+
+      {:ok, bin} = ZeroCopy.from_dlpack(out)
+
+      assert {:ok, %{"attempts" => attempts}} =
+               Snakepit.execute_in_session(@attacker, "attack_exported", %{})
+
+      for what <- @resizes, do: assert(attempts[what] =~ "refused", "#{what}: #{attempts[what]}")
+      # Every page still reads (its first byte the attack could rewrite:
+      # a region made by empty() is writable by its maker, never resizable).
+      assert byte_size(bin) == 262_144
+      assert binary_part(bin, 1, 262_143) == :binary.copy(<<7>>, 262_143)
+    end
+
+    test "forged markers are refused for that call, and the pool keeps serving" do
+      {:ok, mine} = ZeroCopy.to_dlpack(:binary.copy(<<9>>, 65_536), dtype: :uint8)
+      assert AppPool.await_workers(2) != :timeout
+      workers = AppPool.worker_os_pids()
+
+      for {how, path, words} <- [
+            {"path", path_of(mine), "not a worker of this VM"},
+            {"path", "/proc/1/fd/0", "not a worker of this VM"},
+            {"path", "/etc/passwd", "not /proc/<pid>/fd/<n>"},
+            {"path", "/proc/self/fd/0", "not /proc/<pid>/fd/<n>"},
+            {"unsealed", "", "not a memory file sealed"},
+            {"grow_only", "", "not a memory file sealed"},
+            {"wrong_size", "", "marker says 131072"},
+            {"wrong_ino", "", "not the region named"},
+            {"huge_inline", "", "holds more"},
+            {"no_data", "", "neither a path nor inline"}
+          ] do
+        assert {:error, %Error{message: msg}} =
+                 Snakepit.execute("forge_marker", %{"how" => how, "path" => path}),
+               how
+
+        assert msg =~ "bad zero-copy ref" and msg =~ words, "#{how}: #{msg}"
+      end
+
+      assert AppPool.worker_os_pids() == workers
+      # The Elixir region named by the first forgery is untouched.
+      assert {:ok, bin} = ZeroCopy.from_dlpack(mine)
+      assert bin == :binary.copy(<<9>>, 65_536)
+      assert path_of(mine) != nil
+    end
+  end
+
+  describe "live-region limit" do
+    test "shared refs past max_live_regions are refused with :resource_exhausted, never an abort" do
+      start_pool!(zero_copy: [inline_below: 0, max_live_regions: 4])
+      collect_all()
+      base = ZeroCopy.stats().shared
+      assert ZeroCopy.stats().shared_limit == 4
+
+      refs =
+        for i <- Range.new(1, 4 - base, 1) do
+          {:ok, ref} = ZeroCopy.to_dlpack(<<i::64>>, dtype: :uint8)
+          ref
+        end
+
+      assert {:error, %Error{category: :validation, details: details, message: msg}} =
+               ZeroCopy.to_dlpack(<<0::64>>, dtype: :uint8)
+
+      assert details.reason == :resource_exhausted and details.limit == 4
+      assert msg =~ "max_live_regions"
+
+      # A reply carrying a region past the limit fails that call alone.
+      assert {:error, %Error{message: msg}} = Snakepit.execute("make_table", %{"rows" => 3})
+      assert msg =~ "max_live_regions"
+
+      # Released refs make room again.
+      Enum.each(refs, &ZeroCopy.close/1)
+      refs = nil
+      collect_all()
+      assert refs == nil
+      assert {:ok, %ZeroCopyRef{copy: false}} = ZeroCopy.to_dlpack(<<1::64>>, dtype: :uint8)
+    after
+      start_pool!([])
+    end
+
+    test "70,000 small live refs need no shared memory and leave the VM well" do
+      start_pool!(zero_copy: [inline_below: 65_536])
+
+      refs = for i <- 1..70_000, do: elem(ZeroCopy.to_dlpack(<<i::128>>, dtype: :uint8), 1)
+
+      assert Enum.all?(refs, &match?(%ZeroCopyRef{copy: true}, &1))
+      assert ZeroCopy.stats().regions >= 70_000
+
+      assert {:ok, %{"sum" => sum}} =
+               Snakepit.execute("array_stats", %{"array" => List.last(refs)})
+
+      assert sum == Enum.sum(:binary.bin_to_list(<<70_000::128>>))
+      # A large ref still shares memory.
+      assert {:ok, %ZeroCopyRef{copy: false}} =
+               ZeroCopy.to_dlpack(:binary.copy(<<0>>, 65_536), dtype: :uint8)
+    after
+      start_pool!([])
     end
   end
 
@@ -339,7 +508,7 @@ defmodule Snakepit.ZeroCopyTest do
     end
 
     test "refs hold their bytes, travel inline, and Python sees the same objects" do
-      assert ZeroCopy.stats().dir == nil
+      assert ZeroCopy.stats().enabled == false
       {:ok, ref} = ZeroCopy.to_dlpack(f32([1, 2, 3]), dtype: :float32)
       assert ref.copy == true
 
@@ -373,11 +542,13 @@ defmodule Snakepit.ZeroCopyTest do
       for {bad, words} <- [
             {[enabled: :yes], "enabled must be a boolean"},
             {[max_bytes: 0], "max_bytes must be"},
+            {[max_live_regions: 0], "max_live_regions must be"},
+            {[inline_below: -1], "inline_below must be"},
             {[nope: 1], "unknown keys [:nope]"},
             {:on, "keyword list or map"}
           ] do
         Application.put_env(:snakepit, :zero_copy, bad)
-        assert {:error, message} = ZeroCopy.Directory.config()
+        assert {:error, message} = ZeroCopy.Settings.config()
         assert message =~ words
       end
     after

@@ -267,7 +267,7 @@ defmodule Snakepit.PythonRuntime do
   def worker_env(extra \\ []) do
     System.get_env()
     |> Map.merge(runtime_env())
-    |> Map.merge(Snakepit.ZeroCopy.Directory.worker_env())
+    |> Map.merge(Snakepit.ZeroCopy.Settings.worker_env())
     |> Map.merge(Map.new(extra))
     |> Enum.to_list()
   end

@@ -268,6 +268,44 @@ pub fn mmap_shared(fd: RawFd, len: usize) -> io::Result<*mut u8> {
     }
 }
 
+/// A new anonymous memory file (`memfd_create`) that can be sealed, closed
+/// on exec. `name` shows in `/proc/<pid>/fd` links only.
+pub fn memfd_sealable(name: &CStr) -> io::Result<OwnedFd> {
+    // SAFETY: `name` is a valid C string for the duration of the call; the
+    // kernel returns a fresh descriptor or -1.
+    let fd =
+        unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING) };
+    cvt(fd).map(owned)
+}
+
+/// Adds `seals` (`F_SEAL_*`) to the memory file `fd`. Seals are kept by
+/// the file itself, whoever holds a descriptor of it, and never removed.
+pub fn add_seals(fd: RawFd, seals: i32) -> io::Result<()> {
+    // SAFETY: fcntl on a descriptor with an integer argument touches no memory.
+    cvt(unsafe { libc::fcntl(fd, libc::F_ADD_SEALS, seals) }).map(drop)
+}
+
+/// The seals of the memory file `fd` (an error for files that are not
+/// memory files).
+pub fn seals(fd: RawFd) -> io::Result<i32> {
+    // SAFETY: as `add_seals`.
+    cvt(unsafe { libc::fcntl(fd, libc::F_GET_SEALS) })
+}
+
+/// The soft limit on open descriptors (`RLIMIT_NOFILE`).
+pub fn nofile_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct we own.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+        limit.rlim_cur
+    } else {
+        1024
+    }
+}
+
 /// Unmaps a range `mmap_shared` returned. Crate-private: only
 /// `shm::Mapping`, which owns its range, calls it.
 pub(crate) fn munmap(ptr: *mut u8, len: usize) {

@@ -1,30 +1,34 @@
 //! Zero-copy regions: large arrays (DLPack) and Arrow IPC streams that
 //! cross between the VM and workers as shared memory instead of bytes in a
 //! message. A region is a `Region` resource; on the wire it is a marker
-//! object in the call's JSON that names the region file:
+//! object in the call's JSON that names the region's memory file:
 //!
 //! ```json
-//! {"__snakepit_zero_copy__": {"kind": "dlpack", "path": "...", "bytes": 4096,
-//!   "dtype": "float32", "shape": [32, 32], "device": "cpu", "owner": "elixir"}}
+//! {"__snakepit_zero_copy__": {"kind": "dlpack", "path": "/proc/<pid>/fd/<n>",
+//!   "ino": 1234, "bytes": 4096, "dtype": "float32", "shape": [32, 32],
+//!   "device": "cpu", "owner": "elixir"}}
 //! ```
 //!
-//! Where no region directory is open (zero copy disabled, or a worker with
-//! no access to it) a region holds its bytes on the heap and the marker
+//! Regions are memory files sealed against resizing
+//! (`snakepit_core::shm`), so no worker can truncate memory the VM has
+//! mapped. Regions smaller than `inline_below` bytes, and every region
+//! while zero copy is off, hold their bytes on the heap and the marker
 //! carries them as `"inline"` base64 instead of a `"path"`: the documented
-//! copying fallback.
+//! copying fallback. Heap regions need no descriptor and no mapping, so
+//! only shared ones count towards the live-region limit, which keeps the
+//! VM well below the kernel's limits on descriptors and mappings.
 //!
-//! Lifetimes: the file is removed by `close`, or when the last reference to
-//! the resource goes (so the regions of a process that dies are released
-//! with its heap); the mapping lives on while any binary made from it is
-//! referenced. The whole directory goes at application stop, and the
-//! directories of VMs that were killed go at the next start
-//! (`snakepit_core::shm::remove_stale_dirs`).
+//! Lifetimes: `close` closes the region's descriptor (it can no longer be
+//! sent); the mapping lives on while any binary made from it is
+//! referenced, and goes with the last reference to the resource (so the
+//! regions of a process that dies are released with its heap). A memory
+//! file dies with the last process that holds it: nothing is left on disk.
 
 mod nifs;
 
-use std::path::{Path, PathBuf};
+use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Mutex;
 
 use base64::Engine;
 use rustler::{Encoder, Env, ResourceArc, Term};
@@ -41,20 +45,48 @@ pub const MARKER: &str = "__snakepit_zero_copy__";
 /// may go on a scheduler, during garbage collection.
 const UNMAP_OFF_SCHEDULER: usize = 8 << 20;
 
-/// This application start's region directory; `None` while zero copy is
-/// off (regions then live on the heap).
-static DIR: RwLock<Option<Arc<PathBuf>>> = RwLock::new(None);
+/// How many generations of processes a worker may be below the VM (the
+/// fork server's children are grandchildren).
+const WORKER_DEPTH: usize = 3;
+
+/// The application start zero copy is on for (0 while it is off): a
+/// shared region of an earlier start can no longer be sent.
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+/// The most shared regions alive at once.
+static MAX_SHARED: AtomicU64 = AtomicU64::new(0);
+/// Regions smaller than this live on the heap.
+static INLINE_BELOW: AtomicU64 = AtomicU64::new(0);
 
 static LIVE_REGIONS: AtomicU64 = AtomicU64::new(0);
 static LIVE_BYTES: AtomicU64 = AtomicU64::new(0);
+static LIVE_SHARED: AtomicU64 = AtomicU64::new(0);
+/// The largest region a worker may hand over (0: no limit).
+static MAX_BYTES: AtomicU64 = AtomicU64::new(0);
 
-fn current_dir() -> Option<Arc<PathBuf>> {
-    DIR.read().map(|d| d.clone()).unwrap_or_default()
+/// Turns zero copy on for a new application start: at most `max_shared`
+/// shared regions at once (lowered to what the process's descriptor and
+/// mapping limits allow), heap regions below `inline_below` bytes.
+/// Returns the limit in force.
+pub fn enable(max_shared: u64, inline_below: u64, max_bytes: u64) -> u64 {
+    MAX_BYTES.store(max_bytes, Ordering::Relaxed);
+    // Half the descriptors stay for sockets, ports and files; each shared
+    // region holds one descriptor and one mapping.
+    let limit = max_shared
+        .min(shm::descriptor_limit() / 2)
+        .min(shm::mapping_limit() / 2)
+        .max(1);
+    MAX_SHARED.store(limit, Ordering::Relaxed);
+    INLINE_BELOW.store(inline_below, Ordering::Relaxed);
+    let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+    GENERATION.store(generation, Ordering::Release);
+    limit
 }
 
-fn set_dir(dir: Option<PathBuf>) -> Option<Arc<PathBuf>> {
-    let mut guard = DIR.write().unwrap_or_else(|e| e.into_inner());
-    std::mem::replace(&mut *guard, dir.map(Arc::new))
+/// Turns zero copy off: new regions live on the heap, shared regions of
+/// this start can no longer be sent.
+pub fn disable() {
+    GENERATION.store(0, Ordering::Release);
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -93,30 +125,31 @@ pub enum Owner {
     Python,
 }
 
+/// A region in shared memory: its mapping, and its memory file's
+/// descriptor (what workers open) until the region is closed.
+struct Shared {
+    mapping: Mapping,
+    file: Mutex<Option<File>>,
+    ino: u64,
+    generation: u64,
+}
+
 enum Data {
-    Mapped(Mapping),
+    Shared(Shared),
     Heap(Vec<u8>),
 }
 
 impl Data {
     fn as_slice(&self) -> &[u8] {
         match self {
-            Data::Mapped(m) => m.as_slice(),
+            Data::Shared(s) => s.mapping.as_slice(),
             Data::Heap(v) => v,
         }
     }
 }
 
-/// A region file and the directory it was made in (to tell a ref of a
-/// stopped application start from a live one).
-struct File {
-    path: PathBuf,
-    dir: Arc<PathBuf>,
-}
-
 pub struct Region {
     data: Data,
-    file: Option<File>,
     kind: Kind,
     owner: Owner,
     dtype: Option<String>,
@@ -128,13 +161,53 @@ pub struct Region {
 #[rustler::resource_impl]
 impl rustler::Resource for Region {}
 
+/// Why a region could not be made or taken over.
+#[derive(Debug)]
+pub enum RegionError {
+    /// The live-region limit is reached.
+    Exhausted(u64),
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for RegionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegionError::Exhausted(limit) => write!(
+                f,
+                "{limit} shared zero-copy regions are alive, the most allowed \
+                 (zero_copy: [max_live_regions: ...]); close refs you no longer need"
+            ),
+            RegionError::Io(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+/// A place among the live shared regions, given back when dropped.
+struct Slot;
+
+impl Slot {
+    fn take() -> Result<Slot, RegionError> {
+        let limit = MAX_SHARED.load(Ordering::Relaxed);
+        if LIVE_SHARED.fetch_add(1, Ordering::AcqRel) >= limit {
+            LIVE_SHARED.fetch_sub(1, Ordering::AcqRel);
+            return Err(RegionError::Exhausted(limit));
+        }
+        Ok(Slot)
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        LIVE_SHARED.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 impl Region {
-    fn new(data: Data, file: Option<File>, kind: Kind, owner: Owner) -> Region {
+    fn new(data: Data, kind: Kind, owner: Owner) -> Region {
         LIVE_REGIONS.fetch_add(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_add(data.as_slice().len() as u64, Ordering::Relaxed);
         Region {
             data,
-            file,
             kind,
             owner,
             dtype: None,
@@ -142,6 +215,18 @@ impl Region {
             metadata: None,
             closed: AtomicBool::new(false),
         }
+    }
+
+    fn shared(region: shm::Region, slot: Slot, kind: Kind, owner: Owner) -> Region {
+        // The region holds the slot from here on (given back in its Drop).
+        std::mem::forget(slot);
+        let shared = Shared {
+            mapping: region.mapping,
+            file: Mutex::new(Some(region.file)),
+            ino: region.ino,
+            generation: GENERATION.load(Ordering::Acquire),
+        };
+        Region::new(Data::Shared(shared), kind, owner)
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -152,12 +237,32 @@ impl Region {
         self.closed.load(Ordering::Acquire)
     }
 
-    /// Removes the region's file (the first time only). Mappings, here and
-    /// in workers, stay valid until they are dropped.
+    /// Where workers open the region (`None`: on the heap, or closed).
+    pub fn path(&self) -> Option<String> {
+        match &self.data {
+            Data::Shared(shared) => shared
+                .file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .as_ref()
+                .map(shm::proc_path),
+            Data::Heap(_) => None,
+        }
+    }
+
+    /// Whether the bytes are in shared memory (else on the heap).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.data, Data::Shared(_))
+    }
+
+    /// Closes the region's descriptor (the first time only): it can no
+    /// longer be sent. Mappings, here and in workers, stay valid until
+    /// they are dropped.
     pub fn close(&self) {
         if !self.closed.swap(true, Ordering::AcqRel) {
-            if let Some(file) = &self.file {
-                let _ = std::fs::remove_file(&file.path);
+            if let Data::Shared(shared) = &self.data {
+                let file = shared.file.lock().unwrap_or_else(|e| e.into_inner()).take();
+                drop(file);
             }
         }
     }
@@ -170,32 +275,29 @@ impl Drop for Region {
         let len = data.as_slice().len();
         LIVE_REGIONS.fetch_sub(1, Ordering::Relaxed);
         LIVE_BYTES.fetch_sub(len as u64, Ordering::Relaxed);
+        if matches!(data, Data::Shared(_)) {
+            // The slot `Region::shared` took.
+            LIVE_SHARED.fetch_sub(1, Ordering::AcqRel);
+        }
         if len >= UNMAP_OFF_SCHEDULER {
             crate::runtime::get().spawn_blocking(move || drop(data));
         }
     }
 }
 
-/// Makes a region of `kind` holding a copy of `data`: in the region
-/// directory when one is open, else on the heap.
-pub fn create(kind: Kind, data: &[u8]) -> std::io::Result<Region> {
-    let Some(dir) = current_dir() else {
-        return Ok(Region::new(
-            Data::Heap(data.to_vec()),
-            None,
-            kind,
-            Owner::Elixir,
-        ));
-    };
-    let path = dir.join(shm::new_name(kind.name())?);
-    let mapping = shm::create(&path, data)?;
-    let file = File { path, dir };
-    Ok(Region::new(
-        Data::Mapped(mapping),
-        Some(file),
-        kind,
-        Owner::Elixir,
-    ))
+fn shares(len: usize) -> bool {
+    GENERATION.load(Ordering::Acquire) != 0 && len as u64 >= INLINE_BELOW.load(Ordering::Relaxed)
+}
+
+/// Makes a region of `kind` holding a copy of `data`: in a sealed memory
+/// file when zero copy is on and `data` is not small, else on the heap.
+pub fn create(kind: Kind, data: &[u8]) -> Result<Region, RegionError> {
+    if !shares(data.len()) {
+        return Ok(Region::new(Data::Heap(data.to_vec()), kind, Owner::Elixir));
+    }
+    let slot = Slot::take()?;
+    let region = shm::create(kind.name(), data).map_err(RegionError::Io)?;
+    Ok(Region::shared(region, slot, kind, Owner::Elixir))
 }
 
 // -- the wire marker ------------------------------------------------------
@@ -231,19 +333,24 @@ pub fn write_marker(term: Term, out: &mut Vec<u8>) -> Result<(), String> {
     if let Some(shape) = &region.shape {
         body.insert("shape".into(), shape.clone().into());
     }
-    match &region.file {
-        Some(file) => {
-            if current_dir().as_ref() != Some(&file.dir) {
+    match &region.data {
+        Data::Shared(shared) => {
+            if shared.generation != GENERATION.load(Ordering::Acquire) {
                 return Err(
-                    "a %Snakepit.ZeroCopyRef{} of an earlier start of Snakepit (its region \
-                     directory is gone)"
+                    "a %Snakepit.ZeroCopyRef{} of an earlier start of Snakepit (its shared \
+                     memory can no longer be sent)"
                         .into(),
                 );
             }
-            body.insert("path".into(), file.path.to_string_lossy().as_ref().into());
+            let file = shared.file.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(file) = file.as_ref() else {
+                return Err("a %Snakepit.ZeroCopyRef{} that was closed".into());
+            };
+            body.insert("path".into(), shm::proc_path(file).into());
+            body.insert("ino".into(), shared.ino.into());
         }
-        None => {
-            let inline = base64::engine::general_purpose::STANDARD.encode(region.bytes());
+        Data::Heap(bytes) => {
+            let inline = base64::engine::general_purpose::STANDARD.encode(bytes);
             body.insert("inline".into(), inline.into());
         }
     }
@@ -289,27 +396,6 @@ fn collect(value: &Value, found: &mut Vec<ResourceArc<Region>>) -> Result<(), St
 }
 
 fn adopt(body: &Map<String, Value>) -> Result<Region, String> {
-    let dir = current_dir();
-    let path = body.get("path").and_then(Value::as_str).map(PathBuf::from);
-    // A file the worker made is ours from here on, even when its marker is
-    // bad: remove it rather than leave it.
-    let owned_path = path
-        .as_ref()
-        .filter(|p| dir.as_ref().is_some_and(|d| shm::is_region_path(d, p)));
-    let result = adopt_checked(body, dir.clone(), path.as_deref());
-    if result.is_err() {
-        if let Some(p) = owned_path {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-    result
-}
-
-fn adopt_checked(
-    body: &Map<String, Value>,
-    dir: Option<Arc<PathBuf>>,
-    path: Option<&Path>,
-) -> Result<Region, String> {
     let bad = |what: &str| format!("the worker returned a bad zero-copy ref: {what}");
     let kind = body
         .get("kind")
@@ -319,7 +405,7 @@ fn adopt_checked(
     let bytes = body
         .get("bytes")
         .and_then(Value::as_u64)
-        .ok_or_else(|| bad("bytes is not a non-negative integer"))? as usize;
+        .ok_or_else(|| bad("bytes is not a non-negative integer"))?;
     match body.get("device").and_then(Value::as_str) {
         None | Some("cpu") => {}
         Some(other) => {
@@ -328,34 +414,36 @@ fn adopt_checked(
             )))
         }
     }
-    let (data, file) = match (path, body.get("inline")) {
+    if let Some(max) = max_bytes() {
+        if bytes > max {
+            return Err(bad(&format!(
+                "it says {bytes} bytes, more than zero_copy max_bytes ({max})"
+            )));
+        }
+    }
+    let mut region = match (body.get("path"), body.get("inline")) {
         (Some(path), _) => {
-            let dir = dir.ok_or_else(|| bad("it names a file but zero copy is disabled here"))?;
-            if !shm::is_region_path(&dir, path) {
-                return Err(bad("its path is not a region in Snakepit's directory"));
-            }
-            let mapping = shm::open(path).map_err(|e| bad(&format!("cannot map it: {e}")))?;
-            let file = File {
-                path: path.to_path_buf(),
-                dir,
-            };
-            (Data::Mapped(mapping), Some(file))
+            let path = path.as_str().ok_or_else(|| bad("path is not a string"))?;
+            adopt_shared(path, body.get("ino"), bytes, kind).map_err(|e| bad(&e))?
         }
         (None, Some(Value::String(text))) => {
+            // Base64 holds 3 bytes in 4 characters: check before decoding.
+            if (text.len() as u64) / 4 * 3 > bytes + 3 {
+                return Err(bad(&format!("it says {bytes} bytes but holds more")));
+            }
             let data = base64::engine::general_purpose::STANDARD
                 .decode(text)
                 .map_err(|_| bad("inline data is not base64"))?;
-            (Data::Heap(data), None)
+            if data.len() as u64 != bytes {
+                return Err(bad(&format!(
+                    "it says {bytes} bytes but holds {}",
+                    data.len()
+                )));
+            }
+            Region::new(Data::Heap(data), kind, Owner::Python)
         }
         _ => return Err(bad("it has neither a path nor inline data")),
     };
-    if data.as_slice().len() != bytes {
-        return Err(bad(&format!(
-            "it says {bytes} bytes but holds {}",
-            data.as_slice().len()
-        )));
-    }
-    let mut region = Region::new(data, file, kind, Owner::Python);
     region.dtype = body.get("dtype").and_then(Value::as_str).map(String::from);
     region.shape = match body.get("shape") {
         None | Some(Value::Null) => None,
@@ -369,6 +457,48 @@ fn adopt_checked(
     };
     region.metadata = body.get("metadata").filter(|m| m.is_object()).cloned();
     Ok(region)
+}
+
+/// Takes over a worker's sealed memory file at `path`. Only a file held by
+/// one of this VM's workers is taken: never one of the VM's own
+/// descriptors, never another process's. Small ones are copied to the
+/// heap (no descriptor or mapping kept).
+fn adopt_shared(path: &str, ino: Option<&Value>, bytes: u64, kind: Kind) -> Result<Region, String> {
+    if GENERATION.load(Ordering::Acquire) == 0 {
+        return Err("it names shared memory but zero copy is disabled here".into());
+    }
+    let (pid, _fd) = shm::parse_proc_path(path).ok_or("its path is not /proc/<pid>/fd/<n>")?;
+    if !shm::is_descendant(pid, WORKER_DEPTH) {
+        return Err(format!(
+            "its path names process {pid}, which is not a worker of this VM"
+        ));
+    }
+    let ino = match ino {
+        None => None,
+        Some(v) => Some(v.as_u64().ok_or("ino is not a non-negative integer")?),
+    };
+    let slot = if shares(bytes as usize) {
+        Some(Slot::take().map_err(|e| e.to_string())?)
+    } else {
+        None
+    };
+    let region = shm::open(path, ino, bytes).map_err(|e| e.to_string())?;
+    Ok(match slot {
+        Some(slot) => Region::shared(region, slot, kind, Owner::Python),
+        None => Region::new(
+            Data::Heap(region.mapping.as_slice().to_vec()),
+            kind,
+            Owner::Python,
+        ),
+    })
+}
+
+/// The largest region, when limited (`zero_copy: [max_bytes: ...]`).
+fn max_bytes() -> Option<u64> {
+    match MAX_BYTES.load(Ordering::Relaxed) {
+        0 => None,
+        max => Some(max),
+    }
 }
 
 // -- the Elixir struct ----------------------------------------------------
@@ -419,7 +549,7 @@ pub fn ref_term<'a>(env: Env<'a>, region: ResourceArc<Region>) -> Term<'a> {
             atoms::zero_copy_ref_module().encode(env),
         ),
         (atoms::bytes().encode(env), region.bytes().len().encode(env)),
-        (atoms::copy().encode(env), region.file.is_none().encode(env)),
+        (atoms::copy().encode(env), (!region.is_shared()).encode(env)),
         (atoms::device().encode(env), atoms::cpu().encode(env)),
         (atoms::dtype().encode(env), dtype),
         (atoms::kind().encode(env), region.kind.atom().encode(env)),
@@ -432,10 +562,13 @@ pub fn ref_term<'a>(env: Env<'a>, region: ResourceArc<Region>) -> Term<'a> {
     Term::map_from_term_arrays(env, &keys, &values).unwrap_or(nil)
 }
 
-/// How many regions are alive in this VM, and their bytes.
-pub fn live() -> (u64, u64) {
+/// How many regions are alive in this VM, their bytes, how many are
+/// shared, and the most shared ones allowed.
+pub fn live() -> (u64, u64, u64, u64) {
     (
         LIVE_REGIONS.load(Ordering::Relaxed),
         LIVE_BYTES.load(Ordering::Relaxed),
+        LIVE_SHARED.load(Ordering::Relaxed),
+        MAX_SHARED.load(Ordering::Relaxed),
     )
 }

@@ -1,46 +1,30 @@
 //! The zero-copy NIFs. Creating a region copies the caller's bytes once
-//! (up to gigabytes) and directories are made and removed with file system
-//! calls, so those run on dirty schedulers; the rest are O(1).
-
-use std::path::PathBuf;
+//! (up to gigabytes), so that runs on a dirty scheduler; the rest are O(1).
 
 use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
-use snakepit_core::shm;
 
-use super::{create, live, ref_term, set_dir, Kind, Region};
+use super::{create, live, ref_term, Kind, Region, RegionError};
 use crate::atoms;
 use crate::error::NifError;
 
-/// Opens this application start's region directory under `base` (`nil`:
-/// `/dev/shm`, else the temporary directory), first removing the
-/// directories that killed VMs left. `{:ok, {dir, removed_stale}}`.
-#[rustler::nif(schedule = "DirtyIo")]
-fn zero_copy_open_dir(env: Env, base: Option<String>) -> Term {
-    let base = base.map_or_else(shm::default_base, PathBuf::from);
-    let removed = shm::remove_stale_dirs(&base);
-    match shm::create_instance_dir(&base) {
-        Ok(dir) => {
-            let shown = dir.to_string_lossy().into_owned();
-            if let Some(old) = set_dir(Some(dir)) {
-                let _ = shm::remove_dir(&old);
-            }
-            (atoms::ok(), (shown, removed)).encode(env)
-        }
-        Err(err) => NifError::os(
-            &err,
-            &format!("cannot create a directory in {}", base.display()),
-        )
-        .encode(env),
-    }
+/// Turns zero copy on for this application start: `{:ok, limit}`, the
+/// most shared regions alive at once (`max_live`, lowered to what the
+/// process's descriptor and mapping limits allow). Regions under
+/// `inline_below` bytes stay on the heap; workers may hand over at most
+/// `max_bytes` (0: no limit).
+#[rustler::nif]
+fn zero_copy_enable(max_live: u64, inline_below: u64, max_bytes: u64) -> (Atom, u64) {
+    (
+        atoms::ok(),
+        super::enable(max_live, inline_below, max_bytes),
+    )
 }
 
-/// Removes the region directory and every region file in it; regions
-/// still referenced keep their mappings but can no longer be sent.
-#[rustler::nif(schedule = "DirtyIo")]
-fn zero_copy_close_dir() -> Atom {
-    if let Some(dir) = set_dir(None) {
-        let _ = shm::remove_dir(&dir);
-    }
+/// Turns zero copy off: new regions live on the heap, and the shared
+/// regions of the start that ends can no longer be sent.
+#[rustler::nif]
+fn zero_copy_disable() -> Atom {
+    super::disable();
     atoms::ok()
 }
 
@@ -68,7 +52,12 @@ fn zero_copy_create<'a>(
             region.shape = shape;
             (atoms::ok(), ref_term(env, ResourceArc::new(region))).encode(env)
         }
-        Err(err) => NifError::os(&err, "cannot create a shared-memory region").encode(env),
+        Err(err @ RegionError::Exhausted(_)) => {
+            NifError::new(atoms::resource_exhausted(), err.to_string()).encode(env)
+        }
+        Err(RegionError::Io(err)) => {
+            NifError::os(&err, "cannot create a shared-memory region").encode(env)
+        }
     }
 }
 
@@ -87,7 +76,7 @@ fn zero_copy_binary(env: Env, region: ResourceArc<Region>) -> Term {
     (atoms::ok(), binary).encode(env)
 }
 
-/// Releases the region's file; idempotent.
+/// Closes the region's memory file (it can no longer be sent); idempotent.
 #[rustler::nif]
 fn zero_copy_close(region: ResourceArc<Region>) -> Atom {
     region.close();
@@ -97,16 +86,13 @@ fn zero_copy_close(region: ResourceArc<Region>) -> Atom {
 /// `{closed, path | nil}` of one region, for tests and diagnostics.
 #[rustler::nif]
 fn zero_copy_region_info(env: Env, region: ResourceArc<Region>) -> Term {
-    let path = region
-        .file
-        .as_ref()
-        .map(|f| f.path.to_string_lossy().into_owned());
-    (region.is_closed(), path).encode(env)
+    (region.is_closed(), region.path()).encode(env)
 }
 
-/// `{regions, bytes}` alive in this VM (closed ones still referenced
-/// included: their memory is still held).
+/// `{regions, bytes, shared, limit}`: regions alive in this VM (closed
+/// ones still referenced included: their memory is still held), their
+/// bytes, how many of them are shared, and the most shared ones allowed.
 #[rustler::nif]
-fn zero_copy_live() -> (u64, u64) {
+fn zero_copy_live() -> (u64, u64, u64, u64) {
     live()
 }
