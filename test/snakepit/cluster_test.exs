@@ -174,18 +174,22 @@ defmodule Snakepit.ClusterTest do
   end
 
   test "zero-copy refs cross nodes as bytes and are shared memory again on each side", %{b: b} do
-    floats = for i <- 1..6, into: <<>>, do: <<i * 1.0::float-32-native>>
-    {:ok, ref} = Snakepit.ZeroCopy.to_dlpack(floats, dtype: :float32, shape: {2, 3})
+    # 64 KiB: large enough to share memory (smaller refs copy anyway).
+    floats = for i <- 1..16_384, into: <<>>, do: <<i * 1.0::float-32-native>>
+    {:ok, ref} = Snakepit.ZeroCopy.to_dlpack(floats, dtype: :float32, shape: {128, 128})
+    assert ref.copy == false
 
-    assert {:ok, %{"dtype" => "float32", "shape" => [2, 3], "sum" => 21.0}} =
+    assert {:ok, %{"dtype" => "float32", "shape" => [128, 128], "sum" => sum}} =
              Snakepit.execute("array_stats", %{"array" => ref}, node: b)
 
+    assert sum == 16_384 * 16_385 / 2
+
     # A ref made in b's worker comes back as a ref of this node.
-    {:ok, %Snakepit.ZeroCopyRef{shape: {2, 3}, copy: false} = out} =
+    {:ok, %Snakepit.ZeroCopyRef{shape: {128, 128}, copy: false} = out} =
       Snakepit.execute("scale_array", %{"array" => ref, "factor" => 2}, node: b)
 
     {:ok, bin} = Snakepit.ZeroCopy.from_dlpack(out)
-    assert for(<<v::float-32-native <- bin>>, do: v) == Enum.map(1..6, &(&1 * 2.0))
+    assert for(<<v::float-32-native <- bin>>, do: v) == Enum.map(1..16_384, &(&1 * 2.0))
   end
 
   test "get_stats(:cluster) sums every node", %{b: b, c: c} do
