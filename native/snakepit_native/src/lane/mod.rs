@@ -329,9 +329,19 @@ impl Shared {
         let Some(Call::Unary(to)) = self.lock().calls.remove(&id) else {
             return; // Forgotten: its caller gave up.
         };
-        let payload = match ExecuteToolResponse::decode(message) {
-            Ok(resp) => response::execute(resp),
-            Err(err) => malformed(&err.to_string()),
+        // The socket lets a little more than the limit through (the
+        // header's slack): a reply over the limit itself fails its call.
+        let limit = crate::grpc::max_message_bytes();
+        let payload = if message.len() > limit {
+            malformed(&format!(
+                "the reply is {} bytes, over max_message_bytes ({limit})",
+                message.len()
+            ))
+        } else {
+            match ExecuteToolResponse::decode(message) {
+                Ok(resp) => response::execute(resp),
+                Err(err) => malformed(&err.to_string()),
+            }
         };
         to.send_from(env, payload);
     }
