@@ -27,6 +27,10 @@ defmodule Snakepit.Cluster do
     * `require: %{gpu: true}` - only pools whose capabilities have these
       values (implies `:any` unless `node:` is given).
 
+  An `:any` call (without a session) that the chosen pool refuses as
+  `:overloaded` (it could not finish in time there, so it never ran) goes
+  on to another node with a free slot when there is one.
+
   Results have the same shapes as local calls. Streams are relayed chunk by
   chunk, each acknowledged by the caller, so order and backpressure hold and
   `:halt` stops the remote producer.
@@ -282,11 +286,18 @@ defmodule Snakepit.Cluster do
     tracked({node(), pool}, fn ->
       Snakepit.Pool.execute(command, args, Keyword.put(opts, :pool, pool))
     end)
+    |> elsewhere_if_shed(node(), opts, &Snakepit.execute(command, args, &1))
   end
 
   def execute({:remote, node, pool}, command, args, opts) do
     opts = with_correlation(opts)
 
+    node
+    |> remote_execute(pool, command, args, opts)
+    |> elsewhere_if_shed(node, opts, &Snakepit.execute(command, args, &1))
+  end
+
+  defp remote_execute(node, pool, command, args, opts) do
     span(node, pool, command, opts, fn ->
       try do
         :erpc.call(
@@ -373,6 +384,37 @@ defmodule Snakepit.Cluster do
         {:error,
          Error.timeout_error("the stream on #{node} did not finish in time", %{node: node})}
     end
+  end
+
+  # A call :any routing placed on a pool that refused it as overloaded (so
+  # it never ran) goes to another node with a free slot, when there is one
+  # (adverts can be a moment old when the call was routed).
+  defp elsewhere_if_shed(
+         {:error, %Error{details: %{reason: :overloaded}}} = shed,
+         node,
+         opts,
+         retry
+       ) do
+    avoid = [node | Keyword.get(opts, :avoid_nodes, [])]
+
+    if any_routing?(opts) and is_nil(opts[:session_id]) and room_elsewhere?(opts, avoid) do
+      retry.(opts |> Keyword.put(:node, :any) |> Keyword.put(:avoid_nodes, avoid))
+    else
+      shed
+    end
+  end
+
+  defp elsewhere_if_shed(result, _node, _opts, _retry), do: result
+
+  defp any_routing?(opts) do
+    Keyword.get(opts, :node, if(Keyword.has_key?(opts, :require), do: :any)) == :any and
+      enabled?()
+  end
+
+  defp room_elsewhere?(opts, avoid) do
+    opts
+    |> candidates()
+    |> Enum.any?(&(&1.node not in avoid and load(&1) < &1.capacity))
   end
 
   # The node went away during the call: idempotent :any calls go elsewhere.

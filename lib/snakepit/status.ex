@@ -79,7 +79,8 @@ defmodule Snakepit.Status do
       "pool #{inspect(pool.name)}  profile=#{inspect(pool.profile)}  size=#{pool.pool_size}  " <>
         "ready=#{s.workers} busy=#{s.busy} down=#{s.slots_down}  queued=#{s.queued}  " <>
         "utilization=#{percent(s.utilization)}  requests=#{s.requests} errors=#{s.errors} " <>
-        "queue_timeouts=#{s.queue_timeouts} saturated=#{s.pool_saturated}\n" <>
+        "queue_timeouts=#{s.queue_timeouts} saturated=#{s.pool_saturated} shed=#{s.shed} " <>
+        "queue_delay=#{s.queue_delay_ms}ms\n" <>
         "  wait ms p50/p90/p99=#{ms(s.wait_time_ms)}  run ms p50/p90/p99=#{ms(s.run_time_ms)}"
 
     down =

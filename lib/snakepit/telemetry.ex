@@ -27,6 +27,8 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :worker, :terminated],
     [:snakepit, :pool, :worker, :startup_failed],
     [:snakepit, :pool, :saturated],
+    [:snakepit, :pool, :shed],
+    [:snakepit, :pool, :queue, :delay],
     [:snakepit, :pool, :queue, :timeout],
     [:snakepit, :request, :executed],
     [:snakepit, :request, :stopped],

@@ -109,6 +109,26 @@ defmodule Snakepit.ClusterTest do
     assert {:ok, _} = Task.await(busy, 5_000)
   end
 
+  test ":any calls this node would refuse as overloaded run where there is room", %{b: b, c: c} do
+    # The local pool learns that sleep takes ~300 ms; with its one worker
+    # busy, a call with a 400 ms budget cannot finish here in time.
+    {:ok, _} = Snakepit.execute("sleep", %{ms: 300})
+    busy = Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_500}) end)
+    wait_busy_here()
+
+    assert {:error, %Snakepit.Error{details: %{reason: :overloaded}}} =
+             Snakepit.execute("sleep", %{ms: 300}, timeout: 400)
+
+    for _ <- 1..3 do
+      assert {:ok, %{"pid" => pid}} =
+               Snakepit.execute("sleep", %{ms: 300}, node: :any, timeout: 400)
+
+      assert pid in [os_pid(pid_on(b)), os_pid(pid_on(c))]
+    end
+
+    assert {:ok, _} = Task.await(busy, 5_000)
+  end
+
   defp wait_busy_here do
     # The local pool's advert is read live: busy once the call holds the slot.
     case Enum.find(Cluster.pools(), &(&1.node == node())) do

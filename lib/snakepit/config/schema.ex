@@ -62,6 +62,13 @@ defmodule Snakepit.Config.Schema do
      {Defaults, :pool_max_queue_size}, false, "most requests that may wait for a worker"},
     {:queue_timeout, quote(do: timeout()), :timeout, "a positive integer (ms) or :infinity",
      {Defaults, :pool_queue_timeout}, false, "longest wait in the queue (ms)"},
+    {:queue, quote(do: keyword()), :queue,
+     "a keyword list or map with discipline: one of #{inspect(Snakepit.Pool.Admission.disciplines())}",
+     [discipline: :deadline], false,
+     "the queue discipline: `[discipline: :deadline]` (the default: calls that can no longer " <>
+       "finish within their deadline are refused as `:overloaded` instead of queued or run, " <>
+       "see `Snakepit.Pool.Admission`) or `[discipline: :fifo]` (wait up to the queue timeout, " <>
+       "run whatever budget is left)"},
     {:startup_timeout, quote(do: pos_integer()), :pos_int, "a positive integer (ms)",
      {Defaults, :grpc_server_ready_timeout}, false,
      "time a worker may take to report ready (ms)"},
@@ -233,6 +240,17 @@ defmodule Snakepit.Config.Schema do
   end
 
   defp valid?(:heartbeat, _), do: false
+
+  defp valid?(:queue, q) when is_list(q), do: Keyword.keyword?(q) and valid?(:queue, Map.new(q))
+
+  defp valid?(:queue, q) when is_map(q) do
+    Enum.all?(q, fn
+      {:discipline, d} -> d in Snakepit.Pool.Admission.disciplines()
+      _ -> false
+    end)
+  end
+
+  defp valid?(:queue, _), do: false
 
   defp pos_int?(v), do: is_integer(v) and v > 0
 

@@ -226,7 +226,8 @@ defmodule Snakepit.Pool.Call do
          {:ok, opts} <- Correlation.ensure_option(opts),
          total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
          :ok <- validate_call(command, args, total),
-         do: {:ok, opts, total}
+         # The pool estimates run times per command.
+         do: {:ok, Keyword.put(opts, :command, command), total}
   end
 
   defp validate_call(command, args, timeout) do
@@ -309,6 +310,7 @@ defmodule Snakepit.Pool.Call do
         stored_worker: session && SessionStore.last_worker(session),
         avoid: Keyword.get(opts, :avoid, []),
         deadline: deadline,
+        command: Keyword.get(opts, :command),
         queue_cap: Keyword.get(opts, :queue_timeout, :infinity)
       }
 

@@ -10,9 +10,10 @@ defmodule Snakepit.Pool.Errors do
 
   @doc """
   The error for a checkout refused with `reason` (`:pool_saturated`,
-  `:pool_failed`, `:worker_busy`, `:session_worker_unavailable`) by `pool`
-  (a `Snakepit.Pool.State`). A saturated pool also emits
-  `[:snakepit, :pool, :saturated]`.
+  `:overloaded`, `:pool_failed`, `:worker_busy`,
+  `:session_worker_unavailable`) by `pool` (a `Snakepit.Pool.State`). A
+  saturated pool also emits `[:snakepit, :pool, :saturated]`, a call shed
+  as overloaded `[:snakepit, :pool, :shed]`.
   """
   @spec checkout_error(atom(), Snakepit.Pool.State.t(), map()) :: Error.t()
   def checkout_error(:pool_saturated, pool, _request) do
@@ -25,6 +26,22 @@ defmodule Snakepit.Pool.Errors do
     Error.pool_error(
       "pool #{inspect(pool.name)} is saturated: #{pool.config.max_queue_size} requests already queued",
       %{pool: pool.name, reason: :pool_saturated}
+    )
+  end
+
+  def checkout_error(:overloaded, pool, request) do
+    retry_after = State.expected_wait(pool)
+
+    Telemetry.emit(
+      [:snakepit, :pool, :shed],
+      %{queue_size: :queue.len(pool.queue), retry_after_ms: retry_after},
+      %{pool: pool.name, command: Map.get(request, :command)}
+    )
+
+    Error.pool_error(
+      "pool #{inspect(pool.name)} is overloaded: this call could not finish within its " <>
+        "deadline (about #{retry_after} ms of queued work ahead of it); it was not run",
+      %{pool: pool.name, reason: :overloaded, retry_after_ms: retry_after}
     )
   end
 

@@ -36,14 +36,19 @@ defmodule Snakepit.Pool.Leases do
     do: SessionStore.store_worker_session(session, worker.id)
 
   @doc false
-  def schedule_queue_timeout(request, configured) do
-    cap = Deadline.earliest(configured, request.queue_cap)
+  def schedule_queue_timeout(request, pool) do
+    cap = Deadline.earliest(pool.config.queue_timeout, request.queue_cap)
+    patience = State.patience(pool, request)
 
-    case Deadline.queue_timeout(request.deadline, cap) do
-      :infinity ->
+    case {Deadline.queue_timeout(request.deadline, cap), patience} do
+      {:infinity, :infinity} ->
         nil
 
-      ms ->
+      {ms, patience} when patience < ms ->
+        # It could no longer finish in time before its queue time is up.
+        Process.send_after(self(), {:doomed, request.pool, request.ref}, patience)
+
+      {ms, _} ->
         Process.send_after(self(), {:queue_timeout, request.pool, request.ref, ms}, ms)
     end
   end
@@ -61,6 +66,7 @@ defmodule Snakepit.Pool.Leases do
       {:grant, request, worker}, acc ->
         cancel_queue_timer(request)
         note_session(request, worker)
+        emit_queue_delay(request)
         GenServer.reply(request.from, {:ok, lease(acc, request, worker)})
         acc
 
@@ -84,6 +90,17 @@ defmodule Snakepit.Pool.Leases do
         |> Server.put_runtime(name, Runtime.stopped(acc.runtime[name], worker.id))
     end)
   end
+
+  # How long a queued request waited for its worker.
+  defp emit_queue_delay(%{now: queued_at} = request) do
+    Telemetry.emit(
+      [:snakepit, :pool, :queue, :delay],
+      %{delay_ms: Deadline.now() - queued_at},
+      %{pool: request.pool, command: Map.get(request, :command)}
+    )
+  end
+
+  defp emit_queue_delay(_request), do: :ok
 
   @doc false
   # A caller died: drop its queued request or take back its slot.

@@ -17,7 +17,7 @@ defmodule Snakepit.Pool.Server do
 
   alias Snakepit.{Config, CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Deadline, Errors, Leases, Runtime, Slots, State, Timings}
+  alias Snakepit.Pool.{Admission, Deadline, Errors, Leases, Runtime, Slots, State, Timings}
   alias Snakepit.Worker.LifecycleManager
 
   @impl true
@@ -84,7 +84,7 @@ defmodule Snakepit.Pool.Server do
              }}
 
           {:queued, pool} ->
-            timer = Leases.schedule_queue_timeout(request, pool.config.queue_timeout)
+            timer = Leases.schedule_queue_timeout(request, pool)
             pool = State.annotate_waiting(pool, request.ref, %{timer: timer})
 
             {:noreply,
@@ -92,6 +92,13 @@ defmodule Snakepit.Pool.Server do
                put_pool(state, name, pool)
                | callers: Map.put(state.callers, mref, {name, request.ref})
              }}
+
+          {:error, :overloaded, pool} ->
+            Process.demonitor(mref, [:flush])
+            error = Errors.checkout_error(:overloaded, pool, request)
+            delay = Admission.refusal_delay(request, now(), error.details.retry_after_ms)
+            Process.send_after(self(), {:refuse, from, error}, delay)
+            {:noreply, put_pool(state, name, pool)}
 
           {:error, reason, pool} ->
             Process.demonitor(mref, [:flush])
@@ -117,7 +124,7 @@ defmodule Snakepit.Pool.Server do
     stats =
       pools
       |> Enum.map(&State.stats/1)
-      |> Enum.reduce(&Map.merge(&1, &2, fn _k, a, b -> sum_stat(a, b) end))
+      |> Enum.reduce(&Map.merge(&1, &2, fn k, a, b -> sum_stat(k, a, b) end))
       |> Map.merge(timing_stats(pools, Enum.map(state.order, &state.runtime[&1].timings)))
 
     {:reply, stats, state}
@@ -240,6 +247,28 @@ defmodule Snakepit.Pool.Server do
         Telemetry.emit([:snakepit, :pool, :queue, :timeout], %{timeout_ms: ms}, %{pool: name})
 
         GenServer.reply(request.from, {:error, Errors.queue_timeout(name, ms)})
+
+        {:noreply,
+         %{put_pool(state, name, pool) | callers: Map.delete(state.callers, request.mref)}}
+
+      {:not_queued, _pool} ->
+        {:noreply, state}
+    end
+  end
+
+  # The held refusal of a call refused at arrival (see
+  # Snakepit.Pool.Admission.refusal_delay/3).
+  def handle_info({:refuse, from, error}, state) do
+    GenServer.reply(from, {:error, error})
+    {:noreply, state}
+  end
+
+  # A queued request that can no longer finish within its deadline.
+  def handle_info({:doomed, name, ref}, state) do
+    case State.cancel(state.pools[name], ref, :overloaded) do
+      {:dropped, request, pool} ->
+        Process.demonitor(request.mref, [:flush])
+        GenServer.reply(request.from, {:error, Errors.checkout_error(:overloaded, pool, request)})
 
         {:noreply,
          %{put_pool(state, name, pool) | callers: Map.delete(state.callers, request.mref)}}
@@ -417,9 +446,11 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
-  # Counters add up across pools; per-slot maps (`down`) merge.
-  defp sum_stat(a, b) when is_map(a), do: Map.merge(a, b)
-  defp sum_stat(a, b), do: a + b
+  # Counters add up across pools; per-slot maps (`down`) merge; the queue
+  # delay is the longest.
+  defp sum_stat(:queue_delay_ms, a, b), do: max(a, b)
+  defp sum_stat(_key, a, b) when is_map(a), do: Map.merge(a, b)
+  defp sum_stat(_key, a, b), do: a + b
 
   defp now, do: Deadline.now()
 

@@ -46,6 +46,8 @@ defmodule Snakepit.Pool.State do
   request, reason}` and `{:stop_worker, worker}`.
   """
 
+  alias Snakepit.Pool.{Admission, Deadline}
+
   defstruct name: nil,
             config: %{},
             status: :starting,
@@ -63,7 +65,11 @@ defmodule Snakepit.Pool.State do
             # the pool asks through this function (tests give their own).
             tainted?: &Snakepit.Worker.TaintRegistry.worker_tainted?/1,
             retiring: 0,
-            stats: %{requests: 0, errors: 0, queue_timeouts: 0, pool_saturated: 0}
+            # The queue discipline and its run-time estimates.
+            admission: %Admission{},
+            # Monotonic milliseconds (tests give their own clock).
+            clock: &Deadline.now/0,
+            stats: %{requests: 0, errors: 0, queue_timeouts: 0, pool_saturated: 0, shed: 0}
 
   @type worker :: %{
           required(:id) => String.t(),
@@ -99,8 +105,15 @@ defmodule Snakepit.Pool.State do
   """
   @spec new(map(), keyword()) :: t()
   def new(config, opts \\ []) do
-    state = %__MODULE__{name: config.name, config: config, expected: config.pool_size}
-    if fun = opts[:tainted?], do: %{state | tainted?: fun}, else: state
+    state = %__MODULE__{
+      name: config.name,
+      config: config,
+      expected: config.pool_size,
+      admission: Admission.new(Map.get(config, :queue))
+    }
+
+    state = if fun = opts[:tainted?], do: %{state | tainted?: fun}, else: state
+    if clock = opts[:clock], do: %{state | clock: clock}, else: state
   end
 
   # -- workers ---------------------------------------------------------------
@@ -320,18 +333,49 @@ defmodule Snakepit.Pool.State do
         {:error, reason, state}
 
       {:wait, state} ->
-        if :queue.len(state.queue) >= state.config.max_queue_size do
-          {:error, :pool_saturated, bump(state, :pool_saturated)}
-        else
-          {:queued,
-           %{
-             state
-             | queue: :queue.in(request.ref, state.queue),
-               waiting: Map.put(state.waiting, request.ref, request)
-           }}
+        ahead = :queue.len(state.queue)
+
+        cond do
+          ahead >= state.config.max_queue_size ->
+            {:error, :pool_saturated, bump(state, :pool_saturated)}
+
+          Admission.admit(state.admission, request, ahead, slots(state), state.clock.()) != :ok ->
+            {:error, :overloaded, shed(state)}
+
+          true ->
+            {:queued,
+             %{
+               state
+               | queue: :queue.in(request.ref, state.queue),
+                 waiting: Map.put(state.waiting, request.ref, request)
+             }}
         end
     end
   end
+
+  # Slots of the pool's workers (busy or free).
+  defp slots(state), do: Enum.reduce(state.workers, 0, fn {_, w}, n -> n + w.capacity end)
+
+  defp shed(state), do: %{bump(state, :shed) | admission: Admission.shed(state.admission)}
+
+  @doc """
+  How long (ms) a call queued now would wait, by the pool's typical run
+  time: what an `:overloaded` refusal suggests waiting before a retry.
+  """
+  @spec expected_wait(t()) :: non_neg_integer()
+  def expected_wait(state) do
+    case Admission.estimate(state.admission, nil) do
+      nil -> 0
+      run -> round((:queue.len(state.queue) / max(slots(state), 1) + 0.5) * run)
+    end
+  end
+
+  @doc """
+  How long (ms) the queued `request` may still wait before it can no longer
+  finish in time (`:infinity` when that cannot be told).
+  """
+  @spec patience(t(), request()) :: timeout()
+  def patience(state, request), do: Admission.patience(state.admission, request, state.clock.())
 
   defp affinity(state, request) do
     Map.get(request, :affinity) || Map.get(state.config, :affinity) || :hint
@@ -432,7 +476,7 @@ defmodule Snakepit.Pool.State do
         session -> Map.put(state.sessions, session, {id, worker.pid, Map.get(request, :now, 0)})
       end
 
-    lease = Map.put(request, :worker_id, id)
+    lease = Map.merge(request, %{worker_id: id, granted_at: state.clock.()})
 
     %{
       state
@@ -454,7 +498,7 @@ defmodule Snakepit.Pool.State do
         {[], state}
 
       {lease, leases} ->
-        state = %{state | leases: leases}
+        state = %{state | leases: leases} |> observe(lease, outcome)
         state = if outcome == :error, do: bump(state, :errors), else: state
         id = lease.worker_id
 
@@ -508,7 +552,7 @@ defmodule Snakepit.Pool.State do
           state = %{state | queue: rest}
           request = Map.fetch!(state.waiting, ref)
 
-          case pick(state, request) do
+          case viable_pick(state, request) do
             {:ok, id, state} ->
               state = %{lease(state, request, id) | waiting: Map.delete(state.waiting, ref)}
 
@@ -530,11 +574,19 @@ defmodule Snakepit.Pool.State do
     end
   end
 
+  # A queued request that can no longer finish in time is refused rather
+  # than handed a worker.
+  defp viable_pick(state, request) do
+    if Admission.viable?(state.admission, request, state.clock.()),
+      do: pick(state, request),
+      else: {:error, :overloaded, shed(state)}
+  end
+
   @doc """
   Drops a queued request (timed out, or its caller died). `{:dropped,
   request, state}` when it was still waiting, `{:not_queued, state}` if not.
   """
-  @spec cancel(t(), reference(), :timeout | :caller_down) ::
+  @spec cancel(t(), reference(), :timeout | :overloaded | :caller_down) ::
           {:dropped, request(), t()} | {:not_queued, t()}
   def cancel(state, ref, why) do
     case Map.pop(state.waiting, ref) do
@@ -543,7 +595,14 @@ defmodule Snakepit.Pool.State do
 
       {request, waiting} ->
         state = %{state | waiting: waiting, queue: :queue.delete(ref, state.queue)}
-        state = if why == :timeout, do: bump(state, :queue_timeouts), else: state
+
+        state =
+          case why do
+            :timeout -> bump(state, :queue_timeouts)
+            :overloaded -> shed(state)
+            _ -> state
+          end
+
         {:dropped, request, state}
     end
   end
@@ -564,6 +623,15 @@ defmodule Snakepit.Pool.State do
   @spec leased?(t(), reference()) :: boolean()
   def leased?(state, ref), do: Map.has_key?(state.leases, ref)
 
+  # A finished call's run time feeds the estimates; a cancelled one (it
+  # was stopped, not finished) does not.
+  defp observe(state, %{granted_at: at} = lease, outcome) when outcome in [:ok, :error] do
+    run_ms = state.clock.() - at
+    %{state | admission: Admission.observe(state.admission, Map.get(lease, :command), run_ms)}
+  end
+
+  defp observe(state, _lease, _outcome), do: state
+
   @doc "The counters and gauges of `Snakepit.get_stats/1`."
   @spec stats(t()) :: map()
   def stats(state) do
@@ -575,8 +643,17 @@ defmodule Snakepit.Pool.State do
       available: map_size(state.workers) - busy,
       busy: busy,
       slots_down: map_size(state.down),
+      queue_delay_ms: queue_delay(state),
       down: Map.new(state.down, fn {id, slot} -> {id, slot_summary(slot)} end)
     })
+  end
+
+  # How long the oldest queued request has waited (0 with none queued).
+  defp queue_delay(state) do
+    case :queue.peek(state.queue) do
+      {:value, ref} -> max(state.clock.() - Map.get(state.waiting[ref], :now, state.clock.()), 0)
+      :empty -> 0
+    end
   end
 
   defp slot_summary(slot) do

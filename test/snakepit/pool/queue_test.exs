@@ -10,7 +10,9 @@ defmodule Snakepit.Pool.QueueTest do
   alias Snakepit.Test.AppPool
 
   # :default's queue timeout is generous: queued calls wait for the gate.
-  # :short has a queue timeout of its own that the tests let run out.
+  # :short has a queue timeout of its own that the tests let run out. Both
+  # queue first-in-first-out (`Snakepit.Pool.OverloadTest` covers the
+  # default discipline, which would refuse calls stuck behind a gated one).
   @short_queue_timeout 400
 
   setup_all do
@@ -22,12 +24,14 @@ defmodule Snakepit.Pool.QueueTest do
           pool_size: 1,
           max_queue_size: 2,
           queue_timeout: 60_000,
+          queue: [discipline: :fifo],
           adapter_args: AppPool.fixture_adapter()
         },
         %{
           name: :short,
           pool_size: 1,
           queue_timeout: @short_queue_timeout,
+          queue: [discipline: :fifo],
           adapter_args: AppPool.fixture_adapter()
         }
       ]
