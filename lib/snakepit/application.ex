@@ -97,10 +97,15 @@ defmodule Snakepit.Application do
     # Last, so that at shutdown this node leaves the cluster before its pools stop.
     cluster = Snakepit.Cluster.child_specs()
 
-    Supervisor.start_link(base ++ pool ++ cluster,
-      strategy: :one_for_one,
-      name: Snakepit.Supervisor
-    )
+    with {:ok, _} = started <-
+           Supervisor.start_link(base ++ pool ++ cluster,
+             strategy: :one_for_one,
+             name: Snakepit.Supervisor
+           ) do
+      # `config :snakepit, :opentelemetry, enabled: true` alone turns spans on.
+      Snakepit.Telemetry.OpenTelemetry.setup()
+      started
+    end
   end
 
   # Issue 4: sessions and worker recycling, started whether or not pooling

@@ -4,8 +4,10 @@ defmodule Snakepit.Telemetry.OpenTelemetry do
   runs the `:opentelemetry` SDK (not a dependency of Snakepit):
 
       config :snakepit, :opentelemetry, enabled: true
+      # or, as older guides write it:
+      config :snakepit, :opentelemetry, %{enabled: true}
 
-  `setup/0` then attaches handlers that record, for each finished event of
+  At application start (`setup/0`) Snakepit then attaches handlers that record, for each finished event of
   `@spanned`, a span named after the event (`"snakepit.request.executed"`,
   `"snakepit.python.call.stop"`, ...) with the call's duration, its
   `correlation_id`, worker, pool and tool as attributes, and status error
@@ -41,27 +43,63 @@ defmodule Snakepit.Telemetry.OpenTelemetry do
     :error_type
   ]
 
-  @doc "Attaches the span handlers when enabled and the SDK is loaded; `:ok` either way."
+  @doc """
+  Attaches the span handlers when enabled and the SDK is loaded; `:ok`
+  either way. Called at application start, so the configuration alone is
+  enough; calling it again re-reads it.
+  """
   @spec setup() :: :ok
   def setup do
-    config = Application.get_env(:snakepit, :opentelemetry, [])
+    case config() do
+      {:ok, %{enabled: true}} ->
+        if Code.ensure_loaded?(:otel_tracer) do
+          Snakepit.Telemetry.detach(@id)
+          :ok = Snakepit.Telemetry.attach_many(@id, @spanned, &__MODULE__.handle_event/4, nil)
+        else
+          Logger.warning(
+            "config :snakepit, :opentelemetry is enabled but the :opentelemetry SDK is not loaded; no spans"
+          )
+        end
 
-    cond do
-      not Keyword.get(config, :enabled, false) ->
-        :ok
-
-      not Code.ensure_loaded?(:otel_tracer) ->
-        Logger.warning(
-          "config :snakepit, :opentelemetry is enabled but the :opentelemetry SDK is not loaded; no spans"
-        )
-
-        :ok
-
-      true ->
+      {:ok, _off} ->
         Snakepit.Telemetry.detach(@id)
-        :ok = Snakepit.Telemetry.attach_many(@id, @spanned, &__MODULE__.handle_event/4, nil)
+
+      {:error, message} ->
+        Logger.warning("config :snakepit, :opentelemetry ignored: #{message}")
+    end
+
+    :ok
+  end
+
+  @doc """
+  The `:opentelemetry` configuration as a map: given as a keyword list or a
+  map (both documented forms), `enabled` a boolean (default false).
+  """
+  @spec config() :: {:ok, %{enabled: boolean()}} | {:error, String.t()}
+  def config do
+    case Application.get_env(:snakepit, :opentelemetry, []) do
+      map when is_map(map) ->
+        check(map)
+
+      list when is_list(list) ->
+        if Keyword.keyword?(list), do: check(Map.new(list)), else: bad(list)
+
+      other ->
+        bad(other)
     end
   end
+
+  defp check(config) do
+    case Map.get(config, :enabled, false) do
+      enabled when is_boolean(enabled) -> {:ok, Map.put(config, :enabled, enabled)}
+      other -> {:error, "enabled must be true or false, got: #{inspect(other)}"}
+    end
+  end
+
+  defp bad(value),
+    do:
+      {:error,
+       "expected a keyword list or a map such as %{enabled: true}, got: #{inspect(value)}"}
 
   @doc "The events recorded as spans."
   @spec spanned_events() :: [[atom()]]
@@ -85,7 +123,8 @@ defmodule Snakepit.Telemetry.OpenTelemetry do
         %{start_time: finish - duration, attributes: attributes}
       ])
 
-    if List.last(event) == :exception or match?({:error, _}, Map.get(metadata, :result)) do
+    if List.last(event) == :exception or match?({:error, _}, Map.get(metadata, :result)) or
+         Map.get(metadata, :success) == false do
       apply(:otel_span, :set_status, [span, apply(:opentelemetry, :status, [:error, ""])])
     end
 
