@@ -5,7 +5,7 @@ Code.require_file("mix_native.exs", __DIR__)
 defmodule Snakepit.MixProject do
   use Mix.Project
 
-  @version "0.1.0"
+  @version "0.13.0"
 
   def project do
     [
@@ -18,7 +18,9 @@ defmodule Snakepit.MixProject do
       deps: [],
       test_coverage: [summary: [threshold: 0]],
       description: "Pools of Python workers for Elixir, with a Rust native core",
-      docs: [main: "readme"]
+      package: [licenses: ["MIT"], files: ~w(lib native proto python priv mix.exs mix_native.exs
+        Cargo.toml Cargo.lock README.md LICENSE CHANGELOG.md)],
+      docs: [main: "readme", extras: ["README.md", "CHANGELOG.md"]]
     ]
   end
 

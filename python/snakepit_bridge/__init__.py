@@ -30,7 +30,7 @@ from .errors import (
 from .session_context import SessionContext
 from .streaming import StreamChunk, ToolStream
 
-__version__ = "0.1.0"
+__version__ = "0.13.0"
 
 __all__ = [
     "BaseAdapter",
