@@ -178,17 +178,58 @@ defmodule Mix.Tasks.Compile.SnakepitNative do
   defp sha256_or_nil(path), do: if(File.regular?(path), do: sha256(path))
 
   defp build_crate(root, cargo) do
+    # A build that has work to do shows cargo's progress (a fresh checkout
+    # compiles for a minute or two); an up-to-date one stays quiet.
+    stale = stale?(root)
+
+    if stale do
+      Mix.shell().info(
+        "snakepit: building the native core (cargo build, #{profile()} profile; a minute or " <>
+          "two on a fresh checkout, seconds after a change)"
+      )
+    end
+
     args =
-      ["build", "--quiet", "-p", @crate, "-p", "snakepit_core"] ++
+      ["build", "-p", @crate, "-p", "snakepit_core"] ++
+        if(stale, do: [], else: ["--quiet"]) ++
         ["--manifest-path", Path.join(root, "Cargo.toml")] ++
         if profile() == "release", do: ["--release"], else: []
 
     case System.cmd(cargo, args, cd: root, stderr_to_stdout: true, into: IO.stream()) do
-      {_, 0} -> :ok
-      {_, code} -> {:error, "cargo build of #{@crate} failed (exit #{code})"}
+      {_, 0} ->
+        # Inputs cargo had no need to rebuild for (a test, a comment in an
+        # unused file) no longer count as newer.
+        if stale, do: File.touch(built_library(root))
+        :ok
+
+      {_, code} ->
+        {:error, "cargo build of #{@crate} failed (exit #{code})"}
     end
   rescue
     e in ErlangError -> {:error, "cannot run cargo: #{Exception.message(e)}"}
+  end
+
+  defp built_library(root) do
+    target = System.get_env("CARGO_TARGET_DIR", Path.join(root, "target"))
+    Path.join([target, profile(), "lib#{@crate}.so"])
+  end
+
+  # Whether the built library is missing or older than any input of it.
+  defp stale?(root) do
+    case File.stat(built_library(root), time: :posix) do
+      {:ok, %{mtime: built_at}} ->
+        inputs =
+          Path.wildcard(Path.join(root, "native/**/*.{rs,toml}")) ++
+            Path.wildcard(Path.join(root, "proto/*.proto")) ++
+            [Path.join(root, "Cargo.toml"), Path.join(root, "Cargo.lock")]
+
+        Enum.any?(inputs, fn input ->
+          match?({:ok, %{mtime: t}} when t > built_at, File.stat(input, time: :posix))
+        end)
+
+      {:error, _} ->
+        true
+    end
   end
 
   # The NIF library and the guard program every worker's guard execs.

@@ -16,10 +16,16 @@ defmodule Snakepit.Application do
 
   @impl true
   def start(_type, _args) do
-    with :ok <- check_tcp_host(),
+    with :ok <- check_platform(),
+         :ok <- check_tcp_host(),
          {:ok, zero_copy} <- zero_copy_config() do
       start_tree(zero_copy)
     end
+  end
+
+  defp check_platform do
+    with {:error, message} <- Snakepit.OS.Platform.check(),
+         do: {:error, {:unsupported_platform, message}}
   end
 
   # TCP listeners bind to loopback unless explicitly allowed otherwise.

@@ -38,6 +38,9 @@ defmodule Snakepit.PythonPackages do
   """
 
   alias Snakepit.PackageError
+  alias Snakepit.PythonPackages.Progress
+
+  require Logger
 
   @type requirement :: String.t()
   @type requirements_spec :: {:list, [requirement()]} | {:file, Path.t()}
@@ -149,6 +152,11 @@ defmodule Snakepit.PythonPackages do
       args ++
         if(opts[:upgrade], do: ["--upgrade"], else: []) ++
         if(opts[:quiet], do: ["--quiet"], else: []) ++ requirements
+
+    Logger.info(
+      "snakepit: installing #{length(requirements)} Python package(s) with " <>
+        "#{Path.basename(command)}: #{Enum.join(requirements, ", ")}"
+    )
 
     case run(command, args, opts) do
       {:ok, _output} ->
@@ -372,10 +380,19 @@ defmodule Snakepit.PythonPackages do
         timeout -> {timeout, ["--kill-after=5", seconds, command | args]}
       end
 
-    case System.cmd(command, args, stderr_to_stdout: true, env: env) do
-      {output, 0} -> {:ok, output}
-      {output, status} when status in [124, 137] -> {:error, {:timeout, output}}
-      {output, status} -> {:error, {status, output}}
+    # Its progress lines are logged as they come (opts[:progress], a
+    # function of one line, replaces Logger).
+    into = Progress.new(opts[:progress])
+
+    case System.cmd(command, args, stderr_to_stdout: true, env: env, into: into) do
+      {progress, 0} ->
+        {:ok, Progress.output(progress)}
+
+      {progress, status} when status in [124, 137] ->
+        {:error, {:timeout, Progress.output(progress)}}
+
+      {progress, status} ->
+        {:error, {status, Progress.output(progress)}}
     end
   end
 

@@ -36,12 +36,18 @@ defmodule Snakepit.PythonPackagesTest do
   end
 
   test "ensure! installs what is missing, then check and lock see it", %{py: py, dir: dir} do
+    parent = self()
+
     assert :ok =
              PythonPackages.ensure!({:list, ["six==1.16.0"]},
                python: py,
                installer: :pip,
-               quiet: true
+               progress: &send(parent, {:progress, &1})
              )
+
+    # A long install says what it is doing, line by line as it goes.
+    assert_received {:progress, "Collecting six==1.16.0" <> _}
+    assert_received {:progress, "Successfully installed six-1.16.0"}
 
     assert {:ok, :all_installed} = PythonPackages.check_installed(["six~=1.16"], python: py)
 
