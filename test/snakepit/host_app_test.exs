@@ -41,11 +41,20 @@ defmodule Snakepit.HostAppTest do
     :ok = Snakepit.Pool.await_ready()
     IO.inspect(Snakepit.PythonRuntime.python_path(), label: "path")
     IO.inspect(Snakepit.execute("triple", %{x: 5}), label: "result")
+    metas = Registry.select(Snakepit.Pool.Registry, [{{:_, :_, :"$1"}, [], [:"$1"]}])
+    IO.puts("workers: " <> Enum.map_join(metas, ",", &Integer.to_string(&1.os_pid)))
     """
+
+    # Started from elsewhere, with nothing telling it where Python is: it
+    # runs the interpreter of the project it was built in, and stops its
+    # workers when it stops.
+    elsewhere = Path.join(dir, "elsewhere")
+    File.mkdir_p!(elsewhere)
 
     {out, status} =
       System.cmd(Path.join(release, "bin/host_app"), ["eval", eval],
-        env: [{"SNAKEPIT_PYTHON", python}],
+        cd: elsewhere,
+        env: [{"SNAKEPIT_PYTHON", nil}, {"PYTHONPATH", nil}],
         stderr_to_stdout: true
       )
 
@@ -54,6 +63,22 @@ defmodule Snakepit.HostAppTest do
     # The bridge and the adapter come from the release itself.
     assert out =~ Path.join(release, "lib/snakepit-")
     assert out =~ Path.join(release, "lib/host_app-0.1.0/priv/python")
+
+    [workers] = Regex.run(~r/workers: ([\d,]+)/, out, capture: :all_but_first)
+
+    # The guard takes a worker down once the VM is gone (a zombie not yet
+    # reaped by init is gone too).
+    for os_pid <- String.split(workers, ",") do
+      assert Snakepit.Test.AppPool.wait_until(fn -> not alive?(os_pid) end, 10_000) != :timeout,
+             "worker #{os_pid} outlived the release"
+    end
+  end
+
+  defp alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} -> not (stat |> String.split(") ") |> List.last() |> String.starts_with?("Z"))
+      {:error, _} -> false
+    end
   end
 
   defp write_host_app(host) do

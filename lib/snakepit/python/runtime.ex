@@ -24,6 +24,26 @@ defmodule Snakepit.PythonRuntime do
   `PYTHONPATH` already held.
   """
 
+  # The virtualenvs `mix snakepit.setup` makes where this is compiled: the
+  # project's (a host app's, when Snakepit is its dependency) and Snakepit's
+  # own. Absolute and fixed at compile time, so a release copied or moved
+  # away from its build tree, and started from any directory, still runs
+  # the interpreter it was built with.
+  @built_venvs (if Code.ensure_loaded?(Mix.Project) do
+                  build = Mix.Project.build_path()
+
+                  project =
+                    if Path.basename(Path.dirname(build)) == "_build",
+                      do: Path.dirname(Path.dirname(build))
+
+                  [project, File.cwd!()]
+                  |> Enum.reject(&is_nil/1)
+                  |> Enum.map(&Path.join([&1, ".venv", "bin", "python"]))
+                  |> Enum.uniq()
+                else
+                  []
+                end)
+
   @doc "Absolute path of the Python interpreter, or an error saying what was tried."
   @spec executable() :: {:ok, String.t()} | {:error, String.t()}
   def executable do
@@ -34,6 +54,8 @@ defmodule Snakepit.PythonRuntime do
       {"SNAKEPIT_PYTHON", fn -> System.get_env("SNAKEPIT_PYTHON") end},
       {"the uv runtime (config :snakepit, :python, strategy: :uv)", &uv_runtime_python/0},
       {".venv in #{File.cwd!()}", &venv_python/0},
+      {"the .venv of the project this was built in (#{Enum.join(@built_venvs, ", ")})",
+       &built_venv_python/0},
       {"python3 on PATH", fn -> System.find_executable("python3") end}
     ]
 
@@ -222,6 +244,8 @@ defmodule Snakepit.PythonRuntime do
         {:ok, facts}
     end
   end
+
+  defp built_venv_python, do: Enum.find(@built_venvs, &File.exists?/1)
 
   defp venv_python do
     path = Path.join([File.cwd!(), ".venv", "bin", "python"])
