@@ -67,6 +67,9 @@ defmodule Snakepit.Application do
       [
         Snakepit.ETSOwner,
         {Registry, keys: :unique, name: Snakepit.Pool.Registry},
+        # Which pool process serves each pool name (the configured pools'
+        # and those host apps start in their own trees).
+        Snakepit.Pool.Names,
         {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
         # Kills what earlier runs left behind before any worker starts.
         Snakepit.Pool.ProcessRegistry,

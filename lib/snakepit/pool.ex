@@ -52,9 +52,39 @@ defmodule Snakepit.Pool do
     GenServer.start_link(Snakepit.Pool.Server, opts, name: Keyword.get(opts, :name, __MODULE__))
   end
 
-  @doc false
-  def child_spec(opts),
-    do: %{id: Keyword.get(opts, :name, __MODULE__), start: {__MODULE__, :start_link, [opts]}}
+  @doc """
+  A pool for your own supervision tree:
+
+      children = [
+        {Snakepit.Pool, name: :ml, pool_size: 2, adapter_args: ["--adapter", "my_app.Model"]}
+      ]
+
+  Every per-pool key of `Snakepit.Config` is accepted; `name` is the pool's
+  name (`Snakepit.execute(..., pool: :ml)`). It runs beside the configured
+  pools, or alone with `config :snakepit, pooling_enabled: false`, and
+  stops its workers when its supervisor stops it (`Snakepit.Pool.Tree`).
+  In tests: `start_supervised!({Snakepit.Pool, name: :test_pool, ...})`.
+
+  Without `name:` (or with `pools:`), the spec is the application's own
+  pool process, serving the configured pools.
+  """
+  def child_spec(opts) when is_list(opts) do
+    case Keyword.get(opts, :name) do
+      name when is_atom(name) and name not in [nil, __MODULE__] ->
+        if Keyword.has_key?(opts, :pools) do
+          %{id: name, start: {__MODULE__, :start_link, [opts]}}
+        else
+          %{
+            id: {__MODULE__, name},
+            start: {Snakepit.Pool.Tree, :start_link, [opts]},
+            type: :supervisor
+          }
+        end
+
+      _ ->
+        %{id: Keyword.get(opts, :name, __MODULE__), start: {__MODULE__, :start_link, [opts]}}
+    end
+  end
 
   @doc """
   Runs `command` with `args` on a worker. Options:
@@ -181,9 +211,11 @@ defmodule Snakepit.Pool do
   defp server_and_pool(pool) when is_pid(pool), do: {pool, :all}
 
   defp server_and_pool(pool) when is_atom(pool) do
-    if pool == __MODULE__ or Process.whereis(pool) != nil,
-      do: {pool, :all},
-      else: {__MODULE__, pool}
+    cond do
+      pool == __MODULE__ or Process.whereis(pool) != nil -> {pool, :all}
+      server = Snakepit.Pool.Names.whereis(pool) -> {server, pool}
+      true -> {__MODULE__, pool}
+    end
   end
 
   defp server_and_pool({server, name}), do: {server, name}

@@ -271,14 +271,29 @@ defmodule Snakepit.Pool.Call do
     )
   end
 
+  # The pool process serving `name`: a pool in a host's own tree, else the
+  # application's.
+  defp server_of(name), do: Snakepit.Pool.Names.whereis(name) || Snakepit.Pool
+
+  # Without pool:, the application's pools; with none running and exactly
+  # one pool started in a host's tree, that one.
+  defp default_server do
+    with nil <- Process.whereis(Snakepit.Pool),
+         [name] <- Snakepit.Pool.Names.names() do
+      {server_of(name), name}
+    else
+      _ -> {Snakepit.Pool, nil}
+    end
+  end
+
   defp resolve_pool(opts) do
     {server, name} =
       case Keyword.get(opts, :pool) do
-        nil -> {Snakepit.Pool, nil}
+        nil -> default_server()
         pid when is_pid(pid) -> {pid, nil}
         Snakepit.Pool -> {Snakepit.Pool, nil}
         {server, name} -> {server, name}
-        name when is_atom(name) -> {Keyword.get(opts, :pool_server, Snakepit.Pool), name}
+        name when is_atom(name) -> {Keyword.get(opts, :pool_server) || server_of(name), name}
       end
 
     case GenServer.whereis(server) do

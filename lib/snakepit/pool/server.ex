@@ -28,27 +28,43 @@ defmodule Snakepit.Pool.Server do
         :error -> Config.get_pool_configs()
       end
 
-    case pools do
-      {:ok, configs} ->
-        state = %{
-          pools: Map.new(configs, &{&1.name, State.new(&1)}),
-          order: Enum.map(configs, & &1.name),
-          default: hd(configs).name,
-          runtime: Map.new(configs, &{&1.name, Runtime.new(&1)}),
-          starters: %{},
-          monitors: %{},
-          callers: %{},
-          # CancelTool calls in flight: ref => {pool, lease ref, worker pid, timer}
-          stopping: %{},
-          waiters: []
-        }
+    with {:ok, configs} <- pools,
+         :ok <- register_names(configs) do
+      state = %{
+        pools: Map.new(configs, &{&1.name, State.new(&1)}),
+        order: Enum.map(configs, & &1.name),
+        default: hd(configs).name,
+        runtime: Map.new(configs, &{&1.name, Runtime.new(&1)}),
+        # Where this pool process starts its workers (a pool in a host's
+        # own tree has a worker supervisor of its own).
+        worker_supervisor: Keyword.get(opts, :worker_supervisor, Snakepit.Pool.WorkerSupervisor),
+        starters: %{},
+        monitors: %{},
+        callers: %{},
+        # CancelTool calls in flight: ref => {pool, lease ref, worker pid, timer}
+        stopping: %{},
+        waiters: []
+      }
 
-        schedule_prune()
-        {:ok, state, {:continue, :start_workers}}
+      schedule_prune()
+      {:ok, state, {:continue, :start_workers}}
+    else
+      {:error, {:name_taken, message}} ->
+        {:stop, {:name_taken, message}}
 
       {:error, reason} ->
         {:stop, {:invalid_config, reason}}
     end
+  end
+
+  # Each pool name is served by one pool process, found in Snakepit.Pool.Names.
+  defp register_names(configs) do
+    Enum.reduce_while(configs, :ok, fn config, :ok ->
+      case Snakepit.Pool.Names.register(config.name) do
+        :ok -> {:cont, :ok}
+        {:error, message} -> {:halt, {:error, {:name_taken, message}}}
+      end
+    end)
   end
 
   # Pool configs carry adapter_env (secrets): never in a crash report.

@@ -45,7 +45,7 @@ defmodule Snakepit.Pool.Slots do
       id: id,
       pool_name: pool_name,
       pool_pid: self(),
-      config: pool.config
+      config: Map.put(pool.config, :worker_supervisor, Map.get(state, :worker_supervisor))
     }
 
     case rt.profile.start_worker(args) do

@@ -73,6 +73,7 @@ defmodule Snakepit.WorkerProfile do
   # the GRPCWorker pid.
   def start_with(%{config: config} = args, adjust) do
     config = config |> adjust.() |> Map.put(:pool_pid, args.pool_pid)
+    config = Map.put(config, :worker_supervisor, Map.get(args.config, :worker_supervisor))
 
     with {:ok, starter} <-
            WorkerSupervisor.start_worker(

@@ -9,7 +9,10 @@ defmodule Snakepit.Pool.WorkerSupervisor do
   alias Snakepit.Pool.Worker.Starter
 
   @doc false
-  def start_link(opts \\ []), do: DynamicSupervisor.start_link(__MODULE__, opts, name: __MODULE__)
+  # `name:` for a pool in a host's own tree (see Snakepit.Pool.Tree); the
+  # application's is registered under this module's name.
+  def start_link(opts \\ []),
+    do: DynamicSupervisor.start_link(__MODULE__, opts, name: Keyword.get(opts, :name, __MODULE__))
 
   @impl true
   def init(_opts) do
@@ -23,7 +26,9 @@ defmodule Snakepit.Pool.WorkerSupervisor do
   @doc """
   Starts the worker `worker_id` (through its starter). `worker_config` is
   the pool's normalized config; it may carry `:pool_pid`, the pool process
-  to notify (default: the `Snakepit.Pool` process). Returns the starter.
+  to notify (default: the `Snakepit.Pool` process), and
+  `:worker_supervisor`, where to start it (default: the application's).
+  Returns the starter.
   """
   @spec start_worker(String.t(), module(), module() | nil, atom() | nil, map()) ::
           DynamicSupervisor.on_start_child()
@@ -48,13 +53,19 @@ defmodule Snakepit.Pool.WorkerSupervisor do
       config: Snakepit.Redact.seal(config)
     }
 
-    DynamicSupervisor.start_child(__MODULE__, {Starter, args})
+    supervisor = Map.get(worker_config, :worker_supervisor) || __MODULE__
+    DynamicSupervisor.start_child(supervisor, {Starter, args})
   end
 
   @doc "Stops a worker starter (and so its worker) gracefully."
   @spec stop_worker(pid()) :: :ok | {:error, :not_found}
-  def stop_worker(starter) when is_pid(starter),
-    do: DynamicSupervisor.terminate_child(__MODULE__, starter)
+  def stop_worker(starter) when is_pid(starter) do
+    # Its own supervisor: the application's, or a host-started pool's.
+    case Process.info(starter, :parent) do
+      {:parent, parent} when is_pid(parent) -> DynamicSupervisor.terminate_child(parent, starter)
+      _ -> DynamicSupervisor.terminate_child(__MODULE__, starter)
+    end
+  end
 
   @doc "Stops the worker with id `worker_id`. `:ok` also when it is not running."
   @spec stop_worker_by_id(String.t()) :: :ok
