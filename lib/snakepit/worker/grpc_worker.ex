@@ -470,7 +470,13 @@ defmodule Snakepit.GRPCWorker do
   end
 
   @impl true
-  def terminate(_reason, state) do
+  def terminate(reason, state) do
+    # Stopped on purpose (its pool or Snakepit shutting down): recorded
+    # first, so a call whose transport fails now reports a shutdown, not a
+    # crash, and without waiting to find out.
+    if reason in [:shutdown, :normal] and state.os_pid,
+      do: ExitStatus.record(state.os_pid, :stopped)
+
     # Calls waiting on the lane hear it now (the reader closes it too, but
     # it may be killed with this process before it can).
     if state.lane, do: Native.lane_close(state.lane, "the worker #{state.id} stopped")
