@@ -85,7 +85,8 @@ defmodule Snakepit do
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
           {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
-    execute(command, args, with_session(opts, session_id))
+    with :ok <- session_given(session_id),
+         do: execute(command, args, with_session(opts, session_id))
   end
 
   @doc """
@@ -124,7 +125,8 @@ defmodule Snakepit do
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
-    execute_stream(command, args, callback_fn, with_session(opts, session_id))
+    with :ok <- session_given(session_id),
+         do: execute_stream(command, args, callback_fn, with_session(opts, session_id))
   end
 
   @doc """
@@ -180,6 +182,18 @@ defmodule Snakepit do
   """
   @spec list_workers(pool_name()) :: [String.t()] | {:error, Snakepit.Error.t()}
   def list_workers(pool \\ Snakepit.Pool), do: Pool.list_workers(pool)
+
+  # The session variants need a session (its value is checked with the
+  # other options).
+  defp session_given(nil) do
+    {:error,
+     Snakepit.Error.validation_error(
+       "session_id is required: a non-empty UTF-8 string, got: nil",
+       %{option: :session_id, value: nil, expected: "a non-empty UTF-8 string"}
+     )}
+  end
+
+  defp session_given(_session_id), do: :ok
 
   # Options that are not a list are left for the call to refuse clearly.
   defp with_session(opts, session_id) when is_list(opts),

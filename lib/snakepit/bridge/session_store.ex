@@ -45,7 +45,8 @@ defmodule Snakepit.Bridge.SessionStore do
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
-    GenServer.start_link(__MODULE__, opts, name: Keyword.get(opts, :name, __MODULE__))
+    with :ok <- check(is_list(opts) and Keyword.keyword?(opts), :opts, opts, "a keyword list"),
+         do: GenServer.start_link(__MODULE__, opts, name: Keyword.get(opts, :name, __MODULE__))
   end
 
   @doc """
