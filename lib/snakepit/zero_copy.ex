@@ -294,7 +294,7 @@ defmodule Snakepit.ZeroCopy do
           )
     else
       invalid(
-        "shape must hold integers from 0 to #{@max_dim}, got: " <>
+        "shape must hold non-negative integers up to #{@max_dim}, got: " <>
           inspect(shape, limit: 10)
       )
     end
