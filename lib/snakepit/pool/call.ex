@@ -196,10 +196,12 @@ defmodule Snakepit.Pool.Call do
         {:DOWN, ^mref, :process, _, :noproc} ->
           {:error, ended_error(error, lease, ExitStatus.last(worker.os_pid))}
 
+        # Stopped by its supervisor: its pool or Snakepit is stopping.
+        {:DOWN, ^mref, :process, _, reason} when reason in [:shutdown, :normal] ->
+          {:error, shutdown_error(error, lease)}
+
         {:DOWN, ^mref, :process, _, reason} ->
-          if ExitStatus.crash?(reason),
-            do: {:error, crash_error(error, lease, ExitStatus.of_reason(reason))},
-            else: {:error, shutdown_error(error, lease)}
+          {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
       after
         @crash_confirm_ms ->
           Process.demonitor(mref, [:flush])
