@@ -18,6 +18,7 @@ defmodule Snakepit do
   """
 
   alias Snakepit.Pool
+  alias Snakepit.Pool.CallOptions
 
   @type command :: String.t()
   @type args :: map()
@@ -31,17 +32,31 @@ defmodule Snakepit do
   Runs `command` with `args` on a free worker and returns its result.
 
   Options:
-    * `:pool` - the pool's name (default: the first configured pool); `:pool_name` is
-      accepted as upstream Snakepit's spelling. An option Snakepit does not know is
-      named in a warning (once) and has no effect (`Snakepit.Pool.CallOptions`)
-    * `:timeout` - total budget in ms, queueing included (default: `Snakepit.Defaults.default_timeout/0`)
-    * `:deadline_ms` - an absolute deadline (`System.monotonic_time(:millisecond)`)
-    * `:session_id` - prefer the worker that served this session before
+    * `:pool` - the pool's name (an atom; default: the first configured pool);
+      `:pool_name` is accepted as upstream Snakepit's spelling. An option
+      Snakepit does not know is named in a warning (once) and has no effect
+    * `:timeout` - total budget in ms, queueing included: a positive integer up
+      to `Snakepit.Pool.CallOptions.max_ms/0` (about 24.8 days) or `:infinity`
+      (default: `Snakepit.Defaults.default_timeout/0`)
+    * `:deadline_ms` - an absolute deadline, an integer on the
+      `System.monotonic_time(:millisecond)` clock
+    * `:queue_timeout` - at most this many ms in the pool's queue (a
+      non-negative integer or `:infinity`)
+    * `:session_id` - prefer the worker that served this session before (a
+      non-empty UTF-8 string)
     * `:affinity` - `:hint`, `:strict_queue` or `:strict_fail_fast` for this call
     * `:idempotent` - `true` lets the crash barrier retry the call on another
       worker when its worker crashes (so does `idempotent: true` in `args`)
+    * `:metadata` - `%{string => string}` passed to the worker
     * `:binary_parameters` - `%{name => binary}` passed to the tool as
       Python `bytes` beside `args`
+
+  Every option is checked in the calling process before anything else
+  sees it: a bad value is `{:error, %Snakepit.Error{category: :validation}}`
+  whose `details` name the `:option`, the `:value` given and what is
+  `:expected` (`Snakepit.Pool.CallOptions.normalize/1` lists them all), and
+  nothing is sent, queued or recorded. One caller's mistake never reaches
+  the pool, the session store or another caller's call.
 
   Besides the tool's own errors, a call may fail with reason `:pool_saturated`
   (queue full), `:queue_timeout`, `:worker_busy` / `:session_worker_unavailable`
@@ -53,10 +68,12 @@ defmodule Snakepit do
   """
   @spec execute(command(), args(), keyword()) :: {:ok, result()} | {:error, error()}
   def execute(command, args \\ %{}, opts \\ []) do
-    case Snakepit.Cluster.target(opts) do
-      :local -> Pool.execute(command, args, opts)
-      {:error, _} = error -> error
-      routed -> Snakepit.Cluster.execute(routed, command, args, opts)
+    with {:ok, opts} <- CallOptions.normalize(opts) do
+      case Snakepit.Cluster.target(opts) do
+        :local -> Pool.execute(command, args, opts)
+        {:error, _} = error -> error
+        routed -> Snakepit.Cluster.execute(routed, command, args, opts)
+      end
     end
   end
 
@@ -68,7 +85,8 @@ defmodule Snakepit do
   @spec execute_in_session(session_id(), command(), args(), keyword()) ::
           {:ok, result()} | {:error, error()}
   def execute_in_session(session_id, command, args \\ %{}, opts \\ []) do
-    execute(command, args, with_session(opts, session_id))
+    with :ok <- session_given(session_id),
+         do: execute(command, args, with_session(opts, session_id))
   end
 
   @doc """
@@ -89,15 +107,17 @@ defmodule Snakepit do
   @spec execute_stream(command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}
   def execute_stream(command, args \\ %{}, callback_fn, opts \\ []) do
-    case Snakepit.Cluster.target(opts) do
-      :local ->
-        Pool.execute_stream(command, args, callback_fn, opts)
+    with {:ok, opts} <- CallOptions.normalize(opts) do
+      case Snakepit.Cluster.target(opts) do
+        :local ->
+          Pool.execute_stream(command, args, callback_fn, opts)
 
-      {:error, _} = error ->
-        error
+        {:error, _} = error ->
+          error
 
-      routed ->
-        Snakepit.Cluster.execute_stream(routed, command, args, callback_fn, opts)
+        routed ->
+          Snakepit.Cluster.execute_stream(routed, command, args, callback_fn, opts)
+      end
     end
   end
 
@@ -105,7 +125,8 @@ defmodule Snakepit do
   @spec execute_in_session_stream(session_id(), command(), args(), callback_fn(), keyword()) ::
           :ok | {:error, error()}
   def execute_in_session_stream(session_id, command, args \\ %{}, callback_fn, opts \\ []) do
-    execute_stream(command, args, callback_fn, with_session(opts, session_id))
+    with :ok <- session_given(session_id),
+         do: execute_stream(command, args, callback_fn, with_session(opts, session_id))
   end
 
   @doc """
@@ -146,16 +167,33 @@ defmodule Snakepit do
   @doc """
   Request, error and worker counts summed over the pools (or of one pool);
   `:cluster` sums them over every node of the cluster (`Snakepit.Cluster.stats/0`).
+  A `pool` that is not a pool's name or process is a `:validation` error; a
+  pool that is not running, a `:pool` error.
   """
 
-  @spec get_stats(pool_name() | :cluster) :: map()
+  @spec get_stats(pool_name() | :cluster) :: map() | {:error, Snakepit.Error.t()}
   def get_stats(pool \\ Snakepit.Pool)
   def get_stats(:cluster), do: Snakepit.Cluster.stats()
   def get_stats(pool), do: Pool.get_stats(pool)
 
-  @doc "Ids of the ready workers."
-  @spec list_workers(pool_name()) :: [String.t()]
+  @doc """
+  Ids of the ready workers. A `pool` that is not a pool's name or process
+  is a `:validation` error; a pool that is not running, a `:pool` error.
+  """
+  @spec list_workers(pool_name()) :: [String.t()] | {:error, Snakepit.Error.t()}
   def list_workers(pool \\ Snakepit.Pool), do: Pool.list_workers(pool)
+
+  # The session variants need a session (its value is checked with the
+  # other options).
+  defp session_given(nil) do
+    {:error,
+     Snakepit.Error.validation_error(
+       "session_id is required: a non-empty UTF-8 string, got: nil",
+       %{option: :session_id, value: nil, expected: "a non-empty UTF-8 string"}
+     )}
+  end
+
+  defp session_given(_session_id), do: :ok
 
   # Options that are not a list are left for the call to refuse clearly.
   defp with_session(opts, session_id) when is_list(opts),

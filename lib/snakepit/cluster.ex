@@ -434,8 +434,23 @@ defmodule Snakepit.Cluster do
 
   defp remote_opts(opts, pool) do
     opts
+    |> portable_deadline()
     |> Keyword.drop([:node, :require, :pool, :pool_server, :avoid_nodes])
     |> Keyword.put(:pool, pool)
+  end
+
+  # Monotonic clocks differ between nodes: an absolute deadline travels as
+  # what is left of it.
+  defp portable_deadline(opts) do
+    case Keyword.get(opts, :deadline_ms) do
+      at when is_integer(at) ->
+        left = max(at - System.monotonic_time(:millisecond), 1)
+        timeout = Snakepit.Pool.Deadline.earliest(Keyword.get(opts, :timeout) || :infinity, left)
+        opts |> Keyword.delete(:deadline_ms) |> Keyword.put(:timeout, timeout)
+
+      _ ->
+        opts
+    end
   end
 
   defp with_correlation(opts) do

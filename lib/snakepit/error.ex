@@ -16,8 +16,11 @@ defmodule Snakepit.Error do
     * `:timeout` - an operation ran out of time
     * `:python_error` - an exception raised by Python code
     * `:grpc_error` - a gRPC transport or protocol failure
-    * `:validation` - input rejected before anything was sent
-    * `:pool` - the pool could not take or place the request
+    * `:validation` - input rejected before anything was sent; for a bad
+      option, `details` has `option`, `value` and `expected` (what is allowed)
+    * `:pool` - the pool could not take or place the request; `details.reason`
+      says why (`:pool_saturated`, `:worker_busy`, ..., or `:shutdown` for a
+      call cut short because its pool or Snakepit is stopping)
 
   ## Examples
 

@@ -78,6 +78,43 @@ defmodule Snakepit.Logger do
     :ok
   end
 
+  @malformed_key {__MODULE__, :malformed}
+  @malformed_interval_ms 1_000
+
+  @doc """
+  Logs that the calling process, a shared one (`who`: the pool, the session
+  store, a registry, the bridge), dropped a message it does not understand:
+  a bug of whoever sent it, never a reason for the shared process to
+  crash. One error line per second at most per process; the lines
+  suppressed meanwhile are counted in the next one. Returns `:ok`.
+  """
+  @spec malformed(category(), String.t(), term()) :: :ok
+  def malformed(category, who, message) do
+    now = System.monotonic_time(:millisecond)
+
+    case Process.get(@malformed_key) do
+      {last, suppressed} when now - last < @malformed_interval_ms ->
+        Process.put(@malformed_key, {last, suppressed + 1})
+
+      previous ->
+        suppressed =
+          case previous do
+            {_last, n} when n > 0 -> " (and #{n} more since the last such line)"
+            _ -> ""
+          end
+
+        Process.put(@malformed_key, {now, 0})
+
+        error(
+          category,
+          "#{who} dropped a malformed message#{suppressed}: " <>
+            inspect(message, limit: 8, printable_limit: 120)
+        )
+    end
+
+    :ok
+  end
+
   @doc "Is logging at `level` enabled for the calling process?"
   @spec should_log?(level()) :: boolean()
   def should_log?(level) when level in @levels do

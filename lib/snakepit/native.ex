@@ -90,6 +90,17 @@ defmodule Snakepit.Native do
   @spec release_process(reference()) :: :ok
   def release_process(_handle), do: not_loaded()
 
+  @doc """
+  Flow control of a spawned process's output messages: the owner has
+  handled `acked` more `{:stdout | :stderr, line}` messages and wants at
+  most `window` unacknowledged (0: no limit, the default). Lines past the
+  window are read and dropped, never queued; returns how many were dropped
+  since the last call.
+  """
+  @spec process_output_ack(reference(), non_neg_integer(), non_neg_integer()) ::
+          non_neg_integer()
+  def process_output_ack(_handle, _acked, _window), do: not_loaded()
+
   @spec signal_process(integer(), integer()) :: :ok | error()
   def signal_process(_pid, _signal), do: not_loaded()
 

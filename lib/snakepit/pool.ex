@@ -188,37 +188,75 @@ defmodule Snakepit.Pool do
   def await_init_complete(pool \\ __MODULE__, timeout \\ nil), do: await(pool, :complete, timeout)
 
   defp await(pool, kind, timeout) do
-    timeout = timeout || Defaults.pool_await_ready_timeout()
-    {server, which} = server_and_pool(pool)
+    with {:ok, server, which} <- server_and_pool(pool),
+         {:ok, timeout} <- await_timeout(timeout) do
+      try do
+        GenServer.call(server, {:await, kind, which}, timeout)
+      catch
+        :exit, {:timeout, _} ->
+          {:error, Error.timeout_error("pool not ready within #{timeout} ms", %{pool: pool})}
 
-    try do
-      GenServer.call(server, {:await, kind, which}, timeout)
-    catch
-      :exit, {:timeout, _} ->
-        {:error, Error.timeout_error("pool not ready within #{timeout} ms", %{pool: pool})}
+        :exit, {:noproc, _} ->
+          {:error,
+           Error.pool_error("Snakepit pool #{inspect(pool)} is not running", %{pool: pool})}
 
-      :exit, {:noproc, _} ->
-        {:error, Error.pool_error("Snakepit pool #{inspect(pool)} is not running", %{pool: pool})}
-
-      :exit, reason ->
-        {:error,
-         Error.pool_error("pool stopped while starting: #{inspect(reason)}", %{pool: pool})}
+        :exit, reason ->
+          {:error,
+           Error.pool_error("pool stopped while starting: #{inspect(reason)}", %{pool: pool})}
+      end
     end
   end
+
+  defp await_timeout(nil), do: {:ok, Defaults.pool_await_ready_timeout()}
+  defp await_timeout(:infinity), do: {:ok, :infinity}
+
+  defp await_timeout(ms) when is_integer(ms) and ms >= 0 and ms <= 2_147_483_647,
+    do: {:ok, ms}
+
+  defp await_timeout(other),
+    do:
+      invalid(:timeout, other, "a non-negative integer of ms up to 2147483647, :infinity or nil")
 
   # A registered process (or pid) means "all its pools"; any other atom
   # names one pool of the default pool process.
-  defp server_and_pool(pool) when is_pid(pool), do: {pool, :all}
+  defp server_and_pool(pool) when is_pid(pool), do: {:ok, pool, :all}
 
-  defp server_and_pool(pool) when is_atom(pool) do
+  defp server_and_pool(pool) when is_atom(pool) and not is_nil(pool) do
     cond do
-      pool == __MODULE__ or Process.whereis(pool) != nil -> {pool, :all}
-      server = Snakepit.Pool.Names.whereis(pool) -> {server, pool}
-      true -> {__MODULE__, pool}
+      pool == __MODULE__ or Process.whereis(pool) != nil -> {:ok, pool, :all}
+      server = Snakepit.Pool.Names.whereis(pool) -> {:ok, server, pool}
+      true -> {:ok, __MODULE__, pool}
     end
   end
 
-  defp server_and_pool({server, name}), do: {server, name}
+  defp server_and_pool({server, name}) when (is_atom(server) or is_pid(server)) and is_atom(name),
+    do: {:ok, server, name}
+
+  defp server_and_pool(other),
+    do: invalid(:pool, other, "a pool process (name or pid), a pool's name, or {process, name}")
+
+  defp invalid(what, value, expected) do
+    {:error,
+     Error.validation_error(
+       "invalid #{what}: #{inspect(value, limit: 10, printable_limit: 80)}; expected #{expected}",
+       %{option: what, value: value, expected: expected}
+     )}
+  end
+
+  # A query of a pool process that is not running (or not a pool) is an
+  # error value, not an exit in the caller.
+  defp query(server, request, pool) do
+    GenServer.call(server, request)
+  catch
+    :exit, {:noproc, _} ->
+      {:error, Error.pool_error("Snakepit pool #{inspect(pool)} is not running", %{pool: pool})}
+
+    :exit, reason ->
+      {:error,
+       Error.pool_error("Snakepit pool #{inspect(pool)} did not answer: #{inspect(reason)}", %{
+         pool: pool
+       })}
+  end
 
   @doc """
   Statistics summed over every pool of `pool` (a pool process), or of one
@@ -231,27 +269,33 @@ defmodule Snakepit.Pool do
   """
   @spec get_stats(atom() | pid()) :: map() | {:error, Error.t()}
   def get_stats(pool \\ __MODULE__) do
-    {server, which} = server_and_pool(pool)
-    GenServer.call(server, {:stats, which})
+    with {:ok, server, which} <- server_and_pool(pool),
+         do: query(server, {:stats, which}, pool)
   end
 
   @doc "Statistics of the pool named `pool_name` of the pool process `pool`."
   @spec get_stats(atom() | pid(), atom()) :: map() | {:error, Error.t()}
-  def get_stats(pool, pool_name), do: GenServer.call(pool, {:stats, pool_name})
+  def get_stats(pool, pool_name) do
+    with {:ok, server, name} <- server_and_pool({pool, pool_name}),
+         do: query(server, {:stats, name}, pool)
+  end
 
   @doc """
   Ids of the ready workers of every pool of `pool` (a pool process), or of
   one pool when `pool` is a pool's name.
   """
-  @spec list_workers(atom() | pid()) :: [String.t()]
+  @spec list_workers(atom() | pid()) :: [String.t()] | {:error, Error.t()}
   def list_workers(pool \\ __MODULE__) do
-    {server, which} = server_and_pool(pool)
-    GenServer.call(server, {:list_workers, which})
+    with {:ok, server, which} <- server_and_pool(pool),
+         do: query(server, {:list_workers, which}, pool)
   end
 
   @doc "Ids of the ready workers of the pool named `pool_name`."
-  @spec list_workers(atom() | pid(), atom()) :: [String.t()]
-  def list_workers(pool, pool_name), do: GenServer.call(pool, {:list_workers, pool_name})
+  @spec list_workers(atom() | pid(), atom()) :: [String.t()] | {:error, Error.t()}
+  def list_workers(pool, pool_name) do
+    with {:ok, server, name} <- server_and_pool({pool, pool_name}),
+         do: query(server, {:list_workers, name}, pool)
+  end
 
   @doc """
   Replaces worker `worker_id` of `pool_name` with a fresh one: the

@@ -25,8 +25,22 @@ defmodule Snakepit.Script do
 
   @doc "See `Snakepit.run_as_script/2`."
   @spec run((-> any()), keyword()) :: any() | {:error, term()}
-  def run(fun, opts \\ []) when is_function(fun, 0) do
-    opts = resolve(opts)
+  def run(fun, opts \\ [])
+
+  def run(fun, opts) when is_function(fun, 0) and is_list(opts) do
+    with {:ok, opts} <- resolve(opts), do: run_resolved(fun, opts)
+  end
+
+  def run(fun, opts) do
+    {:error,
+     Error.validation_error(
+       "run_as_script/2 takes a function of arity 0 and a keyword list, got: " <>
+         "#{inspect(fun, limit: 5)} and #{inspect(opts, limit: 10)}",
+       %{option: :fun, value: fun}
+     )}
+  end
+
+  defp run_resolved(fun, opts) do
     was_started = started?()
     :ok = maybe_restart(was_started, opts[:restart])
 
@@ -62,6 +76,14 @@ defmodule Snakepit.Script do
     env_exit = System.get_env("SNAKEPIT_SCRIPT_EXIT")
     env_halt = System.get_env("SNAKEPIT_SCRIPT_HALT") in ["1", "true", "TRUE", "yes"]
 
+    if Keyword.keyword?(opts) do
+      resolve(opts, env_exit, env_halt)
+    else
+      invalid(:opts, opts)
+    end
+  end
+
+  defp resolve(opts, env_exit, env_halt) do
     exit_mode =
       cond do
         Keyword.has_key?(opts, :exit_mode) -> opts[:exit_mode]
@@ -80,7 +102,7 @@ defmodule Snakepit.Script do
       stop_mode: Keyword.get(opts, :stop_mode, :if_started)
     ]
 
-    validate!(resolved)
+    validate(resolved)
   end
 
   defp exit_mode_from_env(value) do
@@ -97,13 +119,12 @@ defmodule Snakepit.Script do
       "auto" ->
         :auto
 
-      other ->
-        raise ArgumentError,
-              "SNAKEPIT_SCRIPT_EXIT must be none, halt, stop or auto, got: #{inspect(other)}"
+      _other ->
+        {:invalid_env, value}
     end
   end
 
-  defp validate!(opts) do
+  defp validate(opts) do
     checks = [
       {:timeout, &timeout?/1},
       {:shutdown_timeout, &timeout?/1},
@@ -114,11 +135,26 @@ defmodule Snakepit.Script do
       {:stop_mode, &(&1 in @stop_modes)}
     ]
 
-    for {key, valid?} <- checks, not valid?.(opts[key]) do
-      raise ArgumentError, "run_as_script: invalid #{inspect(key)} option: #{inspect(opts[key])}"
+    case Enum.find(checks, fn {key, valid?} -> not valid?.(opts[key]) end) do
+      nil -> {:ok, opts}
+      {key, _} -> invalid(key, opts[key])
     end
+  end
 
-    opts
+  defp invalid(:exit_mode, {:invalid_env, value}) do
+    {:error,
+     Error.validation_error(
+       "SNAKEPIT_SCRIPT_EXIT must be none, halt, stop or auto, got: #{inspect(value)}",
+       %{option: :exit_mode, value: value}
+     )}
+  end
+
+  defp invalid(key, value) do
+    {:error,
+     Error.validation_error(
+       "run_as_script: invalid #{inspect(key)} option: #{inspect(value, limit: 10)}",
+       %{option: key, value: value}
+     )}
   end
 
   defp timeout?(t), do: t == :infinity or (is_integer(t) and t > 0)

@@ -38,6 +38,7 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :worker, :initialized],
     [:snakepit, :worker, :recycled],
     [:snakepit, :worker, :health_check_failed],
+    [:snakepit, :worker, :output_dropped],
     [:snakepit, :worker, :crash],
     [:snakepit, :worker, :tainted],
     [:snakepit, :worker, :restarted],

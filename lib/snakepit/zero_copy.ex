@@ -50,8 +50,11 @@ defmodule Snakepit.ZeroCopy do
   for bad input: a closed ref, something that is not a live ref of this
   Snakepit (built by hand, from another VM, or from before a restart of
   the application), a dtype or shape that does not fit the bytes, a
-  device other than `:cpu` (GPU memory is not supported yet), or a payload
-  over `zero_copy: [max_bytes: ...]`. Sending a closed or foreign ref in a
+  device other than `:cpu` (GPU memory is not supported yet), a payload
+  over `zero_copy: [max_bytes: ...]`, options that are not a keyword list,
+  a `shape` of more than 64 dimensions or with a dimension outside
+  `0..2^63-1`, or `copy:` that is not a boolean. No function raises on bad
+  input. Sending a closed or foreign ref in a
   call fails the same way, before anything is sent.
 
   ## Copying fallback
@@ -96,6 +99,9 @@ defmodule Snakepit.ZeroCopy do
   @dtypes @typed |> Map.new(fn {name, {_, bits}} -> {name, div(bits, 8)} end) |> Map.put(:bool, 1)
   @short Map.new(@typed, fn {name, type} -> {type, name} end)
   @short_names Map.new(@short, fn {{t, bits}, name} -> {:"#{t}#{bits}", name} end)
+  # DLPack's shape is int64_t[ndim]; NumPy allows 64 dimensions.
+  @max_dim 9_223_372_036_854_775_807
+  @max_dims 64
 
   @doc """
   A `:dlpack` ref to a dense array: `binary` holds its elements packed in
@@ -110,7 +116,8 @@ defmodule Snakepit.ZeroCopy do
   def to_dlpack(binary, opts \\ [])
 
   def to_dlpack(binary, opts) when is_binary(binary) and is_list(opts) do
-    with :ok <- check_owner(opts),
+    with :ok <- check_opts(opts, "to_dlpack/2"),
+         :ok <- check_owner(opts),
          :ok <- check_device(Keyword.get(opts, :device, :cpu)),
          {:ok, dtype} <- dtype(Keyword.fetch(opts, :dtype)),
          {:ok, shape} <- shape(Keyword.get(opts, :shape), byte_size(binary), dtype),
@@ -135,7 +142,8 @@ defmodule Snakepit.ZeroCopy do
   def to_arrow(binary, opts \\ [])
 
   def to_arrow(binary, opts) when is_binary(binary) and is_list(opts) do
-    with :ok <- check_owner(opts),
+    with :ok <- check_opts(opts, "to_arrow/2"),
+         :ok <- check_owner(opts),
          :ok <- check_device(Keyword.get(opts, :device, :cpu)),
          :ok <- check_arrow(binary),
          :ok <- check_size(binary) do
@@ -229,6 +237,16 @@ defmodule Snakepit.ZeroCopy do
   end
 
   defp read(%ZeroCopyRef{kind: kind, ref: region} = ref, kind, opts) do
+    with :ok <- check_read_opts(opts, kind), do: read_region(ref, region, opts)
+  end
+
+  defp read(%ZeroCopyRef{kind: other}, kind, _opts),
+    do: invalid("a #{inspect(other)} ref cannot be read as #{inspect(kind)}; use from_#{other}/2")
+
+  defp read(other, kind, _opts),
+    do: invalid("from_#{kind}/2 takes a %Snakepit.ZeroCopyRef{}, got: #{describe(other)}")
+
+  defp read_region(ref, region, opts) do
     native(ref, fn ->
       case Native.zero_copy_binary(region) do
         {:ok, binary} ->
@@ -240,11 +258,21 @@ defmodule Snakepit.ZeroCopy do
     end)
   end
 
-  defp read(%ZeroCopyRef{kind: other}, kind, _opts),
-    do: invalid("a #{inspect(other)} ref cannot be read as #{inspect(kind)}; use from_#{other}/2")
+  # Options are a keyword list; of those read here, `copy:` is a boolean.
+  defp check_read_opts(opts, kind) do
+    with :ok <- check_opts(opts, "from_#{kind}/2") do
+      case Keyword.get(opts, :copy, false) do
+        copy when is_boolean(copy) -> :ok
+        other -> invalid("copy must be true or false, got: #{describe(other)}")
+      end
+    end
+  end
 
-  defp read(other, kind, _opts),
-    do: invalid("from_#{kind}/2 takes a %Snakepit.ZeroCopyRef{}, got: #{describe(other)}")
+  defp check_opts(opts, function) do
+    if is_list(opts) and Keyword.keyword?(opts),
+      do: :ok,
+      else: invalid("#{function} takes a keyword list of options, got: #{describe(opts)}")
+  end
 
   # A ref whose `ref` is not a region resource (built by hand, or decoded
   # from another VM's term) makes the NIF raise ArgumentError.
@@ -307,8 +335,11 @@ defmodule Snakepit.ZeroCopy do
   defp shape(shape, bytes, dtype) when is_tuple(shape),
     do: shape(Tuple.to_list(shape), bytes, dtype)
 
+  defp shape(shape, _bytes, _dtype) when is_list(shape) and length(shape) > @max_dims,
+    do: invalid("shape has #{length(shape)} dimensions, more than #{@max_dims}")
+
   defp shape(shape, bytes, dtype) when is_list(shape) do
-    if Enum.all?(shape, &(is_integer(&1) and &1 >= 0)) do
+    if proper_list?(shape) and Enum.all?(shape, &(is_integer(&1) and &1 >= 0 and &1 <= @max_dim)) do
       expected = Enum.reduce(shape, 1, &(&1 * &2)) * Map.fetch!(@dtypes, dtype)
 
       if expected == bytes,
@@ -319,12 +350,19 @@ defmodule Snakepit.ZeroCopy do
               "the binary is #{bytes}"
           )
     else
-      invalid("shape must hold non-negative integers, got: #{inspect(shape)}")
+      invalid(
+        "shape must hold non-negative integers up to #{@max_dim}, got: " <>
+          inspect(shape, limit: 10)
+      )
     end
   end
 
   defp shape(other, _bytes, _dtype),
     do: invalid("shape must be a tuple or list of integers, got: #{inspect(other)}")
+
+  defp proper_list?([]), do: true
+  defp proper_list?([_ | rest]), do: proper_list?(rest)
+  defp proper_list?(_), do: false
 
   # An IPC stream starts with a message (continuation marker 0xFFFFFFFF, or
   # a bare length before Arrow 0.15); an IPC file with "ARROW1".

@@ -134,6 +134,21 @@ class TestAdapter(BaseAdapter):
         raise RuntimeError("stream broke")
 
     @tool
+    def exits_midway(self, how: str = "exit"):
+        """A producer that ends by SystemExit or a bare BaseException."""
+        yield {"i": 0}
+        if how == "exit":
+            raise SystemExit(3)
+        raise BaseException("bare base exception")
+
+    @tool
+    async def aexits_midway(self, how: str = "exit"):
+        yield {"i": 0}
+        if how == "exit":
+            raise SystemExit(4)
+        raise BaseException("bare base exception")
+
+    @tool
     def endless(self):
         """Yields until the consumer goes away; records how far it got."""
         gate = self.gate

@@ -107,6 +107,25 @@ def test_exception_midway_sends_error_final_chunk(sock_dir):
     run(go())
 
 
+@pytest.mark.parametrize("tool", ["exits_midway", "aexits_midway"])
+@pytest.mark.parametrize(("how", "error_type"), [("exit", "SystemExit"), ("base", "BaseException")])
+def test_system_exit_or_base_exception_midway_sends_error_final_chunk(sock_dir, tool, how, error_type):
+    """A producer that dies by SystemExit or a bare BaseException still ends
+    its stream with an error chunk (the caller is not left waiting), and the
+    worker keeps serving."""
+
+    async def go():
+        async with running_worker(TestAdapter(), sock_dir) as (_, stub):
+            chunks = await asyncio.wait_for(collect(stub, tool, {"how": how}), WAIT_S)
+            assert payloads(chunks[:1]) == [{"i": 0}]
+            last = chunks[-1]
+            assert last.is_final and last.error.type == error_type
+            assert tool in last.error.traceback
+            assert payloads(await collect(stub, "count", {"n": 1})) == [{"i": 0}, None]
+
+    run(go())
+
+
 def test_non_streaming_tool_via_stream_gives_single_final_chunk(sock_dir):
     async def go():
         async with running_worker(TestAdapter(), sock_dir) as (_, stub):

@@ -107,10 +107,19 @@ defmodule Snakepit.ScriptTest do
     assert out =~ "nope_mod"
   end
 
-  test "bad options raise ArgumentError naming the option" do
-    assert_raise ArgumentError, ~r/:exit_mode/, fn ->
-      Snakepit.run_as_script(fn -> :ok end, exit_mode: :explode)
-    end
+  test "bad options are a validation error naming the option, and nothing runs" do
+    me = self()
+
+    assert {:error, %Snakepit.Error{category: :validation, message: message}} =
+             Snakepit.run_as_script(fn -> send(me, :ran) end, exit_mode: :explode)
+
+    assert message =~ ":exit_mode"
+
+    assert {:error, %Snakepit.Error{category: :validation}} =
+             Snakepit.run_as_script(fn -> send(me, :ran) end, :not_a_list)
+
+    assert {:error, %Snakepit.Error{category: :validation}} = Snakepit.run_as_script(:not_a_fun)
+    refute_received :ran
   end
 
   test "a closed stdout never hangs the exit" do

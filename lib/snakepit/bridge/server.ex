@@ -138,7 +138,25 @@ defmodule Snakepit.GRPC.BridgeServer do
     {:noreply, state}
   end
 
-  def handle_info(_other, state), do: {:noreply, state}
+  def handle_info(other, state) do
+    malformed(other)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_call(request, _from, state) do
+    malformed(request)
+    {:reply, {:error, :unknown_request}, state}
+  end
+
+  @impl true
+  def handle_cast(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
+  defp malformed(message),
+    do: Snakepit.Logger.malformed(:bridge, "Snakepit.GRPC.BridgeServer", message)
 
   @impl true
   def terminate(_reason, state) do

@@ -45,13 +45,17 @@ defmodule Snakepit.Bridge.SessionStore do
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
-    GenServer.start_link(__MODULE__, opts, name: Keyword.get(opts, :name, __MODULE__))
+    with :ok <- check(is_list(opts) and Keyword.keyword?(opts), :opts, opts, "a keyword list"),
+         do: GenServer.start_link(__MODULE__, opts, name: Keyword.get(opts, :name, __MODULE__))
   end
 
   @doc """
-  Creates session `session_id` (options as `Snakepit.Bridge.Session.new/2`).
+  Creates session `session_id` (a non-empty string; options as
+  `Snakepit.Bridge.Session.new/2`: `ttl:` seconds, a non-negative integer;
+  `metadata:` a map or keyword list; `created_at:` an integer).
   `{:error, :already_exists}` when it exists, `{:error, :session_quota_exceeded}`
-  when the store is full.
+  when the store is full, `{:error, %Snakepit.Error{category: :validation}}`
+  for a bad id or option (checked in the caller, before the store sees it).
 
       {:ok, session} = SessionStore.create_session("session_456", ttl: 7200)
   """
@@ -60,21 +64,34 @@ defmodule Snakepit.Bridge.SessionStore do
 
   @spec create_session(GenServer.server(), String.t(), keyword()) ::
           {:ok, Session.t()} | {:error, term()}
-  def create_session(server, session_id, opts) when is_binary(session_id) and is_list(opts),
-    do: GenServer.call(server, {:create, session_id, opts})
+  def create_session(server, session_id, opts) do
+    with :ok <- check_server(server),
+         :ok <- check_id(session_id),
+         :ok <- check_create_opts(opts),
+         do: GenServer.call(server, {:create, session_id, opts})
+  end
 
-  @doc "The session, with its `last_accessed` updated; `{:error, :not_found}` when absent or expired."
+  @doc """
+  The session, with its `last_accessed` updated; `{:error, :not_found}` when
+  absent or expired (also for an id that is not a string: no session has it).
+  """
   @spec get_session(String.t()) :: {:ok, Session.t()} | {:error, :not_found}
   def get_session(session_id), do: get_session(__MODULE__, session_id)
 
   @spec get_session(GenServer.server(), String.t()) :: {:ok, Session.t()} | {:error, :not_found}
-  def get_session(server, session_id), do: GenServer.call(server, {:get, session_id})
+  def get_session(server, session_id) do
+    if server?(server) and id?(session_id),
+      do: GenServer.call(server, {:get, session_id}),
+      else: {:error, :not_found}
+  end
 
   @doc """
   Replaces the session with `update_fn.(session)`, atomically. The result
   must be a valid session with the same id, else
-  `{:error, {:invalid_session, reason}}`; a raising function gives
-  `{:error, {:update_failed, exception}}` and changes nothing.
+  `{:error, {:invalid_session, reason}}`; a function that raises, throws or
+  exits gives `{:error, {:update_failed, reason}}` and changes nothing.
+  `update_fn` runs inside the store: keep it short. A bad id or a
+  `update_fn` that is not a function of arity 1 is a `:validation` error.
   """
   @spec update_session(String.t(), (Session.t() -> Session.t())) ::
           {:ok, Session.t()} | {:error, term()}
@@ -82,90 +99,115 @@ defmodule Snakepit.Bridge.SessionStore do
 
   @spec update_session(GenServer.server(), String.t(), (Session.t() -> Session.t())) ::
           {:ok, Session.t()} | {:error, term()}
-  def update_session(server, session_id, update_fn) when is_function(update_fn, 1),
-    do: GenServer.call(server, {:update, session_id, update_fn})
+  def update_session(server, session_id, update_fn) do
+    with :ok <- check_server(server),
+         :ok <- check_id(session_id),
+         :ok <- check(is_function(update_fn, 1), :update_fn, update_fn, "a function of arity 1"),
+         do: GenServer.call(server, {:update, session_id, update_fn})
+  end
 
-  @doc "Deletes the session; `:ok` also when it did not exist."
+  @doc "Deletes the session; `:ok` also when it did not exist (or `session_id` is not a string)."
   @spec delete_session(String.t()) :: :ok
   def delete_session(session_id), do: delete_session(__MODULE__, session_id)
 
   @spec delete_session(GenServer.server(), String.t()) :: :ok
-  def delete_session(server, session_id), do: GenServer.call(server, {:delete, session_id})
+  def delete_session(server, session_id) do
+    if server?(server) and id?(session_id),
+      do: GenServer.call(server, {:delete, session_id}),
+      else: :ok
+  end
 
   @doc "Does an unexpired session `session_id` exist?"
   @spec session_exists?(String.t()) :: boolean()
-  def session_exists?(session_id), do: lookup(table(), session_id) != nil
+  def session_exists?(session_id), do: id?(session_id) and lookup(table(), session_id) != nil
 
   @spec session_exists?(GenServer.server(), String.t()) :: boolean()
-  def session_exists?(server, session_id), do: GenServer.call(server, {:exists, session_id})
+  def session_exists?(server, session_id),
+    do: server?(server) and id?(session_id) and GenServer.call(server, {:exists, session_id})
 
   @doc "Ids of the unexpired sessions."
   @spec list_sessions() :: [String.t()]
   def list_sessions, do: list(table())
 
   @spec list_sessions(GenServer.server()) :: [String.t()]
-  def list_sessions(server), do: GenServer.call(server, :list)
+  def list_sessions(server), do: if(server?(server), do: GenServer.call(server, :list), else: [])
 
   @doc "Deletes expired sessions now; returns how many."
   @spec cleanup_expired_sessions() :: non_neg_integer()
   def cleanup_expired_sessions, do: cleanup_expired_sessions(__MODULE__)
 
   @spec cleanup_expired_sessions(GenServer.server()) :: non_neg_integer()
-  def cleanup_expired_sessions(server), do: GenServer.call(server, :cleanup)
+  def cleanup_expired_sessions(server),
+    do: if(server?(server), do: GenServer.call(server, :cleanup), else: 0)
 
   @doc "Counts and quotas of the store."
   @spec get_stats() :: map()
   def get_stats, do: get_stats(__MODULE__)
 
   @spec get_stats(GenServer.server()) :: map()
-  def get_stats(server), do: GenServer.call(server, :stats)
+  def get_stats(server), do: if(server?(server), do: GenServer.call(server, :stats), else: %{})
 
   @doc """
   Records that `worker_id` served `session_id`, creating the session when
-  it does not exist (and the quota allows). Asynchronous; always `:ok`.
+  it does not exist (and the quota allows). Asynchronous; always `:ok`. Ids
+  that are not non-empty strings are dropped here, in the caller, so the
+  store never sees them.
   """
   @spec store_worker_session(String.t(), String.t()) :: :ok
-  def store_worker_session(session_id, worker_id),
-    do: GenServer.cast(__MODULE__, {:worker, session_id, worker_id})
+  def store_worker_session(session_id, worker_id) do
+    if id?(session_id) and id?(worker_id),
+      do: GenServer.cast(__MODULE__, {:worker, session_id, worker_id}),
+      else: :ok
+  end
 
   @doc "The worker that last served `session_id`, or nil. Reads ETS directly."
   @spec last_worker(String.t()) :: String.t() | nil
   def last_worker(session_id) do
-    case lookup(table(), session_id) do
+    case id?(session_id) && lookup(table(), session_id) do
       %Session{last_worker_id: worker} -> worker
-      nil -> nil
+      _ -> nil
     end
   end
 
   @doc """
   Stores a program in a session. `{:error, :not_found}` without the
-  session, `{:error, {:program_quota_exceeded, session_id}}` when it is full.
+  session, `{:error, {:program_quota_exceeded, session_id}}` when it is
+  full, a `:validation` error when an id is not a non-empty string.
   """
   @spec store_program(String.t(), String.t(), term()) :: :ok | {:error, term()}
-  def store_program(session_id, program_id, data),
-    do: GenServer.call(__MODULE__, {:store_program, session_id, program_id, data})
+  def store_program(session_id, program_id, data) do
+    with :ok <- check_id(session_id),
+         :ok <- check_id(program_id, :program_id),
+         do: GenServer.call(__MODULE__, {:store_program, session_id, program_id, data})
+  end
 
   @doc "A program of a session: `{:ok, data}` or `{:error, :not_found}`."
   @spec get_program(String.t(), String.t()) :: {:ok, term()} | {:error, :not_found}
   def get_program(session_id, program_id) do
-    case lookup(table(), session_id) do
-      nil -> {:error, :not_found}
-      session -> Session.get_program(session, program_id)
+    case id?(session_id) && lookup(table(), session_id) do
+      %Session{} = session -> Session.get_program(session, program_id)
+      _ -> {:error, :not_found}
     end
   end
 
   @doc "Removes a program from a session; `:ok` also when absent."
   @spec delete_program(String.t(), String.t()) :: :ok
-  def delete_program(session_id, program_id),
-    do: GenServer.call(__MODULE__, {:delete_program, session_id, program_id})
+  def delete_program(session_id, program_id) do
+    if id?(session_id) and id?(program_id),
+      do: GenServer.call(__MODULE__, {:delete_program, session_id, program_id}),
+      else: :ok
+  end
 
   @doc """
   Stores a program every session and worker can use.
-  `{:error, {:program_quota_exceeded, :global}}` when the global quota is reached.
+  `{:error, {:program_quota_exceeded, :global}}` when the global quota is
+  reached, a `:validation` error when `program_id` is not a non-empty string.
   """
   @spec store_global_program(String.t(), term()) :: :ok | {:error, term()}
-  def store_global_program(program_id, data),
-    do: GenServer.call(__MODULE__, {:store_global, program_id, data})
+  def store_global_program(program_id, data) do
+    with :ok <- check_id(program_id, :program_id),
+         do: GenServer.call(__MODULE__, {:store_global, program_id, data})
+  end
 
   @doc "A global program: `{:ok, data}` or `{:error, :not_found}`."
   @spec get_global_program(String.t()) :: {:ok, term()} | {:error, :not_found}
@@ -180,8 +222,71 @@ defmodule Snakepit.Bridge.SessionStore do
 
   @doc "Removes a global program; `:ok` also when absent."
   @spec delete_global_program(String.t()) :: :ok
-  def delete_global_program(program_id),
-    do: GenServer.call(__MODULE__, {:delete_global, program_id})
+  def delete_global_program(program_id) do
+    if id?(program_id),
+      do: GenServer.call(__MODULE__, {:delete_global, program_id}),
+      else: :ok
+  end
+
+  # -- checks, in the caller ------------------------------------------------------
+
+  @doc false
+  # A session (or program, or worker) id: a non-empty UTF-8 string.
+  def id?(id), do: is_binary(id) and id != "" and String.valid?(id)
+
+  defp server?(server) when is_atom(server) and server != nil, do: true
+  defp server?(server) when is_pid(server), do: true
+  defp server?({:global, _}), do: true
+  defp server?({:via, module, _}) when is_atom(module), do: true
+  defp server?({name, node}) when is_atom(name) and is_atom(node), do: true
+  defp server?(_), do: false
+
+  defp check_server(server),
+    do: check(server?(server), :server, server, "a GenServer name or pid")
+
+  defp check_id(id, what \\ :session_id), do: check(id?(id), what, id, "a non-empty UTF-8 string")
+
+  @doc false
+  # The options of create_session/3, as Session.new/2 takes them.
+  def check_create_opts(opts) do
+    if is_list(opts) and Keyword.keyword?(opts) do
+      Enum.reduce_while(opts, :ok, fn {key, value}, :ok ->
+        case check_create_opt(key, value) do
+          :ok -> {:cont, :ok}
+          error -> {:halt, error}
+        end
+      end)
+    else
+      check(false, :opts, opts, "a keyword list")
+    end
+  end
+
+  defp check_create_opt(:ttl, ttl),
+    do: check(is_integer(ttl) and ttl >= 0, :ttl, ttl, "a non-negative integer of seconds")
+
+  defp check_create_opt(:metadata, meta),
+    do:
+      check(
+        is_map(meta) or (is_list(meta) and Keyword.keyword?(meta)),
+        :metadata,
+        meta,
+        "a map or keyword list"
+      )
+
+  defp check_create_opt(:created_at, at),
+    do: check(is_integer(at), :created_at, at, "an integer (monotonic seconds)")
+
+  defp check_create_opt(_key, _value), do: :ok
+
+  defp check(true, _what, _value, _expected), do: :ok
+
+  defp check(false, what, value, expected) do
+    {:error,
+     Snakepit.Error.validation_error(
+       "invalid #{what}: #{inspect(value, limit: 10, printable_limit: 80)}; expected #{expected}",
+       %{option: what, value: value, expected: expected}
+     )}
+  end
 
   # Reads of the default store go straight to its table.
   defp table, do: :persistent_term.get(@table_key, @default_table)
@@ -245,12 +350,15 @@ defmodule Snakepit.Bridge.SessionStore do
   defp schedule_cleanup(_), do: :ok
 
   @impl true
-  def handle_call({:create, id, opts}, _from, state) do
-    case lookup(state.table, id) do
-      %Session{} ->
+  def handle_call({:create, id, opts}, _from, state) when is_binary(id) and id != "" do
+    case {check_create_opts(opts), lookup(state.table, id)} do
+      {{:error, _} = error, _} ->
+        {:reply, error, state}
+
+      {:ok, %Session{}} ->
         {:reply, {:error, :already_exists}, state}
 
-      nil ->
+      {:ok, nil} ->
         case insert_new(state, id, opts) do
           {:ok, session, state} -> {:reply, {:ok, session}, state}
           {:error, reason} -> {:reply, {:error, reason}, state}
@@ -270,7 +378,7 @@ defmodule Snakepit.Bridge.SessionStore do
     end
   end
 
-  def handle_call({:update, id, fun}, _from, state) do
+  def handle_call({:update, id, fun}, _from, state) when is_function(fun, 1) do
     case lookup(state.table, id) do
       nil ->
         {:reply, {:error, :not_found}, state}
@@ -288,8 +396,12 @@ defmodule Snakepit.Bridge.SessionStore do
             else
               {:error, reason} -> {:error, {:invalid_session, reason}}
             end
-          rescue
-            e -> {:error, {:update_failed, e}}
+          catch
+            :error, e ->
+              {:error, {:update_failed, Exception.normalize(:error, e, __STACKTRACE__)}}
+
+            kind, reason ->
+              {:error, {:update_failed, {kind, reason}}}
           end
 
         {:reply, reply, state}
@@ -366,8 +478,17 @@ defmodule Snakepit.Bridge.SessionStore do
     {:reply, :ok, state}
   end
 
+  # Anything else is a sender's bug: answered, logged, the store goes on.
+  def handle_call(request, _from, state) do
+    malformed(request)
+
+    {:reply, {:error, Snakepit.Error.validation_error("unknown request to the session store")},
+     state}
+  end
+
   @impl true
-  def handle_cast({:worker, id, worker_id}, state) do
+  def handle_cast({:worker, id, worker_id}, state)
+      when is_binary(id) and id != "" and is_binary(worker_id) do
     state =
       case lookup(state.table, id) do
         nil ->
@@ -388,6 +509,11 @@ defmodule Snakepit.Bridge.SessionStore do
     {:noreply, state}
   end
 
+  def handle_cast(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
   @impl true
   def handle_info(:cleanup, state) do
     {_count, state} = sweep(state)
@@ -395,7 +521,13 @@ defmodule Snakepit.Bridge.SessionStore do
     {:noreply, state}
   end
 
-  def handle_info(_other, state), do: {:noreply, state}
+  def handle_info(other, state) do
+    malformed(other)
+    {:noreply, state}
+  end
+
+  defp malformed(message),
+    do: Snakepit.Logger.malformed(:bridge, "Snakepit.Bridge.SessionStore", message)
 
   defp same_id(%Session{id: id}, id), do: :ok
   defp same_id(_session, _id), do: {:error, :id_changed}

@@ -67,15 +67,43 @@ defmodule Snakepit.Bridge.ToolRegistry do
   end
 
   @impl true
-  def handle_call({:insert, specs}, _from, table) do
-    :ets.insert(table, specs)
-    {:reply, :ok, table}
+  def handle_call({:insert, specs}, _from, table) when is_list(specs) do
+    if Enum.all?(specs, &(is_tuple(&1) and tuple_size(&1) == 2)) do
+      :ets.insert(table, specs)
+      {:reply, :ok, table}
+    else
+      malformed({:insert, specs})
+      {:reply, {:error, Snakepit.Error.validation_error("malformed tool specs")}, table}
+    end
   end
 
   def handle_call({:cleanup, session_id}, _from, table) do
     :ets.match_delete(table, {{session_id, :_}, :_})
     {:reply, :ok, table}
   end
+
+  # Anything else is a sender's bug: answered, logged, the registry goes on.
+  def handle_call(request, _from, table) do
+    malformed(request)
+
+    {:reply, {:error, Snakepit.Error.validation_error("unknown request to the tool registry")},
+     table}
+  end
+
+  @impl true
+  def handle_cast(message, table) do
+    malformed(message)
+    {:noreply, table}
+  end
+
+  @impl true
+  def handle_info(message, table) do
+    malformed(message)
+    {:noreply, table}
+  end
+
+  defp malformed(message),
+    do: Snakepit.Logger.malformed(:bridge, "Snakepit.Bridge.ToolRegistry", message)
 
   # -- registration ------------------------------------------------------------
 

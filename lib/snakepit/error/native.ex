@@ -7,7 +7,7 @@ defmodule Snakepit.Error.Native do
 
   | kind | category |
   |---|---|
-  | `:invalid_argument` | `:validation` (nothing was done) |
+  | `:invalid_argument` | `:validation` (nothing was done; or a worker's reply held a bad zero-copy ref, refused and removed) |
   | `:timeout`, `:deadline_exceeded` | `:timeout` |
   | a gRPC status name (`:unavailable`, `:internal`, ...) | `:grpc_error`, with `grpc_status` |
   | an errno name (`:enoent`, `:eaddrinuse`, ...) or `:os` | `:worker` |

@@ -351,6 +351,27 @@ defmodule Snakepit.Pool.ProcessRegistry do
 
   def handle_call(:path, _from, state), do: {:reply, state.path, state}
 
+  # Anything else is a sender's bug: answered, logged, the registry goes on.
+  def handle_call(request, _from, state) do
+    malformed(request)
+    {:reply, {:error, :unknown_request}, state}
+  end
+
+  @impl true
+  def handle_cast(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
+  @impl true
+  def handle_info(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
+  defp malformed(message),
+    do: Snakepit.Logger.malformed(:lifecycle, "Snakepit.Pool.ProcessRegistry", message)
+
   # Synced at once: the record must survive a kill -9 of the VM right after.
   defp write(id, info) do
     :ok = :dets.insert(@table, {id, info})

@@ -17,7 +17,7 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.Telemetry.Correlation
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{CallOptions, Deadline, Timings}
+  alias Snakepit.Pool.{CallOptions, Deadline, Errors, Timings}
   alias Snakepit.Worker.ExitStatus
 
   # The pool answers a queued request itself when its queue time is up; the
@@ -177,33 +177,51 @@ defmodule Snakepit.Pool.Call do
 
   # A transport failure may mean the worker's Python process died under
   # the call. Find out (the worker process stops when Python exits) and
-  # report it as a crash.
+  # report it as a crash, or as a shutdown when the worker was stopped on
+  # purpose (its pool or Snakepit stopping): no wait when it says so first.
   defp confirm_crash(
          {:error, %Error{category: :grpc_error, grpc_status: status} = error} = result,
          lease
        )
        when status in @transport_statuses do
     worker = lease.worker
-    mref = Process.monitor(worker.pid)
 
-    receive do
-      # Gone before we looked (:noproc): its worker recorded how it ended.
-      {:DOWN, ^mref, :process, _, :noproc} ->
-        {:error, crash_error(error, lease, ExitStatus.last(worker.os_pid))}
+    if stopped?(lease) do
+      {:error, shutdown_error(error, lease)}
+    else
+      mref = Process.monitor(worker.pid)
 
-      {:DOWN, ^mref, :process, _, reason} ->
-        {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
-    after
-      @crash_confirm_ms ->
-        Process.demonitor(mref, [:flush])
+      receive do
+        # Gone before we looked (:noproc): its worker recorded how it ended.
+        {:DOWN, ^mref, :process, _, :noproc} ->
+          {:error, ended_error(error, lease, ExitStatus.last(worker.os_pid))}
 
-        if Snakepit.Native.process_alive(worker.os_pid),
-          do: result,
-          else: {:error, crash_error(error, lease, ExitStatus.last(worker.os_pid))}
+        # Stopped by its supervisor: its pool or Snakepit is stopping.
+        {:DOWN, ^mref, :process, _, reason} when reason in [:shutdown, :normal] ->
+          {:error, shutdown_error(error, lease)}
+
+        {:DOWN, ^mref, :process, _, reason} ->
+          {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
+      after
+        @crash_confirm_ms ->
+          Process.demonitor(mref, [:flush])
+
+          cond do
+            stopped?(lease) -> {:error, shutdown_error(error, lease)}
+            Snakepit.Native.process_alive(worker.os_pid) -> result
+            true -> {:error, crash_error(error, lease, ExitStatus.last(worker.os_pid))}
+          end
+      end
     end
   end
 
   defp confirm_crash(result, _lease), do: result
+
+  # The worker recorded that it was stopped on purpose since this call began.
+  defp stopped?(lease), do: ExitStatus.stopped_since?(lease.worker.os_pid, lease.leased_at)
+
+  defp ended_error(error, lease, :stopped), do: shutdown_error(error, lease)
+  defp ended_error(error, lease, status), do: crash_error(error, lease, status)
 
   defp crash_error(error, lease, status) do
     id = lease.worker.id
@@ -216,6 +234,14 @@ defmodule Snakepit.Pool.Call do
         pool: lease.pool,
         exit_status: status
       })
+    )
+  end
+
+  defp shutdown_error(error, lease) do
+    Errors.shutdown(
+      "the call was cut short: worker #{lease.worker.id} was stopped because its pool " <>
+        "(or Snakepit) is shutting down",
+      Map.merge(error.details, %{worker_id: lease.worker.id, pool: lease.pool})
     )
   end
 
@@ -352,7 +378,13 @@ defmodule Snakepit.Pool.Call do
           {:error, Error.timeout_error("no worker was free in time", %{pool: name})}
 
         :exit, reason ->
-          {:error, Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
+          if Errors.shutdown_reason?(reason),
+            do:
+              {:error,
+               Errors.shutdown("the pool stopped before the call got a worker", %{pool: name})},
+            else:
+              {:error,
+               Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
       end
     end
   end

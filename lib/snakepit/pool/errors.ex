@@ -83,4 +83,29 @@ defmodule Snakepit.Pool.Errors do
       %{pool: pool_name, reason: :queue_timeout, timeout_ms: ms}
     )
   end
+
+  @doc """
+  The error of a call cut short because its pool (or Snakepit) is shutting
+  down: category `:pool` with `details.reason` `:shutdown`. Not a crash:
+  the crash barrier never retries it.
+  """
+  @spec shutdown(String.t(), map()) :: Error.t()
+  def shutdown(message, details \\ %{}),
+    do: Error.pool_error(message, Map.put(details, :reason, :shutdown))
+
+  @doc """
+  Is `reason` (the exit of a `GenServer.call/3` to a pool) that of a pool
+  stopping on purpose?
+
+      iex> Snakepit.Pool.Errors.shutdown_reason?({:shutdown, {GenServer, :call, []}})
+      true
+      iex> Snakepit.Pool.Errors.shutdown_reason?({:killed, {GenServer, :call, []}})
+      false
+  """
+  @spec shutdown_reason?(term()) :: boolean()
+  def shutdown_reason?({reason, {GenServer, :call, _}}), do: shutdown_reason?(reason)
+  def shutdown_reason?(:shutdown), do: true
+  def shutdown_reason?({:shutdown, _}), do: true
+  def shutdown_reason?(:normal), do: true
+  def shutdown_reason?(_), do: false
 end

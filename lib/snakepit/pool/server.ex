@@ -76,56 +76,22 @@ defmodule Snakepit.Pool.Server do
     {:noreply, Enum.reduce(state.order, state, &Slots.start_batch(&2, &1))}
   end
 
+  @affinities [nil, :hint, :strict_queue, :strict_fail_fast]
+
   @impl true
   def handle_call({:checkout, request}, {caller, _} = from, state) do
-    name = request.pool || state.default
+    if valid_request?(request) do
+      checkout(request, caller, from, state)
+    else
+      malformed({:checkout, request})
 
-    case Map.fetch(state.pools, name) do
-      :error ->
-        {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
-         state}
-
-      {:ok, pool} ->
-        mref = Process.monitor(caller)
-        request = %{request | pool: name} |> Map.merge(%{from: from, mref: mref, now: now()})
-
-        case State.checkout(pool, request) do
-          {:granted, worker, pool} ->
-            Leases.note_session(request, worker)
-
-            {:reply, {:ok, Leases.lease(state, request, worker)},
-             %{
-               put_pool(state, name, pool)
-               | callers: Map.put(state.callers, mref, {name, request.ref})
-             }}
-
-          {:queued, pool} ->
-            timer = Leases.schedule_queue_timeout(request, pool)
-            pool = State.annotate_waiting(pool, request.ref, %{timer: timer})
-
-            {:noreply,
-             %{
-               put_pool(state, name, pool)
-               | callers: Map.put(state.callers, mref, {name, request.ref})
-             }}
-
-          {:error, :overloaded, pool} ->
-            Process.demonitor(mref, [:flush])
-            error = Errors.checkout_error(:overloaded, pool, request)
-            delay = Admission.refusal_delay(request, now(), error.details.retry_after_ms)
-            Process.send_after(self(), {:refuse, from, error}, delay)
-            {:noreply, put_pool(state, name, pool)}
-
-          {:error, reason, pool} ->
-            Process.demonitor(mref, [:flush])
-
-            {:reply, {:error, Errors.checkout_error(reason, pool, request)},
-             put_pool(state, name, pool)}
-        end
+      {:reply, {:error, Error.validation_error("malformed checkout request", %{pool: self()})},
+       state}
     end
   end
 
-  def handle_call({:await, kind, which}, from, state) do
+  def handle_call({:await, kind, which}, from, state)
+      when kind in [:ready, :complete] and (which == :all or is_atom(which)) do
     if which != :all and not Map.has_key?(state.pools, which) do
       {:reply, {:error, Error.pool_error("unknown pool #{inspect(which)}", %{pool: which})},
        state}
@@ -180,37 +146,7 @@ defmodule Snakepit.Pool.Server do
     {:reply, load, state}
   end
 
-  def handle_call(:status, _from, state) do
-    now = now()
-
-    pools =
-      for name <- state.order do
-        pool = state.pools[name]
-        rt = state.runtime[name]
-
-        workers =
-          for {id, w} <- Enum.sort_by(pool.workers, &elem(&1, 0)) do
-            %{
-              id: id,
-              os_pid: Map.get(w, :os_pid),
-              load: w.load,
-              capacity: w.capacity,
-              status: w.status,
-              uptime_ms: Runtime.uptime(rt, id, now)
-            }
-          end
-
-        %{
-          name: name,
-          profile: pool.config.worker_profile,
-          pool_size: pool.config.pool_size,
-          stats: Map.merge(State.stats(pool), timing_stats([pool], [rt.timings])),
-          workers: workers
-        }
-      end
-
-    {:reply, pools, state}
-  end
+  def handle_call(:status, _from, state), do: {:reply, status(state), state}
 
   def handle_call(:worker_details, _from, state) do
     details =
@@ -221,17 +157,142 @@ defmodule Snakepit.Pool.Server do
     {:reply, details, state}
   end
 
-  def handle_call({:recycle, name, id, reason}, _from, state) do
+  def handle_call({:recycle, name, id, reason}, _from, state)
+      when is_map_key(state.pools, name) and is_binary(id) and is_atom(reason) do
     {reply, state} = Slots.recycle(state, name, id, reason)
     {:reply, reply, state}
   end
 
+  def handle_call({:recycle, _name, _id, _reason}, _from, state),
+    do: {:reply, {:error, :not_found}, state}
+
+  # A request nobody sends on purpose: answered, logged, the pool goes on.
+  def handle_call(request, _from, state) do
+    malformed(request)
+    {:reply, {:error, Error.validation_error("unknown request to the pool")}, state}
+  end
+
   @impl true
-  def handle_info({:checkin, name, ref, :cancel}, state) do
+  def handle_cast(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
+  defp malformed(message), do: Snakepit.Logger.malformed(:pool, "Snakepit.Pool", message)
+
+  # The request a caller's checkout/2 builds from checked options; anything
+  # else is refused before it reaches the scheduling state.
+  defp valid_request?(
+         %{
+           ref: ref,
+           request_id: request_id,
+           pool: pool,
+           session_id: session,
+           affinity: affinity,
+           stored_worker: stored,
+           avoid: avoid,
+           deadline: deadline,
+           command: command,
+           queue_cap: cap
+         } = request
+       )
+       when map_size(request) == 10 and is_reference(ref) and is_binary(request_id) and
+              (is_nil(command) or is_binary(command)) and
+              is_atom(pool) and (is_nil(session) or is_binary(session)) and
+              affinity in @affinities and (is_nil(stored) or is_binary(stored)) and
+              is_list(avoid) and (deadline == :infinity or is_integer(deadline)) and
+              (cap == :infinity or (is_integer(cap) and cap >= 0)),
+       do: Enum.all?(avoid, &is_binary/1)
+
+  defp valid_request?(_request), do: false
+
+  defp checkout(request, caller, from, state) do
+    name = request.pool || state.default
+
+    case Map.fetch(state.pools, name) do
+      :error ->
+        {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
+         state}
+
+      {:ok, pool} ->
+        mref = Process.monitor(caller)
+        request = %{request | pool: name} |> Map.merge(%{from: from, mref: mref, now: now()})
+
+        case State.checkout(pool, request) do
+          {:granted, worker, pool} ->
+            Leases.note_session(request, worker)
+
+            {:reply, {:ok, Leases.lease(state, request, worker)},
+             %{
+               put_pool(state, name, pool)
+               | callers: Map.put(state.callers, mref, {name, request.ref})
+             }}
+
+          {:queued, pool} ->
+            timer = Leases.schedule_queue_timeout(request, pool)
+            pool = State.annotate_waiting(pool, request.ref, %{timer: timer})
+
+            {:noreply,
+             %{
+               put_pool(state, name, pool)
+               | callers: Map.put(state.callers, mref, {name, request.ref})
+             }}
+
+          {:error, :overloaded, pool} ->
+            Process.demonitor(mref, [:flush])
+            error = Errors.checkout_error(:overloaded, pool, request)
+            delay = Admission.refusal_delay(request, now(), error.details.retry_after_ms)
+            Process.send_after(self(), {:refuse, from, error}, delay)
+            {:noreply, put_pool(state, name, pool)}
+
+          {:error, reason, pool} ->
+            Process.demonitor(mref, [:flush])
+
+            {:reply, {:error, Errors.checkout_error(reason, pool, request)},
+             put_pool(state, name, pool)}
+        end
+    end
+  end
+
+  defp status(state) do
+    now = now()
+
+    for name <- state.order do
+      pool = state.pools[name]
+      rt = state.runtime[name]
+
+      workers =
+        for {id, w} <- Enum.sort_by(pool.workers, &elem(&1, 0)) do
+          %{
+            id: id,
+            os_pid: Map.get(w, :os_pid),
+            load: w.load,
+            capacity: w.capacity,
+            status: w.status,
+            uptime_ms: Runtime.uptime(rt, id, now)
+          }
+        end
+
+      %{
+        name: name,
+        profile: pool.config.worker_profile,
+        pool_size: pool.config.pool_size,
+        stats: Map.merge(State.stats(pool), timing_stats([pool], [rt.timings])),
+        workers: workers
+      }
+    end
+  end
+
+  @impl true
+  # Messages naming a pool are taken only for a pool this process has;
+  # anything else falls through to the last clause, which logs and drops it.
+  def handle_info({:checkin, name, ref, :cancel}, state)
+      when is_map_key(state.pools, name) and is_reference(ref) do
     {:noreply, Leases.stop_call(state, name, ref, true)}
   end
 
-  def handle_info({:checkin, name, ref, outcome}, state) do
+  def handle_info({:checkin, name, ref, outcome}, state)
+      when is_map_key(state.pools, name) and is_reference(ref) and outcome in [:ok, :error] do
     {:noreply, Leases.release(state, name, ref, outcome)}
   end
 
@@ -256,7 +317,7 @@ defmodule Snakepit.Pool.Server do
     {:noreply, Leases.hard_stop(%{state | stopping: stopping}, name, worker)}
   end
 
-  def handle_info({:queue_timeout, name, ref, ms}, state) do
+  def handle_info({:queue_timeout, name, ref, ms}, state) when is_map_key(state.pools, name) do
     case State.cancel(state.pools[name], ref, :timeout) do
       {:dropped, request, pool} ->
         Process.demonitor(request.mref, [:flush])
@@ -294,9 +355,11 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
-  def handle_info({:cancel_checkout, name, ref}, state) do
-    name = name || state.default
+  def handle_info({:cancel_checkout, nil, ref}, state),
+    do: handle_info({:cancel_checkout, state.default, ref}, state)
 
+  def handle_info({:cancel_checkout, name, ref}, state)
+      when is_map_key(state.pools, name) and is_reference(ref) do
     state =
       case State.cancel(state.pools[name], ref, :caller_down) do
         {:dropped, request, pool} ->
@@ -311,12 +374,13 @@ defmodule Snakepit.Pool.Server do
     {:noreply, state}
   end
 
-  def handle_info({:next_batch, name}, state) do
+  def handle_info({:next_batch, name}, state) when is_map_key(state.pools, name) do
     state = put_runtime(state, name, Runtime.batch_timer(state.runtime[name], nil))
     {:noreply, Slots.start_batch(state, name)}
   end
 
-  def handle_info({:worker_ready, name, worker}, state) do
+  def handle_info({:worker_ready, name, %{id: id, pid: pid} = worker}, state)
+      when is_map_key(state.pools, name) and is_binary(id) and is_pid(pid) do
     ref = Process.monitor(worker.pid)
     rt = state.runtime[name]
 
@@ -345,7 +409,8 @@ defmodule Snakepit.Pool.Server do
     {:noreply, state |> put_pool(name, pool) |> Leases.perform(name, actions) |> answer_waiters()}
   end
 
-  def handle_info({:worker_failed, name, id, error}, state) do
+  def handle_info({:worker_failed, name, id, %{message: _, details: %{}} = error}, state)
+      when is_map_key(state.pools, name) and is_binary(id) do
     Snakepit.Logger.error(:pool, "Snakepit worker #{id} failed to start: #{error.message}")
 
     if Runtime.replacement?(state.runtime[name], id) do
@@ -371,7 +436,7 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
-  def handle_info({:worker_restarting, name, id, info}, state) do
+  def handle_info({:worker_restarting, name, id, %{failures: _, delay_ms: _} = info}, state) do
     case state.pools[name] do
       nil ->
         {:noreply, state}
@@ -381,7 +446,8 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
-  def handle_info({:max_requests, name, id}, state) do
+  def handle_info({:max_requests, name, id}, state)
+      when is_map_key(state.pools, name) and is_binary(id) do
     {_reply, state} = Slots.recycle(state, name, id, :max_requests)
     {:noreply, state}
   end
@@ -413,7 +479,15 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
-  def handle_info(_other, state), do: {:noreply, state}
+  # A late answer to a CancelTool already given up on, or its timer firing
+  # as the answer came.
+  def handle_info({ref, _late}, state) when is_reference(ref), do: {:noreply, state}
+  def handle_info({:stop_timeout, ref}, state) when is_reference(ref), do: {:noreply, state}
+
+  def handle_info(other, state) do
+    malformed(other)
+    {:noreply, state}
+  end
 
   defp schedule_prune,
     do: Process.send_after(self(), :prune_sessions, Defaults.session_cleanup_interval())

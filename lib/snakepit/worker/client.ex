@@ -139,7 +139,15 @@ defmodule Snakepit.GRPC.Client do
     case start_stream(worker, ref, tool, args, call_opts) do
       {:ok, stream} ->
         try do
-          consume(ref, stream, callback, stream_wait(stream, call_opts.timeout_ms), tool, worker)
+          consume(%{
+            ref: ref,
+            stream: stream,
+            callback: callback,
+            wait: stream_wait(stream, call_opts.timeout_ms),
+            stop_at: stop_at(call_opts.timeout_ms),
+            tool: tool,
+            worker: worker
+          })
         after
           # Also when the callback raises: cancel, so Python stops producing.
           cancel_stream(stream)
@@ -240,22 +248,34 @@ defmodule Snakepit.GRPC.Client do
   defp lane_wait(0), do: :infinity
   defp lane_wait(timeout_ms), do: timeout_ms
 
-  defp consume(ref, stream, callback, wait, tool, worker) do
+  # The stream's deadline on the monotonic ms clock (:infinity without one).
+  defp stop_at(0), do: :infinity
+  defp stop_at(timeout_ms), do: System.monotonic_time(:millisecond) + timeout_ms
+
+  # One chunk (or batch) at a time, the callback in this process. The
+  # deadline is checked after every callback as well as while waiting, so
+  # a slow callback with chunks already waiting cannot stretch the stream
+  # past it: it ends at most one callback's time after the deadline.
+  defp consume(%{ref: ref, stream: stream, tool: tool, worker: worker} = s) do
     receive do
       {^ref, {:chunk, data, is_final}} ->
-        case callback.(chunk_map(data, is_final)) do
+        case s.callback.(chunk_map(data, is_final)) do
           :halt ->
             cancel_stream(stream)
             flush(ref)
             {:ok, if(is_final, do: :ended, else: :abandoned)}
 
           _ ->
-            ack_stream(stream, 1)
-            consume(ref, stream, callback, wait, tool, worker)
+            if not is_final and past?(s.stop_at) do
+              stream_timed_out(s)
+            else
+              ack_stream(stream, 1)
+              consume(s)
+            end
         end
 
       {^ref, {:chunks, chunks, tail}} ->
-        case deliver(chunks, callback) do
+        case deliver(chunks, s) do
           {:halt, final?} ->
             cancel_stream(stream)
             flush(ref)
@@ -266,7 +286,10 @@ defmodule Snakepit.GRPC.Client do
 
           :ok ->
             ack_stream(stream, length(chunks))
-            consume(ref, stream, callback, wait, tool, worker)
+            consume(s)
+
+          :past_deadline ->
+            stream_timed_out(s)
         end
 
       {^ref, :done} ->
@@ -280,21 +303,36 @@ defmodule Snakepit.GRPC.Client do
       {^ref, {:error, _} = error} ->
         {translate(error, tool, worker), :abandoned}
     after
-      after_ms(wait) ->
-        {{:error, Error.timeout_error(stream_timeout(tool, wait), %{tool: tool})}, :abandoned}
+      after_ms(s.wait) ->
+        {{:error, Error.timeout_error(stream_timeout(tool, s.wait), %{tool: tool})}, :abandoned}
     end
+  end
+
+  defp past?(:infinity), do: false
+  defp past?(stop_at), do: System.monotonic_time(:millisecond) >= stop_at
+
+  defp stream_timed_out(s) do
+    cancel_stream(s.stream)
+    flush(s.ref)
+
+    {{:error,
+      Error.timeout_error("stream #{s.tool} did not finish in time", %{
+        tool: s.tool,
+        worker_id: s.worker.id
+      })}, :abandoned}
   end
 
   defp stream_timeout(tool, {:deadline, _}), do: "stream #{tool} did not finish in time"
   defp stream_timeout(tool, wait_ms), do: "stream #{tool} sent nothing for #{wait_ms} ms"
 
-  # Runs the callback on each chunk of a batch until one says :halt.
-  defp deliver([], _callback), do: :ok
+  # Runs the callback on each chunk of a batch until one says :halt, or
+  # the deadline passes with more of the batch left.
+  defp deliver([], _s), do: :ok
 
-  defp deliver([{:chunk, data, is_final} | rest], callback) do
-    case callback.(chunk_map(data, is_final)) do
+  defp deliver([{:chunk, data, is_final} | rest], s) do
+    case s.callback.(chunk_map(data, is_final)) do
       :halt -> {:halt, is_final}
-      _ -> deliver(rest, callback)
+      _ -> if not is_final and past?(s.stop_at), do: :past_deadline, else: deliver(rest, s)
     end
   end
 

@@ -6,7 +6,8 @@ defmodule Snakepit.Worker.ExitStatus do
   A *status* says how a Python process ended: `{:exited, code}`,
   `{:signaled, signal}`, `:heartbeat_timeout` (it stopped answering and was
   killed), `:hard_stop` (killed because a cancelled call would not stop),
-  `:oom_killed` (the kernel's OOM killer) or `:unknown`. A *reason* is the
+  `:oom_killed` (the kernel's OOM killer), `:stopped` (stopped on purpose:
+  its pool or Snakepit shut down) or `:unknown`. A *reason* is the
   exit reason of the `Snakepit.GRPCWorker` that owned it.
   """
 
@@ -16,6 +17,7 @@ defmodule Snakepit.Worker.ExitStatus do
           | :heartbeat_timeout
           | :hard_stop
           | :oom_killed
+          | :stopped
           | :unknown
 
   @signal_names %{
@@ -64,6 +66,22 @@ defmodule Snakepit.Worker.ExitStatus do
     end
   rescue
     ArgumentError -> :unknown
+  end
+
+  @doc """
+  Did the worker of the Python process `os_pid` record, at or after `since`
+  (`System.monotonic_time/0`), that it was stopped on purpose (`:stopped`)?
+  A call whose transport failed learns from this, without waiting, that
+  its worker was shut down rather than crashed.
+  """
+  @spec stopped_since?(pos_integer() | nil, integer()) :: boolean()
+  def stopped_since?(os_pid, since) do
+    case :ets.lookup(@table, os_pid) do
+      [{_, :stopped, at}] -> at >= since
+      _ -> false
+    end
+  rescue
+    ArgumentError -> false
   end
 
   @doc """
@@ -119,6 +137,7 @@ defmodule Snakepit.Worker.ExitStatus do
   def describe(:heartbeat_timeout), do: "stopped answering heartbeats and was killed"
   def describe(:hard_stop), do: "was killed because a cancelled call did not stop"
   def describe(:oom_killed), do: "was killed by the kernel's OOM killer"
+  def describe(:stopped), do: "was stopped (its pool or Snakepit shut down)"
   def describe(_), do: "exited (status unknown)"
 
   @doc """

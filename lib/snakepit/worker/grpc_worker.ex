@@ -16,7 +16,7 @@ defmodule Snakepit.GRPCWorker do
   require Logger
 
   alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir}
-  alias Snakepit.Worker.ExitStatus
+  alias Snakepit.Worker.{ExitStatus, Output}
   alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
   alias Snakepit.ProcessKiller
@@ -72,6 +72,7 @@ defmodule Snakepit.GRPCWorker do
       lane_reader: nil,
       address: nil,
       output: :queue.new(),
+      output_log: Output.new(),
       startup_error: nil,
       oom_kills: nil,
       started_at: System.monotonic_time(),
@@ -94,6 +95,9 @@ defmodule Snakepit.GRPCWorker do
          # Recorded before the spawn, so a crash right after still leaves a trace.
          :ok <- ProcessRegistry.reserve_worker(state.id),
          {:ok, {os_pid, handle}} <- spawn(python, argv, env, state.config) do
+      # From now on at most Output.window() output lines are in flight to
+      # this process; the native core drops (and counts) the rest.
+      _ = Native.process_output_ack(handle, 0, Output.window())
       :ok = ProcessRegistry.activate_worker(state.id, self(), os_pid, RunID.current())
       timer = Process.send_after(self(), :startup_timeout, state.config.startup_timeout)
       {:noreply, %{state | os_pid: os_pid, handle: handle, startup_timer: timer}}
@@ -158,8 +162,32 @@ defmodule Snakepit.GRPCWorker do
   end
 
   @impl true
+  def handle_info({:snakepit_process, os_pid, {stream, _line} = event}, %{os_pid: os_pid} = state)
+      when stream in [:stdout, :stderr] do
+    handle_process_event(event, ack_output(state))
+  end
+
   def handle_info({:snakepit_process, os_pid, event}, %{os_pid: os_pid} = state) do
     handle_process_event(event, state)
+  end
+
+  def handle_info(:report_output, state) do
+    {count, output_log} = Output.take_report(state.output_log)
+
+    if count > 0 do
+      Telemetry.emit([:snakepit, :worker, :output_dropped], %{count: count}, %{
+        worker_id: state.id,
+        pool: state.pool_name
+      })
+
+      Snakepit.Logger.warning(
+        :worker,
+        "worker #{state.id}: #{count} lines of its output were dropped (more than " <>
+          "#{Output.lines_per_second()} lines a second, or faster than they could be handled)"
+      )
+    end
+
+    {:noreply, %{state | output_log: output_log}}
   end
 
   def handle_info(:startup_timeout, %{status: :starting} = state) do
@@ -264,17 +292,20 @@ defmodule Snakepit.GRPCWorker do
   end
 
   defp handle_process_event({:stderr, "SNAKEPIT_STARTUP_ERROR " <> message}, state) do
+    message = Output.printable(message)
     {:noreply, keep_output(%{state | startup_error: message}, message)}
   end
 
-  # Output is kept only to explain a failed start; once ready it is logged.
+  # Output is kept only to explain a failed start; once ready it is logged,
+  # within Output's bounds.
   defp handle_process_event({stream, line}, %{status: :starting} = state)
        when stream in [:stdout, :stderr],
        do: {:noreply, keep_output(state, line)}
 
   defp handle_process_event({stream, line}, state) when stream in [:stdout, :stderr] do
-    Logger.debug("[#{state.id}] #{line}")
-    {:noreply, state}
+    {verdict, output_log} = Output.admit(state.output_log, System.monotonic_time(:millisecond))
+    if verdict == :log, do: Logger.debug(fn -> "[#{state.id}] #{Output.printable(line)}" end)
+    {:noreply, note_dropped(%{state | output_log: output_log}, 0)}
   end
 
   defp handle_process_event({:exit, status}, %{status: :starting} = state) do
@@ -308,8 +339,21 @@ defmodule Snakepit.GRPCWorker do
     {:stop, {:shutdown, {:python_exited, status}}, %{state | os_pid: nil, handle: nil}}
   end
 
+  # One output message handled: tell the native core, and learn how many
+  # lines it dropped meanwhile.
+  defp ack_output(%{handle: nil} = state), do: state
+
+  defp ack_output(state),
+    do: note_dropped(state, Native.process_output_ack(state.handle, 1, Output.window()))
+
+  defp note_dropped(state, n) do
+    {schedule?, output_log} = Output.schedule_report?(Output.dropped(state.output_log, n))
+    if schedule?, do: Process.send_after(self(), :report_output, Output.report_interval_ms())
+    %{state | output_log: output_log}
+  end
+
   defp keep_output(state, line) do
-    output = :queue.in(line, state.output)
+    output = :queue.in(Output.printable(line), state.output)
     output = if :queue.len(output) > @kept_lines, do: :queue.drop(output), else: output
     %{state | output: output}
   end
@@ -470,7 +514,13 @@ defmodule Snakepit.GRPCWorker do
   end
 
   @impl true
-  def terminate(_reason, state) do
+  def terminate(reason, state) do
+    # Stopped on purpose (its pool or Snakepit shutting down): recorded
+    # first, so a call whose transport fails now reports a shutdown, not a
+    # crash, and without waiting to find out.
+    if reason in [:shutdown, :normal] and state.os_pid,
+      do: ExitStatus.record(state.os_pid, :stopped)
+
     # Calls waiting on the lane hear it now (the reader closes it too, but
     # it may be killed with this process before it can).
     if state.lane, do: Native.lane_close(state.lane, "the worker #{state.id} stopped")

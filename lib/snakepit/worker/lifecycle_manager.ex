@@ -204,7 +204,8 @@ defmodule Snakepit.Worker.LifecycleManager do
   end
 
   @impl true
-  def handle_cast({:track, pool, id, pid, config, started_at}, state) do
+  def handle_cast({:track, pool, id, pid, %{memory_threshold_mb: _} = config, started_at}, state)
+      when is_binary(id) and is_pid(pid) and is_integer(started_at) do
     os_pid =
       case Snakepit.Pool.Registry.get_worker_metadata(id) do
         {:ok, %{os_pid: os_pid}} -> os_pid
@@ -227,6 +228,14 @@ defmodule Snakepit.Worker.LifecycleManager do
   end
 
   def handle_cast({:recycled, pool, reason}, state), do: {:noreply, count(state, pool, reason)}
+
+  def handle_cast(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
+  defp malformed(message),
+    do: Snakepit.Logger.malformed(:lifecycle, "Snakepit.Worker.LifecycleManager", message)
 
   @impl true
   def handle_call(:stats, _from, state) do
@@ -253,6 +262,11 @@ defmodule Snakepit.Worker.LifecycleManager do
   end
 
   def handle_call(:memory_recycles, _from, state), do: {:reply, state.memory_recycles, state}
+
+  def handle_call(request, _from, state) do
+    malformed(request)
+    {:reply, {:error, :unknown_request}, state}
+  end
 
   @impl true
   def handle_info(:check, state) do

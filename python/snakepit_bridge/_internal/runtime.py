@@ -485,9 +485,11 @@ class ToolRunner:
         except (StreamCancelled, asyncio.CancelledError) as exc:
             _stream_ended(call, exc)
             return
-        except Exception as exc:  # noqa: BLE001
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and bare BaseException too
             _stream_ended(call, exc)
-            channel.fail(exc)
+            _fail_stream(channel, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             return
         _stream_ended(call)
 
@@ -532,12 +534,13 @@ class ToolRunner:
         except StreamCancelled as exc:
             _stream_ended(call, exc)
             return
-        except Exception as exc:  # noqa: BLE001
+        except CallCancelled:
+            raise  # _stoppable_producer reports it
+        except BaseException as exc:  # noqa: BLE001 - SystemExit and bare BaseException too
             _stream_ended(call, exc)
-            try:
-                channel.fail(exc)
-            except StreamCancelled:
-                pass
+            _fail_stream(channel, exc)
+            if isinstance(exc, KeyboardInterrupt):
+                raise
             return
         _stream_ended(call)
 
@@ -585,6 +588,16 @@ def _cancelling() -> bool:
     """Is the current task itself being cancelled (not just a task it awaited)?"""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _fail_stream(channel: Any, exc: BaseException) -> None:
+    """End the stream with ``exc`` as its error chunk. Whatever a producer
+    raised, ``SystemExit`` and bare ``BaseException`` included, reaches the
+    caller as an error instead of a stream that goes silent."""
+    try:
+        channel.fail(exc)
+    except StreamCancelled:
+        pass
 
 
 def _stoppable_producer(active: ActiveCall, produce: Callable[[], None], channel: Channel) -> None:

@@ -77,7 +77,8 @@ pub fn execute(resp: ExecuteToolResponse) -> Payload {
     match json::parse(&resp.result_json) {
         Ok(value) => match json::reply_term(&resp.result_json, value) {
             Ok(term) => Box::new(move |env| (atoms::ok(), term(env)).encode(env)),
-            Err(msg) => error_payload(NifError::new(atoms::internal(), msg)),
+            // A bad zero-copy ref in the reply: refused, the worker is fine.
+            Err(msg) => error_payload(NifError::invalid(msg)),
         },
         Err(msg) => error_payload(NifError::new(atoms::invalid_json(), msg)),
     }
@@ -99,7 +100,7 @@ pub fn chunk(chunk: ToolChunk) -> Payload {
                 let data = (atoms::json(), term(env));
                 (atoms::chunk(), data, is_final).encode(env)
             }),
-            Err(msg) => error_payload(NifError::new(atoms::internal(), msg)),
+            Err(msg) => error_payload(NifError::invalid(msg)),
         },
         Err(_) => {
             let bytes = chunk.data;

@@ -4,7 +4,7 @@ use std::ffi::CString;
 use std::future::Future;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
 
@@ -20,6 +20,7 @@ use crate::error::NifError;
 /// closes the guard pipe, which takes the worker's process group down.
 pub struct ProcessHandle {
     guard_pipe: Mutex<Option<OwnedFd>>,
+    output: Arc<watch::OutputGate>,
 }
 
 #[rustler::resource_impl]
@@ -115,10 +116,20 @@ impl Started {
             Some(guard) => (Some(guard.pipe), Some(guard.pidfd)),
             None => (None, None),
         };
+        let output = Arc::new(watch::OutputGate::default());
         let handle = ResourceArc::new(ProcessHandle {
             guard_pipe: Mutex::new(guard_pipe),
+            output: output.clone(),
         });
-        watch::watch(owner, self.pid, self.stdout, self.stderr, exit, guard_pidfd);
+        watch::watch(
+            owner,
+            self.pid,
+            self.stdout,
+            self.stderr,
+            exit,
+            guard_pidfd,
+            output,
+        );
         (atoms::ok(), (self.pid, handle)).encode(env)
     }
 }
@@ -131,6 +142,14 @@ fn release_process(handle: ResourceArc<ProcessHandle>) -> Atom {
         pipe.take();
     }
     atoms::ok()
+}
+
+/// The owner handled `acked` more output lines of the child and wants at
+/// most `window` unacknowledged (0: no limit, the default); returns how
+/// many lines were dropped since its last call because the window was full.
+#[rustler::nif]
+fn process_output_ack(handle: ResourceArc<ProcessHandle>, acked: u64, window: u64) -> u64 {
+    handle.output.ack(acked, window)
 }
 
 fn signal_result(env: Env<'_>, result: io::Result<()>) -> Term<'_> {

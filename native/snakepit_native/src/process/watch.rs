@@ -1,9 +1,16 @@
 //! Forwards a child's output lines and its exit to the owning BEAM process:
 //! `{:snakepit_process, os_pid, {:stdout | :stderr, line}}` and, last,
 //! `{:snakepit_process, os_pid, {:exit, status}}`.
+//!
+//! The owner may bound the lines in flight to it (`OutputGate`): past the
+//! window, lines are read (the child never blocks on a full pipe) and
+//! counted as dropped instead of sent, so a child printing without pause
+//! cannot grow the owner's mailbox without limit.
 
 use std::future::Future;
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use rustler::{Encoder, LocalPid, OwnedEnv};
@@ -19,6 +26,44 @@ const MAX_LINE: usize = 64 * 1024;
 /// grandchild may hold them open long after the child itself is gone.
 const DRAIN_GRACE: Duration = Duration::from_millis(200);
 
+/// Output lines in flight to the owner of one child (both pipes), and the
+/// lines dropped because the owner had not acknowledged enough of them.
+#[derive(Default)]
+pub struct OutputGate {
+    sent: AtomicU64,
+    acked: AtomicU64,
+    /// At most this many lines unacknowledged; 0 is no limit.
+    window: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl OutputGate {
+    /// May one more line be sent? Counts it as sent, or as dropped.
+    fn admit(&self) -> bool {
+        let window = self.window.load(Ordering::Relaxed);
+        if window != 0 {
+            let in_flight = self
+                .sent
+                .load(Ordering::Relaxed)
+                .saturating_sub(self.acked.load(Ordering::Relaxed));
+            if in_flight >= window {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+        }
+        self.sent.fetch_add(1, Ordering::Relaxed);
+        true
+    }
+
+    /// The owner handled `acked` more lines and wants at most `window` in
+    /// flight; returns the lines dropped since its last call.
+    pub fn ack(&self, acked: u64, window: u64) -> u64 {
+        self.window.store(window, Ordering::Relaxed);
+        self.acked.fetch_add(acked, Ordering::Relaxed);
+        self.dropped.swap(0, Ordering::Relaxed)
+    }
+}
+
 fn send_line(env: &mut OwnedEnv, owner: LocalPid, os_pid: i32, stderr: bool, line: &[u8]) -> bool {
     env.send_and_clear(&owner, |env| {
         let tag = if stderr {
@@ -32,7 +77,13 @@ fn send_line(env: &mut OwnedEnv, owner: LocalPid, os_pid: i32, stderr: bool, lin
     .is_ok()
 }
 
-async fn forward_lines(fd: OwnedFd, owner: LocalPid, os_pid: i32, stderr: bool) {
+async fn forward_lines(
+    fd: OwnedFd,
+    owner: LocalPid,
+    os_pid: i32,
+    stderr: bool,
+    gate: Arc<OutputGate>,
+) {
     let Ok(rx) = pipe::Receiver::from_owned_fd(fd) else {
         return;
     };
@@ -52,9 +103,11 @@ async fn forward_lines(fd: OwnedFd, owner: LocalPid, os_pid: i32, stderr: bool) 
                 while matches!(line.last(), Some(b'\n' | b'\r')) {
                     line.pop();
                 }
-                // Keep reading even when the owner is gone, so the child
-                // never blocks on a full pipe.
-                send_line(&mut env, owner, os_pid, stderr, &line);
+                // Keep reading even when the owner is gone, or behind, so
+                // the child never blocks on a full pipe.
+                if gate.admit() {
+                    send_line(&mut env, owner, os_pid, stderr, &line);
+                }
             }
         }
     }
@@ -68,10 +121,11 @@ pub fn watch(
     stderr: OwnedFd,
     exit: impl Future<Output = ExitStatus> + Send + 'static,
     guard_pidfd: Option<OwnedFd>,
+    gate: Arc<OutputGate>,
 ) {
     let rt = crate::runtime::get();
-    let out = rt.spawn(forward_lines(stdout, owner, os_pid, false));
-    let err = rt.spawn(forward_lines(stderr, owner, os_pid, true));
+    let out = rt.spawn(forward_lines(stdout, owner, os_pid, false, gate.clone()));
+    let err = rt.spawn(forward_lines(stderr, owner, os_pid, true, gate));
     rt.spawn(async move {
         let status = exit.await;
         let _ = tokio::time::timeout(DRAIN_GRACE, async {
