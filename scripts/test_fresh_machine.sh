@@ -8,8 +8,9 @@
 #     sudo bash scripts/test_fresh_machine.sh trixie
 #     sudo bash scripts/test_fresh_machine.sh bookworm
 #
-# Needs root (debootstrap, chroot, mounts) and Debian's package mirror. The
-# one thing it lends the chroot is a Rust toolchain: rustup's download server
+# Needs root (debootstrap, chroot, mounts) and Debian's package mirror. It
+# lends the chroot the host's local CA certificates (for a proxy that
+# inspects TLS) and a Rust toolchain: rustup's download server
 # may be out of reach (it is in the sandbox this project is developed in),
 # so the host's ~/.rustup and ~/.cargo are bind-mounted read-only where
 # rustup would put them; everything else the setup installs itself. Pass
@@ -52,6 +53,15 @@ mkdir -p "$CHROOT/root/snakepit"
 git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$CHROOT/root/snakepit"
 
 cp /etc/resolv.conf "$CHROOT/etc/resolv.conf"
+# A proxy that inspects TLS (a sandbox's, a company's) signs with a CA of
+# its own: the host's local CAs and pip settings go along, and the setup's
+# install of ca-certificates trusts them.
+if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+  say "lending the host's local CA certificates"
+  mkdir -p "$CHROOT/usr/local/share/ca-certificates"
+  cp /usr/local/share/ca-certificates/*.crt "$CHROOT/usr/local/share/ca-certificates/"
+fi
+[ -f /etc/pip.conf ] && cp /etc/pip.conf "$CHROOT/etc/pip.conf"
 mount -t proc proc "$CHROOT/proc" && mounts+=("$CHROOT/proc")
 bind /sys "$CHROOT/sys"
 bind /dev "$CHROOT/dev"
