@@ -132,6 +132,12 @@ defmodule Snakepit.Defaults do
        "refused before anything is sent, a reply over it comes back as an error naming " <>
        "the limit. Large arrays and tables are better passed as `Snakepit.ZeroCopy` " <>
        "references."},
+    {:python_log_level, [:python_log_level], :warning,
+     quote(do: :debug | :info | :warning | :error | :none),
+     "Lowest level of the workers' Python `logging` records sent to Elixir's `Logger` " <>
+       "(Python's own default, `:warning`; `:none` sends none). Records arrive at the " <>
+       "mapped level (DEBUG to `:debug`, INFO to `:info`, WARNING to `:warning`, ERROR and " <>
+       "CRITICAL to `:error`) with metadata; see `Snakepit.Worker.PythonLog`."},
     {:pool_await_ready_timeout, [:pool_await_ready_timeout], 15_000, quote(do: timeout()),
      "Default timeout (ms) of `Snakepit.Pool.await_ready/2`."},
     {:pool_max_queue_size, [:pool_max_queue_size], 1000, quote(do: pos_integer()),

@@ -16,7 +16,7 @@ defmodule Snakepit.GRPCWorker do
   require Logger
 
   alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir}
-  alias Snakepit.Worker.{ExitStatus, Output}
+  alias Snakepit.Worker.{ExitStatus, Output, PythonLog}
   alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
   alias Snakepit.ProcessKiller
@@ -304,7 +304,12 @@ defmodule Snakepit.GRPCWorker do
 
   defp handle_process_event({stream, line}, state) when stream in [:stdout, :stderr] do
     {verdict, output_log} = Output.admit(state.output_log, System.monotonic_time(:millisecond))
-    if verdict == :log, do: Logger.debug(fn -> "[#{state.id}] #{Output.printable(line)}" end)
+
+    if verdict == :log do
+      {level, message, metadata} = PythonLog.entry(stream, line, state.id, state.pool_name)
+      Logger.log(level, message, metadata)
+    end
+
     {:noreply, note_dropped(%{state | output_log: output_log}, 0)}
   end
 

@@ -14,7 +14,8 @@ defmodule Snakepit.Worker.Output do
       mailbox stays small, so its other messages (a closed call lane, its
       Python process's exit) are handled at once.
     * **Lines logged** - at most `lines_per_second/0` (#{200}) lines per
-      worker per second go to `Logger` (at `:debug`); the rest are dropped.
+      worker per second go to `Logger` (at the level
+      `Snakepit.Worker.PythonLog` gives each); the rest are dropped.
     * **Line size and bytes** - a line is cut to `max_line_bytes/0` (16 KiB)
       with a marker saying how much was cut, bytes that are not UTF-8 become
       U+FFFD and control characters (other than tab) are shown as `\\xNN`,

@@ -98,7 +98,8 @@ defmodule Snakepit.WorkerProfile do
     settings =
       [
         {"SNAKEPIT_HEARTBEAT_CONFIG", JSON.encode!(Map.get(config, :heartbeat, %{}))},
-        {"SNAKEPIT_MAX_MESSAGE_BYTES", Integer.to_string(Snakepit.Defaults.max_message_bytes())}
+        {"SNAKEPIT_MAX_MESSAGE_BYTES", Integer.to_string(Snakepit.Defaults.max_message_bytes())},
+        {"SNAKEPIT_LOG_LEVEL", Snakepit.Worker.PythonLog.worker_level()}
       ] ++ telemetry() ++ instance_token() ++ memory_limit(config) ++ extra
 
     user = config.adapter_env

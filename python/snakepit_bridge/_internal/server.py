@@ -44,8 +44,7 @@ from .. import telemetry
 from ..generated import snakepit_bridge_pb2_grpc as pb_grpc
 from ..heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
 from ..heartbeat import HeartbeatConfig, HeartbeatWatchdog
-from ..session_context import CorrelationLogFilter
-from . import auth
+from . import auth, log_forward
 from .elixir_bridge import ElixirBridgeClient, grpc_channel_options, refresh_limits, set_default_client
 from .lane import LaneServer
 from .runtime import ToolRunner
@@ -451,19 +450,9 @@ class Worker:
 
 
 def _configure_logging(level_name: str, worker_id: str) -> None:
-    level = getattr(logging, str(level_name).upper(), None)
-    if not isinstance(level, int):
-        level = logging.WARNING
-    handler = logging.StreamHandler(sys.stderr)
-    label = f"[{worker_id}]" if worker_id else ""
-    handler.setFormatter(
-        logging.Formatter(f"%(asctime)s %(levelname)s snakepit_bridge{label} %(name)s: %(message)s%(correlation)s")
-    )
-    # Each record of a tool call names its correlation id.
-    handler.addFilter(CorrelationLogFilter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level)
+    # Records reach Elixir's Logger with the worker's id as metadata.
+    del worker_id
+    log_forward.configure(level_name)
 
 
 def _announce_ready(address: str, lane: str = "") -> None:
