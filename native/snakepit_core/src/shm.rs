@@ -43,10 +43,14 @@ pub struct Mapping {
     len: usize,
 }
 
-// SAFETY: the mapping is read-only memory owned by this value, of a file
-// whose size is sealed: no page of it can go away while it is mapped.
+// SAFETY: the mapping is owned by this value and mapped read-only here, of
+// a file whose size is sealed: no page of it can go away while it is
+// mapped, from any thread.
 unsafe impl Send for Mapping {}
-// SAFETY: as above: shared access is read-only.
+// SAFETY: this process only reads it. (A region a worker made with
+// `empty()` is not sealed against writes: its maker may still change its
+// bytes, never its size. That is shared memory's ordinary contract, as for
+// any mmap-based IPC: readers may see changing bytes, never a fault.)
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
@@ -63,7 +67,8 @@ impl Mapping {
             return &[];
         }
         // SAFETY: `ptr` maps `len` readable bytes for as long as `self`,
-        // and the file's size is sealed, so every page stays backed.
+        // and the file's size is sealed, so every page stays backed (the
+        // bytes of a worker's writable region may change, see `Sync`).
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }
@@ -71,7 +76,9 @@ impl Mapping {
 impl Drop for Mapping {
     fn drop(&mut self) {
         if self.len > 0 {
-            sys::munmap(self.ptr, self.len);
+            // SAFETY: `ptr`/`len` are the whole mapping this value owns, and
+            // no slice of it outlives `self` (`as_slice` borrows it).
+            unsafe { sys::munmap(self.ptr, self.len) };
         }
     }
 }

@@ -52,8 +52,11 @@ pub fn start_spawner() {
         std::thread::Builder::new()
             .name("snakepit-spawner".into())
             .spawn(move || {
+                // The parent-death signal of every child fires when this
+                // thread ends: a panicking job must not end it. (The job's
+                // waiter then sees its reply sender dropped: an error.)
                 for job in rx {
-                    job();
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
                 }
             })
             .expect("snakepit: cannot start the spawner thread");

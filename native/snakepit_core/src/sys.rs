@@ -306,10 +306,14 @@ pub fn nofile_limit() -> u64 {
     }
 }
 
-/// Unmaps a range `mmap_shared` returned. Crate-private: only
-/// `shm::Mapping`, which owns its range, calls it.
-pub(crate) fn munmap(ptr: *mut u8, len: usize) {
-    // SAFETY: the caller passes a whole mapping it owns and no longer uses.
+/// Unmaps a range `mmap_shared` returned.
+///
+/// # Safety
+///
+/// `ptr` and `len` must be exactly a mapping `mmap_shared` returned, owned
+/// by the caller, and nothing may use that memory afterwards.
+pub(crate) unsafe fn munmap(ptr: *mut u8, len: usize) {
+    // SAFETY: the caller's contract above.
     unsafe {
         libc::munmap(ptr.cast(), len);
     }

@@ -428,7 +428,7 @@ fn adopt(body: &Map<String, Value>) -> Result<Region, String> {
         }
         (None, Some(Value::String(text))) => {
             // Base64 holds 3 bytes in 4 characters: check before decoding.
-            if (text.len() as u64) / 4 * 3 > bytes + 3 {
+            if (text.len() as u64) / 4 * 3 > bytes.saturating_add(3) {
                 return Err(bad(&format!("it says {bytes} bytes but holds more")));
             }
             let data = base64::engine::general_purpose::STANDARD
