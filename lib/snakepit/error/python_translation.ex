@@ -28,15 +28,13 @@ defmodule Snakepit.Error.PythonTranslation do
   always keeps the real class name.
 
   Errors of workers go through `from_tool_error/4`, which first lets
-  `Snakepit.Error.Parser` recognise the ML families it knows (out of memory,
+  `Snakepit.Error.MLErrors` recognise the ML families it knows (out of memory,
   tensors on different devices, shape mismatches: `Snakepit.Error.OutOfMemory`,
   `Snakepit.Error.DeviceMismatch`, `Snakepit.Error.ShapeMismatch`), whatever
   the Python class, and uses the table above for everything else.
   """
 
   alias Snakepit.Error
-
-  @ml_errors [Error.OutOfMemory, Error.DeviceMismatch, Error.ShapeMismatch]
 
   @modules %{
     "ValueError" => Error.ValueError,
@@ -67,13 +65,8 @@ defmodule Snakepit.Error.PythonTranslation do
   """
   @spec from_tool_error(String.t(), String.t(), String.t() | nil, map()) :: Exception.t()
   def from_tool_error(python_type, message, traceback, context \\ %{}) do
-    parsed =
-      Error.Parser.parse(%{"type" => python_type, "message" => message, "traceback" => traceback})
-
-    case parsed do
-      {:ok, %module{} = ml_error} when module in @ml_errors -> ml_error
-      _ -> translate(python_type, message, traceback, context)
-    end
+    Error.MLErrors.detect(python_type || "", message || "") ||
+      translate(python_type, message, traceback, context)
   end
 
   @doc """

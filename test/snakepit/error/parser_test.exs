@@ -10,25 +10,37 @@ defmodule Snakepit.Error.ParserTest do
   @mib 1024 * 1024
 
   describe "parse/1 fallback" do
-    test "plain Python exceptions become python_error with traceback" do
-      assert {:ok, %Error{} = error} =
+    test "plain Python exceptions become the struct of their class, as calls return them" do
+      assert {:ok, %Error.KeyError{} = error} =
                Parser.parse(%{
                  "type" => "KeyError",
                  "message" => "'missing'",
                  "traceback" => "Traceback (most recent call last):\n  File \"x.py\""
                })
 
-      assert error.category == :python_error
-      assert error.message == "KeyError: 'missing'"
-      assert error.details.exception_type == "KeyError"
+      assert error.python_type == "KeyError"
+      assert error.message == "'missing'"
       assert error.python_traceback =~ "x.py"
+
+      for {type, module} <- [
+            {"ValueError", Error.ValueError},
+            {"TypeError", Error.TypeError},
+            {"IndexError", Error.IndexError},
+            {"AttributeError", Error.AttributeError},
+            {"RuntimeError", Error.RuntimeError},
+            {"ImportError", Error.ImportError},
+            {"CustomError", Error.PythonException}
+          ] do
+        assert {:ok, %^module{python_type: ^type}} =
+                 Parser.parse(%{"type" => type, "message" => "m"})
+      end
     end
 
     test "atom keys and error_type are accepted" do
-      assert {:ok, %Error{message: "ValueError: bad"}} =
+      assert {:ok, %Error.ValueError{message: "bad"}} =
                Parser.parse(%{type: "ValueError", message: "bad"})
 
-      assert {:ok, %Error{message: "TypeError: x"}} =
+      assert {:ok, %Error.TypeError{message: "x"}} =
                Parser.parse(%{"error_type" => "TypeError", "message" => "x"})
     end
 
@@ -207,14 +219,14 @@ defmodule Snakepit.Error.ParserTest do
           "traceback" => "tb"
         })
 
-      assert {:ok, %Error{category: :python_error, python_traceback: "tb"} = error} =
+      assert {:ok, %Error.ZeroDivisionError{python_traceback: "tb"} = error} =
                Parser.from_grpc_error(%{
                  status: :unknown,
                  message: "call failed",
                  details: details
                })
 
-      assert error.message == "ZeroDivisionError: division by zero"
+      assert error.message == "division by zero"
     end
 
     test "a Python-looking message is parsed" do
