@@ -112,8 +112,24 @@ defmodule Snakepit.ZeroCopy do
   tuple or list; default one dimension over the whole binary), `device:`
   (`:cpu`, the default; `:cuda` and `:mps` are refused for now).
   """
-  @spec to_dlpack(binary(), export_opts()) :: {:ok, ZeroCopyRef.t()} | {:error, Error.t()}
+  @spec to_dlpack(binary() | struct(), export_opts()) ::
+          {:ok, ZeroCopyRef.t()} | {:error, Error.t()}
   def to_dlpack(binary, opts \\ [])
+
+  # An Nx tensor (when the host app has Nx): its own type and shape, its
+  # bytes brought to the host.
+  def to_dlpack(%{__struct__: Nx.Tensor} = tensor, opts) when is_list(opts) do
+    if nx?() do
+      opts =
+        opts
+        |> Keyword.put_new(:dtype, apply(Nx, :type, [tensor]))
+        |> Keyword.put_new(:shape, apply(Nx, :shape, [tensor]))
+
+      to_dlpack(apply(Nx, :to_binary, [tensor]), opts)
+    else
+      invalid("to_dlpack/2 got an Nx tensor, but Nx is not loaded")
+    end
+  end
 
   def to_dlpack(binary, opts) when is_binary(binary) and is_list(opts) do
     with :ok <- check_opts(opts, "to_dlpack/2"),
@@ -156,10 +172,44 @@ defmodule Snakepit.ZeroCopy do
 
   @doc """
   The bytes of a `:dlpack` ref as a binary backed by its region (no copy;
-  `copy: true` makes an ordinary copy instead).
+  `copy: true` makes an ordinary copy instead). With `as: :tensor` (when
+  the host app has Nx), an `Nx.Tensor` of the ref's dtype and shape over
+  those bytes (`as: :binary` is the default).
   """
-  @spec from_dlpack(ZeroCopyRef.t(), keyword()) :: {:ok, binary()} | {:error, Error.t()}
-  def from_dlpack(ref, opts \\ []), do: read(ref, :dlpack, opts)
+  @spec from_dlpack(ZeroCopyRef.t(), keyword()) ::
+          {:ok, binary() | struct()} | {:error, Error.t()}
+  def from_dlpack(ref, opts \\ []) do
+    case Keyword.keyword?(opts) && Keyword.get(opts, :as, :binary) do
+      :tensor -> to_tensor(ref, Keyword.delete(opts, :as))
+      :binary -> read(ref, :dlpack, Keyword.delete(opts, :as))
+      false -> read(ref, :dlpack, opts)
+      other -> invalid("as must be :binary or :tensor, got: #{describe(other)}")
+    end
+  end
+
+  defp to_tensor(ref, opts) do
+    with {:ok, binary} <- read(ref, :dlpack, opts) do
+      case {nx?(), nx_type(ref.dtype)} do
+        {false, _} ->
+          invalid("from_dlpack/2 with as: :tensor needs Nx, which is not loaded")
+
+        {true, nil} ->
+          invalid("this ref's dtype #{inspect(ref.dtype)} has no Nx type")
+
+        {true, type} ->
+          shape = ref.shape || {div(byte_size(binary), Map.fetch!(@dtypes, ref.dtype))}
+          tensor = apply(Nx, :from_binary, [binary, type])
+          {:ok, apply(Nx, :reshape, [tensor, shape])}
+      end
+    end
+  end
+
+  # Nx's type for a dtype (Nx keeps booleans as u8).
+  defp nx_type(:bool), do: {:u, 8}
+  defp nx_type(dtype) when is_atom(dtype), do: Keyword.get(@typed, dtype)
+  defp nx_type(_dtype), do: nil
+
+  defp nx?, do: Code.ensure_loaded?(Nx) and function_exported?(Nx, :from_binary, 2)
 
   @doc "The Arrow IPC bytes of an `:arrow` ref, like `from_dlpack/2`."
   @spec from_arrow(ZeroCopyRef.t(), keyword()) :: {:ok, binary()} | {:error, Error.t()}

@@ -502,6 +502,32 @@ defmodule Snakepit.ZeroCopyTest do
     end
   end
 
+  describe "Nx tensors" do
+    # With Nx loaded (a stand-in here: test/support/nx_stand_in.ex).
+    test "a tensor goes in with its own type and shape, and comes back as a tensor" do
+      tensor = Nx.reshape(Nx.from_binary(f32(1..6), {:f, 32}), {2, 3})
+
+      assert {:ok, %ZeroCopyRef{dtype: :float32, shape: {2, 3}} = ref} =
+               ZeroCopy.to_dlpack(tensor)
+
+      assert {:ok, %{"a" => %{"shape" => [2, 3], "sum" => 21.0}}} =
+               Snakepit.execute("describe", %{"a" => ref})
+
+      {:ok, out} = Snakepit.execute("scale_array", %{"array" => ref, "factor" => 2})
+
+      assert {:ok, %Nx.Tensor{type: {:f, 32}, shape: {2, 3}} = back} =
+               ZeroCopy.from_dlpack(out, as: :tensor)
+
+      assert floats32(Nx.to_binary(back)) == Enum.map(1..6, &(&1 * 2.0))
+      # The binary form stays the default.
+      assert {:ok, bin} = ZeroCopy.from_dlpack(out)
+      assert is_binary(bin)
+      # Options still win over the tensor's own description.
+      assert {:ok, %ZeroCopyRef{shape: {6}}} = ZeroCopy.to_dlpack(tensor, shape: {6})
+      assert {:error, %Error{category: :validation}} = ZeroCopy.from_dlpack(out, as: :nope)
+    end
+  end
+
   describe "the copying fallback" do
     setup do
       start_pool!(zero_copy: [enabled: false])
