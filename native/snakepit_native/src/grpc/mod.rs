@@ -8,6 +8,7 @@ mod client;
 pub(crate) mod response;
 mod unary;
 
+pub(crate) use channel::max_message_bytes;
 pub(crate) use client::{build_request, DEFAULT_WINDOW};
 
 /// Wall-clock microseconds since the epoch, as heartbeats carry them.
