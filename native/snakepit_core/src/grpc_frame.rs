@@ -81,12 +81,9 @@ mod tests {
 
             #[test]
             fn a_body_is_one_whole_message_or_refused(body in prop::collection::vec(any::<u8>(), 0..64)) {
-                match message(&body) {
-                    Ok(m) => {
-                        prop_assert_eq!(body[0], 0);
-                        prop_assert_eq!(m.len() + 5, body.len());
-                    }
-                    Err(_) => {}
+                if let Ok(m) = message(&body) {
+                    prop_assert_eq!(body[0], 0);
+                    prop_assert_eq!(m.len() + 5, body.len());
                 }
             }
 
