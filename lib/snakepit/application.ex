@@ -17,6 +17,7 @@ defmodule Snakepit.Application do
   @impl true
   def start(_type, _args) do
     with :ok <- check_tcp_host(),
+         :ok <- check_value_limits(),
          {:ok, zero_copy} <- zero_copy_config() do
       start_tree(zero_copy)
     end
@@ -45,6 +46,27 @@ defmodule Snakepit.Application do
     end
   end
 
+  # The value limits the native core and the workers apply, in range.
+  defp check_value_limits do
+    depth = Snakepit.Defaults.max_nesting_depth()
+    digits = Snakepit.Defaults.max_integer_digits()
+
+    cond do
+      not (is_integer(depth) and depth in 1..2_000) ->
+        {:error,
+         {:invalid_config,
+          "max_nesting_depth must be an integer in 1..2000, got #{inspect(depth)}"}}
+
+      not (is_integer(digits) and digits in 20..100_000) ->
+        {:error,
+         {:invalid_config,
+          "max_integer_digits must be an integer in 20..100000, got #{inspect(digits)}"}}
+
+      true ->
+        :ok
+    end
+  end
+
   defp zero_copy_config do
     with {:error, message} <- Snakepit.ZeroCopy.Directory.config(),
          do: {:error, {:invalid_config, message}}
@@ -53,6 +75,12 @@ defmodule Snakepit.Application do
   defp start_tree(zero_copy) do
     Snakepit.Telemetry.choose_backend()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
+
+    Snakepit.Native.set_value_limits(
+      Snakepit.Defaults.max_nesting_depth(),
+      Snakepit.Defaults.max_integer_digits()
+    )
+
     Snakepit.RuntimeDir.create()
     # Before any worker starts: workers are told where regions live.
     Snakepit.ZeroCopy.Directory.open(zero_copy)
