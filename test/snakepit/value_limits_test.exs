@@ -271,3 +271,67 @@ defmodule Snakepit.ValueLimitsTest do
 
   defp deepest(_), do: 0
 end
+
+defmodule Snakepit.ValueLimitsConfigTest do
+  # The limits are settings: what is configured reaches the native core and
+  # every worker alike; values out of range stop the application starting.
+  use ExUnit.Case, async: false
+  @moduletag :python
+
+  alias Snakepit.Error
+  alias Snakepit.Test.AppPool
+
+  defp maps(depth), do: Enum.reduce(1..depth//1, 1, fn _, acc -> %{"d" => acc} end)
+
+  defp start(extra) do
+    AppPool.start!(
+      [
+        python_path: [AppPool.fixtures_dir()],
+        pools: [
+          %{
+            name: :default,
+            pool_size: 1,
+            adapter_args: ["--adapter", "limits_adapter.LimitsAdapter"]
+          }
+        ]
+      ] ++ extra
+    )
+  end
+
+  test "configured limits apply in the VM and in the workers" do
+    start(max_nesting_depth: 10, max_integer_digits: 50)
+
+    assert {:ok, _} = Snakepit.execute("echo", %{"x" => maps(9)})
+
+    assert {:error, %Error{category: :validation, message: message}} =
+             Snakepit.execute("echo", %{"x" => maps(10)})
+
+    assert message =~ "max_nesting_depth (10)"
+
+    assert {:ok, _} = Snakepit.execute("nested", %{depth: 10})
+    assert {:error, error} = Snakepit.execute("nested", %{depth: 11})
+    assert Exception.message(error) =~ "max_nesting_depth (10)"
+
+    fifty = Integer.pow(10, 49)
+    assert {:ok, %{"n" => ^fifty}} = Snakepit.execute("echo", %{n: fifty})
+
+    assert {:error, %Error{category: :validation, message: message}} =
+             Snakepit.execute("echo", %{n: fifty * 10})
+
+    assert message =~ "max_integer_digits (50)"
+    assert {:error, error} = Snakepit.execute("big_int", %{digits: 51})
+    assert Exception.message(error) =~ "max_integer_digits (50)"
+  end
+
+  test "limits out of range stop the application from starting, naming the key" do
+    start([])
+    Application.stop(:snakepit)
+
+    for {key, value} <- [max_nesting_depth: 5_000, max_integer_digits: 5] do
+      Application.put_env(:snakepit, key, value)
+      assert {:error, reason} = Application.ensure_all_started(:snakepit)
+      assert inspect(reason) =~ "#{key} must be an integer"
+      Application.delete_env(:snakepit, key)
+    end
+  end
+end
