@@ -48,23 +48,18 @@ defmodule Snakepit.Application do
 
   # The value limits the native core and the workers apply, in range.
   defp check_value_limits do
-    depth = Snakepit.Defaults.max_nesting_depth()
-    digits = Snakepit.Defaults.max_integer_digits()
-
-    cond do
-      not (is_integer(depth) and depth in 1..2_000) ->
-        {:error,
-         {:invalid_config,
-          "max_nesting_depth must be an integer in 1..2000, got #{inspect(depth)}"}}
-
-      not (is_integer(digits) and digits in 20..100_000) ->
-        {:error,
-         {:invalid_config,
-          "max_integer_digits must be an integer in 20..100000, got #{inspect(digits)}"}}
-
-      true ->
-        :ok
+    with :ok <- in_range(:max_nesting_depth, Snakepit.Defaults.max_nesting_depth(), 1, 2_000) do
+      in_range(:max_integer_digits, Snakepit.Defaults.max_integer_digits(), 20, 100_000)
     end
+  end
+
+  defp in_range(_key, value, low, high)
+       when is_integer(value) and value >= low and value <= high,
+       do: :ok
+
+  defp in_range(key, value, low, high) do
+    {:error,
+     {:invalid_config, "#{key} must be an integer in #{low}..#{high}, got #{inspect(value)}"}}
   end
 
   defp zero_copy_config do
