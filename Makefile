@@ -16,7 +16,7 @@ demo: setup
 test: setup test-rust test-elixir test-python
 
 test-rust:
-	cargo test --release -p snakepit_core
+	cargo test --release -p snakepit_core -p snakepit_native
 
 # The integration suites that exercise calls, streams, cancellation,
 # sessions, the tool bridge and crashes run a second time over gRPC, so
@@ -25,7 +25,8 @@ GRPC_SUITES := test/snakepit/execute_test.exs test/snakepit/cancellation_test.ex
 	test/snakepit/tool_bridge_test.exs test/snakepit/limits_test.exs \
 	test/snakepit/crash_barrier_test.exs test/snakepit/chaos_test.exs \
 	test/snakepit/telemetry_test.exs test/snakepit/pool test/snakepit/error/python_translation_test.exs \
-	test/snakepit/zero_copy_test.exs test/snakepit/caller_isolation_test.exs
+	test/snakepit/zero_copy_test.exs test/snakepit/caller_isolation_test.exs \
+	test/snakepit/value_limits_test.exs
 
 test-elixir:
 	MIX_ENV=test mix test

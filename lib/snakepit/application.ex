@@ -18,6 +18,7 @@ defmodule Snakepit.Application do
   def start(_type, _args) do
     with :ok <- check_platform(),
          :ok <- check_tcp_host(),
+         :ok <- check_value_limits(),
          {:ok, zero_copy} <- zero_copy_config() do
       start_tree(zero_copy)
     end
@@ -51,6 +52,22 @@ defmodule Snakepit.Application do
     end
   end
 
+  # The value limits the native core and the workers apply, in range.
+  defp check_value_limits do
+    with :ok <- in_range(:max_nesting_depth, Snakepit.Defaults.max_nesting_depth(), 1, 2_000) do
+      in_range(:max_integer_digits, Snakepit.Defaults.max_integer_digits(), 20, 100_000)
+    end
+  end
+
+  defp in_range(_key, value, low, high)
+       when is_integer(value) and value >= low and value <= high,
+       do: :ok
+
+  defp in_range(key, value, low, high) do
+    {:error,
+     {:invalid_config, "#{key} must be an integer in #{low}..#{high}, got #{inspect(value)}"}}
+  end
+
   defp zero_copy_config do
     with {:error, message} <- Snakepit.ZeroCopy.Settings.config(),
          do: {:error, {:invalid_config, message}}
@@ -59,6 +76,12 @@ defmodule Snakepit.Application do
   defp start_tree(zero_copy) do
     Snakepit.Telemetry.choose_backend()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
+
+    Snakepit.Native.set_value_limits(
+      Snakepit.Defaults.max_nesting_depth(),
+      Snakepit.Defaults.max_integer_digits()
+    )
+
     Snakepit.RuntimeDir.create()
     # Before any worker starts: workers are told how regions are shared.
     Snakepit.ZeroCopy.Settings.open(zero_copy)

@@ -138,6 +138,22 @@ defmodule Snakepit.Defaults do
        "(Python's own default, `:warning`; `:none` sends none). Records arrive at the " <>
        "mapped level (DEBUG to `:debug`, INFO to `:info`, WARNING to `:warning`, ERROR and " <>
        "CRITICAL to `:error`) with metadata; see `Snakepit.Worker.PythonLog`."},
+    {:max_nesting_depth, [:max_nesting_depth], 1_000, quote(do: pos_integer()),
+     "How deep values may nest, both ways (arguments, results, stream chunks, the tool " <>
+       "bridge), in the native core and in the workers alike: maps, lists and tuples " <>
+       "(Python dicts, lists, tuples) count one level each, the outermost being 1; scalars, " <>
+       "big integers and zero-copy refs count nothing. A deeper argument is refused before " <>
+       "anything is sent (`:validation`, naming the limit and the path to the value), a " <>
+       "deeper result comes back as an error for that call. The JSON on the wire may be up " <>
+       "to 8 levels deeper, for the wrappers Snakepit itself adds (zero-copy markers, " <>
+       "integer markers). 1 to 2000: nothing in Snakepit recurses on the data, but a " <>
+       "worker's JSON codecs and a zero-copy ref's metadata still do, within that."},
+    {:max_integer_digits, [:max_integer_digits], 4_300, quote(do: pos_integer()),
+     "The longest integer (decimal digits) either way. A longer one in the arguments is " <>
+       "refused before anything is sent (`:validation`), in a result it fails the call. " <>
+       "The default is Python's own limit on int/str conversion; each worker sets " <>
+       "`sys.set_int_max_str_digits` to it at start and its serializer checks it itself, " <>
+       "so what a tool does to that setting changes nothing. 20 to 100_000."},
     {:pool_await_ready_timeout, [:pool_await_ready_timeout], 15_000, quote(do: timeout()),
      "Default timeout (ms) of `Snakepit.Pool.await_ready/2`."},
     {:pool_max_queue_size, [:pool_max_queue_size], 1000, quote(do: pos_integer()),

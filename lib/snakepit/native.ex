@@ -132,6 +132,14 @@ defmodule Snakepit.Native do
   @spec set_max_message_bytes(pos_integer()) :: :ok
   def set_max_message_bytes(_bytes), do: not_loaded()
 
+  @doc """
+  Sets `max_nesting_depth` and `max_integer_digits` for every value the
+  native core encodes or decodes (clamped to 1..2000 and 20..100_000);
+  returns `{depth, digits}` as applied.
+  """
+  @spec set_value_limits(pos_integer(), pos_integer()) :: {pos_integer(), pos_integer()}
+  def set_value_limits(_depth, _digits), do: not_loaded()
+
   @spec grpc_ping(reference(), pid(), reference(), String.t(), non_neg_integer()) :: :ok
   def grpc_ping(_channel, _owner, _ref, _message, _timeout_ms), do: not_loaded()
 

@@ -27,6 +27,8 @@ defmodule Snakepit.Test.AppPool do
     :orphan_protection,
     :fork_server,
     :max_message_bytes,
+    :max_nesting_depth,
+    :max_integer_digits,
     :cancel_grace_ms,
     :zero_copy,
     :telemetry_memory_interval_ms,

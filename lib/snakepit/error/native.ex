@@ -11,7 +11,7 @@ defmodule Snakepit.Error.Native do
   | `:timeout`, `:deadline_exceeded` | `:timeout` |
   | a gRPC status name (`:unavailable`, `:internal`, ...) | `:grpc_error`, with `grpc_status` |
   | an errno name (`:enoent`, `:eaddrinuse`, ...) or `:os` | `:worker` |
-  | `:invalid_json`, `:native_panic`, `:already_replied`, `:expired` | `:worker` |
+  | `:invalid_json`, `:limit_exceeded`, `:native_panic`, `:already_replied`, `:expired` | `:worker` |
 
   The kind is kept in `details.native`.
   """

@@ -498,6 +498,12 @@ defmodule Snakepit.GRPC.Client do
         {:timeout, _message} ->
           Error.timeout_error("#{tool} did not finish in time", details)
 
+        {:limit_exceeded, message} ->
+          Error.worker_error(
+            "the result of #{tool} cannot be taken: #{message}",
+            Map.put(details, :native, :limit_exceeded)
+          )
+
         {:invalid_json, message} ->
           Error.worker_error("worker #{worker.id} returned malformed JSON: #{message}", details)
 

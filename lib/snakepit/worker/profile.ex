@@ -92,14 +92,16 @@ defmodule Snakepit.WorkerProfile do
 
   @doc false
   # The environment every worker gets from its pool config: the heartbeat
-  # settings the Python side mirrors, the message-size and memory limits,
-  # then `extra`, then the user's adapter_env (which wins).
+  # settings the Python side mirrors, the message-size, nesting, integer and
+  # memory limits, then `extra`, then the user's adapter_env (which wins).
   def worker_env(config, extra) do
     settings =
       [
         {"SNAKEPIT_HEARTBEAT_CONFIG", JSON.encode!(Map.get(config, :heartbeat, %{}))},
         {"SNAKEPIT_MAX_MESSAGE_BYTES", Integer.to_string(Snakepit.Defaults.max_message_bytes())},
-        {"SNAKEPIT_LOG_LEVEL", Snakepit.Worker.PythonLog.worker_level()}
+        {"SNAKEPIT_LOG_LEVEL", Snakepit.Worker.PythonLog.worker_level()},
+        {"SNAKEPIT_MAX_NESTING_DEPTH", Integer.to_string(Snakepit.Defaults.max_nesting_depth())},
+        {"SNAKEPIT_MAX_INTEGER_DIGITS", Integer.to_string(Snakepit.Defaults.max_integer_digits())}
       ] ++ telemetry() ++ instance_token() ++ memory_limit(config) ++ extra
 
     user = config.adapter_env

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+use crate::json::Parsed;
+
 /// Longest Unix socket path the kernel accepts (`sun_path` minus the NUL).
 pub const UNIX_PATH_MAX: usize = 107;
 
@@ -134,29 +136,35 @@ pub fn reply_wait(timeout_ms: i64, default: Duration) -> Duration {
     budget + REPLY_SLACK
 }
 
-/// Decodes a tool call's `args_json`: empty or `null` means no arguments,
-/// anything but a JSON object is refused. Invalid UTF-8 is refused too.
-pub fn decode_args(bytes: &[u8]) -> Result<Map<String, Value>, String> {
+/// Decodes a tool call's `args_json` under the configured limits: empty or
+/// `null` means no arguments, anything but a JSON object is refused.
+/// Invalid UTF-8 is refused too. The result is an object.
+pub fn decode_args(bytes: &[u8]) -> Result<Parsed, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Map::new());
+        return Ok(Parsed::new(Value::Object(Map::new()), 1));
     }
     match crate::json::parse(bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(Value::Null) => Ok(Map::new()),
+        Ok(args) if args.is_object() => Ok(args),
+        Ok(args) if args.is_null() => Ok(Parsed::new(Value::Object(Map::new()), 1)),
         Ok(other) => Err(format!(
             "arguments must be a JSON object, got {}",
             kind_of(&other)
         )),
+        Err(e) if e.is_limit() => Err(format!("the arguments cannot be read: {e}")),
         Err(e) => Err(format!("arguments are not valid JSON: {e}")),
     }
 }
 
-/// Decodes a JSON document that may be empty (empty means `{}`).
-pub fn decode_optional(bytes: &[u8]) -> Result<Value, String> {
+/// Decodes a JSON document that may be empty (empty means `{}`), under the
+/// configured limits.
+pub fn decode_optional(bytes: &[u8]) -> Result<Parsed, String> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok(Value::Object(Map::new()));
+        return Ok(Parsed::new(Value::Object(Map::new()), 1));
     }
-    crate::json::parse(bytes).map_err(|e| format!("not valid JSON: {e}"))
+    crate::json::parse(bytes).map_err(|e| match e {
+        crate::json::Error::Limit(msg) => msg,
+        crate::json::Error::Syntax(msg) => format!("not valid JSON: {msg}"),
+    })
 }
 
 fn kind_of(value: &Value) -> &'static str {
@@ -255,9 +263,13 @@ mod tests {
 
     #[test]
     fn args_must_be_a_json_object() {
-        assert!(decode_args(b"").unwrap().is_empty());
-        assert!(decode_args(b"  ").unwrap().is_empty());
-        assert!(decode_args(b"null").unwrap().is_empty());
+        assert!(decode_args(b"").unwrap().as_object().unwrap().is_empty());
+        assert!(decode_args(b"  ").unwrap().as_object().unwrap().is_empty());
+        assert!(decode_args(b"null")
+            .unwrap()
+            .as_object()
+            .unwrap()
+            .is_empty());
         let map = decode_args(br#"{"n": 9007199254740993, "f": 1.5}"#).unwrap();
         assert!(map["n"].is_i64());
         assert!(map["f"].is_f64());
@@ -271,8 +283,8 @@ mod tests {
 
     #[test]
     fn optional_documents_default_to_an_empty_object() {
-        assert_eq!(decode_optional(b"").unwrap(), Value::Object(Map::new()));
-        assert_eq!(decode_optional(b"[1]").unwrap(), serde_json::json!([1]));
+        assert_eq!(*decode_optional(b"").unwrap(), Value::Object(Map::new()));
+        assert_eq!(*decode_optional(b"[1]").unwrap(), serde_json::json!([1]));
         assert!(decode_optional(b"{").is_err());
     }
 }

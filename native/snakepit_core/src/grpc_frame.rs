@@ -71,4 +71,38 @@ mod tests {
         assert_eq!(timeout(Duration::from_secs(200_000_000)), "3333333M");
         assert_eq!(timeout(Duration::from_secs(u64::MAX / 2)), "99999999M");
     }
+
+    mod properties {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+
+            #[test]
+            fn a_body_is_one_whole_message_or_refused(body in prop::collection::vec(any::<u8>(), 0..64)) {
+                if let Ok(m) = message(&body) {
+                    prop_assert_eq!(body[0], 0);
+                    prop_assert_eq!(m.len() + 5, body.len());
+                }
+            }
+
+            #[test]
+            fn prefixed_messages_read_back_and_cuts_are_refused(msg in prop::collection::vec(any::<u8>(), 0..256), cut in any::<prop::sample::Index>()) {
+                let mut body = prefix(msg.len()).to_vec();
+                body.extend_from_slice(&msg);
+                prop_assert_eq!(message(&body).unwrap(), &msg[..]);
+                let cut = cut.index(body.len());
+                prop_assert!(message(&body[..cut]).is_err());
+            }
+
+            #[test]
+            fn oversized_lengths_are_refused(len in 1u32.., rest in prop::collection::vec(any::<u8>(), 0..64)) {
+                prop_assume!(len as usize != rest.len());
+                let mut body = prefix(len as usize).to_vec();
+                body.extend_from_slice(&rest);
+                prop_assert!(message(&body).is_err());
+            }
+        }
+    }
 }

@@ -227,4 +227,84 @@ mod tests {
         assert!(split_chunks(&[1, 0]).is_err());
         assert_eq!(credit(16), [16, 0, 0, 0]);
     }
+
+    mod properties {
+        //! Any bytes a worker may send: decoding never panics, never reads
+        //! past the payload, and never allocates from a length it read.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const CASES: u32 = 512;
+
+        fn chunks_payload(chunks: &[Vec<u8>]) -> Vec<u8> {
+            let mut payload = Vec::new();
+            for chunk in chunks {
+                payload.extend_from_slice(&(chunk.len() as u32).to_le_bytes());
+                payload.extend_from_slice(chunk);
+            }
+            payload
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+            #[test]
+            fn arbitrary_frames_decode_or_are_refused(frame in prop::collection::vec(any::<u8>(), 0..64)) {
+                match Header::decode(&frame) {
+                    Ok((header, payload)) => {
+                        prop_assert_eq!(payload.len(), frame.len() - HEADER);
+                        prop_assert_eq!(&header.encode()[..], &frame[..HEADER]);
+                    }
+                    Err(_) => prop_assert!(frame.len() < HEADER),
+                }
+                let _ = split_chunks(&frame);
+            }
+
+            #[test]
+            fn chunk_payloads_round_trip_and_truncations_are_refused(
+                chunks in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 0..8),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let payload = chunks_payload(&chunks);
+                let split = split_chunks(&payload).unwrap();
+                prop_assert_eq!(split.len(), chunks.len());
+                for (a, b) in split.iter().zip(&chunks) {
+                    prop_assert_eq!(*a, &b[..]);
+                }
+                if !payload.is_empty() {
+                    let cut = cut.index(payload.len());
+                    // A cut on a chunk boundary is a shorter valid payload;
+                    // anywhere else it is refused.
+                    let mut boundary = 0;
+                    let mut boundaries = vec![0];
+                    for c in &chunks {
+                        boundary += 4 + c.len();
+                        boundaries.push(boundary);
+                    }
+                    prop_assert_eq!(split_chunks(&payload[..cut]).is_ok(), boundaries.contains(&cut));
+                }
+            }
+
+            #[test]
+            fn oversized_chunk_lengths_are_refused_without_allocating(len in (1u32 << 20)..=u32::MAX, rest in prop::collection::vec(any::<u8>(), 0..64)) {
+                // A length far past what follows: refused, nothing reserved.
+                let mut payload = len.to_le_bytes().to_vec();
+                payload.extend_from_slice(&rest);
+                prop_assert!(split_chunks(&payload).is_err());
+            }
+
+            #[test]
+            fn prefixes_count_header_and_payload(kind in any::<u8>(), id in any::<u64>(), len in 0usize..(u32::MAX as usize - HEADER)) {
+                let p = prefix(Header::new(kind, id), len).unwrap();
+                prop_assert_eq!(u32::from_be_bytes(p[..PREFIX].try_into().unwrap()) as usize, len + HEADER);
+                prop_assert_eq!(Header::decode(&p[PREFIX..]).unwrap().0, Header::new(kind, id));
+            }
+        }
+
+        #[test]
+        fn a_hundred_thousand_empty_chunks_split() {
+            let payload = vec![0u8; 4 * 100_000];
+            assert_eq!(split_chunks(&payload).unwrap().len(), 100_000);
+        }
+    }
 }

@@ -22,6 +22,7 @@ rustler::atoms! {
     tool_error,
     grpc,
     invalid_json,
+    limit_exceeded,
     native_panic,
     invalid_argument,
     not_found,

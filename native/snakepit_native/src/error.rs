@@ -10,6 +10,7 @@
 //! | `:timeout` | a call's deadline passed |
 //! | `:already_replied`, `:expired` | a bridge reply came twice or too late |
 //! | `:invalid_json`, `:native_panic` | the worker's reply, or the native core itself, failed |
+//! | `:limit_exceeded` | a worker's reply is nested deeper than `max_nesting_depth` or holds an integer longer than `max_integer_digits` |
 //!
 //! `Snakepit.Error.Native` is the one place in Elixir that turns these into
 //! `%Snakepit.Error{}`.

@@ -1,25 +1,47 @@
 //! JSON for call payloads: Elixir terms to JSON bytes (in the NIF, before
-//! anything is sent) and JSON bytes to terms (in tokio tasks, off the
-//! schedulers). Integers stay integers; map keys come back as binaries,
-//! never atoms.
+//! anything is sent) and parsed JSON to terms (in tokio tasks and the lane
+//! reader, off the callers' schedulers). Integers stay integers; map keys
+//! come back as binaries, never atoms.
+//!
+//! Neither direction recurses on the data: both keep an explicit stack of
+//! open containers, so a term or a reply nested 100,000 deep costs heap,
+//! never native stack (a dirty scheduler has 320 KB of it). Both apply the
+//! same limits (`snakepit_core::json::Limits`): a value nested deeper than
+//! `max_nesting_depth`, or an integer longer than `max_integer_digits`, is
+//! refused with its path; encoding also stops as soon as the output passes
+//! `max_message_bytes`, checking each binary's size before it reads it, so
+//! an oversized argument is refused before the work of encoding it.
 
 use std::borrow::Cow;
 
 use rustler::types::map::MapIterator;
 use rustler::{Binary, Encoder, Env, ListIterator, ResourceArc, Term, TermType};
 use serde_json::Value;
+use snakepit_core::json::{self as core, Limits, Parsed};
 
 use crate::atoms;
 use crate::zero_copy::{self, Region};
-pub use snakepit_core::json::parse;
+pub use snakepit_core::json::{parse, Error};
+
+/// What kind of term cannot travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Problem {
+    /// A term JSON cannot hold (a pid, invalid UTF-8, ...).
+    Invalid,
+    /// A struct with no native encoding.
+    Struct,
+    /// Past `max_nesting_depth` or `max_integer_digits`.
+    Limit,
+    /// The output passed its byte budget.
+    TooLarge,
+}
 
 /// Why a term cannot travel as JSON, with the path to the offending value.
 #[derive(Debug)]
 pub struct EncodeError {
-    /// Path segments (`[2]`, `.key`), innermost first: each level adds its
-    /// own as the error passes back up, so a successful encode builds none.
-    path: Vec<String>,
+    path: String,
     what: String,
+    problem: Problem,
     /// A struct with no native encoding: the Elixir side may convert it
     /// (`Snakepit.JSONCompat`) and try again.
     pub is_struct: bool,
@@ -27,117 +49,350 @@ pub struct EncodeError {
 
 impl EncodeError {
     pub fn message(&self) -> String {
-        if self.path.is_empty() {
-            self.what.clone()
-        } else {
-            let path: String = self.path.iter().rev().map(String::as_str).collect();
-            format!("{} at {}", self.what, path)
+        match self.problem {
+            // These name their path themselves.
+            Problem::Limit | Problem::TooLarge => self.what.clone(),
+            _ if self.path.is_empty() => self.what.clone(),
+            _ => format!("{} at {}", self.what, self.path),
         }
     }
 
-    fn within(mut self, segment: String) -> Self {
-        self.path.push(segment);
-        self
+    /// The output passed its byte budget (`max_message_bytes`).
+    pub fn is_too_large(&self) -> bool {
+        self.problem == Problem::TooLarge
     }
 }
 
+/// Encodes `term` under the configured limits, within `max_message_bytes`.
 pub fn encode(term: Term) -> Result<Vec<u8>, EncodeError> {
-    let mut out = Vec::with_capacity(64);
-    write_term(term, &mut out)?;
-    Ok(out)
+    encode_within(term, crate::grpc::max_message_bytes())
 }
 
-fn fail(what: impl Into<String>) -> EncodeError {
-    EncodeError {
-        path: Vec::new(),
-        what: what.into(),
-        is_struct: false,
+/// Encodes `term` under the configured limits; the output may take at
+/// most `budget` bytes.
+pub fn encode_within(term: Term, budget: usize) -> Result<Vec<u8>, EncodeError> {
+    let mut encoder = JsonEncoder {
+        out: Vec::with_capacity(64),
+        stack: Vec::new(),
+        limits: Limits::current(),
+        budget,
+    };
+    encoder.run(term)?;
+    Ok(encoder.out)
+}
+
+/// An open container being written.
+enum Frame<'a> {
+    List {
+        items: ListIterator<'a>,
+        next: usize,
+    },
+    Tuple {
+        items: Vec<Term<'a>>,
+        next: usize,
+    },
+    /// `key`: the key of the value being written (none while the key
+    /// itself is read). The iterator is boxed: it is several times the
+    /// size of the other variants.
+    Map {
+        items: Box<MapIterator<'a>>,
+        next: usize,
+        key: Option<Term<'a>>,
+    },
+}
+
+impl Frame<'_> {
+    /// The path segment of the value being written inside this container.
+    fn segment(&self) -> Option<String> {
+        match self {
+            Frame::List { next, .. } | Frame::Tuple { next, .. } => {
+                Some(core::index_segment(next.saturating_sub(1)))
+            }
+            Frame::Map { key, .. } => key
+                .and_then(|k| map_key(k).ok())
+                .map(|k| core::key_segment(&k)),
+        }
     }
+}
+
+/// What to write next.
+enum Step<'a> {
+    Value(Term<'a>),
+    Entry(Term<'a>, Term<'a>),
+    Close(u8),
+    Done,
+}
+
+struct JsonEncoder<'a> {
+    out: Vec<u8>,
+    stack: Vec<Frame<'a>>,
+    limits: Limits,
+    budget: usize,
+}
+
+fn fail(what: impl Into<String>) -> (Problem, String) {
+    (Problem::Invalid, what.into())
+}
+
+impl<'a> JsonEncoder<'a> {
+    fn run(&mut self, term: Term<'a>) -> Result<(), EncodeError> {
+        let mut next = Some(term);
+        loop {
+            if let Some(term) = next.take() {
+                self.value(term).map_err(|e| self.error(e))?;
+            }
+            if self.out.len() > self.budget {
+                return Err(self.too_large());
+            }
+            match self.step() {
+                Step::Done => return Ok(()),
+                Step::Value(term) => next = Some(term),
+                Step::Close(byte) => {
+                    self.out.push(byte);
+                    self.stack.pop();
+                }
+                Step::Entry(key, value) => {
+                    let name = map_key(key).map_err(|e| self.error(e))?;
+                    write_str(&mut self.out, &name);
+                    self.out.push(b':');
+                    if let Some(Frame::Map { key: current, .. }) = self.stack.last_mut() {
+                        *current = Some(key);
+                    }
+                    next = Some(value);
+                }
+            }
+        }
+    }
+
+    /// Advances the innermost open container, writing the separator.
+    fn step(&mut self) -> Step<'a> {
+        let Some(frame) = self.stack.last_mut() else {
+            return Step::Done;
+        };
+        let (first, step) = match frame {
+            Frame::List { items, next } => match items.next() {
+                Some(item) => {
+                    *next += 1;
+                    (*next == 1, Step::Value(item))
+                }
+                None => return Step::Close(b']'),
+            },
+            Frame::Tuple { items, next } => match items.get(*next) {
+                Some(&item) => {
+                    *next += 1;
+                    (*next == 1, Step::Value(item))
+                }
+                None => return Step::Close(b']'),
+            },
+            Frame::Map { items, next, key } => match items.next() {
+                Some((k, v)) => {
+                    *next += 1;
+                    *key = None;
+                    (*next == 1, Step::Entry(k, v))
+                }
+                None => return Step::Close(b'}'),
+            },
+        };
+        if !first {
+            self.out.push(b',');
+        }
+        step
+    }
+
+    fn path(&self) -> String {
+        let segments: Vec<String> = self.stack.iter().filter_map(Frame::segment).collect();
+        core::format_path(&segments)
+    }
+
+    fn error(&self, (problem, what): (Problem, String)) -> EncodeError {
+        EncodeError {
+            path: self.path(),
+            what,
+            problem,
+            is_struct: problem == Problem::Struct,
+        }
+    }
+
+    fn too_large(&self) -> EncodeError {
+        self.error(self.too_large_parts())
+    }
+
+    fn too_large_parts(&self) -> (Problem, String) {
+        let at = match self.path() {
+            p if p.is_empty() => String::new(),
+            p => format!(" (refused at {p}, before encoding the rest)"),
+        };
+        (
+            Problem::TooLarge,
+            format!(
+                "larger than max_message_bytes ({}){at}",
+                crate::grpc::max_message_bytes()
+            ),
+        )
+    }
+
+    /// Opens a container, if the depth allows one more level.
+    fn open(&mut self, frame: Frame<'a>, byte: u8) -> Result<(), (Problem, String)> {
+        if self.stack.len() >= self.limits.depth {
+            return Err((
+                Problem::Limit,
+                core::too_deep(&self.path(), self.limits.depth),
+            ));
+        }
+        self.out.push(byte);
+        self.stack.push(frame);
+        Ok(())
+    }
+
+    /// Writes a scalar, or opens a container.
+    fn value(&mut self, term: Term<'a>) -> Result<(), (Problem, String)> {
+        match term.get_type() {
+            TermType::Atom => {
+                let name = term.atom_to_string().map_err(|_| fail("unreadable atom"))?;
+                match name.as_str() {
+                    "nil" => self.out.extend_from_slice(b"null"),
+                    "true" => self.out.extend_from_slice(b"true"),
+                    "false" => self.out.extend_from_slice(b"false"),
+                    // The non-finite floats, as Python's json module writes
+                    // and reads them (the worker decodes them as floats).
+                    "nan" => self.out.extend_from_slice(b"NaN"),
+                    "infinity" => self.out.extend_from_slice(b"Infinity"),
+                    "neg_infinity" => self.out.extend_from_slice(b"-Infinity"),
+                    other => write_str(&mut self.out, other),
+                }
+            }
+            TermType::Binary => {
+                let bin: Binary = term
+                    .decode()
+                    .map_err(|_| fail("bitstring that is not a whole binary"))?;
+                // Refused by its size before a byte of it is read.
+                let room = self.budget.saturating_sub(self.out.len());
+                if bin.len().saturating_add(2) > room
+                    || (bin.len().saturating_mul(6) > room && escaped_len(bin.as_slice()) > room)
+                {
+                    return Err(self.too_large_parts());
+                }
+                let text = std::str::from_utf8(bin.as_slice())
+                    .map_err(|_| fail("binary that is not valid UTF-8"))?;
+                write_str(&mut self.out, text);
+            }
+            TermType::Integer => {
+                if let Ok(i) = term.decode::<i64>() {
+                    self.out.extend_from_slice(i.to_string().as_bytes());
+                } else if let Ok(u) = term.decode::<u64>() {
+                    self.out.extend_from_slice(u.to_string().as_bytes());
+                } else {
+                    self.big_int(term)?;
+                }
+            }
+            TermType::Float => {
+                let f: f64 = term.decode().map_err(|_| fail("unreadable float"))?;
+                serde_json::to_writer(&mut self.out, &f).expect("finite float");
+            }
+            TermType::List => {
+                let items: ListIterator = term.decode().map_err(|_| fail("improper list"))?;
+                self.open(Frame::List { items, next: 0 }, b'[')?;
+            }
+            TermType::Tuple => {
+                let items =
+                    rustler::types::tuple::get_tuple(term).map_err(|_| fail("unreadable tuple"))?;
+                self.open(Frame::Tuple { items, next: 0 }, b'[')?;
+            }
+            TermType::Map => {
+                if let Ok(name) = term.map_get(rustler::types::atom::__struct__()) {
+                    return self.write_struct(term, name);
+                }
+                let items = MapIterator::new(term).ok_or_else(|| fail("unreadable map"))?;
+                self.open(
+                    Frame::Map {
+                        items: Box::new(items),
+                        next: 0,
+                        key: None,
+                    },
+                    b'{',
+                )?;
+            }
+            TermType::Pid => return Err(fail("a pid cannot be encoded as JSON")),
+            TermType::Port => return Err(fail("a port cannot be encoded as JSON")),
+            TermType::Ref => return Err(fail("a reference cannot be encoded as JSON")),
+            TermType::Fun => return Err(fail("a function cannot be encoded as JSON")),
+            TermType::Unknown => return Err(fail("a term of unknown type")),
+        }
+        Ok(())
+    }
+
+    /// An integer beyond 64 bits, as its digits (a valid JSON number;
+    /// Python reads it as an int), when it has at most `max_integer_digits`.
+    /// Its size is judged from its bits before any decimal conversion (which
+    /// is quadratic: the VM's largest integers have 1.3 million digits).
+    fn big_int(&mut self, term: Term<'a>) -> Result<(), (Problem, String)> {
+        let big: rustler::BigInt = term.decode().map_err(|_| fail("unreadable integer"))?;
+        let limit = self.limits.int_digits;
+        let (at_least, _) = core::decimal_digit_bounds(big.bits());
+        if at_least > limit as u64 {
+            let at = match self.path() {
+                p if p.is_empty() => "the top".to_string(),
+                p => p,
+            };
+            return Err((
+                Problem::Limit,
+                format!(
+                    "an integer of at least {at_least} digits at {at} is longer than \
+                     max_integer_digits ({limit})"
+                ),
+            ));
+        }
+        let digits = big.to_string();
+        core::check_int_text(&digits, limit, &self.path()).map_err(|m| (Problem::Limit, m))?;
+        self.out.extend_from_slice(digits.as_bytes());
+        Ok(())
+    }
+
+    fn write_struct(&mut self, term: Term<'a>, name: Term<'a>) -> Result<(), (Problem, String)> {
+        if name == atoms::zero_copy_ref_module().to_term(term.get_env()) {
+            return zero_copy::write_marker(term, &mut self.out).map_err(|e| (Problem::Invalid, e));
+        }
+        let name = name.atom_to_string().unwrap_or_default();
+        let name = name.strip_prefix("Elixir.").unwrap_or(&name);
+        Err((
+            Problem::Struct,
+            format!(
+                "a %{name}{{}} struct cannot be encoded as JSON; implement JSON.Encoder for \
+                 it, or convert it to a map or string first"
+            ),
+        ))
+    }
+}
+
+/// How many bytes `bytes` take as a JSON string, quotes included (as
+/// serde_json escapes: two bytes for the short escapes, six for other
+/// control characters).
+fn escaped_len(bytes: &[u8]) -> usize {
+    bytes
+        .iter()
+        .map(|&b| match b {
+            b'"' | b'\\' | b'\n' | b'\r' | b'\t' | 0x08 | 0x0c => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum::<usize>()
+        + 2
 }
 
 fn write_str(out: &mut Vec<u8>, s: &str) {
     serde_json::to_writer(&mut *out, s).expect("writing to a Vec cannot fail");
 }
 
-fn utf8(term: Term<'_>) -> Result<&str, EncodeError> {
-    let bin: Binary = term
-        .decode()
-        .map_err(|_| fail("bitstring that is not a whole binary"))?;
-    std::str::from_utf8(bin.as_slice()).map_err(|_| fail("binary that is not valid UTF-8"))
-}
-
-fn write_term(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    match term.get_type() {
-        TermType::Atom => {
-            let name = term.atom_to_string().map_err(|_| fail("unreadable atom"))?;
-            match name.as_str() {
-                "nil" => out.extend_from_slice(b"null"),
-                "true" => out.extend_from_slice(b"true"),
-                "false" => out.extend_from_slice(b"false"),
-                // The non-finite floats, as Python's json module writes and
-                // reads them (the worker decodes them as floats).
-                "nan" => out.extend_from_slice(b"NaN"),
-                "infinity" => out.extend_from_slice(b"Infinity"),
-                "neg_infinity" => out.extend_from_slice(b"-Infinity"),
-                other => write_str(out, other),
-            }
-        }
-        TermType::Binary => write_str(out, utf8(term)?),
-        TermType::Integer => {
-            let written = if let Ok(i) = term.decode::<i64>() {
-                serde_json::to_writer(&mut *out, &i)
-            } else if let Ok(u) = term.decode::<u64>() {
-                serde_json::to_writer(&mut *out, &u)
-            } else {
-                // Beyond 64 bits: its digits (a valid JSON number; Python
-                // reads it as an int).
-                let big: rustler::BigInt = term.decode().map_err(|_| fail("unreadable integer"))?;
-                out.extend_from_slice(big.to_string().as_bytes());
-                return Ok(());
-            };
-            written.expect("writing to a Vec cannot fail");
-        }
-        TermType::Float => {
-            let f: f64 = term.decode().map_err(|_| fail("unreadable float"))?;
-            serde_json::to_writer(&mut *out, &f).expect("finite float");
-        }
-        TermType::List => {
-            let items: ListIterator = term.decode().map_err(|_| fail("improper list"))?;
-            write_seq(items, out)?;
-        }
-        TermType::Tuple => {
-            let items =
-                rustler::types::tuple::get_tuple(term).map_err(|_| fail("unreadable tuple"))?;
-            write_seq(items.into_iter(), out)?;
-        }
-        TermType::Map => write_map(term, out)?,
-        TermType::Pid => return Err(fail("a pid cannot be encoded as JSON")),
-        TermType::Port => return Err(fail("a port cannot be encoded as JSON")),
-        TermType::Ref => return Err(fail("a reference cannot be encoded as JSON")),
-        TermType::Fun => return Err(fail("a function cannot be encoded as JSON")),
-        TermType::Unknown => return Err(fail("a term of unknown type")),
-    }
-    Ok(())
-}
-
-fn write_seq<'a>(
-    items: impl Iterator<Item = Term<'a>>,
-    out: &mut Vec<u8>,
-) -> Result<(), EncodeError> {
-    out.push(b'[');
-    for (i, item) in items.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        write_term(item, out).map_err(|e| e.within(format!("[{i}]")))?;
-    }
-    out.push(b']');
-    Ok(())
-}
-
-fn map_key(key: Term<'_>) -> Result<Cow<'_, str>, EncodeError> {
+fn map_key(key: Term<'_>) -> Result<Cow<'_, str>, (Problem, String)> {
     match key.get_type() {
-        TermType::Binary => Ok(Cow::Borrowed(utf8(key)?)),
+        TermType::Binary => {
+            let bin: Binary = key
+                .decode()
+                .map_err(|_| fail("bitstring that is not a whole binary"))?;
+            std::str::from_utf8(bin.as_slice())
+                .map(Cow::Borrowed)
+                .map_err(|_| fail("binary that is not valid UTF-8"))
+        }
         TermType::Atom => key
             .atom_to_string()
             .map(Cow::Owned)
@@ -150,92 +405,124 @@ fn map_key(key: Term<'_>) -> Result<Cow<'_, str>, EncodeError> {
     }
 }
 
-fn write_map(term: Term, out: &mut Vec<u8>) -> Result<(), EncodeError> {
-    if let Ok(name) = term.map_get(rustler::types::atom::__struct__()) {
-        if name == atoms::zero_copy_ref_module().to_term(term.get_env()) {
-            return zero_copy::write_marker(term, out).map_err(fail);
-        }
-        let name = name.atom_to_string().unwrap_or_default();
-        let name = name.strip_prefix("Elixir.").unwrap_or(&name);
-        let mut err = fail(format!(
-            "a %{name}{{}} struct cannot be encoded as JSON; implement JSON.Encoder for it, or \
-             convert it to a map or string first"
-        ));
-        err.is_struct = true;
-        return Err(err);
-    }
-    let iter = MapIterator::new(term).ok_or_else(|| fail("unreadable map"))?;
-    out.push(b'{');
-    for (i, (key, value)) in iter.enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let key = map_key(key)?;
-        write_str(out, &key);
-        out.push(b':');
-        write_term(value, out).map_err(|e| e.within(format!(".{key}")))?;
-    }
-    out.push(b'}');
-    Ok(())
-}
-
 /// Builds the Elixir term for a JSON value: objects become maps with
 /// binary keys, `null` becomes `nil`.
 pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
     to_term_with(env, value, &mut std::iter::empty())
 }
 
+/// A container whose term is being built.
+enum Building<'v, 'a> {
+    List {
+        items: std::slice::Iter<'v, Value>,
+        terms: Vec<Term<'a>>,
+    },
+    Map {
+        entries: serde_json::map::Iter<'v>,
+        keys: Vec<Term<'a>>,
+        values: Vec<Term<'a>>,
+    },
+}
+
 /// `to_term`, with each zero-copy marker replaced by the next of `regions`
 /// (`zero_copy::adopt_all` of the same value), as a `%Snakepit.ZeroCopyRef{}`.
+/// Containers are built bottom-up from an explicit stack, in the order a
+/// depth-first walk meets them (the order `adopt_all` found the markers).
 pub fn to_term_with<'a>(
     env: Env<'a>,
     value: &Value,
     regions: &mut dyn Iterator<Item = ResourceArc<Region>>,
 ) -> Term<'a> {
-    match value {
-        Value::Null => atoms::nil().encode(env),
-        Value::Bool(b) => b.encode(env),
-        Value::Number(n) => {
-            if let Some(i) = n.as_i64() {
-                i.encode(env)
-            } else if let Some(u) = n.as_u64() {
-                u.encode(env)
-            } else {
-                n.as_f64().unwrap_or(f64::NAN).encode(env)
+    let mut stack: Vec<Building<'_, 'a>> = Vec::new();
+    let mut current = value;
+    loop {
+        // The term of `current`, unless it opens a container.
+        let mut done = match current {
+            Value::Null => Some(atoms::nil().encode(env)),
+            Value::Bool(b) => Some(b.encode(env)),
+            Value::Number(n) => Some(number_term(env, n)),
+            Value::String(s) => Some(s.as_str().encode(env)),
+            Value::Array(items) => {
+                stack.push(Building::List {
+                    items: items.iter(),
+                    terms: Vec::with_capacity(items.len()),
+                });
+                None
             }
-        }
-        Value::String(s) => s.as_str().encode(env),
-        Value::Array(items) => {
-            let terms: Vec<Term<'a>> = items
-                .iter()
-                .map(|v| to_term_with(env, v, regions))
-                .collect();
-            terms.encode(env)
-        }
-        Value::Object(map) => {
-            if zero_copy::marker_body(map).is_some() {
-                if let Some(region) = regions.next() {
-                    return zero_copy::ref_term(env, region);
+            Value::Object(map) => {
+                let region = if zero_copy::marker_body(map).is_some() {
+                    regions.next()
+                } else {
+                    None
+                };
+                if let Some(region) = region {
+                    Some(zero_copy::ref_term(env, region))
+                } else if let Some(number) = special_number(env, map) {
+                    Some(number)
+                } else {
+                    stack.push(Building::Map {
+                        entries: map.iter(),
+                        keys: Vec::with_capacity(map.len()),
+                        values: Vec::with_capacity(map.len()),
+                    });
+                    None
                 }
             }
-            if let Some(number) = special_number(env, map) {
-                return number;
+        };
+        // Hand finished terms to their containers until one has another
+        // value to build.
+        loop {
+            if let Some(term) = done.take() {
+                match stack.last_mut() {
+                    None => return term,
+                    Some(Building::List { terms, .. }) => terms.push(term),
+                    Some(Building::Map { values, .. }) => values.push(term),
+                }
             }
-            let keys: Vec<Term<'a>> = map.keys().map(|k| k.as_str().encode(env)).collect();
-            let values: Vec<Term<'a>> = map
-                .values()
-                .map(|v| to_term_with(env, v, regions))
-                .collect();
-            Term::map_from_term_arrays(env, &keys, &values)
-                .unwrap_or_else(|_| rustler::types::map::map_new(env))
+            let next = match stack.last_mut() {
+                Some(Building::List { items, .. }) => items.next(),
+                Some(Building::Map { entries, keys, .. }) => entries.next().map(|(k, v)| {
+                    keys.push(k.as_str().encode(env));
+                    v
+                }),
+                None => unreachable!("the top value returns above"),
+            };
+            match next {
+                Some(v) => {
+                    current = v;
+                    break;
+                }
+                None => {
+                    done = Some(match stack.pop() {
+                        Some(Building::List { terms, .. }) => terms.encode(env),
+                        Some(Building::Map { keys, values, .. }) => {
+                            Term::map_from_term_arrays(env, &keys, &values)
+                                .unwrap_or_else(|_| rustler::types::map::map_new(env))
+                        }
+                        None => unreachable!("a container was open"),
+                    });
+                }
+            }
         }
+    }
+}
+
+fn number_term<'a>(env: Env<'a>, n: &serde_json::Number) -> Term<'a> {
+    if let Some(i) = n.as_i64() {
+        i.encode(env)
+    } else if let Some(u) = n.as_u64() {
+        u.encode(env)
+    } else {
+        n.as_f64().unwrap_or(f64::NAN).encode(env)
     }
 }
 
 /// Numbers JSON cannot hold, as the worker's serializer marks them: an
 /// integer beyond 64 bits (`{"__snakepit_int__": "<digits>"}`) becomes an
 /// Elixir integer, a non-finite float (`{"__snakepit_float__": "nan" |
-/// "infinity" | "neg_infinity"}`) the atom of that name.
+/// "infinity" | "neg_infinity"}`) the atom of that name. The digits were
+/// held to `max_integer_digits` when the JSON was parsed; longer ones (a
+/// value that was not parsed here) stay a map.
 fn special_number<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Option<Term<'a>> {
     if map.len() != 1 {
         return None;
@@ -243,11 +530,14 @@ fn special_number<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Opt
     let (key, value) = map.iter().next()?;
     let text = value.as_str()?;
     match key.as_str() {
-        "__snakepit_int__" => text
-            .parse::<rustler::BigInt>()
-            .ok()
-            .map(|big| big.encode(env)),
-        "__snakepit_float__" => match text {
+        core::INT_KEY => {
+            let limit = Limits::current().int_digits;
+            core::check_int_text(text, limit, "").ok()?;
+            text.parse::<rustler::BigInt>()
+                .ok()
+                .map(|big| big.encode(env))
+        }
+        core::FLOAT_KEY => match text {
             "nan" => Some(atoms::nan().encode(env)),
             "infinity" => Some(atoms::infinity().encode(env)),
             "neg_infinity" => Some(atoms::neg_infinity().encode(env)),
@@ -259,7 +549,7 @@ fn special_number<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Opt
 
 /// A worker's JSON reply as a term builder: its zero-copy regions are
 /// adopted now (off the schedulers), the term is built in the reply env.
-pub fn reply_term(raw: &[u8], value: Value) -> Result<crate::reply::Payload, String> {
+pub fn reply_term(raw: &[u8], value: Parsed) -> Result<crate::reply::Payload, String> {
     // Only a reply that names the marker key can hold a region: most do not,
     // and a byte search is cheaper than walking the parsed value.
     let regions = if zero_copy::mentions_marker(raw) {
@@ -270,4 +560,79 @@ pub fn reply_term(raw: &[u8], value: Value) -> Result<crate::reply::Payload, Str
     Ok(Box::new(move |env| {
         to_term_with(env, &value, &mut regions.into_iter())
     }))
+}
+
+/// Sets `max_nesting_depth` and `max_integer_digits` (clamped to their
+/// bounds, see `snakepit_core::json`); returns `{depth, digits}` as applied.
+#[rustler::nif]
+fn set_value_limits(depth: usize, int_digits: usize) -> (usize, usize) {
+    let applied = core::set_limits(depth, int_digits);
+    (applied.depth, applied.int_digits)
+}
+
+#[cfg(test)]
+mod tests {
+    //! These tests run in the NIF crate's own test binary, which links
+    //! thanks to `test_shims.rs` (the `enif_*` functions the VM would
+    //! supply). What runs here must not touch an `Env` or a term; the
+    //! term-walking halves are exercised by the ExUnit suites.
+    use super::escaped_len;
+    use crate::zero_copy::{marker_body, MARKER};
+    use proptest::prelude::*;
+    use serde_json::{json, Map, Value};
+
+    const CASES: u32 = 512;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn escaped_length_matches_serde_json(s in ".{0,64}") {
+            prop_assert_eq!(escaped_len(s.as_bytes()), serde_json::to_vec(&s).unwrap().len());
+        }
+
+        #[test]
+        fn marker_bodies_are_single_key_objects(
+            key in prop_oneof![Just(MARKER.to_string()), ".{0,24}"],
+            body in prop_oneof![Just(json!({"kind": "dlpack", "bytes": 4})), Just(json!(null)), Just(json!([1])), Just(json!("s"))],
+            extra in any::<bool>(),
+        ) {
+            let mut map = Map::new();
+            map.insert(key.clone(), body.clone());
+            if extra {
+                map.insert("other".into(), json!(1));
+            }
+            let expected = key == MARKER && body.is_object() && !extra;
+            prop_assert_eq!(marker_body(&map).is_some(), expected);
+        }
+
+        #[test]
+        fn marker_walks_find_what_the_parser_read(n in 0usize..6, depth in 1usize..900) {
+            // Markers `depth` arrays deep, read back through the parser and
+            // found in order by the walk adopt_all uses.
+            let mut doc = Vec::new();
+            for i in 0..n {
+                let mut v = json!({MARKER: {"i": i}});
+                for _ in 0..depth {
+                    v = Value::Array(vec![v]);
+                }
+                doc.push(v);
+            }
+            let bytes = serde_json::to_vec(&Value::Array(doc)).unwrap();
+            let parsed = super::parse(&bytes).unwrap();
+            let found: Vec<u64> = snakepit_core::json::tagged_objects(&parsed, MARKER)
+                .iter()
+                .map(|b| b["i"].as_u64().unwrap())
+                .collect();
+            prop_assert_eq!(found, (0..n as u64).collect::<Vec<_>>());
+        }
+    }
+
+    #[test]
+    fn marker_bodies_nested_past_the_limit_are_never_built() {
+        let marker = format!("{{\"{MARKER}\": {{\"i\": 0}}}}");
+        let bytes = ["[".repeat(100_000), marker, "]".repeat(100_000)].concat();
+        let err = super::parse(bytes.as_bytes()).unwrap_err();
+        assert!(err.is_limit(), "{err}");
+    }
 }

@@ -11,6 +11,8 @@ mod lane;
 mod process;
 mod reply;
 mod runtime;
+#[cfg(test)]
+mod test_shims;
 mod zero_copy;
 
 fn load(_env: rustler::Env, info: rustler::Term) -> bool {

@@ -40,7 +40,7 @@ from typing import Any, Callable, Sequence
 
 import grpc
 
-from .. import telemetry
+from .. import serialization, telemetry
 from ..generated import snakepit_bridge_pb2_grpc as pb_grpc
 from ..heartbeat import EXIT_CODE as HEARTBEAT_EXIT_CODE
 from ..heartbeat import HeartbeatConfig, HeartbeatWatchdog
@@ -597,6 +597,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, unknown = parse_args(argv)
     _configure_logging(args.log_level, args.worker_id)
     refresh_limits()
+    # Nesting and integer limits, and the interpreter settings they need,
+    # before any adapter code runs (and whatever the fork server had).
+    serialization.apply_limits()
     # Out of the environment before any adapter code runs.
     auth.load_from_env()
     if unknown:

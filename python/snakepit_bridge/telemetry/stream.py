@@ -120,8 +120,8 @@ class TelemetryStream:
         return pb.TelemetryEvent(
             event_parts=parts,
             name=name,
-            measurements_json=serialization.dumps(record.measurements),
-            metadata_json=serialization.dumps(record.metadata),
+            measurements_json=_dumps_or_empty(record.measurements),
+            metadata_json=_dumps_or_empty(record.metadata),
             timestamp_ns=record.timestamp_ns,
             correlation_id=record.correlation_id,
             worker_id=self.worker_id,
@@ -181,3 +181,13 @@ class TelemetryStream:
             # Reconnect pacing, not a wait for a condition.
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, _MAX_BACKOFF_S)
+
+
+def _dumps_or_empty(value: Any) -> bytes:
+    """An event's map as JSON; ``{}`` when it cannot travel (nested past
+    max_nesting_depth, an integer past max_integer_digits): one bad event
+    must not end the stream."""
+    try:
+        return serialization.dumps(value)
+    except Exception:  # noqa: BLE001
+        return b"{}"

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rustler::types::map::MapIterator;
 use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
 use tokio::sync::{oneshot, Semaphore};
 
@@ -21,6 +22,10 @@ use crate::reply::{self, Payload, ReplyTo};
 /// How long past the caller's budget the task waits for the worker before
 /// giving up on its own; the gRPC deadline normally fires first.
 const DEADLINE_SLACK: Duration = Duration::from_millis(50);
+
+/// What a caller over `max_message_bytes` is told to do instead.
+const ZERO_COPY_HINT: &str =
+    "pass large arrays and tables as Snakepit.ZeroCopy references instead of bytes";
 
 /// Chunks a stream may send ahead of the consumer's acknowledgements.
 pub(crate) const DEFAULT_WINDOW: u32 = 32;
@@ -53,11 +58,26 @@ impl CallOpts {
         if !term.is_map() {
             return Err("call options must be a map".into());
         }
-        let binaries = opt_map(
-            opt(term, atoms::binary_parameters(), "binary_parameters")?,
-            "binary_parameters",
-            |v| v.decode::<Binary>().ok().map(|b| b.as_slice().to_vec()),
-        )?;
+        let binaries = opt(term, atoms::binary_parameters(), "binary_parameters")?;
+        // Their sizes are checked before any is copied.
+        if let Some(map) = binaries {
+            let total: usize = MapIterator::new(map)
+                .into_iter()
+                .flatten()
+                .filter_map(|(_, v)| v.decode::<Binary>().ok())
+                .map(|b| b.len())
+                .sum();
+            let max = super::channel::max_message_bytes();
+            if total > max {
+                return Err(format!(
+                    "the call is larger than max_message_bytes ({max}): its binary_parameters \
+                     hold {total} bytes; {ZERO_COPY_HINT}"
+                ));
+            }
+        }
+        let binaries = opt_map(binaries, "binary_parameters", |v| {
+            v.decode::<Binary>().ok().map(|b| b.as_slice().to_vec())
+        })?;
         let metadata = opt_map(opt(term, atoms::metadata(), "metadata")?, "metadata", |v| {
             v.decode().ok()
         })?;
@@ -83,7 +103,17 @@ pub(crate) fn build_request(
     opts: Term,
 ) -> Result<(ExecuteToolRequest, Option<Duration>), NifError> {
     let opts = CallOpts::decode(opts).map_err(NifError::invalid)?;
-    let args_json = json::encode(arguments).map_err(|e| {
+    let max = super::channel::max_message_bytes();
+    let binaries: usize = opts
+        .binary_parameters
+        .iter()
+        .map(|(k, v)| k.len() + v.len())
+        .sum();
+    // Encoding stops as soon as the arguments cannot fit beside the binaries.
+    let args_json = json::encode_within(arguments, max.saturating_sub(binaries)).map_err(|e| {
+        if e.is_too_large() {
+            return NifError::invalid(format!("the call is {}; {ZERO_COPY_HINT}", e.message()));
+        }
         // `:struct_value`: Elixir converts the structs it can and retries.
         let kind = if e.is_struct {
             atoms::struct_value()
@@ -104,11 +134,9 @@ pub(crate) fn build_request(
     };
     // Refused here, before anything is sent, naming the limit.
     let len = prost::Message::encoded_len(&req);
-    let max = super::channel::max_message_bytes();
     if len > max {
         return Err(NifError::invalid(format!(
-            "the call is {len} bytes, more than max_message_bytes ({max}); pass large \
-             arrays and tables as Snakepit.ZeroCopy references instead of bytes"
+            "the call is {len} bytes, more than max_message_bytes ({max}); {ZERO_COPY_HINT}"
         )));
     }
     Ok((req, timeout))
@@ -334,12 +362,18 @@ fn grpc_execute_stream<'a>(
                 next = stream.message() => next,
             };
             match next {
-                Ok(Some(chunk)) => {
-                    let failed = chunk.error.is_some();
-                    if !send(response::chunk(chunk)) || failed {
+                Ok(Some(chunk)) => match response::chunk(chunk) {
+                    Ok(payload) => {
+                        if !send(payload) {
+                            return;
+                        }
+                    }
+                    // The stream ends here (dropping it cancels the RPC).
+                    Err(error) => {
+                        send(error);
                         return;
                     }
-                }
+                },
                 Ok(None) => {
                     send(response::done());
                     return;

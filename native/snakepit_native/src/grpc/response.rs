@@ -66,6 +66,17 @@ fn binary_payload(bytes: Vec<u8>, tag: Atom) -> Payload {
     Box::new(move |env| (tag, crate::reply::binary(env, &bytes)).encode(env))
 }
 
+/// The error of a reply whose JSON cannot become a term: past a limit
+/// (`:limit_exceeded`, naming it and the path) or not JSON at all.
+fn unreadable(err: json::Error) -> Payload {
+    let kind = if err.is_limit() {
+        atoms::limit_exceeded()
+    } else {
+        atoms::invalid_json()
+    };
+    error_payload(NifError::new(kind, err.message()))
+}
+
 /// `{:ok, term}` for JSON results, `{:ok, binary}` for bytes results.
 pub fn execute(resp: ExecuteToolResponse) -> Payload {
     if !resp.success {
@@ -80,34 +91,39 @@ pub fn execute(resp: ExecuteToolResponse) -> Payload {
             // A bad zero-copy ref in the reply: refused, the worker is fine.
             Err(msg) => error_payload(NifError::invalid(msg)),
         },
-        Err(msg) => error_payload(NifError::new(atoms::invalid_json(), msg)),
+        Err(err) => unreadable(err),
     }
 }
 
-/// `{:chunk, {:json, term} | {:raw, binary} | nil, is_final}` or the
-/// chunk's error.
-pub fn chunk(chunk: ToolChunk) -> Payload {
+/// `{:chunk, {:json, term} | {:raw, binary} | nil, is_final}`, or (`Err`)
+/// the error that ends the stream: the tool's own, or a chunk that cannot
+/// be taken (nested past `max_nesting_depth`, a bad zero-copy ref). Bytes
+/// that are not JSON are a raw chunk.
+pub fn chunk(chunk: ToolChunk) -> Result<Payload, Payload> {
     if let Some(err) = chunk.error {
-        return tool_error(err);
+        return Err(tool_error(err));
     }
     let is_final = chunk.is_final;
     if chunk.data.is_empty() {
-        return Box::new(move |env| (atoms::chunk(), atoms::nil(), is_final).encode(env));
+        return Ok(Box::new(move |env| {
+            (atoms::chunk(), atoms::nil(), is_final).encode(env)
+        }));
     }
     match json::parse(&chunk.data) {
         Ok(value) => match json::reply_term(&chunk.data, value) {
-            Ok(term) => Box::new(move |env| {
+            Ok(term) => Ok(Box::new(move |env| {
                 let data = (atoms::json(), term(env));
                 (atoms::chunk(), data, is_final).encode(env)
-            }),
-            Err(msg) => error_payload(NifError::invalid(msg)),
+            })),
+            Err(msg) => Err(error_payload(NifError::invalid(msg))),
         },
+        Err(err) if err.is_limit() => Err(unreadable(err)),
         Err(_) => {
             let bytes = chunk.data;
-            Box::new(move |env| {
+            Ok(Box::new(move |env| {
                 let raw = binary_payload(bytes, atoms::raw())(env);
                 (atoms::chunk(), raw, is_final).encode(env)
-            })
+            }))
         }
     }
 }

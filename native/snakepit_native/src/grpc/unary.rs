@@ -196,3 +196,49 @@ fn decode_message(data: &[u8]) -> Result<ExecuteToolResponse, Status> {
     let message = grpc_frame::message(data).map_err(|e| bad(&e))?;
     ExecuteToolResponse::decode(message).map_err(|e| bad(&e.to_string()))
 }
+
+#[cfg(test)]
+mod tests {
+    //! The reply framing of the lean path, on arbitrary, truncated and
+    //! oversized bodies (see `test_shims.rs` on why this crate's tests link).
+    use super::*;
+    use proptest::prelude::*;
+
+    const CASES: u32 = 512;
+
+    fn body(msg: &[u8]) -> Vec<u8> {
+        let mut body = grpc_frame::prefix(msg.len()).to_vec();
+        body.extend_from_slice(msg);
+        body
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn arbitrary_bodies_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode_message(&bytes);
+            let _ = decode_message(&body(&bytes));
+        }
+
+        #[test]
+        fn replies_read_back_and_cut_ones_are_refused(
+            result in prop::collection::vec(any::<u8>(), 0..200),
+            success in any::<bool>(),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let resp = ExecuteToolResponse { success, result_json: result, ..Default::default() };
+            let body = body(&resp.encode_to_vec());
+            prop_assert_eq!(decode_message(&body).unwrap(), resp);
+            let cut = cut.index(body.len());
+            prop_assert!(decode_message(&body[..cut]).is_err());
+        }
+
+        #[test]
+        fn a_length_past_the_body_is_refused_without_allocating(len in (1u32 << 20).., rest in prop::collection::vec(any::<u8>(), 0..64)) {
+            let mut bytes = grpc_frame::prefix(len as usize).to_vec();
+            bytes.extend_from_slice(&rest);
+            prop_assert!(decode_message(&bytes).is_err());
+        }
+    }
+}

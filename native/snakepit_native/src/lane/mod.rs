@@ -347,6 +347,7 @@ impl Shared {
     }
 
     fn deliver_chunks(&self, env: Env, header: Header, message: &[u8]) {
+        let id = header.call_id;
         let decoded: Result<Vec<ToolChunk>, String> =
             frame::split_chunks(message).and_then(|parts| {
                 parts
@@ -354,43 +355,62 @@ impl Shared {
                     .map(|part| ToolChunk::decode(part).map_err(|e| e.to_string()))
                     .collect()
             });
-        let mut state = self.lock();
-        let id = header.call_id;
-        let Some(Call::Stream(stream)) = state.calls.get_mut(&id) else {
-            return; // Cancelled: its consumer went away.
-        };
         let chunks = match decoded {
             Ok(chunks) => chunks,
             Err(msg) => {
-                stream.to.send_from(env, malformed(&msg));
-                state.calls.remove(&id);
+                let mut state = self.lock();
+                if let Some(Call::Stream(stream)) = state.calls.remove(&id) {
+                    stream.to.send_from(env, malformed(&msg));
+                }
                 return;
             }
         };
-        // A tool's error ends the stream; the chunks before it still count.
-        let failed = chunks.iter().position(|c| c.error.is_some());
-        let mut chunks = chunks;
-        let error = failed.map(|at| chunks.split_off(at).swap_remove(0));
+        if !matches!(self.lock().calls.get(&id), Some(Call::Stream(_))) {
+            return; // Cancelled: its consumer went away.
+        }
+        // Parsed before the lock is taken again. A tool's error, or a chunk
+        // that cannot be taken, ends the stream; the chunks before it count.
+        let mut payloads = Vec::with_capacity(chunks.len());
+        let mut error = None;
+        let mut refused = false;
+        for chunk in chunks {
+            let tool_failed = chunk.error.is_some();
+            match response::chunk(chunk) {
+                Ok(payload) => payloads.push(payload),
+                Err(payload) => {
+                    error = Some(payload);
+                    refused = !tool_failed;
+                    break;
+                }
+            }
+        }
+        let mut state = self.lock();
+        let Some(Call::Stream(stream)) = state.calls.get_mut(&id) else {
+            return;
+        };
         let ended = error.is_some() || header.flags & frame::END != 0;
-        if !chunks.is_empty() || (ended && error.is_none()) {
-            stream.credit.delivered(chunks.len() as u32);
+        if !payloads.is_empty() || (ended && error.is_none()) {
+            stream.credit.delivered(payloads.len() as u32);
             stream
                 .to
-                .send_from(env, chunks_payload(chunks, ended && error.is_none()));
+                .send_from(env, chunks_payload(payloads, ended && error.is_none()));
         }
         if let Some(err) = error {
-            stream.to.send_from(env, response::chunk(err));
+            stream.to.send_from(env, err);
         }
         if ended {
             state.calls.remove(&id);
+        }
+        if refused && header.flags & frame::END == 0 {
+            // The worker is still producing: tell it to stop.
+            self.control(env, &mut state, Header::new(frame::CANCEL, id), &[]);
         }
     }
 }
 
 /// `{:chunks, [chunk, ...], :done | :more}`, each chunk as the gRPC path
 /// sends it alone (`{:chunk, data, is_final}`).
-fn chunks_payload(chunks: Vec<ToolChunk>, done: bool) -> Payload {
-    let parts: Vec<Payload> = chunks.into_iter().map(response::chunk).collect();
+fn chunks_payload(parts: Vec<Payload>, done: bool) -> Payload {
     Box::new(move |env| {
         let list: Vec<rustler::Term> = parts.into_iter().map(|p| p(env)).collect();
         let tail = if done { atoms::done() } else { atoms::more() };

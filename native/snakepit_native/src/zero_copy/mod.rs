@@ -376,23 +376,16 @@ pub fn marker_body(map: &Map<String, Value>) -> Option<&Map<String, Value>> {
 /// when the region is released. A bad marker fails the whole reply (and
 /// the regions adopted so far are released with the vector).
 pub fn adopt_all(value: &Value) -> Result<Vec<ResourceArc<Region>>, String> {
-    let mut found = Vec::new();
-    collect(value, &mut found)?;
-    Ok(found)
+    collect(value)
+        .into_iter()
+        .map(|body| adopt(body).map(ResourceArc::new))
+        .collect()
 }
 
-fn collect(value: &Value, found: &mut Vec<ResourceArc<Region>>) -> Result<(), String> {
-    match value {
-        Value::Array(items) => items.iter().try_for_each(|v| collect(v, found)),
-        Value::Object(map) => match marker_body(map) {
-            Some(body) => {
-                found.push(ResourceArc::new(adopt(body)?));
-                Ok(())
-            }
-            None => map.values().try_for_each(|v| collect(v, found)),
-        },
-        _ => Ok(()),
-    }
+/// The marker bodies in `value`, found by a walk with an explicit stack (a
+/// worker's reply may nest as deep as `max_nesting_depth` allows).
+fn collect(value: &Value) -> Vec<&Map<String, Value>> {
+    snakepit_core::json::tagged_objects(value, MARKER)
 }
 
 fn adopt(body: &Map<String, Value>) -> Result<Region, String> {

@@ -4,7 +4,6 @@
 use std::time::Instant;
 
 use rustler::Encoder;
-use serde_json::Value;
 use snakepit_core::bridge as core;
 use tonic::{Request, Response, Status};
 
@@ -78,7 +77,7 @@ impl ElixirBridge for Bridge {
             }
             // Decoded here, off the schedulers; bad input never reaches Elixir.
             let args = match core::decode_args(&req.args_json) {
-                Ok(args) => Value::Object(args),
+                Ok(args) => args,
                 Err(msg) => {
                     return Ok(tool_error(
                         "SerializationError",

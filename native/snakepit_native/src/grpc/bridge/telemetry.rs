@@ -25,6 +25,7 @@ use std::sync::Mutex;
 use futures::{Stream, StreamExt};
 use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
 use serde_json::Value;
+use snakepit_core::json::Parsed;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
@@ -283,18 +284,18 @@ fn event_term<'a>(env: Env<'a>, event: &TelemetryEvent) -> Option<Term<'a>> {
     ))
 }
 
-/// A JSON object (empty bytes: `{}`), or None for anything else.
-fn object(bytes: &[u8]) -> Option<Value> {
+/// A JSON object (empty bytes: `{}`), or None for anything else (too
+/// large, not JSON, nested past `max_nesting_depth`).
+fn object(bytes: &[u8]) -> Option<Parsed> {
     if bytes.is_empty() {
-        return Some(Value::Object(Default::default()));
+        return Some(Parsed::new(Value::Object(Default::default()), 1));
     }
     if bytes.len() > MAX_JSON_BYTES {
         return None;
     }
-    match snakepit_core::json::parse(bytes) {
-        Ok(value @ Value::Object(_)) => Some(value),
-        _ => None,
-    }
+    snakepit_core::json::parse(bytes)
+        .ok()
+        .filter(|value| value.is_object())
 }
 
 /// Names the process that takes this stream's events (and gets its close).
@@ -376,4 +377,98 @@ fn decode_control(term: Term) -> Option<Control> {
     }
     let (tag, allow, deny) = term.decode::<(Atom, Vec<String>, Vec<String>)>().ok()?;
     (tag == atoms::filter()).then_some(Control::Filter(TelemetryEventFilter { allow, deny }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The worker's telemetry envelopes: arbitrary bytes, nesting and sizes
+    //! (see `test_shims.rs` on why this crate's tests link). Building the terms
+    //! needs the BEAM; decoding does not.
+    use super::*;
+    use proptest::prelude::*;
+    use prost::Message;
+
+    const CASES: u32 = 512;
+
+    /// An envelope whose batch holds an envelope whose batch holds ...,
+    /// `depth` deep, written without building the nested messages.
+    fn nested_batches(depth: usize) -> Vec<u8> {
+        const BATCH_KEY: u8 = (10 << 3) | 2; // field 10, length-delimited
+        let varint_len = |mut n: usize| {
+            let mut len = 1;
+            while n >= 0x80 {
+                n >>= 7;
+                len += 1;
+            }
+            len
+        };
+        let mut sizes = vec![0usize];
+        for k in 1..=depth {
+            let inner = sizes[k - 1];
+            sizes.push(1 + varint_len(inner) + inner);
+        }
+        let mut out = Vec::with_capacity(sizes[depth]);
+        for k in (1..=depth).rev() {
+            out.push(BATCH_KEY);
+            let mut n = sizes[k - 1];
+            while n >= 0x80 {
+                out.push((n as u8 & 0x7f) | 0x80);
+                n >>= 7;
+            }
+            out.push(n as u8);
+        }
+        assert_eq!(out.len(), sizes[depth]);
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(CASES))]
+
+        #[test]
+        fn arbitrary_envelopes_decode_or_are_refused(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Ok(event) = TelemetryEvent::decode(bytes.as_slice()) {
+                let _ = object(&event.measurements_json);
+                let _ = object(&event.metadata_json);
+            }
+        }
+
+        #[test]
+        fn event_maps_are_objects_or_nothing(bytes in prop::collection::vec(any::<u8>(), 0..256)) {
+            if let Some(value) = object(&bytes) {
+                prop_assert!(value.is_object());
+            }
+        }
+
+        #[test]
+        fn cut_envelopes_are_refused_or_shorter(parts in prop::collection::vec("[a-z]{1,8}", 1..4), cut in any::<prop::sample::Index>()) {
+            let event = TelemetryEvent {
+                event_parts: parts,
+                measurements_json: br#"{"duration": 12}"#.to_vec(),
+                ..Default::default()
+            };
+            let bytes = event.encode_to_vec();
+            prop_assert_eq!(TelemetryEvent::decode(bytes.as_slice()).unwrap(), event);
+            let _ = TelemetryEvent::decode(&bytes[..cut.index(bytes.len())]);
+        }
+    }
+
+    #[test]
+    fn a_hundred_thousand_nested_batches_are_refused_without_recursion() {
+        // prost stops at its recursion limit (100) long before the stack.
+        assert!(TelemetryEvent::decode(nested_batches(100_000).as_slice()).is_err());
+        // One level, as workers send, decodes.
+        let one = TelemetryEvent::decode(nested_batches(1).as_slice()).unwrap();
+        assert_eq!(one.batch.len(), 1);
+    }
+
+    #[test]
+    fn deep_or_large_event_maps_are_rejected() {
+        let deep = [&b"{\"a\":"[..]].repeat(30_000).concat();
+        assert!(object(&deep).is_none());
+        let large = format!("{{\"a\": \"{}\"}}", "x".repeat(MAX_JSON_BYTES));
+        assert!(object(large.as_bytes()).is_none());
+        assert!(object(b"[1]").is_none());
+        assert!(object(b"").unwrap().is_object());
+        assert!(object(br#"{"n": 1}"#).unwrap().is_object());
+    }
 }
