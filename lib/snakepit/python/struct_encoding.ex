@@ -55,14 +55,20 @@ defmodule Snakepit.StructEncoding do
     Map.new(map, fn {key, value} -> {key, walk(value, [".#{key_text(key)}" | path])} end)
   end
 
-  defp walk(list, path) when is_list(list) do
-    list |> Enum.with_index() |> Enum.map(fn {item, i} -> walk(item, ["[#{i}]" | path]) end)
-  end
+  defp walk(list, path) when is_list(list), do: walk_list(list, path, 0, [])
 
   defp walk(tuple, path) when is_tuple(tuple),
     do: tuple |> Tuple.to_list() |> walk(path) |> List.to_tuple()
 
   defp walk(other, _path), do: other
+
+  # Cell by cell: an improper tail is kept as it is (the encoder then says
+  # it cannot be sent), never a crash here.
+  defp walk_list([item | rest], path, i, acc),
+    do: walk_list(rest, path, i + 1, [walk(item, ["[#{i}]" | path]) | acc])
+
+  defp walk_list([], _path, _i, acc), do: Enum.reverse(acc)
+  defp walk_list(tail, _path, _i, acc), do: :lists.reverse(acc, tail)
 
   defp key_text(key) when is_binary(key) or is_atom(key) or is_integer(key), do: to_string(key)
   defp key_text(key), do: inspect(key)

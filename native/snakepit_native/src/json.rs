@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use rustler::types::map::MapIterator;
-use rustler::{Binary, Encoder, Env, ListIterator, ResourceArc, Term, TermType};
+use rustler::{Binary, Encoder, Env, ResourceArc, Term, TermType};
 use serde_json::Value;
 use snakepit_core::json::{self as core, Limits, Parsed};
 
@@ -83,8 +83,10 @@ pub fn encode_within(term: Term, budget: usize) -> Result<Vec<u8>, EncodeError> 
 
 /// An open container being written.
 enum Frame<'a> {
+    /// `rest`: the cells not yet written (walked cell by cell, so an
+    /// improper tail is an error, never a panic of rustler's iterator).
     List {
-        items: ListIterator<'a>,
+        rest: Term<'a>,
         next: usize,
     },
     Tuple {
@@ -120,6 +122,8 @@ enum Step<'a> {
     Value(Term<'a>),
     Entry(Term<'a>, Term<'a>),
     Close(u8),
+    /// A list whose tail is not a list.
+    Improper,
     Done,
 }
 
@@ -146,6 +150,9 @@ impl<'a> JsonEncoder<'a> {
             }
             match self.step() {
                 Step::Done => return Ok(()),
+                Step::Improper => {
+                    return Err(self.error(fail("an improper list cannot be encoded as JSON")))
+                }
                 Step::Value(term) => next = Some(term),
                 Step::Close(byte) => {
                     self.out.push(byte);
@@ -170,13 +177,19 @@ impl<'a> JsonEncoder<'a> {
             return Step::Done;
         };
         let (first, step) = match frame {
-            Frame::List { items, next } => match items.next() {
-                Some(item) => {
-                    *next += 1;
-                    (*next == 1, Step::Value(item))
+            Frame::List { rest, next } => {
+                if rest.is_empty_list() {
+                    return Step::Close(b']');
                 }
-                None => return Step::Close(b']'),
-            },
+                match rest.list_get_cell() {
+                    Ok((item, tail)) => {
+                        *rest = tail;
+                        *next += 1;
+                        (*next == 1, Step::Value(item))
+                    }
+                    Err(_) => return Step::Improper,
+                }
+            }
             Frame::Tuple { items, next } => match items.get(*next) {
                 Some(&item) => {
                     *next += 1;
@@ -290,8 +303,13 @@ impl<'a> JsonEncoder<'a> {
                 serde_json::to_writer(&mut self.out, &f).expect("finite float");
             }
             TermType::List => {
-                let items: ListIterator = term.decode().map_err(|_| fail("improper list"))?;
-                self.open(Frame::List { items, next: 0 }, b'[')?;
+                self.open(
+                    Frame::List {
+                        rest: term,
+                        next: 0,
+                    },
+                    b'[',
+                )?;
             }
             TermType::Tuple => {
                 let items =

@@ -358,9 +358,13 @@ impl Shared {
         let chunks = match decoded {
             Ok(chunks) => chunks,
             Err(msg) => {
+                // Only a stream's chunks end it: CHUNKS naming a unary call
+                // are dropped and leave that call waiting for its reply.
                 let mut state = self.lock();
-                if let Some(Call::Stream(stream)) = state.calls.remove(&id) {
-                    stream.to.send_from(env, malformed(&msg));
+                if matches!(state.calls.get(&id), Some(Call::Stream(_))) {
+                    if let Some(Call::Stream(stream)) = state.calls.remove(&id) {
+                        stream.to.send_from(env, malformed(&msg));
+                    }
                 }
                 return;
             }
