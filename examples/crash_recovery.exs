@@ -163,8 +163,9 @@ for {type, message} <- [
       %Snakepit.Error.DeviceMismatch{} = e ->
         "expected #{inspect(e.expected)}, got #{inspect(e.got)}"
 
-      %Snakepit.Error{} = e ->
-        "category #{e.category}: #{e.message}"
+      # Any other Python exception: the struct of its class, as calls return it.
+      %{python_type: type} = e ->
+        "#{type}: #{e.message}"
     end
 
   IO.puts("#{inspect(error.__struct__)}: #{summary}")
