@@ -46,6 +46,8 @@ defmodule Snakepit.Pool.Runtime do
             max: 1,
             # Workers started by the pool and not yet ready: id => start time.
             starting: %{},
+            # The first workers: their starts pay for the fork server's too.
+            initial: MapSet.new(),
             # Moving average of how long (ms) a worker takes to be ready.
             start_ms: nil,
             # A restart in progress (Snakepit.Pool.Slots.restart/4).
@@ -72,6 +74,7 @@ defmodule Snakepit.Pool.Runtime do
       batch_delay: delay,
       timings: Snakepit.Pool.Timings.new(),
       members: MapSet.new(ids),
+      initial: MapSet.new(ids),
       slot_of: ids |> Enum.with_index() |> Map.new(),
       size: config.pool_size,
       min: Map.get(config, :min_workers, config.pool_size),
@@ -130,7 +133,8 @@ defmodule Snakepit.Pool.Runtime do
 
   @doc """
   Worker `id` is ready at `now`: the time it took, when the pool started
-  it, feeds the estimate of how long a new worker takes (`start_ms`).
+  it after its first workers (whose starts include the fork server's),
+  feeds the estimate of how long a new worker takes (`start_ms`).
   """
   @spec ready(t(), String.t(), integer()) :: t()
   def ready(rt, id, now) do
@@ -139,9 +143,13 @@ defmodule Snakepit.Pool.Runtime do
         rt
 
       {at, starting} ->
-        sample = max(now - at, 0)
-        avg = if rt.start_ms, do: rt.start_ms + (sample - rt.start_ms) / 4, else: sample * 1.0
-        %{rt | starting: starting, start_ms: avg}
+        if MapSet.member?(rt.initial, id) do
+          %{rt | starting: starting}
+        else
+          sample = max(now - at, 0)
+          avg = if rt.start_ms, do: rt.start_ms + (sample - rt.start_ms) / 4, else: sample * 1.0
+          %{rt | starting: starting, start_ms: avg}
+        end
     end
   end
 

@@ -6,16 +6,24 @@ defmodule Snakepit.Pool.Scaling do
 
   ## Growing: when calls wait
 
-  The pool grows when a call has to wait for a worker and a new worker
-  would be ready before the queue clears on its own. The wait ahead of the
-  newest queued call is told by the pool's run-time estimate
-  (`Snakepit.Pool.Admission`, the same numbers the `:deadline` discipline
-  uses): `(queued / ready slots + 0.5) * typical run time`. When that is
-  longer than a worker typically takes to start (measured on the pool's
-  own starts), the pool grows at once to as many workers as would serve
-  every busy and queued call (`ceil((busy + queued) / capacity)`), capped
-  at `max_workers`. Before any call or start was measured, waiting calls
-  are reason enough.
+  The pool grows when calls wait for a worker and a new worker would still
+  be of use once it is ready, that is when either
+
+    * the wait ahead of the newest queued call is longer than a worker
+      typically takes to start (measured on the pool's own starts after
+      its first batch, which pays for the fork server's start too). The
+      wait is told by the pool's run-time estimate
+      (`Snakepit.Pool.Admission`, the same numbers the `:deadline`
+      discipline uses): `(queued / ready slots + 0.5) * typical run
+      time`; or
+    * calls have been waiting, without the queue emptying once, for
+      longer than a worker takes to start: a standing queue, which the
+      first rule misses when calls keep arriving as fast as they leave.
+
+  It then grows at once to as many workers as would serve every busy and
+  queued call (`ceil((busy + queued) / capacity)`), capped at
+  `max_workers`. Before any call or start was measured, waiting calls are
+  reason enough.
 
   Why calls waiting and not utilization: a pool at 100% utilization may
   have exactly the workers it needs or far too few; utilization cannot
@@ -49,7 +57,8 @@ defmodule Snakepit.Pool.Scaling do
           capacity: pos_integer(),
           ready_slots: non_neg_integer(),
           run_ms: number() | nil,
-          start_ms: number() | nil
+          start_ms: number() | nil,
+          backlog_ms: non_neg_integer()
         }
 
   @typedoc "A member the pool may retire."
@@ -66,10 +75,10 @@ defmodule Snakepit.Pool.Scaling do
   size when it should not grow).
 
       iex> Snakepit.Pool.Scaling.grow_to(%{size: 1, max: 4, queued: 31, busy: 1, capacity: 1,
-      ...>   ready_slots: 1, run_ms: 50, start_ms: 400})
+      ...>   ready_slots: 1, run_ms: 50, start_ms: 400, backlog_ms: 0})
       4
       iex> Snakepit.Pool.Scaling.grow_to(%{size: 1, max: 4, queued: 2, busy: 1, capacity: 1,
-      ...>   ready_slots: 1, run_ms: 50, start_ms: 400})
+      ...>   ready_slots: 1, run_ms: 50, start_ms: 400, backlog_ms: 0})
       1
   """
   @spec grow_to(load()) :: pos_integer()
@@ -91,8 +100,10 @@ defmodule Snakepit.Pool.Scaling do
   defp worth_growing?(%{start_ms: nil}), do: true
   defp worth_growing?(%{ready_slots: 0}), do: true
 
-  defp worth_growing?(load),
-    do: expected_wait(load.queued, load.ready_slots, load.run_ms) > load.start_ms
+  defp worth_growing?(load) do
+    load.backlog_ms >= load.start_ms or
+      expected_wait(load.queued, load.ready_slots, load.run_ms) > load.start_ms
+  end
 
   @doc """
   How long (ms) the newest of `queued` calls waits on `slots` slots whose

@@ -335,7 +335,8 @@ defmodule Snakepit.Pool.Slots do
           capacity: capacity(state, name),
           ready_slots: ready_slots,
           run_ms: Admission.estimate(pool.admission, nil),
-          start_ms: rt.start_ms
+          start_ms: rt.start_ms,
+          backlog_ms: State.backlog_ms(pool)
         })
 
       if target > rt.size, do: resize(state, name, target, :calls_waiting), else: state

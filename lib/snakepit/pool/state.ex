@@ -86,6 +86,9 @@ defmodule Snakepit.Pool.State do
             # were needed) was last seen: level => monotonic ms.
             busy: 0,
             demand: %{},
+            # Since when (monotonic ms) calls have waited without the queue
+            # emptying once; nil with an empty queue.
+            backlog_since: nil,
             # The queue discipline and its run-time estimates.
             admission: %Admission{},
             # Monotonic milliseconds (tests give their own clock).
@@ -275,7 +278,7 @@ defmodule Snakepit.Pool.State do
 
   defp reject_waiting(state, reason) do
     actions = for ref <- :queue.to_list(state.queue), do: {:reject, state.waiting[ref], reason}
-    {actions, %{state | queue: :queue.new(), waiting: %{}}}
+    {actions, %{state | queue: :queue.new(), waiting: %{}, backlog_since: nil}}
   end
 
   @doc "True once every expected worker has either become ready or failed."
@@ -444,6 +447,7 @@ defmodule Snakepit.Pool.State do
 
           true ->
             state = note_demand(state, state.busy + ahead + 1)
+            state = if ahead == 0, do: %{state | backlog_since: state.clock.()}, else: state
 
             {:queued,
              %{
@@ -647,8 +651,21 @@ defmodule Snakepit.Pool.State do
   defp dispatch(state, rescan) do
     {actions, skipped, state} = dispatch_loop(state, rescan, [], [])
     queue = :queue.join(:queue.from_list(Enum.reverse(skipped)), state.queue)
-    {Enum.reverse(actions), %{state | queue: queue}}
+    {Enum.reverse(actions), backlog(%{state | queue: queue})}
   end
+
+  defp backlog(%{backlog_since: nil} = state), do: state
+
+  defp backlog(state),
+    do: if(:queue.is_empty(state.queue), do: %{state | backlog_since: nil}, else: state)
+
+  @doc """
+  How long (ms) calls have been waiting without the queue emptying once
+  (0 with an empty queue): a standing queue, not a blip.
+  """
+  @spec backlog_ms(t()) :: non_neg_integer()
+  def backlog_ms(%{backlog_since: nil}), do: 0
+  def backlog_ms(state), do: max(state.clock.() - state.backlog_since, 0)
 
   defp dispatch_loop(state, rescan, actions, skipped) do
     if not rescan and :queue.is_empty(state.free) and state.retiring == 0 do
@@ -704,7 +721,7 @@ defmodule Snakepit.Pool.State do
         {:not_queued, state}
 
       {request, waiting} ->
-        state = %{state | waiting: waiting, queue: :queue.delete(ref, state.queue)}
+        state = backlog(%{state | waiting: waiting, queue: :queue.delete(ref, state.queue)})
 
         state =
           case why do

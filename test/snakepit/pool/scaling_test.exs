@@ -16,7 +16,8 @@ defmodule Snakepit.Pool.ScalingTest do
           capacity: 1,
           ready_slots: 1,
           run_ms: 50,
-          start_ms: 300
+          start_ms: 300,
+          backlog_ms: 0
         },
         Map.new(overrides)
       )
@@ -40,7 +41,14 @@ defmodule Snakepit.Pool.ScalingTest do
     test "not when the queue clears before a new worker could be ready" do
       # (5 / 1 + 0.5) * 50 ms = 275 ms < 300 ms to start a worker.
       assert Scaling.grow_to(load(queued: 5)) == 1
+      assert Scaling.grow_to(load(queued: 5, backlog_ms: 299)) == 1
       assert Scaling.grow_to(load(queued: 6)) == 4
+    end
+
+    test "a standing queue grows the pool though each call's wait is short" do
+      # Calls leave as fast as they come: the queue has not emptied for as
+      # long as a worker takes to start.
+      assert Scaling.grow_to(load(queued: 2, busy: 1, backlog_ms: 300)) == 3
     end
 
     test "without measurements, or without a ready worker, waiting calls are reason enough" do
@@ -129,7 +137,10 @@ defmodule Snakepit.Pool.ScalingTest do
     end
 
     test "start times feed the estimate of how long a worker takes to be ready" do
-      rt = rt(1) |> Runtime.started("a", 0) |> Runtime.ready("a", 400)
+      # The first workers' starts include the fork server's: no samples.
+      rt = rt(1) |> Runtime.started("p_worker_1", 0) |> Runtime.ready("p_worker_1", 3_000)
+      assert rt.start_ms == nil
+      rt = rt |> Runtime.started("a", 0) |> Runtime.ready("a", 400)
       assert rt.start_ms == 400.0
       rt = rt |> Runtime.started("b", 1_000) |> Runtime.ready("b", 1_200)
       assert rt.start_ms == 350.0

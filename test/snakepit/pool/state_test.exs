@@ -481,6 +481,25 @@ defmodule Snakepit.Pool.StateTest do
       assert State.forget_demand(s, 250).demand |> Map.keys() |> Enum.sort() == [2, 3, 4]
       assert State.forget_demand(s, 301).demand == %{}
     end
+
+    test "the backlog counts from when the queue last stopped being empty" do
+      now = :counters.new(1, [])
+      s = clocked(now) |> State.add_worker(worker("w1"))
+      assert State.backlog_ms(s) == 0
+      a = req()
+      {_, s} = granted!(s, a)
+      :counters.put(now, 1, 100)
+      {:queued, s} = State.checkout(s, b = req())
+      :counters.put(now, 1, 150)
+      {:queued, s} = State.checkout(s, req())
+      :counters.put(now, 1, 400)
+      assert State.backlog_ms(s) == 300
+      # A call leaves, another waits: still standing.
+      {[{:grant, _, _}], s} = done(s, a)
+      assert State.backlog_ms(s) == 300
+      {[{:grant, _, _}], s} = done(s, b)
+      assert State.backlog_ms(s) == 0
+    end
   end
 
   test "session pins unused since a time are pruned" do
