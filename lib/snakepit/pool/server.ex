@@ -211,7 +211,7 @@ defmodule Snakepit.Pool.Server do
   def handle_call({:restart, which, opts}, from, state) when is_list(opts) do
     name = if which == :all, do: state.default, else: which
 
-    if Map.has_key?(state.pools, name) do
+    if Map.has_key?(state.pools, name) and Keyword.keyword?(opts) do
       {:noreply, Restart.start(state, name, from, opts)}
     else
       {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})}, state}
@@ -477,20 +477,14 @@ defmodule Snakepit.Pool.Server do
   end
 
   # A pool's watched Python files changed (Snakepit.Pool.Reloader).
-  def handle_info({:reload, name, files}, state)
-      when is_map_key(state.pools, name) and is_list(files) do
-    Telemetry.emit([:snakepit, :pool, :reload], %{files: length(files)}, %{
-      pool: name,
-      files: Enum.take(files, 10)
-    })
-
-    Snakepit.Logger.info(
-      :lifecycle,
-      "pool #{inspect(name)}: #{length(files)} Python files changed " <>
-        "(#{files |> Enum.take(3) |> Enum.map_join(", ", &Path.basename/1)}); restarting it"
-    )
-
-    {:noreply, Restart.start(state, name, nil, rolling: true, reason: :reload)}
+  def handle_info({:reload, name, [_ | _] = files} = message, state)
+      when is_map_key(state.pools, name) do
+    if Enum.all?(files, &is_binary/1) do
+      {:noreply, reload(state, name, files)}
+    else
+      malformed(message)
+      {:noreply, state}
+    end
   end
 
   def handle_info({:max_requests, name, id}, state)
@@ -557,6 +551,21 @@ defmodule Snakepit.Pool.Server do
   def handle_info(other, state) do
     malformed(other)
     {:noreply, state}
+  end
+
+  defp reload(state, name, files) do
+    Telemetry.emit([:snakepit, :pool, :reload], %{files: length(files)}, %{
+      pool: name,
+      files: Enum.take(files, 10)
+    })
+
+    Snakepit.Logger.info(
+      :lifecycle,
+      "pool #{inspect(name)}: #{length(files)} Python files changed " <>
+        "(#{files |> Enum.take(3) |> Enum.map_join(", ", &Path.basename/1)}); restarting it"
+    )
+
+    Restart.start(state, name, nil, rolling: true, reason: :reload)
   end
 
   defp worker_ready(state, name, worker) do

@@ -134,8 +134,9 @@ defmodule Snakepit.Pool.ElasticTest do
     # The slot that stays is the lowest.
     assert {:ok, _} = Snakepit.execute("interval", %{ms: 1})
 
-    assert Snakepit.Status.snapshot().pools |> hd() |> Map.take([:size, :min_workers]) ==
-             %{size: 1, min_workers: 1}
+    snapshot = Snakepit.Status.snapshot()
+    assert %{size: 1, min_workers: 1, max_workers: 3} = hd(snapshot.pools)
+    assert Snakepit.Status.format(snapshot) =~ "size=1 (1..3)"
   end
 
   describe "resize/2 under load" do
@@ -246,13 +247,17 @@ defmodule Snakepit.Pool.ElasticTest do
       background = load(4)
 
       for n <- [3, 4, 2, 4, 1] do
+        served = Snakepit.get_stats().requests
         assert :ok = Pool.resize(:default, n)
         await_scale(n, :resize)
         await_ready_workers(n)
+        # Some calls at each size.
+        assert AppPool.wait_until(fn -> Snakepit.get_stats().requests >= served + 8 end, 20_000) !=
+                 :timeout
       end
 
       results = stop_load(background)
-      assert length(results) > 20
+      assert length(results) >= 40
       assert %{size: 1, workers: 1, queued: 0, busy: 0} = Snakepit.get_stats()
     end
   end
