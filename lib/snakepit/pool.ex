@@ -38,6 +38,15 @@ defmodule Snakepit.Pool do
   by `Snakepit.Worker.LifecycleManager` through `recycle_worker/4`: the
   replacement starts first and the old worker retires once its in-flight
   requests are done.
+
+  ## Size
+
+  A pool keeps a size in `min_workers..max_workers` (a fixed pool:
+  `pool_size..pool_size`). An elastic pool grows while calls wait and
+  shrinks after `scale_down_after_ms` without need (`Snakepit.Pool.Scaling`);
+  `resize/2` sets the size at run time, `restart/2` replaces every worker
+  while the pool serves. Workers that leave drain first. See "Pools that
+  breathe" in `docs/pools.md`.
   """
 
   alias Snakepit.{Defaults, Error}
