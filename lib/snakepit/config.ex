@@ -205,14 +205,29 @@ defmodule Snakepit.Config do
   defp check_limits(config) do
     max = Defaults.pool_max_workers()
 
-    if config.pool_size > max do
-      invalid(
-        config.name,
-        "pool_size #{config.pool_size} exceeds pool_max_workers (#{max}); " <>
-          "lower pool_size or raise config :snakepit, pool_max_workers"
-      )
-    else
-      :ok
+    cond do
+      config.pool_size > max ->
+        invalid(
+          config.name,
+          "pool_size #{config.pool_size} exceeds pool_max_workers (#{max}); " <>
+            "lower pool_size or raise config :snakepit, pool_max_workers"
+        )
+
+      config.min_workers > config.max_workers ->
+        invalid(
+          config.name,
+          "min_workers #{config.min_workers} exceeds max_workers #{config.max_workers}"
+        )
+
+      config.max_workers > max ->
+        invalid(
+          config.name,
+          "max_workers #{config.max_workers} exceeds pool_max_workers (#{max}); " <>
+            "lower max_workers or raise config :snakepit, pool_max_workers"
+        )
+
+      true ->
+        :ok
     end
   end
 
@@ -239,7 +254,36 @@ defmodule Snakepit.Config do
     |> Map.update!(:adapter_env, &normalize_env/1)
     |> Map.update!(:crash_barrier, &Map.new/1)
     |> Map.put(:heartbeat, Map.merge(heartbeat_defaults(), Map.new(config[:heartbeat] || %{})))
+    |> normalize_size()
   end
+
+  # A fixed pool is the range pool_size..pool_size. An elastic one (either
+  # bound given) starts at min_workers, which pool_size then reports.
+  defp normalize_size(%{min_workers: min, max_workers: max} = config)
+       when is_integer(min) and is_integer(max),
+       do: %{config | pool_size: min}
+
+  defp normalize_size(%{min_workers: min} = config) when is_integer(min),
+    do: Map.merge(config, %{max_workers: max(config.pool_size, min), pool_size: min})
+
+  defp normalize_size(%{max_workers: max} = config) when is_integer(max),
+    do: Map.merge(config, %{min_workers: 1, pool_size: 1})
+
+  defp normalize_size(config),
+    do: Map.merge(config, %{min_workers: config.pool_size, max_workers: config.pool_size})
+
+  @doc """
+  Is the pool elastic (it may grow and shrink by itself, `min_workers <
+  max_workers`)?
+
+      iex> Snakepit.Config.elastic?(%{min_workers: 1, max_workers: 4})
+      true
+      iex> Snakepit.Config.elastic?(%{min_workers: 2, max_workers: 2})
+      false
+  """
+  @spec elastic?(map()) :: boolean()
+  def elastic?(%{min_workers: min, max_workers: max}), do: min < max
+  def elastic?(_config), do: false
 
   defp normalize_env(env) when is_map(env), do: Map.to_list(env)
   defp normalize_env(env), do: env

@@ -38,6 +38,15 @@ defmodule Snakepit.Pool do
   by `Snakepit.Worker.LifecycleManager` through `recycle_worker/4`: the
   replacement starts first and the old worker retires once its in-flight
   requests are done.
+
+  ## Size
+
+  A pool keeps a size in `min_workers..max_workers` (a fixed pool:
+  `pool_size..pool_size`). An elastic pool grows while calls wait and
+  shrinks after `scale_down_after_ms` without need (`Snakepit.Pool.Scaling`);
+  `resize/2` sets the size at run time, `restart/2` replaces every worker
+  while the pool serves. Workers that leave drain first. See "Pools that
+  breathe" in `docs/pools.md`.
   """
 
   alias Snakepit.{Defaults, Error}
@@ -261,7 +270,9 @@ defmodule Snakepit.Pool do
   @doc """
   Statistics summed over every pool of `pool` (a pool process), or of one
   pool when `pool` is a pool's name: `requests`, `errors`, `queued`,
-  `queue_timeouts`, `pool_saturated`, `workers`, `available`, `busy`,
+  `queue_timeouts`, `pool_saturated`, `size` (the workers the pool keeps
+  now), `min_workers` and `max_workers` (its range; both `pool_size` for a
+  fixed pool), `workers` (ready ones), `available`, `busy`,
   `utilization` (busy share of capacity, now), and `wait_time_ms` /
   `run_time_ms` (`%{p50:, p90:, p99:}` over the last 30-60 s, within
   12.5%; `nil` without calls) of the time calls waited for a worker and
@@ -307,6 +318,116 @@ defmodule Snakepit.Pool do
           :ok | {:error, :not_found | :already_recycling}
   def recycle_worker(server \\ __MODULE__, pool_name, worker_id, reason \\ :manual),
     do: GenServer.call(server, {:recycle, pool_name, worker_id, reason})
+
+  @doc """
+  Sets the size of pool `pool_name` at run time: `:ok` once the pool has
+  taken the new size, while the workers it needs start, or those it no
+  longer needs drain, in the background (`[:snakepit, :pool, :scale]` with
+  `reason: :resize`, then a `[:snakepit, :worker, :initialized]` per
+  worker ready and a `[:snakepit, :pool, :worker, :retired]` per worker
+  stopped).
+
+  A fixed pool keeps the new size. An elastic pool (`min_workers <
+  max_workers`) takes any size within its range and goes on breathing
+  from there: it shrinks back after `scale_down_after_ms` if the calls do
+  not need the workers. A worker that leaves stops taking new calls, ends
+  those in flight, and stops once no session with strict affinity is
+  pinned to it (see the guide's "Pools that breathe"); workers without
+  calls or strict sessions leave first.
+
+  `pool_name` is a pool's name or `{pool process, name}`; a pool process
+  alone means its default pool. `{:error, %Snakepit.Error{category:
+  :validation}}` for a size that is not a positive integer up to
+  `pool_max_workers`, or outside an elastic pool's range.
+  """
+  @spec resize(atom() | pid() | {atom() | pid(), atom()}, pos_integer()) ::
+          :ok | {:error, Error.t()}
+  def resize(pool_name, n) do
+    max = Defaults.pool_max_workers()
+
+    with {:ok, server, which} <- server_and_pool(pool_name) do
+      if is_integer(n) and n > 0 and n <= max,
+        do: query(server, {:resize, which, n}, pool_name),
+        else: invalid(:size, n, "a positive integer up to pool_max_workers (#{max})")
+    end
+  end
+
+  @doc """
+  Replaces every worker of pool `pool_name` while it serves, e.g. after a
+  deploy of new adapter code or weights. Returns `:ok` when every worker
+  was replaced. Options:
+
+    * `:rolling` - `true` (default): one worker at a time; its
+      replacement starts (in the same slot: same `worker_env`, same
+      device) and is ready before the old one stops taking calls, drains
+      and stops, so the pool never has fewer ready workers than its size.
+      `false`: every replacement starts at once (twice the processes for
+      a moment).
+    * `:timeout` - how long to wait (ms, default 300_000, or `:infinity`);
+      on timeout `{:error, %Snakepit.Error{category: :timeout}}` while the
+      restart goes on.
+
+  Sessions pinned to a replaced worker follow the affinity rules for a
+  worker that is gone (`:hint` moves on, strict modes get
+  `:session_worker_unavailable` once). If a replacement fails to start,
+  the restart stops there and returns the error: the worker it was to
+  replace keeps serving. A restart asked for while one runs runs after
+  it. Telemetry: `[:snakepit, :pool, :restart, :start | :step | :stop]`
+  (`Snakepit.Pool.Restart`).
+  """
+  @spec restart(atom() | pid() | {atom() | pid(), atom()}, keyword()) :: :ok | {:error, Error.t()}
+  def restart(pool_name, opts \\ []) do
+    with {:ok, server, which} <- server_and_pool(pool_name),
+         {:ok, rolling, timeout} <- restart_opts(opts) do
+      try do
+        GenServer.call(server, {:restart, which, [rolling: rolling]}, timeout)
+      catch
+        :exit, {:timeout, _} ->
+          {:error,
+           Error.timeout_error(
+             "restart of #{inspect(pool_name)} not done within #{timeout} ms",
+             %{
+               pool: pool_name
+             }
+           )}
+
+        :exit, {:noproc, _} ->
+          {:error,
+           Error.pool_error("Snakepit pool #{inspect(pool_name)} is not running", %{
+             pool: pool_name
+           })}
+
+        :exit, reason ->
+          {:error,
+           Error.pool_error("pool stopped during the restart: #{inspect(reason)}", %{
+             pool: pool_name
+           })}
+      end
+    end
+  end
+
+  defp restart_opts(opts) do
+    if Keyword.keyword?(opts) do
+      rolling = Keyword.get(opts, :rolling, true)
+      timeout = Keyword.get(opts, :timeout, 300_000)
+
+      cond do
+        unknown = Enum.find(Keyword.keys(opts), &(&1 not in [:rolling, :timeout])) ->
+          invalid(:option, unknown, "one of :rolling, :timeout")
+
+        not is_boolean(rolling) ->
+          invalid(:rolling, rolling, "a boolean")
+
+        not (timeout == :infinity or (is_integer(timeout) and timeout > 0)) ->
+          invalid(:timeout, timeout, "a positive integer of ms or :infinity")
+
+        true ->
+          {:ok, rolling, timeout}
+      end
+    else
+      invalid(:options, opts, "a keyword list")
+    end
+  end
 
   @doc "Requests worker `worker_id` of `pool_name` runs now."
   @spec worker_load(atom(), String.t()) :: non_neg_integer()

@@ -1,6 +1,7 @@
 defmodule Snakepit.Status do
   @moduledoc """
-  What `mix snakepit.status` shows: each pool (profile, size, ready, busy
+  What `mix snakepit.status` shows: each pool (profile, size and the range
+  it may breathe in, ready, busy
   and down slots, queue, utilization, recent errors, wait and run times)
   and each worker (id, OS pid, resident memory, requests served, uptime,
   state), and whether all of it is healthy. `snapshot/0` runs on the node
@@ -56,7 +57,7 @@ defmodule Snakepit.Status do
           "pool #{inspect(pool.name)} has no ready worker (#{pool.stats.slots_down} slots down)"
 
         pool.stats.slots_down > 0 ->
-          "pool #{inspect(pool.name)} has #{pool.stats.slots_down} of #{pool.pool_size} slots down"
+          "pool #{inspect(pool.name)} has #{pool.stats.slots_down} of #{pool.size} slots down"
 
         true ->
           nil
@@ -76,7 +77,7 @@ defmodule Snakepit.Status do
     s = pool.stats
 
     header =
-      "pool #{inspect(pool.name)}  profile=#{inspect(pool.profile)}  size=#{pool.pool_size}  " <>
+      "pool #{inspect(pool.name)}  profile=#{inspect(pool.profile)}  size=#{size(pool)}  " <>
         "ready=#{s.workers} busy=#{s.busy} down=#{s.slots_down}  queued=#{s.queued}  " <>
         "utilization=#{percent(s.utilization)}  requests=#{s.requests} errors=#{s.errors} " <>
         "queue_timeouts=#{s.queue_timeouts} saturated=#{s.pool_saturated} shed=#{s.shed} " <>
@@ -95,6 +96,10 @@ defmodule Snakepit.Status do
 
     Enum.join([header | down ++ workers], "\n")
   end
+
+  # "3" for a fixed pool, "3 (1..4)" for an elastic one.
+  defp size(%{size: size, min_workers: same, max_workers: same}), do: "#{size}"
+  defp size(%{size: size, min_workers: min, max_workers: max}), do: "#{size} (#{min}..#{max})"
 
   defp percent(u), do: "#{round(u * 100)}%"
   defp mb(nil), do: "?"

@@ -30,6 +30,13 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :shed],
     [:snakepit, :pool, :queue, :delay],
     [:snakepit, :pool, :queue, :timeout],
+    # Pools that breathe: size steps, workers drained away, restarts.
+    [:snakepit, :pool, :scale],
+    [:snakepit, :pool, :worker, :retired],
+    [:snakepit, :pool, :restart, :start],
+    [:snakepit, :pool, :restart, :step],
+    [:snakepit, :pool, :restart, :stop],
+    [:snakepit, :pool, :reload],
     [:snakepit, :request, :executed],
     [:snakepit, :request, :stopped],
     [:snakepit, :security, :unauthenticated],

@@ -21,7 +21,13 @@ defmodule Snakepit.ConfigTest do
     :instance_token,
     :data_dir,
     :pool_startup_batch_size,
-    :pool_max_workers
+    :pool_max_workers,
+    :min_workers,
+    :max_workers,
+    :scale_down_after_ms,
+    :worker_env,
+    :devices,
+    :reload
   ]
 
   setup do
@@ -127,6 +133,65 @@ defmodule Snakepit.ConfigTest do
                Config.validate_pool_config(%{name: :big, pool_size: 5})
 
       assert message =~ "pool_size 5 exceeds pool_max_workers (4)"
+    end
+
+    test "a fixed pool is the range pool_size..pool_size; either bound makes it elastic" do
+      assert {:ok, fixed} = Config.validate_pool_config(%{name: :f, pool_size: 3})
+      assert {fixed.min_workers, fixed.max_workers, fixed.pool_size} == {3, 3, 3}
+      refute Config.elastic?(fixed)
+
+      assert {:ok, both} =
+               Config.validate_pool_config(%{name: :e, min_workers: 2, max_workers: 6})
+
+      # It starts at min_workers, which pool_size reports.
+      assert {both.min_workers, both.max_workers, both.pool_size} == {2, 6, 2}
+      assert both.scale_down_after_ms == 60_000
+      assert Config.elastic?(both)
+
+      assert {:ok, only_max} = Config.validate_pool_config(%{name: :e, max_workers: 4})
+      assert {only_max.min_workers, only_max.max_workers, only_max.pool_size} == {1, 4, 1}
+
+      assert {:ok, only_min} =
+               Config.validate_pool_config(%{name: :e, min_workers: 2, pool_size: 5})
+
+      assert {only_min.min_workers, only_min.max_workers, only_min.pool_size} == {2, 5, 2}
+
+      # Normalizing twice changes nothing (workers normalize their config again).
+      assert Config.normalize_pool_config(both) == both
+    end
+
+    test "the elastic keys work at the top level of a legacy configuration" do
+      Application.put_env(:snakepit, :min_workers, 1)
+      Application.put_env(:snakepit, :max_workers, 3)
+      Application.put_env(:snakepit, :scale_down_after_ms, 500)
+      Application.put_env(:snakepit, :devices, :per_worker)
+      Application.put_env(:snakepit, :worker_env, {System, :get_env, []})
+      Application.put_env(:snakepit, :reload, interval_ms: 200)
+
+      assert {:ok, [pool]} = Config.get_pool_configs()
+      assert {pool.min_workers, pool.max_workers, pool.scale_down_after_ms} == {1, 3, 500}
+      assert pool.devices == :per_worker and pool.worker_env == {System, :get_env, []}
+      assert pool.reload == [interval_ms: 200]
+    end
+
+    test "bad ranges and per-worker keys are refused with the key and the value" do
+      Application.put_env(:snakepit, :pool_max_workers, 4)
+
+      for {config, expected} <- [
+            {%{min_workers: 3, max_workers: 2}, "min_workers 3 exceeds max_workers 2"},
+            {%{max_workers: 5}, "max_workers 5 exceeds pool_max_workers (4)"},
+            {%{min_workers: 0}, "min_workers must be a positive integer, got: 0"},
+            {%{scale_down_after_ms: 0}, "scale_down_after_ms must be a positive integer (ms)"},
+            {%{worker_env: fn -> %{} end}, "worker_env must be nil or {module, function, args}"},
+            {%{devices: :all}, "devices must be nil or :per_worker, got: :all"},
+            {%{reload: [interval_ms: 0]}, "reload must be a boolean or a keyword list"},
+            {%{reload: [paths: ["a", :b]]}, "reload must be a boolean or a keyword list"}
+          ] do
+        assert {:error, {:invalid_pool_config, message}} =
+                 Config.validate_pool_config(Map.put(config, :name, :p))
+
+        assert message =~ expected
+      end
     end
 
     test "duplicate and malformed pool lists are refused" do

@@ -40,6 +40,32 @@ defmodule Snakepit.Config.Schema do
     {:pool_size, quote(do: pos_integer()), :pos_int, "a positive integer",
      {Defaults, :default_pool_size}, true,
      "number of workers (default two per scheduler, at most `pool_max_workers`)"},
+    {:min_workers, quote(do: pos_integer()), :pos_int, "a positive integer", :none, true,
+     "elastic pools: the fewest workers; the pool starts with this many and shrinks back to " <>
+       "it when idle (given with or without `max_workers`, it makes the pool elastic; " <>
+       "default 1 when only `max_workers` is given; see the guide's \"Pools that breathe\")"},
+    {:max_workers, quote(do: pos_integer()), :pos_int, "a positive integer", :none, true,
+     "elastic pools: the most workers the pool grows to while calls wait (default " <>
+       "`pool_size` when only `min_workers` is given)"},
+    {:scale_down_after_ms, quote(do: pos_integer()), :pos_int, "a positive integer (ms)", 60_000,
+     true,
+     "elastic pools: workers the pool did not need for this long are drained and stopped, " <>
+       "down to `min_workers`"},
+    {:worker_env, quote(do: {module(), atom(), list()} | nil), :mfa,
+     "nil or {module, function, args}", nil, true,
+     "per-worker environment: `{m, f, a}` called as `apply(m, f, [slot_index | a])` in the " <>
+       "worker's own process before it starts Python, returning a map (or list of pairs) of " <>
+       "string names and values; the slot index (0-based) stays with the slot across " <>
+       "restarts and replacements"},
+    {:devices, quote(do: :per_worker | nil), :devices, "nil or :per_worker", nil, true,
+     "`:per_worker` gives each worker one GPU found by `Snakepit.Hardware` " <>
+       "(`CUDA_VISIBLE_DEVICES` or `HIP_VISIBLE_DEVICES`, by slot index, round-robin); " <>
+       "without a GPU nothing is set and a warning says so once"},
+    {:reload, quote(do: boolean() | keyword()), :reload,
+     "a boolean or a keyword list with keys among [:interval_ms, :paths]", false, true,
+     "development: watch the pool's Python files (`.py` under every app's `priv/python`, " <>
+       "`python_path` and `paths:`), polling every `interval_ms` (1000), and restart the " <>
+       "pool rolling after a change"},
     {:adapter_module, quote(do: module()), :module, "a module", Snakepit.Adapters.GRPCPython,
      true,
      "the `Snakepit.Adapter` that decides how a worker's process starts (interpreter, entry " <>
@@ -251,6 +277,26 @@ defmodule Snakepit.Config.Schema do
   end
 
   defp valid?(:queue, _), do: false
+
+  defp valid?(:mfa, nil), do: true
+
+  defp valid?(:mfa, {m, f, a}),
+    do: is_atom(m) and m != nil and is_atom(f) and f != nil and is_list(a)
+
+  defp valid?(:mfa, _), do: false
+  defp valid?(:devices, v), do: v in [nil, :per_worker]
+  defp valid?(:reload, v) when is_boolean(v), do: true
+
+  defp valid?(:reload, v) when is_list(v) do
+    Keyword.keyword?(v) and
+      Enum.all?(v, fn
+        {:interval_ms, ms} -> pos_int?(ms)
+        {:paths, paths} -> is_list(paths) and Enum.all?(paths, &is_binary/1)
+        _ -> false
+      end)
+  end
+
+  defp valid?(:reload, _), do: false
 
   defp pos_int?(v), do: is_integer(v) and v > 0
 

@@ -10,7 +10,7 @@ defmodule Snakepit.Pool.Leases do
 
   alias Snakepit.{Defaults, GRPCWorker, Native, Telemetry}
   alias Snakepit.Bridge.SessionStore
-  alias Snakepit.Pool.{Call, Deadline, Errors, Runtime, Server, Slots, State}
+  alias Snakepit.Pool.{Call, Deadline, Errors, Restart, Runtime, Server, Slots, State}
   alias Snakepit.Worker.LifecycleManager
 
   @doc false
@@ -85,9 +85,16 @@ defmodule Snakepit.Pool.Leases do
         acc = Slots.forget_starter(acc, worker.id)
         Slots.stop_async(worker.id)
 
+        Telemetry.emit([:snakepit, :pool, :worker, :retired], %{}, %{
+          pool: name,
+          worker_id: worker.id,
+          reason: if(Map.get(worker, :drain) == :sessions, do: :scale_down, else: :replaced)
+        })
+
         acc
         |> Server.update_pool(name, &State.forget_slot(&1, worker.id))
         |> Server.put_runtime(name, Runtime.stopped(acc.runtime[name], worker.id))
+        |> Restart.stopped(name, worker.id)
     end)
   end
 

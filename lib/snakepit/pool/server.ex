@@ -17,7 +17,21 @@ defmodule Snakepit.Pool.Server do
 
   alias Snakepit.{Config, CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Admission, Deadline, Errors, Leases, Runtime, Slots, State, Timings}
+
+  alias Snakepit.Pool.{
+    Admission,
+    Deadline,
+    Errors,
+    Leases,
+    Reloader,
+    Restart,
+    Runtime,
+    Scaling,
+    Slots,
+    State,
+    Timings
+  }
+
   alias Snakepit.Worker.LifecycleManager
 
   @impl true
@@ -43,10 +57,14 @@ defmodule Snakepit.Pool.Server do
         callers: %{},
         # CancelTool calls in flight: ref => {pool, lease ref, worker pid, timer}
         stopping: %{},
-        waiters: []
+        waiters: [],
+        # File watchers of pools with reload on: monitor ref => pool name.
+        reloaders: %{}
       }
 
       schedule_prune()
+      for config <- configs, Config.elastic?(config), do: schedule_scale(config)
+      state = Enum.reduce(configs, state, &start_reloader(&2, &1))
       {:ok, state, {:continue, :start_workers}}
     else
       {:error, {:name_taken, message}} ->
@@ -104,8 +122,8 @@ defmodule Snakepit.Pool.Server do
     pools = Map.values(state.pools)
 
     stats =
-      pools
-      |> Enum.map(&State.stats/1)
+      state.order
+      |> Enum.map(&pool_stats(state, &1))
       |> Enum.reduce(&Map.merge(&1, &2, fn k, a, b -> sum_stat(k, a, b) end))
       |> Map.merge(timing_stats(pools, Enum.map(state.order, &state.runtime[&1].timings)))
 
@@ -115,7 +133,9 @@ defmodule Snakepit.Pool.Server do
   def handle_call({:stats, name}, _from, state) do
     case Map.fetch(state.pools, name) do
       {:ok, pool} ->
-        stats = Map.merge(State.stats(pool), timing_stats([pool], [state.runtime[name].timings]))
+        stats =
+          Map.merge(pool_stats(state, name), timing_stats([pool], [state.runtime[name].timings]))
+
         {:reply, stats, state}
 
       :error ->
@@ -165,6 +185,38 @@ defmodule Snakepit.Pool.Server do
 
   def handle_call({:recycle, _name, _id, _reason}, _from, state),
     do: {:reply, {:error, :not_found}, state}
+
+  def handle_call({:resize, which, n}, _from, state) when is_integer(n) and n > 0 do
+    name = if which == :all, do: state.default, else: which
+
+    case state.runtime do
+      %{^name => %{min: min, max: max}} when min < max and (n < min or n > max) ->
+        {:reply,
+         {:error,
+          Error.validation_error(
+            "pool #{inspect(name)} is elastic (#{min}..#{max} workers): its size must be " <>
+              "within that range, got: #{n}",
+            %{pool: name, option: :size, value: n, min: min, max: max}
+          )}, state}
+
+      %{^name => _} ->
+        {:reply, :ok, Slots.resize(state, name, n, :resize)}
+
+      _ ->
+        {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
+         state}
+    end
+  end
+
+  def handle_call({:restart, which, opts}, from, state) when is_list(opts) do
+    name = if which == :all, do: state.default, else: which
+
+    if Map.has_key?(state.pools, name) and Keyword.keyword?(opts) do
+      {:noreply, Restart.start(state, name, from, opts)}
+    else
+      {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})}, state}
+    end
+  end
 
   # A request nobody sends on purpose: answered, logged, the pool goes on.
   def handle_call(request, _from, state) do
@@ -232,11 +284,13 @@ defmodule Snakepit.Pool.Server do
             timer = Leases.schedule_queue_timeout(request, pool)
             pool = State.annotate_waiting(pool, request.ref, %{timer: timer})
 
-            {:noreply,
-             %{
-               put_pool(state, name, pool)
-               | callers: Map.put(state.callers, mref, {name, request.ref})
-             }}
+            state = %{
+              put_pool(state, name, pool)
+              | callers: Map.put(state.callers, mref, {name, request.ref})
+            }
+
+            # Calls wait: an elastic pool may grow (new slots only add).
+            {:noreply, Slots.maybe_grow(state, name)}
 
           {:error, :overloaded, pool} ->
             Process.demonitor(mref, [:flush])
@@ -276,8 +330,11 @@ defmodule Snakepit.Pool.Server do
       %{
         name: name,
         profile: pool.config.worker_profile,
-        pool_size: pool.config.pool_size,
-        stats: Map.merge(State.stats(pool), timing_stats([pool], [rt.timings])),
+        pool_size: rt.size,
+        size: rt.size,
+        min_workers: rt.min,
+        max_workers: rt.max,
+        stats: Map.merge(pool_stats(state, name), timing_stats([pool], [rt.timings])),
         workers: workers
       }
     end
@@ -381,59 +438,24 @@ defmodule Snakepit.Pool.Server do
 
   def handle_info({:worker_ready, name, %{id: id, pid: pid} = worker}, state)
       when is_map_key(state.pools, name) and is_binary(id) and is_pid(pid) do
-    ref = Process.monitor(worker.pid)
     rt = state.runtime[name]
 
-    Telemetry.emit(
-      [:snakepit, :worker, :initialized],
-      %{initialization_time: Runtime.uptime(rt, worker.id, now())},
-      %{worker_id: worker.id, pool: name}
-    )
-
-    CrashBarrier.maybe_emit_restart(name, worker.id)
-
-    LifecycleManager.track_worker(
-      name,
-      worker.id,
-      worker.pid,
-      Slots.lifecycle_config(state, name, worker)
-    )
-
-    state =
-      %{state | monitors: Map.put(state.monitors, ref, {name, worker.id, worker.pid})}
-      |> update_pool(name, &State.add_worker(&1, worker))
-      |> Slots.batch_settled(name, worker.id)
-      |> Slots.replacement_ready(name, worker.id)
-
-    {actions, pool} = State.dispatch(state.pools[name])
-    {:noreply, state |> put_pool(name, pool) |> Leases.perform(name, actions) |> answer_waiters()}
+    if Runtime.member?(rt, id) or Runtime.replacement?(rt, id) do
+      worker_ready(state, name, worker)
+    else
+      # Taken out of the pool while it started, or a retiring worker its
+      # starter brought back after a crash: it stops for good.
+      {:noreply, Leases.perform(state, name, [{:stop_worker, %{id: id}}])}
+    end
   end
 
   def handle_info({:worker_failed, name, id, %{message: _, details: %{}} = error}, state)
       when is_map_key(state.pools, name) and is_binary(id) do
-    Snakepit.Logger.error(:pool, "Snakepit worker #{id} failed to start: #{error.message}")
+    rt = state.runtime[name]
 
-    if Runtime.replacement?(state.runtime[name], id) do
-      # A failed replacement is not retried: the worker it was to replace
-      # keeps serving.
-      state = Slots.forget_starter(state, id)
-      Slots.stop_async(id)
-
-      {:noreply,
-       state
-       |> update_pool(name, &State.forget_slot(&1, id))
-       |> Slots.replacement_failed(name, id)}
-    else
-      failing? = not Map.get(error.details, :transient, false)
-      {actions, pool} = State.worker_failed(state.pools[name], id, error, failing?)
-
-      {:noreply,
-       state
-       |> put_pool(name, pool)
-       |> Leases.perform(name, actions)
-       |> Slots.batch_settled(name, id)
-       |> answer_waiters()}
-    end
+    if Runtime.member?(rt, id) or Runtime.replacement?(rt, id),
+      do: worker_failed(state, name, id, error),
+      else: {:noreply, state}
   end
 
   def handle_info({:worker_restarting, name, id, %{failures: _, delay_ms: _} = info}, state) do
@@ -446,6 +468,25 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
+  def handle_info({:scale_tick, name}, state) when is_map_key(state.pools, name) do
+    state =
+      state |> Slots.maybe_grow(name) |> Slots.maybe_shrink(name) |> Slots.stop_drained(name)
+
+    schedule_scale(state.pools[name].config)
+    {:noreply, state}
+  end
+
+  # A pool's watched Python files changed (Snakepit.Pool.Reloader).
+  def handle_info({:reload, name, [_ | _] = files} = message, state)
+      when is_map_key(state.pools, name) do
+    if Enum.all?(files, &is_binary/1) do
+      {:noreply, reload(state, name, files)}
+    else
+      malformed(message)
+      {:noreply, state}
+    end
+  end
+
   def handle_info({:max_requests, name, id}, state)
       when is_map_key(state.pools, name) and is_binary(id) do
     {_reply, state} = Slots.recycle(state, name, id, :max_requests)
@@ -455,9 +496,32 @@ defmodule Snakepit.Pool.Server do
   def handle_info(:prune_sessions, state) do
     older = now() - Defaults.session_default_ttl() * 1_000
 
-    pools = Map.new(state.pools, fn {name, pool} -> {name, State.prune_sessions(pool, older)} end)
+    state =
+      Enum.reduce(state.order, state, fn name, acc ->
+        acc
+        |> update_pool(name, &State.prune_sessions(&1, older))
+        |> Slots.stop_drained(name)
+      end)
+
     schedule_prune()
-    {:noreply, %{state | pools: pools}}
+    {:noreply, state}
+  end
+
+  def handle_info({:DOWN, ref, :process, _pid, reason}, state)
+      when is_map_key(state.reloaders, ref) do
+    {name, reloaders} = Map.pop(state.reloaders, ref)
+    state = %{state | reloaders: reloaders}
+
+    if reason in [:normal, :shutdown] do
+      {:noreply, state}
+    else
+      Snakepit.Logger.error(
+        :lifecycle,
+        "the file watcher of pool #{inspect(name)} stopped (#{inspect(reason)}); restarting it"
+      )
+
+      {:noreply, start_reloader(state, state.pools[name].config)}
+    end
   end
 
   def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
@@ -487,6 +551,122 @@ defmodule Snakepit.Pool.Server do
   def handle_info(other, state) do
     malformed(other)
     {:noreply, state}
+  end
+
+  defp reload(state, name, files) do
+    Telemetry.emit([:snakepit, :pool, :reload], %{files: length(files)}, %{
+      pool: name,
+      files: Enum.take(files, 10)
+    })
+
+    Snakepit.Logger.info(
+      :lifecycle,
+      "pool #{inspect(name)}: #{length(files)} Python files changed " <>
+        "(#{files |> Enum.take(3) |> Enum.map_join(", ", &Path.basename/1)}); restarting it"
+    )
+
+    Restart.start(state, name, nil, rolling: true, reason: :reload)
+  end
+
+  defp worker_ready(state, name, worker) do
+    ref = Process.monitor(worker.pid)
+    rt = Runtime.ready(state.runtime[name], worker.id, now())
+    state = put_runtime(state, name, rt)
+
+    Telemetry.emit(
+      [:snakepit, :worker, :initialized],
+      %{initialization_time: Runtime.uptime(rt, worker.id, now())},
+      %{worker_id: worker.id, pool: name}
+    )
+
+    CrashBarrier.maybe_emit_restart(name, worker.id)
+
+    LifecycleManager.track_worker(
+      name,
+      worker.id,
+      worker.pid,
+      Slots.lifecycle_config(state, name, worker)
+    )
+
+    state =
+      %{state | monitors: Map.put(state.monitors, ref, {name, worker.id, worker.pid})}
+      |> update_pool(name, &State.add_worker(&1, worker))
+      |> Slots.batch_settled(name, worker.id)
+      |> Slots.replacement_ready(name, worker.id)
+
+    {actions, pool} = State.dispatch(state.pools[name])
+
+    {:noreply,
+     state
+     |> put_pool(name, pool)
+     |> Leases.perform(name, actions)
+     |> answer_waiters()
+     |> Restart.advance(name)}
+  end
+
+  defp worker_failed(state, name, id, error) do
+    Snakepit.Logger.error(:pool, "Snakepit worker #{id} failed to start: #{error.message}")
+
+    if Runtime.replacement?(state.runtime[name], id) do
+      # A failed replacement is not retried: the worker it was to replace
+      # keeps serving.
+      state = Slots.forget_starter(state, id)
+      Slots.stop_async(id)
+
+      {:noreply,
+       state
+       |> update_pool(name, &State.forget_slot(&1, id))
+       |> Slots.replacement_failed(name, id)}
+    else
+      failing? = not Map.get(error.details, :transient, false)
+      {actions, pool} = State.worker_failed(state.pools[name], id, error, failing?)
+
+      {:noreply,
+       state
+       |> put_pool(name, pool)
+       |> Leases.perform(name, actions)
+       |> Slots.batch_settled(name, id)
+       |> answer_waiters()}
+    end
+  end
+
+  # An elastic pool reconsiders its size every tick (Snakepit.Pool.Scaling).
+  defp schedule_scale(config) do
+    if Config.elastic?(config),
+      do:
+        Process.send_after(
+          self(),
+          {:scale_tick, config.name},
+          Scaling.tick_ms(config.scale_down_after_ms)
+        )
+  end
+
+  defp start_reloader(state, %{reload: reload} = config) when reload not in [false, nil] do
+    case Reloader.start(self(), config) do
+      {:ok, pid} ->
+        %{state | reloaders: Map.put(state.reloaders, Process.monitor(pid), config.name)}
+
+      {:error, reason} ->
+        Snakepit.Logger.error(
+          :lifecycle,
+          "pool #{inspect(config.name)}: cannot watch its Python files: #{inspect(reason)}"
+        )
+
+        state
+    end
+  end
+
+  defp start_reloader(state, _config), do: state
+
+  # A pool's counters, with its size and range.
+  defp pool_stats(state, name) do
+    rt = state.runtime[name]
+
+    Map.merge(State.stats(state.pools[name]), %{
+      size: rt.size,
+      min_workers: rt.min,
+      max_workers: rt.max
+    })
   end
 
   defp schedule_prune,

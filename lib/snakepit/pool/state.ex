@@ -39,6 +39,23 @@ defmodule Snakepit.Pool.State do
   moves on silently. A retiring worker (being recycled) still serves
   strict requests pinned to it until it retires.
 
+  ## Draining
+
+  A worker taken out of the pool (`retire/3`) drains: it takes no new
+  calls, except strict-affinity calls of sessions pinned to it, and stops
+  once its calls in flight are done. A recycled worker (`drain: :calls`)
+  stops then; the sessions pinned to it hear that their worker is gone. A
+  worker the pool shrinks away (`drain: :sessions`) also waits until no
+  strict session is pinned to it any more (their pins expire after the
+  session TTL without calls, `prune_sessions/2`), so shrinking never loses
+  a strict session's state.
+
+  ## Demand
+
+  Each grant records how many slots were busy, and each call that has to
+  queue how many slots would have been needed (`demand/3` reads it back):
+  the pool shrinks only below what it needed within a window.
+
   ## Actions
 
   `checkin/3`, `dispatch/1`, `remove_worker/3` and `retire/2` return actions
@@ -65,6 +82,13 @@ defmodule Snakepit.Pool.State do
             # the pool asks through this function (tests give their own).
             tainted?: &Snakepit.Worker.TaintRegistry.worker_tainted?/1,
             retiring: 0,
+            # Slots leased now, and when each level of demand (slots that
+            # were needed) was last seen: level => monotonic ms.
+            busy: 0,
+            demand: %{},
+            # Since when (monotonic ms) calls have waited without the queue
+            # emptying once; nil with an empty queue.
+            backlog_since: nil,
             # The queue discipline and its run-time estimates.
             admission: %Admission{},
             # Monotonic milliseconds (tests give their own clock).
@@ -161,6 +185,7 @@ defmodule Snakepit.Pool.State do
           | workers: Map.delete(state.workers, id),
             free: :queue.filter(&(&1 != id), state.free),
             leases: leases,
+            busy: state.busy - worker.load,
             retiring: state.retiring - if(worker.status == :retiring, do: 1, else: 0)
         }
 
@@ -253,7 +278,7 @@ defmodule Snakepit.Pool.State do
 
   defp reject_waiting(state, reason) do
     actions = for ref <- :queue.to_list(state.queue), do: {:reject, state.waiting[ref], reason}
-    {actions, %{state | queue: :queue.new(), waiting: %{}}}
+    {actions, %{state | queue: :queue.new(), waiting: %{}, backlog_since: nil}}
   end
 
   @doc "True once every expected worker has either become ready or failed."
@@ -263,13 +288,15 @@ defmodule Snakepit.Pool.State do
   @doc """
   Starts retiring a worker: it gets no new requests (except strict
   requests pinned to it) and is stopped once its in-flight requests are
-  done. Returns `{:stop_worker, worker}` at once when it is idle.
+  done, and with `drain: :sessions` once no strict session is pinned to
+  it either (see "Draining"). Returns `{:stop_worker, worker}` at once
+  when it is drained already.
   """
-  @spec retire(t(), String.t()) :: {[action()], t()}
-  def retire(state, id) do
+  @spec retire(t(), String.t(), :calls | :sessions) :: {[action()], t()}
+  def retire(state, id, drain \\ :calls) do
     case state.workers do
       %{^id => %{status: :active} = worker} ->
-        worker = %{worker | status: :retiring}
+        worker = Map.merge(worker, %{status: :retiring, drain: drain})
 
         state = %{
           state
@@ -286,11 +313,83 @@ defmodule Snakepit.Pool.State do
   end
 
   defp maybe_stop(state, %{status: :retiring, load: 0} = worker, actions) do
-    state = %{state | workers: Map.delete(state.workers, worker.id), retiring: state.retiring - 1}
-    {[{:stop_worker, worker} | actions], state}
+    if Map.get(worker, :drain) == :sessions and strict_pinned?(state, worker.id) do
+      {actions, state}
+    else
+      state = %{
+        state
+        | workers: Map.delete(state.workers, worker.id),
+          retiring: state.retiring - 1
+      }
+
+      {[{:stop_worker, worker} | actions], state}
+    end
   end
 
   defp maybe_stop(state, _worker, actions), do: {actions, state}
+
+  @doc """
+  Stops the retiring workers that are drained now (their strict sessions'
+  pins expired or moved): `{[{:stop_worker, worker}], state}`.
+  """
+  @spec stop_drained(t()) :: {[action()], t()}
+  def stop_drained(%{retiring: 0} = state), do: {[], state}
+
+  def stop_drained(state) do
+    Enum.reduce(state.workers, {[], state}, fn
+      {_id, %{status: :retiring} = worker}, {actions, acc} -> maybe_stop(acc, worker, actions)
+      _, acc -> acc
+    end)
+  end
+
+  @doc """
+  Is a session with strict affinity pinned to the current process of
+  worker `id`?
+  """
+  @spec strict_pinned?(t(), String.t()) :: boolean()
+  def strict_pinned?(state, id) do
+    case state.workers do
+      %{^id => %{pid: pid}} ->
+        Enum.any?(state.sessions, &match?({_s, {^id, ^pid, _t, true}}, &1))
+
+      _ ->
+        false
+    end
+  end
+
+  @doc """
+  The most slots the pool needed at any time since `since` (monotonic ms):
+  slots busy at a grant, or busy plus queued when a call had to wait.
+  """
+  @spec demand(t(), integer()) :: non_neg_integer()
+  def demand(state, since) do
+    Enum.reduce(state.demand, 0, fn {level, at}, acc ->
+      if at >= since and level > acc, do: level, else: acc
+    end)
+  end
+
+  @doc """
+  Records a demand of `slots` now (a resize asks for that many: the pool
+  keeps them for a window before it may shrink).
+  """
+  @spec note_demand(t(), non_neg_integer()) :: t()
+  def note_demand(state, slots) do
+    at = state.clock.()
+    %{state | demand: Map.update(state.demand, slots, at, &max(&1, at))}
+  end
+
+  @doc "Forgets demand seen before `since`."
+  @spec forget_demand(t(), integer()) :: t()
+  def forget_demand(state, since),
+    do: %{state | demand: Map.reject(state.demand, fn {_level, at} -> at < since end)}
+
+  @doc "Slots leased now."
+  @spec busy(t()) :: non_neg_integer()
+  def busy(state), do: state.busy
+
+  @doc "Requests waiting in the queue."
+  @spec queued(t()) :: non_neg_integer()
+  def queued(state), do: :queue.len(state.queue)
 
   @doc "Is the worker tainted (chosen only when nothing else is free)?"
   @spec tainted?(t(), String.t()) :: boolean()
@@ -299,14 +398,18 @@ defmodule Snakepit.Pool.State do
   @doc "Forgets session pins not used since `older_than` (same clock as `request.now`)."
   @spec prune_sessions(t(), integer()) :: t()
   def prune_sessions(state, older_than) do
-    %{state | sessions: Map.reject(state.sessions, fn {_s, {_id, _pid, t}} -> t < older_than end)}
+    %{
+      state
+      | sessions:
+          Map.reject(state.sessions, fn {_s, {_id, _pid, t, _strict}} -> t < older_than end)
+    }
   end
 
   @doc "The worker a session is pinned to, or nil."
   @spec session_worker(t(), String.t()) :: String.t() | nil
   def session_worker(state, session_id) do
     case state.sessions do
-      %{^session_id => {id, _pid, _t}} -> id
+      %{^session_id => {id, _pid, _t, _strict}} -> id
       _ -> nil
     end
   end
@@ -343,6 +446,9 @@ defmodule Snakepit.Pool.State do
             {:error, :overloaded, shed(state)}
 
           true ->
+            state = note_demand(state, state.busy + ahead + 1)
+            state = if ahead == 0, do: %{state | backlog_since: state.clock.()}, else: state
+
             {:queued,
              %{
                state
@@ -390,7 +496,7 @@ defmodule Snakepit.Pool.State do
 
       session ->
         case state.sessions do
-          %{^session => {id, pid, _t}} ->
+          %{^session => {id, pid, _t, _strict}} ->
             case state.workers do
               %{^id => %{pid: ^pid}} -> {:ok, id}
               _ -> :lost
@@ -472,17 +578,24 @@ defmodule Snakepit.Pool.State do
 
     sessions =
       case Map.get(request, :session_id) do
-        nil -> state.sessions
-        session -> Map.put(state.sessions, session, {id, worker.pid, Map.get(request, :now, 0)})
+        nil ->
+          state.sessions
+
+        session ->
+          strict = affinity(state, request) != :hint
+          Map.put(state.sessions, session, {id, worker.pid, Map.get(request, :now, 0), strict})
       end
 
-    lease = Map.merge(request, %{worker_id: id, granted_at: state.clock.()})
+    at = state.clock.()
+    lease = Map.merge(request, %{worker_id: id, granted_at: at})
 
     %{
       state
       | workers: workers,
         sessions: sessions,
-        leases: Map.put(state.leases, request.ref, lease)
+        leases: Map.put(state.leases, request.ref, lease),
+        busy: state.busy + 1,
+        demand: Map.put(state.demand, state.busy + 1, at)
     }
     |> bump(:requests)
   end
@@ -509,12 +622,13 @@ defmodule Snakepit.Pool.State do
             dispatch(%{
               state
               | workers: Map.put(state.workers, id, w),
-                free: :queue.in(id, state.free)
+                free: :queue.in(id, state.free),
+                busy: state.busy - 1
             })
 
           %{^id => w} ->
             w = %{w | load: w.load - 1}
-            state = %{state | workers: Map.put(state.workers, id, w)}
+            state = %{state | workers: Map.put(state.workers, id, w), busy: state.busy - 1}
             {stop, state} = maybe_stop(state, w, [])
             {actions, state} = dispatch(state)
             {stop ++ actions, state}
@@ -537,8 +651,21 @@ defmodule Snakepit.Pool.State do
   defp dispatch(state, rescan) do
     {actions, skipped, state} = dispatch_loop(state, rescan, [], [])
     queue = :queue.join(:queue.from_list(Enum.reverse(skipped)), state.queue)
-    {Enum.reverse(actions), %{state | queue: queue}}
+    {Enum.reverse(actions), backlog(%{state | queue: queue})}
   end
+
+  defp backlog(%{backlog_since: nil} = state), do: state
+
+  defp backlog(state),
+    do: if(:queue.is_empty(state.queue), do: %{state | backlog_since: nil}, else: state)
+
+  @doc """
+  How long (ms) calls have been waiting without the queue emptying once
+  (0 with an empty queue): a standing queue, not a blip.
+  """
+  @spec backlog_ms(t()) :: non_neg_integer()
+  def backlog_ms(%{backlog_since: nil}), do: 0
+  def backlog_ms(state), do: max(state.clock.() - state.backlog_since, 0)
 
   defp dispatch_loop(state, rescan, actions, skipped) do
     if not rescan and :queue.is_empty(state.free) and state.retiring == 0 do
@@ -594,7 +721,7 @@ defmodule Snakepit.Pool.State do
         {:not_queued, state}
 
       {request, waiting} ->
-        state = %{state | waiting: waiting, queue: :queue.delete(ref, state.queue)}
+        state = backlog(%{state | waiting: waiting, queue: :queue.delete(ref, state.queue)})
 
         state =
           case why do

@@ -279,6 +279,23 @@ defmodule Snakepit.PythonRuntime do
     Enum.uniq([own | apps] ++ configured ++ existing)
   end
 
+  @doc """
+  The directories of Python code of the applications and of
+  `config :snakepit, python_path: [...]`: `python_path/0` without
+  Snakepit's own bridge and the VM's `PYTHONPATH` (what `reload: true`
+  watches).
+  """
+  @spec adapter_paths() :: [String.t()]
+  def adapter_paths do
+    apps =
+      for {app, _, _} <- Application.loaded_applications(),
+          app != :snakepit,
+          dir = app_python_dir(app),
+          do: dir
+
+    Enum.uniq(apps ++ Application.get_env(:snakepit, :python_path, []))
+  end
+
   defp app_python_dir(app) do
     case :code.priv_dir(app) do
       {:error, _} -> nil

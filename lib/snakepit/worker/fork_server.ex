@@ -42,18 +42,37 @@ defmodule Snakepit.ForkServer do
   with exactly `env` in `cwd`, owned by the calling process. Returns what
   `Snakepit.Native.spawn_process/6` returns, or `{:error, reason}` when no
   fork server can be had or `argv` does not start the bridge's server.
+
+  `own` names the variables of `env` that are this worker's alone (its
+  slot's, `Snakepit.Worker.SlotEnv`): workers that differ only in those
+  share a fork server, which runs without them (a forked worker takes on
+  its request's whole environment). Variables named `PYTHON*` are never
+  treated as a worker's own: the interpreter reads them once at start,
+  so a worker that needs other values needs a fork server started with
+  them.
   """
-  @spec spawn(String.t(), [String.t()], [{String.t(), String.t()}], String.t() | nil) ::
+  @spec spawn(
+          String.t(),
+          [String.t()],
+          [{String.t(), String.t()}],
+          String.t() | nil,
+          [String.t()]
+        ) ::
           {:ok, {pos_integer(), reference()}} | {:error, term()}
-  def spawn(python, [python, "-m", "snakepit_bridge.server" | _] = argv, env, cwd) do
+  def spawn(python, argv, env, cwd, own \\ [])
+
+  def spawn(python, [python, "-m", "snakepit_bridge.server" | _] = argv, env, cwd, own) do
+    own = Enum.reject(own, &String.starts_with?(&1, "PYTHON"))
+    shared = Enum.reject(env, fn {k, _} -> k in own end)
+
     # Keyed by the interpreter's identity too: an environment recreated at the
     # same path (another Python version) gets a fresh fork server.
-    with {:ok, server} <- server_for({python, interpreter(python), env, cwd}) do
+    with {:ok, server} <- server_for({python, interpreter(python), shared, cwd}) do
       Native.fork_server_spawn(server, argv, env, cwd, self())
     end
   end
 
-  def spawn(_python, _argv, _env, _cwd), do: {:error, :not_the_bridge_server}
+  def spawn(_python, _argv, _env, _cwd, _own), do: {:error, :not_the_bridge_server}
 
   @doc "OS pids of the running fork servers."
   @spec os_pids() :: [pos_integer()]

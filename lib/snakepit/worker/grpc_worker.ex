@@ -87,14 +87,15 @@ defmodule Snakepit.GRPCWorker do
     # The pool's adapter_module decides how the worker's process starts.
     adapter = state.config.adapter_module
 
-    with {:ok, python} <- Snakepit.Adapter.executable(adapter),
+    with {:ok, slot_env} <- slot_env(state.config),
+         {:ok, python} <- Snakepit.Adapter.executable(adapter),
          argv = [
            python | Snakepit.Adapter.argv(adapter, state.config.adapter_args, identity(state))
          ],
-         env = PythonRuntime.worker_env(state.config.adapter_env),
+         env = PythonRuntime.worker_env(with_slot_env(state.config.adapter_env, slot_env)),
          # Recorded before the spawn, so a crash right after still leaves a trace.
          :ok <- ProcessRegistry.reserve_worker(state.id),
-         {:ok, {os_pid, handle}} <- spawn(python, argv, env, state.config) do
+         {:ok, {os_pid, handle}} <- spawn(python, argv, env, slot_env, state.config) do
       # From now on at most Output.window() output lines are in flight to
       # this process; the native core drops (and counts) the rest.
       _ = Native.process_output_ack(handle, 0, Output.window())
@@ -102,18 +103,35 @@ defmodule Snakepit.GRPCWorker do
       timer = Process.send_after(self(), :startup_timeout, state.config.startup_timeout)
       {:noreply, %{state | os_pid: os_pid, handle: handle, startup_timer: timer}}
     else
+      {:error, {:slot_env, message}} -> fail_startup(state, message)
       {:error, reason} -> fail_startup(state, "cannot start Python: #{format_reason(reason)}")
     end
   end
 
-  defp spawn(python, argv, env, config) do
+  # The slot's own variables (Snakepit.Worker.SlotEnv), asked at every
+  # start, so a restarted worker gets its slot's environment again.
+  defp slot_env(config) do
+    case Snakepit.Worker.SlotEnv.resolve(config, Map.get(config, :slot_index)) do
+      {:ok, env} -> {:ok, env}
+      {:error, message} -> {:error, {:slot_env, message}}
+    end
+  end
+
+  defp with_slot_env(env, []), do: env
+
+  defp with_slot_env(env, slot_env),
+    do: Enum.reject(env, fn {k, _} -> List.keymember?(slot_env, k, 0) end) ++ slot_env
+
+  defp spawn(python, argv, env, slot_env, config) do
     # Off only in tests that must leave orphans behind on purpose; those
     # workers are never forked (a fork server's workers die with it).
     orphan_protection = Application.get_env(:snakepit, :orphan_protection, true)
     cwd = Map.get(config, :cwd)
     fork? = orphan_protection == true and Config.fork_server?()
 
-    case if(fork?, do: forked(python, argv, env, cwd), else: :spawn) do
+    own = Enum.map(slot_env, &elem(&1, 0))
+
+    case if(fork?, do: forked(python, argv, env, cwd, own), else: :spawn) do
       {:ok, _} = forked ->
         forked
 
@@ -129,8 +147,8 @@ defmodule Snakepit.GRPCWorker do
   end
 
   # A worker forked from a warm fork server, or :spawn to spawn it directly.
-  defp forked(python, argv, env, cwd) do
-    case Snakepit.ForkServer.spawn(python, argv, env, cwd) do
+  defp forked(python, argv, env, cwd, own) do
+    case Snakepit.ForkServer.spawn(python, argv, env, cwd, own) do
       {:ok, _} = ok ->
         ok
 

@@ -384,6 +384,124 @@ defmodule Snakepit.Pool.StateTest do
     end
   end
 
+  describe "draining to shrink (drain: :sessions)" do
+    test "an idle worker without strict sessions stops at once" do
+      s = two_workers(affinity: :strict_queue)
+
+      assert {[{:stop_worker, %{id: "w1", drain: :sessions}}], s} =
+               State.retire(s, "w1", :sessions)
+
+      refute Map.has_key?(s.workers, "w1")
+    end
+
+    test "a worker with a call in flight stops when the call is done" do
+      s = two_workers()
+      r = req()
+      {"w1", s} = granted!(s, r)
+      {[], s} = State.retire(s, "w1", :sessions)
+      # No new calls go there meanwhile.
+      {"w2", s} = granted!(s, req())
+      assert {:queued, s} = State.checkout(s, req())
+      {actions, _s} = done(s, r)
+      assert [{:stop_worker, %{id: "w1"}}] = actions
+    end
+
+    test "a worker with a strict session pinned keeps serving it until the pin expires" do
+      s = two_workers(affinity: :strict_queue)
+      pinned = req("s1", %{now: 10})
+      {"w1", s} = granted!(s, pinned)
+      {[], s} = done(s, pinned)
+      assert State.strict_pinned?(s, "w1")
+
+      assert {[], s} = State.retire(s, "w1", :sessions)
+      assert s.workers["w1"].status == :retiring
+
+      # The session still reaches its worker; others do not.
+      again = req("s1", %{now: 20})
+      assert {"w1", s} = granted!(s, again)
+      assert {"w2", s} = granted!(s, req())
+      assert {[], s} = done(s, again)
+      assert {[], s} = State.stop_drained(s)
+
+      # The pin expires: the worker stops.
+      s = State.prune_sessions(s, 30)
+      assert {[{:stop_worker, %{id: "w1"}}], s} = State.stop_drained(s)
+      refute Map.has_key?(s.workers, "w1")
+    end
+
+    test "hint sessions do not hold a draining worker" do
+      s = two_workers(affinity: :hint)
+      r = req("s1")
+      {"w1", s} = granted!(s, r)
+      {[], s} = done(s, r)
+      refute State.strict_pinned?(s, "w1")
+      assert {[{:stop_worker, %{id: "w1"}}], _} = State.retire(s, "w1", :sessions)
+    end
+
+    test "a recycle (drain: :calls) does not wait for strict sessions" do
+      s = two_workers(affinity: :strict_queue)
+      r = req("s1")
+      {"w1", s} = granted!(s, r)
+      {[], s} = done(s, r)
+      assert {[{:stop_worker, %{id: "w1"}}], _} = State.retire(s, "w1")
+    end
+  end
+
+  describe "demand" do
+    defp clocked(now_ref) do
+      State.new(%{name: :p, pool_size: 2, max_queue_size: 10, affinity: :hint},
+        tainted?: fn _ -> false end,
+        clock: fn -> :counters.get(now_ref, 1) end
+      )
+    end
+
+    test "grants record busy slots, queued calls what would have been needed" do
+      now = :counters.new(1, [])
+      s = clocked(now) |> State.add_worker(worker("w1")) |> State.add_worker(worker("w2"))
+      :counters.put(now, 1, 100)
+      a = req()
+      {_, s} = granted!(s, a)
+      :counters.put(now, 1, 200)
+      b = req()
+      {_, s} = granted!(s, b)
+      assert State.busy(s) == 2
+      :counters.put(now, 1, 300)
+      {:queued, s} = State.checkout(s, req())
+      {:queued, s} = State.checkout(s, req())
+      assert State.demand(s, 0) == 4
+      assert State.demand(s, 301) == 0
+      assert State.demand(s, 150) == 4
+
+      # The freed slot goes to a queued call at once: 2 busy again, at 300.
+      {[{:grant, _, _}], s} = done(s, a)
+      assert State.busy(s) == 2
+      # A removed worker takes its leases with it.
+      {_, s} = State.remove_worker(s, "w2")
+      assert State.busy(s) == 1
+      assert State.forget_demand(s, 250).demand |> Map.keys() |> Enum.sort() == [2, 3, 4]
+      assert State.forget_demand(s, 301).demand == %{}
+    end
+
+    test "the backlog counts from when the queue last stopped being empty" do
+      now = :counters.new(1, [])
+      s = clocked(now) |> State.add_worker(worker("w1"))
+      assert State.backlog_ms(s) == 0
+      a = req()
+      {_, s} = granted!(s, a)
+      :counters.put(now, 1, 100)
+      {:queued, s} = State.checkout(s, b = req())
+      :counters.put(now, 1, 150)
+      {:queued, s} = State.checkout(s, req())
+      :counters.put(now, 1, 400)
+      assert State.backlog_ms(s) == 300
+      # A call leaves, another waits: still standing.
+      {[{:grant, _, _}], s} = done(s, a)
+      assert State.backlog_ms(s) == 300
+      {[{:grant, _, _}], s} = done(s, b)
+      assert State.backlog_ms(s) == 0
+    end
+  end
+
   test "session pins unused since a time are pruned" do
     s = two_workers()
     {_, s} = granted!(s, req("old", %{now: 10}))
