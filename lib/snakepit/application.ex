@@ -16,6 +16,9 @@ defmodule Snakepit.Application do
 
   @impl true
   def start(_type, _args) do
+    # Upstream settings that do nothing here: said once, naming what does.
+    _ = Snakepit.Config.Compat.warn_at_start()
+
     with :ok <- check_platform(),
          :ok <- check_tcp_host(),
          {:ok, zero_copy} <- zero_copy_config() do
