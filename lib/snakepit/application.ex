@@ -73,7 +73,7 @@ defmodule Snakepit.Application do
         # Which pool process serves each pool name (the configured pools'
         # and those host apps start in their own trees).
         Snakepit.Pool.Names,
-        {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
+        Snakepit.Pool.Worker.StarterRegistry,
         # Kills what earlier runs left behind before any worker starts.
         Snakepit.Pool.ProcessRegistry,
         # Stopped after the pools: sweeps up anything of this run still alive.
