@@ -154,6 +154,9 @@ defmodule Snakepit.Defaults do
      "Most workers one pool may have."},
     {:pool_reply_margin_ms, [:pool_reply_margin_ms], 200, quote(do: pos_integer()),
      "Margin (ms) reserved for the pool's reply, subtracted by `rpc_timeout/1`."},
+    {:pool_status_interval_ms, [:pool_status_interval_ms], 5_000, quote(do: non_neg_integer()),
+     "How often (ms) each pool emits `[:snakepit, :pool, :status]` (worker and queue counts); " <>
+       "0 turns it off."},
     {:retry_backoff_multiplier, [:retry_backoff_multiplier], 2.0, quote(do: float()),
      "Multiplier of exponential retry backoff."},
     {:retry_backoff_sequence, [:retry_backoff_sequence], [100, 200, 400, 800, 1600],
