@@ -30,8 +30,122 @@ defmodule Snakepit.GRPCWorker do
   # notice before it is replaced anyway.
   @lane_closed_grace_ms 1_000
 
-  @doc false
-  def start_link(args), do: GenServer.start_link(__MODULE__, args)
+  @doc """
+  Starts one worker outside any pool, as upstream's
+  `GRPCWorker.start_link(adapter: Snakepit.Adapters.GRPCPython)`, and
+  returns once its Python process is ready: `{:ok, pid}` (linked to the
+  caller) or `{:error, error}` (nothing left running). Call it with
+  `execute/3-5`, `execute_stream/4-6` and the rest; it stops with its
+  caller, or with `GenServer.stop/1`. Snakepit must be running.
+
+  Options: `:adapter` (default `Snakepit.Adapters.GRPCPython`), `:id`,
+  `:pool_name` (default `:standalone`), `:adapter_args`, `:adapter_env`,
+  `:startup_timeout` (ms, default `Snakepit.Defaults.grpc_server_ready_timeout/0`),
+  and `:worker_config` (further pool keys, e.g. `heartbeat:`); `:port` is accepted and
+  ignored (workers take OS-assigned addresses).
+
+  (Pools start their workers with a map of their own; that form is internal.)
+  """
+  @spec start_link(keyword() | map()) :: GenServer.on_start() | {:error, Error.t()}
+  def start_link(opts) when is_list(opts), do: start_standalone(opts)
+  def start_link(args) when is_map(args), do: GenServer.start_link(__MODULE__, args)
+
+  def start_link(other),
+    do: invalid("expected start options (a keyword list), got: #{inspect(other)}")
+
+  defp start_standalone(opts) do
+    with :ok <- keyword(opts),
+         {:ok, config} <- standalone_config(opts) do
+      id = Keyword.get(opts, :id) || "standalone_#{System.unique_integer([:positive])}"
+      args = %{id: id, pool_name: config.name, pool_pid: nil, starter: self(), config: config}
+
+      # Unlinked until ready, so a failed start is an error, not an exit.
+      case GenServer.start(__MODULE__, args) do
+        {:ok, pid} ->
+          await_standalone(pid, config.startup_timeout + 5_000)
+
+        {:error, reason} ->
+          {:error, Error.worker_error("cannot start the worker: #{inspect(reason)}")}
+      end
+    end
+  end
+
+  defp stop_quietly(pid) do
+    GenServer.stop(pid, :shutdown)
+  catch
+    :exit, _ -> :ok
+  end
+
+  # `:port` is accepted and ignored: ports are assigned by the OS here.
+  @standalone_opts [
+    :adapter,
+    :id,
+    :pool_name,
+    :adapter_args,
+    :adapter_env,
+    :startup_timeout,
+    :worker_config,
+    :port
+  ]
+
+  defp keyword(opts) do
+    cond do
+      not Keyword.keyword?(opts) ->
+        invalid("options must be a keyword list, got: #{inspect(opts)}")
+
+      (unknown = Keyword.keys(opts) -- @standalone_opts) != [] ->
+        invalid(
+          "unknown start option #{inspect(hd(unknown))}; known: " <>
+            Enum.map_join(@standalone_opts, ", ", &inspect/1)
+        )
+
+      true ->
+        :ok
+    end
+  end
+
+  defp standalone_config(opts) do
+    pool =
+      opts
+      |> Keyword.get(:worker_config, %{})
+      |> Map.new()
+      |> Map.merge(
+        opts
+        |> Keyword.take([:adapter_args, :adapter_env, :startup_timeout])
+        |> Map.new()
+      )
+      |> Map.put(:adapter_module, Keyword.get(opts, :adapter, Snakepit.Adapters.GRPCPython))
+      |> Map.put(:name, Keyword.get(opts, :pool_name, :standalone))
+
+    case Config.validate_pool_config(pool) do
+      {:ok, config} -> {:ok, config}
+      {:error, {_kind, message}} -> invalid(message)
+    end
+  end
+
+  defp await_standalone(pid, timeout) do
+    ref = Process.monitor(pid)
+
+    receive do
+      {:snakepit_worker_ready, ^pid} ->
+        Process.demonitor(ref, [:flush])
+        Process.link(pid)
+        {:ok, pid}
+
+      {:snakepit_worker_failed, ^pid, error} ->
+        Process.demonitor(ref, [:flush])
+        {:error, error}
+
+      {:DOWN, ^ref, :process, ^pid, reason} ->
+        {:error,
+         Error.worker_error("the worker failed to start: #{inspect(reason)}", %{reason: reason})}
+    after
+      timeout ->
+        Process.demonitor(ref, [:flush])
+        stop_quietly(pid)
+        {:error, Error.timeout_error("the worker did not start within #{timeout} ms")}
+    end
+  end
 
   @doc """
   Supervisor shutdown time for a worker: the graceful shutdown window plus
@@ -550,7 +664,7 @@ defmodule Snakepit.GRPCWorker do
         registry_metadata(state, worker, address)
       )
 
-      send(state.pool_pid, {:worker_ready, state.pool_name, worker})
+      if state.pool_pid, do: send(state.pool_pid, {:worker_ready, state.pool_name, worker})
       if state.starter, do: send(state.starter, {:snakepit_worker_ready, self()})
 
       duration_ms =
@@ -812,7 +926,12 @@ defmodule Snakepit.GRPCWorker do
       cause: cause
     })
 
-    send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
+    cond do
+      state.pool_pid -> send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
+      # A standalone worker's caller waits in start_link/1.
+      state.starter -> send(state.starter, {:snakepit_worker_failed, self(), error})
+      true -> :ok
+    end
 
     {:stop, {:shutdown, {:startup_failed, Keyword.get(opts, :status, :error)}},
      stop_process(state)}
