@@ -169,10 +169,11 @@ defmodule Snakepit.Defaults do
      "Default maximum retry attempts."},
     {:retry_max_backoff_ms, [:retry_max_backoff_ms], 30_000, quote(do: pos_integer()),
      "Longest retry backoff (ms)."},
-    {:session_cleanup_interval, [:session_cleanup_interval], 60_000, quote(do: pos_integer()),
+    {:session_cleanup_interval, [:session_cleanup_interval, {:session_config, :cleanup_interval}],
+     60_000, quote(do: pos_integer()),
      "Interval (ms) of `Snakepit.Bridge.SessionStore`'s expiry sweep."},
-    {:session_default_ttl, [:session_default_ttl], 3600, quote(do: pos_integer()),
-     "Default session TTL in seconds."},
+    {:session_default_ttl, [:session_default_ttl, {:session_config, :ttl}], 3600,
+     quote(do: pos_integer()), "Default session TTL in seconds."},
     {:session_max_sessions, [:session_max_sessions], 10_000, quote(do: pos_integer() | :infinity),
      "Most sessions the session store holds."},
     {:session_warning_threshold, [:session_warning_threshold], 0.8, quote(do: float()),
@@ -440,6 +441,16 @@ defmodule Snakepit.Defaults do
   @spec pool_startup_batch_delay_ms() :: non_neg_integer()
   def pool_startup_batch_delay_ms,
     do: get([:pool_startup_batch_delay_ms], nil) || config_default_batch_delay()
+
+  # A key is a top-level key or {key, inner}, an entry of an upstream map
+  # setting (`session_config: %{ttl: ...}`).
+  defp get([{key, inner} | rest], default) do
+    case Application.fetch_env(:snakepit, key) do
+      {:ok, map} when is_map(map) and is_map_key(map, inner) -> Map.fetch!(map, inner)
+      {:ok, [{_, _} | _] = kw} -> Keyword.get_lazy(kw, inner, fn -> get(rest, default) end)
+      _ -> get(rest, default)
+    end
+  end
 
   defp get([key | rest], default) do
     case Application.fetch_env(:snakepit, key) do
