@@ -334,6 +334,30 @@ defmodule Snakepit.CompatibilityPageTest do
     assert capture_log(fn -> Compat.warn_at_start() end) == ""
   end
 
+  test "a fresh VM warns at application start, once per setting, and not for mapped ones" do
+    script = """
+    Application.put_env(:snakepit, :pooling_enabled, false)
+    Application.put_env(:snakepit, :grpc_num_acceptors, 20)
+    Application.put_env(:snakepit, :pool_max_cancelled_entries, 1024)
+    Application.put_env(:snakepit, :worker_shutdown_grace_period, 4_000)
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+    IO.puts("GRACE " <> Integer.to_string(Snakepit.Defaults.graceful_shutdown_timeout_ms()))
+    :ok = Application.stop(:snakepit)
+    {:ok, _} = Application.ensure_all_started(:snakepit)
+    IO.puts("STARTED TWICE")
+    """
+
+    {output, status} = Snakepit.Test.ExternalBeam.run(script, [], 60_000)
+    assert status == 0, output
+    assert output =~ "GRACE 4000" and output =~ "STARTED TWICE"
+
+    for key <- [:grpc_num_acceptors, :pool_max_cancelled_entries] do
+      assert length(String.split(output, "config :snakepit, #{key}:")) == 2, output
+    end
+
+    refute output =~ "worker_shutdown_grace_period"
+  end
+
   # -- telemetry -------------------------------------------------------------------
 
   test "events listed as emitted are in the catalog; those not emitted are not" do

@@ -86,7 +86,7 @@ defmodule Snakepit.Config.Compat do
     replaced =
       for {key, why} <- replaced(), Keyword.has_key?(env, key) do
         {key,
-         "Snakepit: config :snakepit, #{key}: ... has no effect and is ignored: #{why} " <>
+         "Snakepit: config :snakepit, #{key}: has no effect here and is ignored; #{why} " <>
            "(see docs/compatibility.md)"}
       end
 
