@@ -270,6 +270,16 @@ defmodule Snakepit.GRPCWorkerAPITest do
     end
   end
 
+  test "the pool's worker slot is in the starter registry", %{worker_id: id} do
+    alias Snakepit.Pool.Worker.StarterRegistry
+    assert StarterRegistry.starter_exists?(id)
+    assert {:ok, starter} = StarterRegistry.get_starter_pid(id)
+    assert id in StarterRegistry.list_starters()
+
+    assert Snakepit.Pool.Worker.Starter.worker_pid(starter) ==
+             elem(Snakepit.Pool.Registry.get_worker_pid(id), 1)
+  end
+
   describe "GRPCWorker.get_health/1" do
     test "a ready worker answers its ping and reports its statistics", %{worker: w, worker_id: id} do
       assert {:ok, health} = GRPCWorker.get_health(w)
