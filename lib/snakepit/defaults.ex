@@ -40,6 +40,25 @@ defmodule Snakepit.Defaults do
   `pool_reply_margin_ms/0`, so the inner timeout always fires first and the
   caller gets a structured `{:error, %Snakepit.Error{category: :timeout}}`
   instead of an exit.
+
+  ## Upstream names
+
+  Upstream's keys for a setting this implementation has set it (the
+  current key wins when both are set):
+
+  | upstream key | sets |
+  |---|---|
+  | `default_command_timeout` | `pool_request_timeout/0` |
+  | `pool_startup_timeout`, `worker_init_timeout` | `grpc_server_ready_timeout/0` |
+  | `health_check_interval`, `worker_health_check_interval`, `grpc_worker_health_check_interval` | `lifecycle_health_check_interval/0` |
+  | `worker_shutdown_grace_period` | `graceful_shutdown_timeout_ms/0` |
+  | `cleanup_retry_interval` | `cleanup_poll_interval_ms/0` |
+  | `grpc_internal_host` | `tcp_host/0` |
+  | `session_config: %{ttl: ..., cleanup_interval: ...}` | `session_default_ttl/0`, `session_cleanup_interval/0` |
+
+  The getters listed by `inert/0` return settings nothing here reads;
+  `Snakepit.Config.Compat` warns at start when one is set and names what
+  does that job. `docs/compatibility.md` has both lists.
   """
 
   @profiles %{
