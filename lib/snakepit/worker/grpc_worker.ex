@@ -192,8 +192,10 @@ defmodule Snakepit.GRPCWorker do
   The fourth argument is a timeout in ms (or `:infinity`), options, or nil
   for the default `Snakepit.Defaults.grpc_worker_execute_timeout/0`.
   Options: `:timeout`, `:session_id`, `:metadata`, `:correlation_id`,
-  `:binary_parameters`. A call that runs out of time is stopped in the
-  worker, as a pool call is.
+  `:binary_parameters`. A call that runs out of time is told to stop in
+  the worker (an async tool is cancelled, a sync one gets `CallCancelled`
+  raised), as a pool call is; unlike a pool call, a tool that ignores
+  that is not killed, since no pool owns the slot.
 
   The call does not go through the pool: the worker may be busy with pool
   calls, and the pool's queueing, affinity and crash retries do not apply.
