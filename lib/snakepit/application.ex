@@ -16,6 +16,9 @@ defmodule Snakepit.Application do
 
   @impl true
   def start(_type, _args) do
+    # Upstream settings that do nothing here: said once, naming what does.
+    _ = Snakepit.Config.Compat.warn_at_start()
+
     with :ok <- check_platform(),
          :ok <- check_tcp_host(),
          :ok <- check_value_limits(),
@@ -93,7 +96,7 @@ defmodule Snakepit.Application do
         # Which pool process serves each pool name (the configured pools'
         # and those host apps start in their own trees).
         Snakepit.Pool.Names,
-        {Registry, keys: :unique, name: Snakepit.Pool.Worker.StarterRegistry},
+        Snakepit.Pool.Worker.StarterRegistry,
         # Kills what earlier runs left behind before any worker starts.
         Snakepit.Pool.ProcessRegistry,
         # Stopped after the pools: sweeps up anything of this run still alive.

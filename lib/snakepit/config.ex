@@ -171,7 +171,7 @@ defmodule Snakepit.Config do
     with :ok <- schema_check(name, config),
          normalized = normalize_pool_config(config),
          :ok <- check_limits(normalized) do
-      warn_ignored(config)
+      warn_ignored(normalized)
       {:ok, normalized}
     end
   end
@@ -346,6 +346,21 @@ defmodule Snakepit.Config do
   @doc "Like `grpc_listener_config/0`, raising `ArgumentError` on a bad configuration."
   @spec grpc_listener_config!() :: grpc_listener_config()
   defdelegate grpc_listener_config!(), to: Listener, as: :config!
+
+  # Upstream's listener tuning knobs. The bridge binds in the native core,
+  # which returns the bound address at once, so there is no port to wait
+  # for or rebind; the knobs are accepted and warned about at start.
+  for knob <- [
+        :grpc_listener_port_check_interval_ms,
+        :grpc_listener_ready_timeout_ms,
+        :grpc_listener_reuse_attempts,
+        :grpc_listener_reuse_retry_delay_ms,
+        :grpc_listener_reuse_wait_timeout_ms
+      ] do
+    @doc "The `#{knob}` knob: `Snakepit.Defaults.#{knob}/0` (accepted, without effect)."
+    @spec unquote(knob)() :: pos_integer()
+    defdelegate unquote(knob)(), to: Defaults
+  end
 
   # -- TCP transport ------------------------------------------------------------
 

@@ -40,6 +40,25 @@ defmodule Snakepit.Defaults do
   `pool_reply_margin_ms/0`, so the inner timeout always fires first and the
   caller gets a structured `{:error, %Snakepit.Error{category: :timeout}}`
   instead of an exit.
+
+  ## Upstream names
+
+  Upstream's keys for a setting this implementation has set it (the
+  current key wins when both are set):
+
+  | upstream key | sets |
+  |---|---|
+  | `default_command_timeout` | `pool_request_timeout/0` |
+  | `pool_startup_timeout`, `worker_init_timeout` | `grpc_server_ready_timeout/0` |
+  | `health_check_interval`, `worker_health_check_interval`, `grpc_worker_health_check_interval` | `lifecycle_health_check_interval/0` |
+  | `worker_shutdown_grace_period` | `graceful_shutdown_timeout_ms/0` |
+  | `cleanup_retry_interval` | `cleanup_poll_interval_ms/0` |
+  | `grpc_internal_host` | `tcp_host/0` |
+  | `session_config: %{ttl: ..., cleanup_interval: ...}` | `session_default_ttl/0`, `session_cleanup_interval/0` |
+
+  The getters listed by `inert/0` return settings nothing here reads;
+  `Snakepit.Config.Compat` warns at start when one is set and names what
+  does that job. `docs/compatibility.md` has both lists.
   """
 
   @profiles %{
@@ -102,12 +121,14 @@ defmodule Snakepit.Defaults do
        "interpreter and environment (`Snakepit.ForkServer`), which imported grpc and the " <>
        "bridge once, instead of starting a fresh interpreter for each. `false` spawns each " <>
        "worker directly."},
-    {:graceful_shutdown_timeout_ms, [:graceful_shutdown_timeout_ms], 6_000,
+    {:graceful_shutdown_timeout_ms,
+     [:graceful_shutdown_timeout_ms, :worker_shutdown_grace_period], 6_000,
      quote(do: pos_integer()),
      "How long (ms) a Python worker gets to exit after SIGTERM before SIGKILL. At least the " <>
        "worker's own shutdown envelope (server stop 2 s + adapter cleanup)."},
-    {:grpc_server_ready_timeout, [:grpc_server_ready_timeout], 30_000, quote(do: timeout()),
-     "How long (ms) a worker may take to report ready."},
+    {:grpc_server_ready_timeout,
+     [:grpc_server_ready_timeout, :pool_startup_timeout, :worker_init_timeout], 30_000,
+     quote(do: timeout()), "How long (ms) a worker may take to report ready."},
     {:health_monitor_crash_window_ms, [:health_monitor_crash_window_ms], 60_000,
      quote(do: pos_integer()), "Rolling crash window (ms) of `Snakepit.HealthMonitor`."},
     {:health_monitor_max_crashes, [:health_monitor_max_crashes], 10, quote(do: pos_integer()),
@@ -124,8 +145,14 @@ defmodule Snakepit.Defaults do
      "Instance token for runtime isolation."},
     {:lifecycle_check_interval, [:lifecycle_check_interval], 60_000, quote(do: pos_integer()),
      "Interval (ms) of `Snakepit.Worker.LifecycleManager`'s TTL and memory checks."},
-    {:lifecycle_health_check_interval, [:lifecycle_health_check_interval], 300_000,
-     quote(do: pos_integer()), "Interval (ms) of the lifecycle manager's health checks."},
+    {:lifecycle_health_check_interval,
+     [
+       :lifecycle_health_check_interval,
+       :grpc_worker_health_check_interval,
+       :health_check_interval,
+       :worker_health_check_interval
+     ], 300_000, quote(do: pos_integer()),
+     "Interval (ms) of the lifecycle manager's health checks."},
     {:max_message_bytes, [:max_message_bytes], 268_435_456, quote(do: pos_integer()),
      "Largest message (bytes) between the VM and its workers, both ways, on every " <>
        "connection (calls, replies, stream chunks, the tool bridge). A call over it is " <>
@@ -162,6 +189,9 @@ defmodule Snakepit.Defaults do
      "Most workers one pool may have."},
     {:pool_reply_margin_ms, [:pool_reply_margin_ms], 200, quote(do: pos_integer()),
      "Margin (ms) reserved for the pool's reply, subtracted by `rpc_timeout/1`."},
+    {:pool_status_interval_ms, [:pool_status_interval_ms], 5_000, quote(do: non_neg_integer()),
+     "How often (ms) each pool emits `[:snakepit, :pool, :status]` (worker and queue counts); " <>
+       "0 turns it off."},
     {:retry_backoff_multiplier, [:retry_backoff_multiplier], 2.0, quote(do: float()),
      "Multiplier of exponential retry backoff."},
     {:retry_backoff_sequence, [:retry_backoff_sequence], [100, 200, 400, 800, 1600],
@@ -174,10 +204,11 @@ defmodule Snakepit.Defaults do
      "Default maximum retry attempts."},
     {:retry_max_backoff_ms, [:retry_max_backoff_ms], 30_000, quote(do: pos_integer()),
      "Longest retry backoff (ms)."},
-    {:session_cleanup_interval, [:session_cleanup_interval], 60_000, quote(do: pos_integer()),
+    {:session_cleanup_interval, [:session_cleanup_interval, {:session_config, :cleanup_interval}],
+     60_000, quote(do: pos_integer()),
      "Interval (ms) of `Snakepit.Bridge.SessionStore`'s expiry sweep."},
-    {:session_default_ttl, [:session_default_ttl], 3600, quote(do: pos_integer()),
-     "Default session TTL in seconds."},
+    {:session_default_ttl, [:session_default_ttl, {:session_config, :ttl}], 3600,
+     quote(do: pos_integer()), "Default session TTL in seconds."},
     {:session_max_sessions, [:session_max_sessions], 10_000, quote(do: pos_integer() | :infinity),
      "Most sessions the session store holds."},
     {:session_warning_threshold, [:session_warning_threshold], 0.8, quote(do: float()),
@@ -194,7 +225,7 @@ defmodule Snakepit.Defaults do
     {:worker_transport, [:worker_transport], :unix, quote(do: :unix | :tcp),
      "Transport of the workers' servers and the bridge server: `:unix` (sockets in the " <>
        "private runtime directory) or `:tcp` (loopback)."},
-    {:tcp_host, [:tcp_host], "127.0.0.1", quote(do: String.t()),
+    {:tcp_host, [:tcp_host, :grpc_internal_host], "127.0.0.1", quote(do: String.t()),
      "Address the workers' servers and the bridge server bind to under `worker_transport: " <>
        ":tcp`. Must be a loopback address unless `allow_non_loopback_bind: true` (see the " <>
        "README's threat model)."},
@@ -244,7 +275,12 @@ defmodule Snakepit.Defaults do
      "Default command timeout (ms) of `Snakepit.Adapters.GRPCPython`."}
   ]
 
+  # Upstream names that set a derived timeout too (the first set wins).
+  @derived_aliases %{pool_request_timeout: [:default_command_timeout]}
+
   for {name, source, how, doc} <- @derived do
+    keys = [name | Map.get(@derived_aliases, name, [])]
+
     {derivation, body} =
       case how do
         :identity -> {"`#{source}/0`", quote(do: unquote(source)())}
@@ -254,20 +290,21 @@ defmodule Snakepit.Defaults do
     @doc """
     #{doc}
 
-    Config key: `#{inspect(name)}`; when not set, #{derivation} of the active
+    Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}; when not set, #{derivation} of the active
     timeout profile.
     """
     @spec unquote(name)() :: timeout()
     def unquote(name)() do
-      case Application.fetch_env(:snakepit, unquote(name)) do
-        {:ok, value} -> value
-        :error -> unquote(body)
+      case get(unquote(keys), :unset) do
+        :unset -> unquote(body)
+        value -> value
       end
     end
   end
 
   @doc """
-  Default timeout (ms) of `Snakepit.GRPC.Client` execute calls: the
+  Default timeout (ms) of `Snakepit.GRPC.Client.execute/3` (a call on a
+  connection from `Snakepit.GRPCWorker.get_channel/1`): the
   `grpc_client_execute_timeout` key, else `grpc_command_timeout/0`.
   """
   @spec grpc_client_execute_timeout() :: timeout()
@@ -275,6 +312,178 @@ defmodule Snakepit.Defaults do
     case Application.fetch_env(:snakepit, :grpc_client_execute_timeout) do
       {:ok, value} -> value
       :error -> grpc_command_timeout()
+    end
+  end
+
+  # -- upstream getters ----------------------------------------------------------
+  #
+  # The rest of upstream's documented getters. {function, config keys (first
+  # set wins), default, spec, doc}; `:inert` as the doc marks a setting that
+  # nothing here reads: it is accepted, and Snakepit.Config.Compat warns once
+  # at start that it has no effect and names what does its job.
+  @inert_doc "Accepted for compatibility: nothing reads it, and setting it logs a warning at " <>
+               "start that names what does this job here (see `Snakepit.Config.Compat` and " <>
+               "`docs/compatibility.md`)."
+
+  @upstream [
+    {:affinity_cache_ttl_seconds, [:affinity_cache_ttl_seconds], 60, quote(do: pos_integer()),
+     :inert},
+    {:cleanup_on_stop_timeout_ms, [:cleanup_on_stop_timeout_ms], 1_000, quote(do: pos_integer()),
+     "How long (ms) the last cleanup pass at shutdown (`Snakepit.Pool.ApplicationCleanup`) " <>
+       "waits for what is left of this run after SIGTERM, before SIGKILL."},
+    {:cleanup_poll_interval_ms, [:cleanup_poll_interval_ms, :cleanup_retry_interval], 10,
+     quote(do: pos_integer()),
+     "How often (ms) a wait for OS processes to exit looks again (`Snakepit.ProcessKiller`, " <>
+       "the cleanup passes)."},
+    {:default_capacity_strategy, [:default_capacity_strategy], :pool,
+     quote(do: :pool | :profile | :hybrid),
+     "Default `capacity_strategy` of a pool (accepted for compatibility; a strategy other than " <>
+       "`:pool` has no effect and a warning says so once)."},
+    {:grpc_batch_inference_timeout, [:grpc_batch_inference_timeout], 300_000,
+     quote(do: timeout()),
+     "Default timeout (ms) of a `batch_inference` command sent with " <>
+       "`Snakepit.Adapters.GRPCPython.grpc_execute/6` (its `command_timeout/2`)."},
+    {:grpc_large_dataset_timeout, [:grpc_large_dataset_timeout], 600_000, quote(do: timeout()),
+     "Default timeout (ms) of a `process_large_dataset` command sent with " <>
+       "`Snakepit.Adapters.GRPCPython.grpc_execute/6` (its `command_timeout/2`)."},
+    {:grpc_listener_port_check_interval_ms, [:grpc_listener_port_check_interval_ms], 25,
+     quote(do: pos_integer()), :inert},
+    {:grpc_listener_ready_timeout_ms, [:grpc_listener_ready_timeout_ms], 5_000,
+     quote(do: pos_integer()), :inert},
+    {:grpc_listener_reuse_attempts, [:grpc_listener_reuse_attempts], 3, quote(do: pos_integer()),
+     :inert},
+    {:grpc_listener_reuse_retry_delay_ms, [:grpc_listener_reuse_retry_delay_ms], 100,
+     quote(do: pos_integer()), :inert},
+    {:grpc_listener_reuse_wait_timeout_ms, [:grpc_listener_reuse_wait_timeout_ms], 500,
+     quote(do: pos_integer()), :inert},
+    {:grpc_max_connections, [:grpc_max_connections], 1000, quote(do: pos_integer()), :inert},
+    {:grpc_num_acceptors, [:grpc_num_acceptors], 20, quote(do: pos_integer()), :inert},
+    {:grpc_port, [:grpc_port], 50_051, quote(do: pos_integer()),
+     "The legacy `grpc_port` key: the bridge listens on this TCP port when it is set (see " <>
+       "`Snakepit.Config.Listener`; `grpc_listener` is the current way)."},
+    {:grpc_port_pool_size, [:grpc_port_pool_size], 32, quote(do: pos_integer()), :inert},
+    {:grpc_socket_backlog, [:grpc_socket_backlog], 512, quote(do: pos_integer()), :inert},
+    {:health_monitor_check_interval, [:health_monitor_check_interval], 30_000,
+     quote(do: pos_integer()),
+     "How often (ms) a `Snakepit.HealthMonitor` drops crashes older than its window, when " <>
+       "started without `:check_interval_ms`."},
+    {:pool_cancelled_retention_multiplier, [:pool_cancelled_retention_multiplier], 4,
+     quote(do: pos_integer()), :inert},
+    {:pool_max_cancelled_entries, [:pool_max_cancelled_entries], 1024, quote(do: pos_integer()),
+     :inert},
+    {:pool_reconcile_batch_size, [:pool_reconcile_batch_size], 2, quote(do: pos_integer()),
+     :inert},
+    {:pool_reconcile_interval_ms, [:pool_reconcile_interval_ms], 1_000,
+     quote(do: non_neg_integer()), :inert},
+    {:process_registry_cleanup_interval, [:process_registry_cleanup_interval], 30_000,
+     quote(do: pos_integer()), :inert},
+    {:process_registry_unregister_cleanup_attempts,
+     [:process_registry_unregister_cleanup_attempts], 10, quote(do: pos_integer()), :inert},
+    {:process_registry_unregister_cleanup_delay, [:process_registry_unregister_cleanup_delay],
+     500, quote(do: pos_integer()), :inert},
+    {:shutdown_margin_ms, [:shutdown_margin_ms], 3_000, quote(do: pos_integer()),
+     "Margin (ms) added to `graceful_shutdown_timeout_ms/0` for a worker's supervisor " <>
+       "shutdown time (`Snakepit.GRPCWorker.supervisor_shutdown_timeout/0`): room for the " <>
+       "SIGKILL that may follow the graceful window."},
+    {:worker_ready_timeout, [:worker_ready_timeout], 30_000, quote(do: timeout()), :inert},
+    {:worker_starter_max_restarts, [:worker_starter_max_restarts], 3,
+     quote(do: non_neg_integer()), :inert},
+    {:worker_starter_max_seconds, [:worker_starter_max_seconds], 5, quote(do: pos_integer()),
+     :inert}
+  ]
+
+  for {name, keys, default, spec, doc} <- @upstream do
+    @doc """
+    #{if doc == :inert, do: @inert_doc, else: doc}
+
+    Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}; default: `#{inspect(default)}`.
+    """
+    @spec unquote(name)() :: unquote(spec)
+    def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
+  end
+
+  @doc """
+  The getters documented upstream whose setting nothing here reads (see
+  `Snakepit.Config.Compat`).
+  """
+  @spec inert() :: [atom()]
+  def inert, do: for({name, _, _, _, :inert} <- @upstream, do: name)
+
+  @doc """
+  Upstream's command timeout: the `default_command_timeout` key, else the
+  call-to-Python share (`rpc_timeout/1`) of `pool_request_timeout/0`. The
+  same key sets `pool_request_timeout/0` when that one is not set.
+  """
+  @spec default_command_timeout() :: timeout()
+  def default_command_timeout,
+    do: get([:default_command_timeout], nil) || rpc_timeout(pool_request_timeout())
+
+  @doc """
+  Default timeout (ms) of `Snakepit.GRPCWorker.execute/3-5` and
+  `execute_in_session/4-6`, direct calls to one worker: the
+  `grpc_worker_execute_timeout` key, else `rpc_timeout(default_timeout())`.
+  """
+  @spec grpc_worker_execute_timeout() :: timeout()
+  def grpc_worker_execute_timeout,
+    do: get([:grpc_worker_execute_timeout], nil) || rpc_timeout(default_timeout())
+
+  @doc """
+  Default timeout (ms) of `Snakepit.GRPCWorker.execute_stream/4-6`: the
+  `grpc_worker_stream_timeout` key, else `stream_timeout/0`.
+  """
+  @spec grpc_worker_stream_timeout() :: timeout()
+  def grpc_worker_stream_timeout,
+    do: get([:grpc_worker_stream_timeout], nil) || stream_timeout()
+
+  @doc """
+  How long (ms) a worker may take to start: `grpc_server_ready_timeout/0`,
+  which the upstream keys `pool_startup_timeout` and `worker_init_timeout`
+  also set.
+  """
+  @spec pool_startup_timeout() :: timeout()
+  def pool_startup_timeout, do: grpc_server_ready_timeout()
+
+  @doc """
+  Interval (ms) of the periodic worker health check:
+  `lifecycle_health_check_interval/0`, which the upstream keys
+  `grpc_worker_health_check_interval`, `health_check_interval` and
+  `worker_health_check_interval` also set.
+  """
+  @spec grpc_worker_health_check_interval() :: pos_integer()
+  def grpc_worker_health_check_interval, do: lifecycle_health_check_interval()
+
+  @doc """
+  Host of listeners that stay on this machine: `tcp_host/0`, which the
+  upstream key `grpc_internal_host` also sets.
+  """
+  @spec grpc_internal_host() :: String.t()
+  def grpc_internal_host, do: tcp_host()
+
+  @doc """
+  Workers started at once by a process-profile pool that sets no
+  `startup_batch_size`: the `pool_startup_batch_size` key, else
+  `config_default_batch_size/0`.
+  """
+  @spec pool_startup_batch_size() :: pos_integer()
+  def pool_startup_batch_size,
+    do: get([:pool_startup_batch_size], nil) || config_default_batch_size()
+
+  @doc """
+  Longest wait (ms) between startup batches of a process-profile pool that
+  sets no `startup_batch_delay_ms`: the `pool_startup_batch_delay_ms` key,
+  else `config_default_batch_delay/0`.
+  """
+  @spec pool_startup_batch_delay_ms() :: non_neg_integer()
+  def pool_startup_batch_delay_ms,
+    do: get([:pool_startup_batch_delay_ms], nil) || config_default_batch_delay()
+
+  # A key is a top-level key or {key, inner}, an entry of an upstream map
+  # setting (`session_config: %{ttl: ...}`).
+  defp get([{key, inner} | rest], default) do
+    case Application.fetch_env(:snakepit, key) do
+      {:ok, map} when is_map(map) and is_map_key(map, inner) -> Map.fetch!(map, inner)
+      {:ok, [{_, _} | _] = kw} -> Keyword.get_lazy(kw, inner, fn -> get(rest, default) end)
+      _ -> get(rest, default)
     end
   end
 

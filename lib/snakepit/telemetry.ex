@@ -27,6 +27,7 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :worker, :terminated],
     [:snakepit, :pool, :worker, :startup_failed],
     [:snakepit, :pool, :saturated],
+    [:snakepit, :pool, :status],
     [:snakepit, :pool, :shed],
     [:snakepit, :pool, :queue, :delay],
     [:snakepit, :pool, :queue, :timeout],
@@ -68,7 +69,17 @@ defmodule Snakepit.Telemetry do
   @grpc_events [
     [:snakepit, :grpc_worker, :execute, :start],
     [:snakepit, :grpc_worker, :execute, :stop],
-    [:snakepit, :grpc_worker, :stream, :stop]
+    [:snakepit, :grpc_worker, :stream, :stop],
+    # The older guide's names: the same calls and streams, and a worker's
+    # channel becoming usable or going away with its process.
+    [:snakepit, :grpc, :call, :start],
+    [:snakepit, :grpc, :call, :stop],
+    [:snakepit, :grpc, :call, :exception],
+    [:snakepit, :grpc, :stream, :opened],
+    [:snakepit, :grpc, :stream, :message],
+    [:snakepit, :grpc, :stream, :closed],
+    [:snakepit, :grpc, :connection, :established],
+    [:snakepit, :grpc, :connection, :lost]
   ]
   # Folded in from workers by Snakepit.Telemetry.GrpcStream; names in
   # Snakepit.Telemetry.Naming.python_event_catalog/0.
@@ -101,7 +112,12 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :retry, :attempt],
     [:snakepit, :retry, :backoff],
     [:snakepit, :retry, :success],
-    [:snakepit, :retry, :exhausted]
+    [:snakepit, :retry, :exhausted],
+    # Snakepit.Telemetry.GPUProfiler, while one runs.
+    [:snakepit, :gpu, :memory, :sampled],
+    [:snakepit, :gpu, :utilization, :sampled],
+    [:snakepit, :gpu, :temperature, :sampled],
+    [:snakepit, :gpu, :power, :sampled]
   ]
   @cluster_events [
     [:snakepit, :cluster, :call, :start],
@@ -128,7 +144,8 @@ defmodule Snakepit.Telemetry do
     {:script_events, @script_events, "`Snakepit.run_as_script/2` shutdown events."},
     {:grpc_events, @grpc_events, "Events of calls to workers, measured on the Elixir side."},
     {:python_events, @python_events, "Events folded back from Python workers."},
-    {:runtime_events, @runtime_events, "ML error translation, circuit breaker and retry events."},
+    {:runtime_events, @runtime_events,
+     "ML error translation, circuit breaker, retry and GPU profiler events."},
     {:hardware_events, @hardware_events, "Hardware detection and device selection events."},
     {:cluster_events, @cluster_events,
      "Calls routed to other nodes, and nodes joining and leaving (`Snakepit.Cluster`)."}

@@ -67,4 +67,31 @@ defmodule Snakepit.CrashBarrierTest do
     refute TaintRegistry.worker_tainted?(id)
     assert TaintRegistry.worker_info(id) == nil
   end
+
+  test "consume_restart/1 hands out a taint's restart notice once, even to racing callers" do
+    id = "w-restart-#{System.unique_integer([:positive])}"
+    assert TaintRegistry.consume_restart(id) == :error
+
+    :ok = TaintRegistry.taint_worker(id, reason: :killed)
+
+    claims =
+      1..8
+      |> Enum.map(fn _ -> Task.async(fn -> TaintRegistry.consume_restart(id) end) end)
+      |> Task.await_many()
+
+    assert [{:ok, %{worker_id: ^id, reason: :killed}}] =
+             Enum.filter(claims, &match?({:ok, _}, &1))
+
+    assert TaintRegistry.consume_restart(id) == :error
+    # Still tainted: the notice is consumed, not the taint.
+    assert TaintRegistry.worker_tainted?(id)
+
+    # A new taint has a new notice.
+    :ok = TaintRegistry.taint_worker(id)
+    assert {:ok, _} = TaintRegistry.consume_restart(id)
+
+    :ok = TaintRegistry.taint_worker(id, duration_ms: 0)
+    assert TaintRegistry.consume_restart(id) == :error
+    assert TaintRegistry.consume_restart(:not_an_id) == :error
+  end
 end

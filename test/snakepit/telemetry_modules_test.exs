@@ -111,7 +111,8 @@ defmodule Snakepit.TelemetryModulesTest do
 
   test "the ML catalog is part of Snakepit's catalog and every event has a schema" do
     assert Events.all_ml_events() -- Telemetry.events() == []
-    assert Events.gpu_profiler_events() == []
+    assert [:snakepit, :gpu, :memory, :sampled] in Events.gpu_profiler_events()
+    assert Enum.all?(Events.gpu_profiler_events(), &match?([:snakepit, :gpu | _], &1))
 
     for event <- Events.all_ml_events(),
         do: assert(%{measurements: _, metadata: _} = Events.event_schema(event))

@@ -70,13 +70,15 @@ defmodule Snakepit.Config.Schema do
      true,
      "the `Snakepit.Adapter` that decides how a worker's process starts (interpreter, entry " <>
        "script or module, arguments)"},
-    {:adapter_args, quote(do: [String.t()]), :string_list, "a list of strings", [], true,
-     "arguments for the worker, e.g. `[\"--adapter\", \"my_module.MyAdapter\"]`"},
+    {:adapter_args, quote(do: [String.t()]), :string_list, "a list of strings", :adapter_args,
+     true,
+     "arguments for the worker, e.g. `[\"--adapter\", \"my_module.MyAdapter\"]` (default: " <>
+       "`[\"--adapter\", spec]` when the upstream key `python_adapter: spec` is set, else none)"},
     {:adapter_env, quote(do: [{String.t(), String.t()}]), :env,
      "a list of {name, value} string pairs (or a map)", [], true,
      "extra environment variables for the workers (kept out of logs and reports)"},
     {:capacity_strategy, quote(do: :pool | :profile | :hybrid), :capacity_strategy,
-     "one of #{inspect(@capacity_strategies)}", :pool, true,
+     "one of #{inspect(@capacity_strategies)}", {Defaults, :default_capacity_strategy}, true,
      "accepted for compatibility; has no effect (a worker's capacity comes from its " <>
        "profile) and a warning says so once"},
     {:affinity, quote(do: :hint | :strict_queue | :strict_fail_fast), :affinity,
@@ -213,21 +215,20 @@ defmodule Snakepit.Config.Schema do
   defp resolve({Defaults, fun}), do: apply(Defaults, fun, [])
   defp resolve(:heartbeat), do: %{}
 
-  defp resolve(:batch_size),
-    do: legacy_global(:pool_startup_batch_size, Defaults.config_default_batch_size())
-
-  defp resolve(:batch_delay),
-    do: legacy_global(:pool_startup_batch_delay_ms, Defaults.config_default_batch_delay())
-
-  defp resolve(value), do: value
-
   # The legacy global `pool_startup_batch_*` keys, when an operator set them.
-  defp legacy_global(key, default) do
-    case Application.fetch_env(:snakepit, key) do
-      {:ok, n} -> n
-      :error -> default
+  defp resolve(:batch_size), do: Defaults.pool_startup_batch_size()
+  defp resolve(:batch_delay), do: Defaults.pool_startup_batch_delay_ms()
+
+  # Upstream's `python_adapter: "module:Class"` (or `"module.Class"`) names
+  # the adapter of pools that give no adapter_args.
+  defp resolve(:adapter_args) do
+    case Application.get_env(:snakepit, :python_adapter) do
+      spec when is_binary(spec) and spec != "" -> ["--adapter", spec]
+      _ -> []
     end
   end
+
+  defp resolve(value), do: value
 
   defp valid?(:atom, v), do: is_atom(v)
   defp valid?(:module, v), do: is_atom(v) and v != nil

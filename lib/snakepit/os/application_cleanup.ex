@@ -3,7 +3,8 @@ defmodule Snakepit.Pool.ApplicationCleanup do
   The last line of defence at shutdown. Started before the pools, so it is
   stopped after them: by then every worker should have exited gracefully,
   and whatever of this run is still in the process table (found by run id)
-  gets a bounded SIGTERM → SIGKILL pass.
+  gets a bounded SIGTERM → SIGKILL pass (`cleanup_on_stop_timeout_ms`
+  between the two).
   """
   use GenServer
 
@@ -20,7 +21,9 @@ defmodule Snakepit.Pool.ApplicationCleanup do
 
   @impl true
   def terminate(_reason, _state) do
-    case Snakepit.RuntimeCleanup.cleanup_current_run(timeout_ms: 1_000) do
+    timeout = Snakepit.Defaults.cleanup_on_stop_timeout_ms()
+
+    case Snakepit.RuntimeCleanup.cleanup_current_run(timeout_ms: timeout) do
       :ok ->
         :ok
 

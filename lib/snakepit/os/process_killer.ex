@@ -22,7 +22,8 @@ defmodule Snakepit.ProcessKiller do
     sigstop: 19
   }
   # How often liveness is re-checked while waiting for a process that is
-  # not our child (no exit notice can be awaited for those).
+  # not our child (no exit notice can be awaited for those), when
+  # cleanup_poll_interval_ms is not a positive integer.
   @poll_ms 10
 
   @type signal ::
@@ -93,7 +94,14 @@ defmodule Snakepit.ProcessKiller do
     cond do
       not alive?.() -> true
       System.monotonic_time(:millisecond) >= deadline -> false
-      true -> receive(after: (@poll_ms -> poll(alive?, deadline)))
+      true -> receive(after: (poll_ms() -> poll(alive?, deadline)))
+    end
+  end
+
+  defp poll_ms do
+    case Snakepit.Defaults.cleanup_poll_interval_ms() do
+      ms when is_integer(ms) and ms > 0 -> ms
+      _ -> @poll_ms
     end
   end
 

@@ -65,6 +65,7 @@ defmodule Snakepit.Pool.Server do
       schedule_prune()
       for config <- configs, Config.elastic?(config), do: schedule_scale(config)
       state = Enum.reduce(configs, state, &start_reloader(&2, &1))
+      schedule_status()
       {:ok, state, {:continue, :start_workers}}
     else
       {:error, {:name_taken, message}} ->
@@ -524,6 +525,20 @@ defmodule Snakepit.Pool.Server do
     end
   end
 
+  # The periodic snapshot of each pool (the older guide's pool status event).
+  def handle_info(:pool_status, state) do
+    for name <- state.order do
+      Telemetry.emit(
+        [:snakepit, :pool, :status],
+        State.status_measurements(state.pools[name]),
+        %{node: node(), pool_name: name}
+      )
+    end
+
+    schedule_status()
+    {:noreply, state}
+  end
+
   def handle_info({:DOWN, ref, :process, _pid, reason}, state) do
     cond do
       Map.has_key?(state.callers, ref) ->
@@ -671,6 +686,13 @@ defmodule Snakepit.Pool.Server do
 
   defp schedule_prune,
     do: Process.send_after(self(), :prune_sessions, Defaults.session_cleanup_interval())
+
+  defp schedule_status do
+    case Defaults.pool_status_interval_ms() do
+      ms when is_integer(ms) and ms > 0 -> Process.send_after(self(), :pool_status, ms)
+      _off -> nil
+    end
+  end
 
   @doc false
   def answer_waiters(%{waiters: []} = state), do: state

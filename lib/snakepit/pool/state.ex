@@ -775,6 +775,24 @@ defmodule Snakepit.Pool.State do
     })
   end
 
+  @doc """
+  The measurements of `[:snakepit, :pool, :status]`: worker counts, queue
+  depth and how long the oldest queued request has waited.
+  """
+  @spec status_measurements(t()) :: %{atom() => non_neg_integer()}
+  def status_measurements(state) do
+    busy = Enum.count(state.workers, fn {_, w} -> w.load > 0 end)
+    total = map_size(state.workers)
+
+    %{
+      total_workers: total,
+      available_workers: total - busy,
+      busy_workers: busy,
+      queue_depth: :queue.len(state.queue),
+      queue_delay_ms: queue_delay(state)
+    }
+  end
+
   # How long the oldest queued request has waited (0 with none queued).
   defp queue_delay(state) do
     case :queue.peek(state.queue) do

@@ -57,7 +57,8 @@ defmodule Snakepit.HealthMonitor do
 
     * `:name` - GenServer name (optional)
     * `:pool` - pool name to monitor (required)
-    * `:check_interval_ms` - how often expired crashes are dropped (default: 30000)
+    * `:check_interval_ms` - how often expired crashes are dropped (default:
+      `Snakepit.Defaults.health_monitor_check_interval/0`, 30000)
     * `:crash_window_ms` - rolling window for crash counting (default: 60000)
     * `:max_crashes` - crashes in the window that make the pool unhealthy (default: 10)
     * `:clock` - zero-arity function returning monotonic milliseconds; for tests

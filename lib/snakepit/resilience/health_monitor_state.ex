@@ -63,7 +63,8 @@ defmodule Snakepit.HealthMonitor.State do
       crash_window_ms:
         pos_int!(opts, :crash_window_ms, Snakepit.Defaults.health_monitor_crash_window_ms()),
       max_crashes: pos_int!(opts, :max_crashes, Snakepit.Defaults.health_monitor_max_crashes()),
-      check_interval_ms: pos_int!(opts, :check_interval_ms, 30_000)
+      check_interval_ms:
+        pos_int!(opts, :check_interval_ms, Snakepit.Defaults.health_monitor_check_interval())
     }
   end
 

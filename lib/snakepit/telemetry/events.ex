@@ -1,7 +1,7 @@
 defmodule Snakepit.Telemetry.Events do
   @moduledoc """
   The ML-side events (hardware detection, circuit breaker, exception
-  translation, retries) with the schema of their measurements and metadata.
+  translation, retries, GPU profiling) with the schema of their measurements and metadata.
   All of them are in `Snakepit.Telemetry.events/0` too.
   """
 
@@ -44,7 +44,15 @@ defmodule Snakepit.Telemetry.Events do
     [:snakepit, :retry, :attempt] => {%{attempt: :integer, delay_ms: :integer}, %{}},
     [:snakepit, :retry, :backoff] => {%{delay_ms: :integer}, %{attempt: :integer}},
     [:snakepit, :retry, :success] => {%{attempts: :integer, total_duration: :integer}, %{}},
-    [:snakepit, :retry, :exhausted] => {%{attempts: :integer, total_duration: :integer}, %{}}
+    [:snakepit, :retry, :exhausted] => {%{attempts: :integer, total_duration: :integer}, %{}},
+    [:snakepit, :gpu, :memory, :sampled] =>
+      {%{used_mb: :integer, total_mb: :integer, free_mb: :integer},
+       %{device: :any, name: :string}},
+    [:snakepit, :gpu, :utilization, :sampled] =>
+      {%{gpu_percent: :integer, memory_percent: :integer}, %{device: :any, name: :string}},
+    [:snakepit, :gpu, :temperature, :sampled] =>
+      {%{celsius: :integer}, %{device: :any, name: :string}},
+    [:snakepit, :gpu, :power, :sampled] => {%{watts: :float}, %{device: :any, name: :string}}
   }
 
   defp with_prefix(prefix),
@@ -66,12 +74,9 @@ defmodule Snakepit.Telemetry.Events do
   @spec retry_events() :: [event()]
   def retry_events, do: with_prefix([:snakepit, :retry])
 
-  @doc """
-  GPU profiler events: none. Snakepit has no sampling GPU profiler; devices
-  are reported by `Snakepit.Hardware` and its detect/select events.
-  """
+  @doc "GPU profiler events (`Snakepit.Telemetry.GPUProfiler`)."
   @spec gpu_profiler_events() :: [event()]
-  def gpu_profiler_events, do: []
+  def gpu_profiler_events, do: with_prefix([:snakepit, :gpu])
 
   @doc "All of the above."
   @spec all_ml_events() :: [event()]

@@ -40,9 +40,150 @@ defmodule Snakepit.GRPC.Client do
   structs (see `Snakepit.Error.PythonTranslation`); an unknown tool, or a
   streaming tool called here, as a `:validation` `Snakepit.Error`.
   """
-  @spec execute(worker(), String.t(), map(), keyword()) ::
+  @spec execute(worker(), String.t(), map(), keyword() | timeout() | nil) ::
           {:ok, term()} | {:error, Error.t() | Exception.t()}
-  def execute(worker, tool, args, opts) do
+  def execute(worker, tool, args, opts_or_timeout)
+
+  def execute(%{channel: channel, id: _} = worker, tool, args, opts)
+      when is_reference(channel) and is_binary(tool) and is_map(args) and is_list(opts),
+      do: run_execute(worker, tool, args, opts)
+
+  # Upstream's channel-level form: a timeout (ms, :infinity, or nil for
+  # grpc_client_execute_timeout) instead of options.
+  def execute(connection, command, args, timeout)
+      when is_nil(timeout) or is_integer(timeout) or timeout == :infinity do
+    timeout = timeout || Defaults.grpc_client_execute_timeout()
+
+    with :ok <- check_call(connection, command, args, timeout),
+         do: run_execute(connection, command, args, direct_opts(timeout, []))
+  end
+
+  def execute(connection, command, args, other) do
+    with :ok <- check_call(connection, command, args, :infinity, List.wrap(other)),
+         do: invalid("expected options (a keyword list) or a timeout, got: #{inspect(other)}")
+  end
+
+  @doc """
+  Upstream's `execute(channel, command, args)`: `execute/4` with the
+  default timeout, `Snakepit.Defaults.grpc_client_execute_timeout/0`.
+  `connection` comes from `Snakepit.GRPCWorker.get_channel/1` or
+  `connect/1`.
+  """
+  @spec execute(worker(), String.t(), map()) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
+  def execute(connection, command, args), do: execute(connection, command, args, nil)
+
+  @doc """
+  A connection to the worker server listening at `port` (an integer: a
+  TCP port on `Snakepit.Defaults.tcp_host/0`) or at an address
+  (`"unix:/path"`, `"host:port"`), checked with a ping: `{:ok, connection}`
+  for `execute/3-4`, `execute_stream/5` and
+  `Snakepit.Adapters.GRPCPython.grpc_execute/6`, or `{:error, error}`.
+  Only servers started by this VM accept its calls.
+  """
+  @spec connect(non_neg_integer() | String.t()) :: {:ok, worker()} | {:error, Error.t()}
+  def connect(port_or_address), do: connect(port_or_address, 5, 100)
+
+  @doc false
+  # A worker may print its readiness line a moment before its socket
+  # accepts: a few pings, `interval_ms` apart.
+  def connect(port_or_address, attempts, interval_ms) do
+    with {:ok, address} <- address_of(port_or_address),
+         {:ok, channel} <- open_channel(address) do
+      connection = %{id: address, channel: channel, lane: nil, address: address}
+      await_ping(connection, attempts, interval_ms)
+    end
+  end
+
+  defp address_of(port) when is_integer(port) and port > 0 and port < 65_536,
+    do: {:ok, "#{Defaults.tcp_host()}:#{port}"}
+
+  defp address_of("unix:/" <> _ = address), do: {:ok, address}
+
+  defp address_of(address) when is_binary(address) do
+    if address =~ ~r/^[^\s\/]+:\d{1,5}$/,
+      do: {:ok, address},
+      else: {:error, Error.validation_error("not a worker address: #{inspect(address)}")}
+  end
+
+  defp address_of(other),
+    do:
+      {:error,
+       Error.validation_error(
+         "a worker address is a port (1..65535), \"unix:/path\" or \"host:port\", got: " <>
+           inspect(other)
+       )}
+
+  defp open_channel(address) do
+    case Native.grpc_connect(address) do
+      {:ok, channel} ->
+        {:ok, channel}
+
+      {:error, reason} ->
+        {:error, Error.worker_error("cannot connect to #{address}: #{inspect(reason)}")}
+    end
+  end
+
+  defp await_ping(connection, attempts, interval_ms) do
+    case ping(connection, 2_000) do
+      {:ok, _} ->
+        {:ok, connection}
+
+      {:error, _} when attempts > 1 ->
+        Process.sleep(interval_ms)
+        await_ping(connection, attempts - 1, interval_ms)
+
+      {:error, error} ->
+        {:error, error}
+    end
+  end
+
+  @doc false
+  # Options of a direct call (no pool) with total budget `timeout`: the
+  # whole budget is the call's, and a call past it is stopped in the worker.
+  def direct_opts(timeout, opts) do
+    deadline = if timeout == :infinity, do: :infinity, else: Deadline.now() + timeout
+
+    opts
+    |> Keyword.take([:session_id, :metadata, :binary_parameters, :correlation_id])
+    |> Keyword.merge(
+      deadline: deadline,
+      stop_by: deadline,
+      request_id: Integer.to_string(System.unique_integer([:positive]))
+    )
+  end
+
+  @doc false
+  # The checks of a call made on a connection, in the caller: `:ok` or a
+  # `:validation` error naming what is wrong.
+  def check_call(connection, command, args, timeout, opts \\ []) do
+    cond do
+      not match?(%{channel: ref, id: _} when is_reference(ref), connection) ->
+        invalid(
+          "not a worker connection (use Snakepit.GRPCWorker.get_channel/1 or " <>
+            "Snakepit.GRPC.Client.connect/1): #{inspect(connection)}"
+        )
+
+      not is_binary(command) or command == "" ->
+        invalid("command must be a non-empty string, got: #{inspect(command)}")
+
+      not is_map(args) ->
+        invalid("args must be a map, got: #{inspect(args)}")
+
+      not (timeout == :infinity or (is_integer(timeout) and timeout > 0)) ->
+        invalid("timeout must be a positive integer or :infinity, got: #{inspect(timeout)}")
+
+      not Keyword.keyword?(opts) ->
+        invalid("options must be a keyword list, got: #{inspect(opts)}")
+
+      true ->
+        :ok
+    end
+  end
+
+  defp invalid(message), do: {:error, Error.validation_error(message)}
+
+  defp run_execute(worker, tool, args, opts) do
     ref = make_ref()
     call_opts = native_opts(opts)
     started = System.monotonic_time()
@@ -54,11 +195,10 @@ defmodule Snakepit.GRPC.Client do
       correlation_id: Keyword.get(opts, :correlation_id)
     }
 
-    Telemetry.emit(
-      [:snakepit, :grpc_worker, :execute, :start],
-      %{system_time: System.system_time()},
-      meta
-    )
+    start = %{system_time: System.system_time()}
+    Telemetry.emit([:snakepit, :grpc_worker, :execute, :start], start, meta)
+    # The older guide's name for the same moment.
+    Telemetry.emit([:snakepit, :grpc, :call, :start], start, meta)
 
     result =
       case start_call(worker, ref, tool, args, call_opts) do
@@ -77,14 +217,28 @@ defmodule Snakepit.GRPC.Client do
 
     duration = System.monotonic_time() - started
 
+    measurements = %{
+      duration: duration,
+      duration_ms: System.convert_time_unit(duration, :native, :millisecond)
+    }
+
     Telemetry.emit(
       [:snakepit, :grpc_worker, :execute, :stop],
-      %{
-        duration: duration,
-        duration_ms: System.convert_time_unit(duration, :native, :millisecond)
-      },
+      measurements,
       Map.put(meta, :success, match?({:ok, _}, result))
     )
+
+    case result do
+      {:ok, _} ->
+        Telemetry.emit([:snakepit, :grpc, :call, :stop], measurements, meta)
+
+      {:error, error} ->
+        Telemetry.emit(
+          [:snakepit, :grpc, :call, :exception],
+          measurements,
+          Map.merge(meta, %{kind: :error, reason: error})
+        )
+    end
 
     result
   end
@@ -110,8 +264,36 @@ defmodule Snakepit.GRPC.Client do
           {:ok | {:error, term()}, :ended | :abandoned}
   def stream(worker, tool, args, callback, opts) do
     started = System.monotonic_time()
-    {result, ended} = run_stream(worker, tool, args, callback, opts)
+
+    meta = %{
+      command: tool,
+      worker_id: worker.id,
+      transport: transport(worker),
+      correlation_id: Keyword.get(opts, :correlation_id)
+    }
+
+    Telemetry.emit(
+      [:snakepit, :grpc, :stream, :opened],
+      %{system_time: System.system_time()},
+      meta
+    )
+
+    messages = :counters.new(1, [])
+
+    counted = fn chunk ->
+      :counters.add(messages, 1, 1)
+      Telemetry.emit([:snakepit, :grpc, :stream, :message], %{count: 1}, meta)
+      callback.(chunk)
+    end
+
+    {result, ended} = run_stream(worker, tool, args, counted, opts)
     duration = System.monotonic_time() - started
+
+    Telemetry.emit(
+      [:snakepit, :grpc, :stream, :closed],
+      %{duration: duration, message_count: :counters.get(messages, 1)},
+      Map.put(meta, :reason, closed_reason(result, ended))
+    )
 
     Telemetry.emit(
       [:snakepit, :grpc_worker, :stream, :stop],
@@ -131,6 +313,10 @@ defmodule Snakepit.GRPC.Client do
 
     {result, ended}
   end
+
+  defp closed_reason(:ok, :ended), do: :completed
+  defp closed_reason(:ok, :abandoned), do: :cancelled
+  defp closed_reason(_error, _ended), do: :error
 
   defp run_stream(worker, tool, args, callback, opts) do
     ref = make_ref()
@@ -430,12 +616,35 @@ defmodule Snakepit.GRPC.Client do
 
   def chunk_map(nil, is_final), do: %{"is_final" => is_final}
 
-  @doc "Pings the worker's gRPC server."
-  @spec ping(worker(), non_neg_integer()) :: {:ok, String.t()} | {:error, Error.t()}
-  def ping(worker, timeout_ms \\ 5_000) do
-    ref = make_ref()
-    :ok = Native.grpc_ping(worker.channel, self(), ref, "ping", timeout_ms)
-    await(ref, timeout_ms) |> translate("ping", worker)
+  @doc """
+  Pings the worker's gRPC server: `{:ok, echo}` with what it answered.
+  The second argument is a timeout (ms, default 5000) or, as upstream's
+  `ping(channel, message, opts)`, the message to send; `opts` may give
+  `:timeout`.
+  """
+  @spec ping(worker(), non_neg_integer() | String.t(), keyword()) ::
+          {:ok, String.t()} | {:error, Error.t()}
+  def ping(worker, timeout_or_message \\ 5_000, opts \\ [])
+
+  def ping(worker, timeout_ms, opts) when is_integer(timeout_ms) and timeout_ms >= 0,
+    do: ping(worker, "ping", Keyword.put(List.wrap(opts), :timeout, timeout_ms))
+
+  def ping(%{channel: channel} = worker, message, opts)
+      when is_reference(channel) and is_binary(message) and is_list(opts) do
+    case Keyword.get(opts, :timeout, 5_000) do
+      timeout_ms when is_integer(timeout_ms) and timeout_ms >= 0 ->
+        ref = make_ref()
+        :ok = Native.grpc_ping(channel, self(), ref, message, timeout_ms)
+        await(ref, timeout_ms) |> translate("ping", worker)
+
+      other ->
+        invalid("timeout must be a non-negative integer (ms), got: #{inspect(other)}")
+    end
+  end
+
+  def ping(worker, message, opts) do
+    with :ok <- check_call(worker, "ping", %{}, :infinity, List.wrap(opts)),
+         do: invalid("message must be a string, got: #{inspect(message)}")
   end
 
   defp native_opts(opts) do

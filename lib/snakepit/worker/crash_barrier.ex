@@ -188,7 +188,7 @@ defmodule Snakepit.CrashBarrier do
   """
   @spec maybe_emit_restart(atom(), String.t()) :: :ok
   def maybe_emit_restart(pool_name, worker_id) do
-    if worker_tainted?(worker_id) do
+    if match?({:ok, _}, TaintRegistry.consume_restart(worker_id)) do
       Telemetry.emit([:snakepit, :worker, :restarted], %{}, %{
         pool: pool_name,
         worker_id: worker_id

@@ -17,6 +17,7 @@ defmodule Snakepit.GRPCWorker do
 
   alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir}
   alias Snakepit.Worker.{ExitStatus, Output, PythonLog}
+  alias Snakepit.GRPC.Client
   alias Snakepit.Telemetry
   alias Snakepit.Pool.ProcessRegistry
   alias Snakepit.ProcessKiller
@@ -29,16 +30,130 @@ defmodule Snakepit.GRPCWorker do
   # notice before it is replaced anyway.
   @lane_closed_grace_ms 1_000
 
-  @doc false
-  def start_link(args), do: GenServer.start_link(__MODULE__, args)
+  @doc """
+  Starts one worker outside any pool, as upstream's
+  `GRPCWorker.start_link(adapter: Snakepit.Adapters.GRPCPython)`, and
+  returns once its Python process is ready: `{:ok, pid}` (linked to the
+  caller) or `{:error, error}` (nothing left running). Call it with
+  `execute/3-5`, `execute_stream/4-6` and the rest; it stops with its
+  caller, or with `GenServer.stop/1`. Snakepit must be running.
+
+  Options: `:adapter` (default `Snakepit.Adapters.GRPCPython`), `:id`,
+  `:pool_name` (default `:standalone`), `:adapter_args`, `:adapter_env`,
+  `:startup_timeout` (ms, default `Snakepit.Defaults.grpc_server_ready_timeout/0`),
+  and `:worker_config` (further pool keys, e.g. `heartbeat:`); `:port` is accepted and
+  ignored (workers take OS-assigned addresses).
+
+  (Pools start their workers with a map of their own; that form is internal.)
+  """
+  @spec start_link(keyword() | map()) :: GenServer.on_start() | {:error, Error.t()}
+  def start_link(opts) when is_list(opts), do: start_standalone(opts)
+  def start_link(args) when is_map(args), do: GenServer.start_link(__MODULE__, args)
+
+  def start_link(other),
+    do: invalid("expected start options (a keyword list), got: #{inspect(other)}")
+
+  defp start_standalone(opts) do
+    with :ok <- keyword(opts),
+         {:ok, config} <- standalone_config(opts) do
+      id = Keyword.get(opts, :id) || "standalone_#{System.unique_integer([:positive])}"
+      args = %{id: id, pool_name: config.name, pool_pid: nil, starter: self(), config: config}
+
+      # Unlinked until ready, so a failed start is an error, not an exit.
+      case GenServer.start(__MODULE__, args) do
+        {:ok, pid} ->
+          await_standalone(pid, config.startup_timeout + 5_000)
+
+        {:error, reason} ->
+          {:error, Error.worker_error("cannot start the worker: #{inspect(reason)}")}
+      end
+    end
+  end
+
+  defp stop_quietly(pid) do
+    GenServer.stop(pid, :shutdown)
+  catch
+    :exit, _ -> :ok
+  end
+
+  # `:port` is accepted and ignored: ports are assigned by the OS here.
+  @standalone_opts [
+    :adapter,
+    :id,
+    :pool_name,
+    :adapter_args,
+    :adapter_env,
+    :startup_timeout,
+    :worker_config,
+    :port
+  ]
+
+  defp keyword(opts) do
+    cond do
+      not Keyword.keyword?(opts) ->
+        invalid("options must be a keyword list, got: #{inspect(opts)}")
+
+      (unknown = Keyword.keys(opts) -- @standalone_opts) != [] ->
+        invalid(
+          "unknown start option #{inspect(hd(unknown))}; known: " <>
+            Enum.map_join(@standalone_opts, ", ", &inspect/1)
+        )
+
+      true ->
+        :ok
+    end
+  end
+
+  defp standalone_config(opts) do
+    pool =
+      opts
+      |> Keyword.get(:worker_config, %{})
+      |> Map.new()
+      |> Map.merge(
+        opts
+        |> Keyword.take([:adapter_args, :adapter_env, :startup_timeout])
+        |> Map.new()
+      )
+      |> Map.put(:adapter_module, Keyword.get(opts, :adapter, Snakepit.Adapters.GRPCPython))
+      |> Map.put(:name, Keyword.get(opts, :pool_name, :standalone))
+
+    case Config.validate_pool_config(pool) do
+      {:ok, config} -> {:ok, config}
+      {:error, {_kind, message}} -> invalid(message)
+    end
+  end
+
+  defp await_standalone(pid, timeout) do
+    ref = Process.monitor(pid)
+
+    receive do
+      {:snakepit_worker_ready, ^pid} ->
+        Process.demonitor(ref, [:flush])
+        Process.link(pid)
+        {:ok, pid}
+
+      {:snakepit_worker_failed, ^pid, error} ->
+        Process.demonitor(ref, [:flush])
+        {:error, error}
+
+      {:DOWN, ^ref, :process, ^pid, reason} ->
+        {:error,
+         Error.worker_error("the worker failed to start: #{inspect(reason)}", %{reason: reason})}
+    after
+      timeout ->
+        Process.demonitor(ref, [:flush])
+        stop_quietly(pid)
+        {:error, Error.timeout_error("the worker did not start within #{timeout} ms")}
+    end
+  end
 
   @doc """
   Supervisor shutdown time for a worker: the graceful shutdown window plus
-  room for the SIGKILL that may follow it.
+  room for the SIGKILL that may follow it (`Snakepit.Defaults.shutdown_margin_ms/0`).
   """
   @spec supervisor_shutdown_timeout() :: pos_integer()
   def supervisor_shutdown_timeout,
-    do: Defaults.graceful_shutdown_timeout_ms() + @kill_wait_ms + 1_000
+    do: Defaults.graceful_shutdown_timeout_ms() + Defaults.shutdown_margin_ms()
 
   @doc "The worker's OS pid, channel, call lane (and its reader) and status."
   @spec get_info(pid()) :: map()
@@ -51,6 +166,307 @@ defmodule Snakepit.GRPCWorker do
   """
   @spec hard_stop(pid()) :: :ok
   def hard_stop(worker), do: GenServer.cast(worker, :hard_stop)
+
+  # -- calls on one worker (upstream's API) -----------------------------------
+
+  @typedoc "A worker: its pid, or its id in `Snakepit.Pool.Registry`."
+  @type worker_ref :: pid() | String.t()
+
+  @typedoc """
+  A connection to one worker, for `Snakepit.GRPC.Client.execute/3-4` and
+  `Snakepit.Adapters.GRPCPython.grpc_execute/6`: its channel (and call
+  lane, when it has one) held by the native core.
+  """
+  @type connection :: %{
+          required(:id) => String.t(),
+          required(:channel) => reference(),
+          required(:lane) => reference() | nil,
+          optional(atom()) => term()
+        }
+
+  @doc """
+  Runs `command` on this one worker, from the calling process, straight
+  through the native core (`Snakepit.GRPC.Client`), and returns what
+  `Snakepit.execute/3` returns: `{:ok, result}` or `{:error, error}`.
+
+  The fourth argument is a timeout in ms (or `:infinity`), options, or nil
+  for the default `Snakepit.Defaults.grpc_worker_execute_timeout/0`.
+  Options: `:timeout`, `:session_id`, `:metadata`, `:correlation_id`,
+  `:binary_parameters`. A call that runs out of time is told to stop in
+  the worker (an async tool is cancelled, a sync one gets `CallCancelled`
+  raised), as a pool call is; unlike a pool call, a tool that ignores
+  that is not killed, since no pool owns the slot.
+
+  The call does not go through the pool: the worker may be busy with pool
+  calls, and the pool's queueing, affinity and crash retries do not apply.
+  `Snakepit.execute/3` is the usual way; this is for tools that address
+  one worker (`Snakepit.Pool.list_workers/1`, `Snakepit.Pool.Registry`).
+  A worker that is not running or not ready yet, and bad arguments, come
+  back as `{:error, %Snakepit.Error{}}`.
+  """
+  @spec execute(worker_ref(), String.t(), map(), timeout() | keyword() | nil) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
+  def execute(worker, command, args, timeout_or_opts \\ nil) do
+    with {:ok, timeout, opts} <- split(timeout_or_opts, &Defaults.grpc_worker_execute_timeout/0),
+         do: execute(worker, command, args, timeout, opts)
+  end
+
+  @doc "`execute/4` with a timeout and options apart (`nil` timeout: the default)."
+  @spec execute(worker_ref(), String.t(), map(), timeout() | nil, keyword()) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
+  def execute(worker, command, args, timeout, opts) do
+    timeout = if timeout == nil, do: Defaults.grpc_worker_execute_timeout(), else: timeout
+
+    with {:ok, connection} <- checked_connection(worker, command, args, timeout, opts),
+         do: Client.execute(connection, command, args, Client.direct_opts(timeout, opts))
+  end
+
+  @doc """
+  `execute/4` in the session `session_id`: the worker's Python side sees
+  the session (its `session_context`), as with
+  `Snakepit.execute_in_session/4`.
+  """
+  @spec execute_in_session(
+          worker_ref(),
+          String.t(),
+          String.t(),
+          map(),
+          timeout() | keyword() | nil
+        ) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
+  def execute_in_session(worker, session_id, command, args, timeout_or_opts \\ nil) do
+    with {:ok, timeout, opts} <- split(timeout_or_opts, &Defaults.grpc_worker_execute_timeout/0),
+         do: execute_in_session(worker, session_id, command, args, timeout, opts)
+  end
+
+  @doc "`execute_in_session/5` with a timeout and options apart."
+  @spec execute_in_session(
+          worker_ref(),
+          String.t(),
+          String.t(),
+          map(),
+          timeout() | nil,
+          keyword()
+        ) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
+  def execute_in_session(worker, session_id, command, args, timeout, opts) do
+    with :ok <- check_session(session_id),
+         do: execute(worker, command, args, timeout, put_session(opts, session_id))
+  end
+
+  @doc """
+  Runs streaming `command` on this one worker, calling `callback_fn` with
+  each chunk in the calling process (the chunk shape of
+  `Snakepit.execute_stream/4`; `:halt` from the callback stops the
+  stream). Returns `:ok` when the stream ends, or `{:error, error}`.
+  Timeout, options and caveats as `execute/4`; the default timeout is
+  `Snakepit.Defaults.grpc_worker_stream_timeout/0`.
+  """
+  @spec execute_stream(
+          worker_ref(),
+          String.t(),
+          map(),
+          (map() -> term()),
+          timeout() | keyword() | nil
+        ) ::
+          :ok | {:error, Error.t() | Exception.t()}
+  def execute_stream(worker, command, args, callback_fn, timeout_or_opts \\ nil) do
+    with {:ok, timeout, opts} <- split(timeout_or_opts, &Defaults.grpc_worker_stream_timeout/0),
+         do: execute_stream(worker, command, args, callback_fn, timeout, opts)
+  end
+
+  @doc "`execute_stream/5` with a timeout and options apart."
+  @spec execute_stream(
+          worker_ref(),
+          String.t(),
+          map(),
+          (map() -> term()),
+          timeout() | nil,
+          keyword()
+        ) ::
+          :ok | {:error, Error.t() | Exception.t()}
+  def execute_stream(worker, command, args, callback_fn, timeout, opts) do
+    timeout = if timeout == nil, do: Defaults.grpc_worker_stream_timeout(), else: timeout
+
+    with :ok <- check_callback(callback_fn),
+         {:ok, connection} <- checked_connection(worker, command, args, timeout, opts) do
+      Client.execute_stream(
+        connection,
+        command,
+        args,
+        callback_fn,
+        Client.direct_opts(timeout, opts)
+      )
+    end
+  end
+
+  @doc """
+  The worker's connection, for `Snakepit.GRPC.Client.execute/3-4` and
+  `Snakepit.Adapters.GRPCPython.grpc_execute/6`: `{:ok, connection}`, or
+  `{:error, error}` when the worker is not running or not ready. Upstream
+  returned a `GRPC.Channel`; here the channel lives in the native core and
+  the connection is a map that holds it (see `t:connection/0`).
+  """
+  @spec get_channel(worker_ref()) :: {:ok, connection()} | {:error, Error.t()}
+  def get_channel(worker), do: connection(worker)
+
+  @doc """
+  The worker's health and statistics: `{:ok, map}` with `:healthy` (it is
+  ready and its Python server answered a ping within `timeout_ms`),
+  `:status`, `:worker_id`, `:pool_name`, `:os_pid`, `:address`,
+  `:uptime_ms`, `:requests` (calls it has served through its pool),
+  `:tainted` and `:ping_ms`; `{:error, error}` when it is not running.
+  """
+  @spec get_health(worker_ref(), pos_integer()) :: {:ok, map()} | {:error, Error.t()}
+  def get_health(worker, timeout_ms \\ 5_000) do
+    with {:ok, pid} <- resolve(worker),
+         {:ok, info} <- call_info(pid) do
+      {healthy, ping_ms} = ping_health(info, timeout_ms)
+
+      {:ok,
+       %{
+         healthy: healthy,
+         status: info.status,
+         worker_id: info.id,
+         pool_name: info.pool_name,
+         os_pid: info.os_pid,
+         address: info.address,
+         uptime_ms:
+           System.convert_time_unit(
+             System.monotonic_time() - info.started_at,
+             :native,
+             :millisecond
+           ),
+         requests: Snakepit.Worker.LifecycleManager.request_count(info.id),
+         tainted: Snakepit.Worker.TaintRegistry.worker_tainted?(info.id),
+         ping_ms: ping_ms
+       }}
+    end
+  end
+
+  @doc """
+  The id of the worker's own session, `"<worker id>_session"`:
+  `{:ok, session_id}`. Calls run in no session unless given one; pass
+  this id to `execute_in_session/5` to keep Python-side session state on
+  this worker. `{:error, error}` when the worker is not running.
+  """
+  @spec get_session_id(worker_ref()) :: {:ok, String.t()} | {:error, Error.t()}
+  def get_session_id(worker) do
+    with {:ok, pid} <- resolve(worker),
+         {:ok, info} <- call_info(pid),
+         do: {:ok, info.id <> "_session"}
+  end
+
+  defp ping_health(%{status: :ready} = info, timeout_ms) do
+    started = System.monotonic_time()
+
+    case Client.ping(%{id: info.id, channel: info.channel}, timeout_ms) do
+      {:ok, _} ->
+        {true, System.convert_time_unit(System.monotonic_time() - started, :native, :millisecond)}
+
+      {:error, _} ->
+        {false, nil}
+    end
+  end
+
+  defp ping_health(_info, _timeout_ms), do: {false, nil}
+
+  # The 4th argument of the upstream forms: a timeout, options or nil.
+  defp split(nil, default), do: {:ok, default.(), []}
+
+  defp split(timeout, _default) when is_integer(timeout) or timeout == :infinity,
+    do: {:ok, timeout, []}
+
+  defp split(opts, default) when is_list(opts) do
+    if Keyword.keyword?(opts),
+      do: {:ok, Keyword.get_lazy(opts, :timeout, default), opts},
+      else: invalid("options must be a keyword list, got: #{inspect(opts)}")
+  end
+
+  defp split(other, _default),
+    do: invalid("expected a timeout (ms or :infinity), options or nil, got: #{inspect(other)}")
+
+  defp check_session(id) when is_binary(id) and id != "", do: :ok
+
+  defp check_session(id),
+    do: invalid("session_id must be a non-empty string, got: #{inspect(id)}")
+
+  defp put_session(opts, session_id) when is_list(opts),
+    do: Keyword.put(opts, :session_id, session_id)
+
+  defp put_session(opts, _session_id), do: opts
+
+  defp check_callback(fun) when is_function(fun, 1), do: :ok
+
+  defp check_callback(other),
+    do: invalid("callback must be a function of arity 1, got: #{inspect(other)}")
+
+  # Arguments checked before the worker is asked for its connection.
+  defp checked_connection(worker, command, args, timeout, opts) do
+    probe = %{id: "", channel: make_ref()}
+
+    with :ok <- Client.check_call(probe, command, args, timeout, opts),
+         do: connection(worker)
+  end
+
+  defp connection(worker) do
+    with {:ok, pid} <- resolve(worker),
+         {:ok, info} <- call_info(pid) do
+      case info do
+        %{status: :ready, channel: channel} when channel != nil ->
+          {:ok,
+           %{
+             id: info.id,
+             pid: pid,
+             channel: channel,
+             lane: info.lane,
+             os_pid: info.os_pid,
+             address: info.address
+           }}
+
+        _ ->
+          {:error,
+           Error.worker_error("worker #{info.id} is not ready yet (#{info.status})", %{
+             worker_id: info.id
+           })}
+      end
+    end
+  end
+
+  defp resolve(pid) when is_pid(pid), do: {:ok, pid}
+
+  defp resolve(worker_id) when is_binary(worker_id) do
+    case Snakepit.Pool.Registry.get_worker_pid(worker_id) do
+      {:ok, pid} ->
+        {:ok, pid}
+
+      {:error, :not_found} ->
+        {:error,
+         Error.worker_error("no ready worker #{inspect(worker_id)}", %{worker_id: worker_id})}
+    end
+  catch
+    # The registry is not running: Snakepit is not started.
+    :error, _ -> {:error, Error.worker_error("Snakepit is not running", %{worker_id: worker_id})}
+  end
+
+  defp resolve(other),
+    do: invalid("a worker is a pid or a worker id, got: #{inspect(other)}")
+
+  defp call_info(pid) do
+    {:ok, GenServer.call(pid, :info, 5_000)}
+  catch
+    :exit, reason ->
+      {:error,
+       Error.worker_error("worker #{inspect(pid)} is not running", %{
+         worker: pid,
+         reason: exit_reason(reason)
+       })}
+  end
+
+  defp exit_reason({reason, {GenServer, :call, _}}), do: reason
+  defp exit_reason(reason), do: reason
+
+  defp invalid(message), do: {:error, Error.validation_error(message)}
 
   # -- lifecycle -------------------------------------------------------------
 
@@ -226,6 +642,7 @@ defmodule Snakepit.GRPCWorker do
 
   # Anything else leaves a worker nobody can call.
   def handle_info({:EXIT, reader, reason}, %{lane_reader: reader} = state) when reader != nil do
+    connection_lost(state, :lane_reader_stopped)
     message = "worker #{state.id}: its call lane's reader stopped (#{inspect(reason)})"
     # Calls waiting on the lane hear it now, not at their deadlines.
     Native.lane_close(state.lane, message)
@@ -234,6 +651,8 @@ defmodule Snakepit.GRPCWorker do
   end
 
   def handle_info({:lane_closed, reader}, %{lane_reader: reader} = state) do
+    connection_lost(state, :lane_closed)
+
     Snakepit.Logger.error(
       :worker,
       "worker #{state.id}: its call lane closed while its Python process runs; restarting it"
@@ -265,7 +684,7 @@ defmodule Snakepit.GRPCWorker do
         registry_metadata(state, worker, address)
       )
 
-      send(state.pool_pid, {:worker_ready, state.pool_name, worker})
+      if state.pool_pid, do: send(state.pool_pid, {:worker_ready, state.pool_name, worker})
       if state.starter, do: send(state.starter, {:snakepit_worker_ready, self()})
 
       duration_ms =
@@ -284,6 +703,15 @@ defmodule Snakepit.GRPCWorker do
           pool_name: state.pool_name,
           os_pid: state.os_pid
         }
+      )
+
+      Telemetry.emit(
+        [:snakepit, :grpc, :connection, :established],
+        %{
+          duration: System.monotonic_time() - state.started_at,
+          system_time: System.system_time()
+        },
+        %{node: node(), worker_id: state.id, pool_name: state.pool_name, address: address}
       )
 
       state = start_heartbeat(state, channel)
@@ -345,6 +773,7 @@ defmodule Snakepit.GRPCWorker do
       Snakepit.Worker.OOMKills.classify(status, state.oom_kills, Snakepit.Worker.OOMKills.count())
 
     ExitStatus.record(state.os_pid, status)
+    connection_lost(state, {:python_exited, status})
 
     Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
       worker_id: state.id,
@@ -470,6 +899,8 @@ defmodule Snakepit.GRPCWorker do
   # An unresponsive Python process will not honour SIGTERM: kill its group
   # at once and stop abnormally so the starter replaces the worker.
   defp heartbeat_failed(state) do
+    connection_lost(state, :heartbeat_timeout)
+
     if state.os_pid do
       ProcessKiller.kill_process_group(state.os_pid, :sigkill)
       await_exit(state.os_pid, @kill_wait_ms)
@@ -479,6 +910,18 @@ defmodule Snakepit.GRPCWorker do
   end
 
   # -- end of pool integration ----------------------------------------------------
+
+  # A ready worker's channel goes away with its Python process: the older
+  # guide's connection event. (A worker is replaced, never reconnected.)
+  defp connection_lost(%{status: :ready} = state, reason) do
+    Telemetry.emit(
+      [:snakepit, :grpc, :connection, :lost],
+      %{system_time: System.system_time()},
+      %{node: node(), worker_id: state.id, pool_name: state.pool_name, reason: reason}
+    )
+  end
+
+  defp connection_lost(_state, _reason), do: :ok
 
   defp fail_startup(state, cause, opts \\ []) do
     output = :queue.to_list(state.output)
@@ -503,7 +946,12 @@ defmodule Snakepit.GRPCWorker do
       cause: cause
     })
 
-    send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
+    cond do
+      state.pool_pid -> send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
+      # A standalone worker's caller waits in start_link/1.
+      state.starter -> send(state.starter, {:snakepit_worker_failed, self(), error})
+      true -> :ok
+    end
 
     {:stop, {:shutdown, {:startup_failed, Keyword.get(opts, :status, :error)}},
      stop_process(state)}
@@ -511,6 +959,8 @@ defmodule Snakepit.GRPCWorker do
 
   @impl true
   def handle_cast(:hard_stop, state) do
+    connection_lost(state, :hard_stop)
+
     Snakepit.Logger.error(
       :worker,
       "worker #{state.id} (OS pid #{state.os_pid}) is killed: a cancelled call did not stop in time"
@@ -532,8 +982,17 @@ defmodule Snakepit.GRPCWorker do
   @impl true
   def handle_call(:info, _from, state) do
     {:reply,
-     Map.take(state, [:id, :pool_name, :status, :os_pid, :address, :channel, :lane, :lane_reader]),
-     state}
+     Map.take(state, [
+       :id,
+       :pool_name,
+       :status,
+       :os_pid,
+       :address,
+       :channel,
+       :lane,
+       :lane_reader,
+       :started_at
+     ]), state}
   end
 
   @impl true

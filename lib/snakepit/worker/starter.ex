@@ -54,7 +54,7 @@ defmodule Snakepit.Pool.Worker.Starter do
 
   @doc "The via tuple naming the starter of `worker_id`."
   @spec via_name(String.t()) :: {:via, Registry, {atom(), String.t()}}
-  def via_name(worker_id), do: {:via, Registry, {Snakepit.Pool.Worker.StarterRegistry, worker_id}}
+  def via_name(worker_id), do: Snakepit.Pool.Worker.StarterRegistry.via_tuple(worker_id)
 
   @doc "The starter of `worker_id`, if running."
   @spec whereis(String.t()) :: pid() | nil

@@ -35,7 +35,8 @@ defmodule Snakepit.Worker.TaintRegistry do
       |> Map.merge(%{
         worker_id: worker_id,
         tainted_at_ms: now,
-        expires_at_ms: now + duration
+        expires_at_ms: now + duration,
+        restart_notified: false
       })
 
     :ets.insert(table(), {worker_id, info})
@@ -62,6 +63,34 @@ defmodule Snakepit.Worker.TaintRegistry do
         nil
     end
   end
+
+  @doc """
+  Claims the one restart notice of a tainted worker: `{:ok, info}` the
+  first time it is called for a taint, `:error` after that, and for a
+  worker that is not tainted (or whose taint expired). The crash barrier
+  uses it so `[:snakepit, :worker, :restarted]` is emitted once per taint,
+  however many processes ask at the same time.
+  """
+  @spec consume_restart(String.t()) :: {:ok, info()} | :error
+  def consume_restart(worker_id) when is_binary(worker_id) do
+    case worker_info(worker_id) do
+      %{restart_notified: false, tainted_at_ms: at} = info ->
+        # Compare-and-swap on this taint's unclaimed entry: of two
+        # concurrent callers only one replaces it.
+        claimed = Map.put(info, :restart_notified, true)
+        head = {worker_id, %{tainted_at_ms: at, restart_notified: false}}
+
+        case :ets.select_replace(table(), [{head, [], [{:const, {worker_id, claimed}}]}]) do
+          1 -> {:ok, info}
+          0 -> :error
+        end
+
+      _claimed_or_none ->
+        :error
+    end
+  end
+
+  def consume_restart(_worker_id), do: :error
 
   @doc "Lifts the taint of `worker_id`."
   @spec clear_worker(String.t()) :: :ok
