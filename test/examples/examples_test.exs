@@ -35,7 +35,10 @@ defmodule Snakepit.ExamplesTest do
     "threaded_profile_demo" => ["threads: 8 calls of 100 ms on 1 worker(s)", "threads: 8,"],
     "pools_and_sessions" => ["workers per pool"],
     "hardware_detection" => ["recommended profile"],
-    "crash_recovery" => ["Snakepit.Error.DeviceMismatch", "Snakepit.Error.KeyError: KeyError: 'labels'"],
+    "crash_recovery" => [
+      "Snakepit.Error.DeviceMismatch",
+      "Snakepit.Error.KeyError: KeyError: 'labels'"
+    ],
     "zero_copy" => ["shared regions left after close/1: 0"],
     "distributed_pools" => [
       "pools in the cluster",
