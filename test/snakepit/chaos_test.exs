@@ -117,6 +117,18 @@ defmodule Snakepit.ChaosTest do
 
   test "a crash storm: every call answered, idempotent ones retried, full size again" do
     start()
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      Snakepit.Telemetry.attach(
+        id,
+        [:snakepit, :crash_barrier, :retry],
+        fn _, %{attempt: n}, _, _ -> send(test, {:retry, n}) end,
+        nil
+      )
+
+    on_exit(fn -> Snakepit.Telemetry.detach(id) end)
     callers = load(16)
 
     kills =
@@ -128,9 +140,31 @@ defmodule Snakepit.ChaosTest do
       end)
 
     assert kills >= 20
-    ok = assert_every_call_answered(stop_load(callers))
-    assert ok > 0
+    tallies = stop_load(callers)
+    assert_every_call_answered(tallies)
+    replies = Enum.flat_map(tallies, &elem(&1, 1))
+    # Calls a kill hit: those the barrier retried (one first retry each)
+    # and those that came back as a crash (a retried call that crashed
+    # again counts twice: the ratio below errs on the strict side).
+    first_retries = Enum.count(retries(), &(&1 == 1))
+    crashed = Enum.count(replies, &match?({:error, %{details: %{reason: :worker_crash}}}, &1))
+    hit = first_retries + crashed
+    # 16 callers keep the 4 workers busy, so most kills hit a call in flight ...
+    assert hit >= div(kills, 2), "#{hit} calls hit by #{kills} kills"
+    # ... and, idempotent, nearly all of those were retried on another
+    # worker and succeeded there (without retries none would).
+    assert (hit - crashed) / hit >= 0.9,
+           "#{crashed} of #{hit} calls hit by a kill failed (#{first_retries} retried)"
+
     assert_back_to_full()
+  end
+
+  defp retries(acc \\ []) do
+    receive do
+      {:retry, n} -> retries([n | acc])
+    after
+      0 -> acc
+    end
   end
 
   test "a frozen worker (SIGSTOP) is found by the heartbeat, killed and replaced" do
