@@ -19,4 +19,13 @@ case System.get_env("SNAKEPIT_TEST_CALL_TRANSPORT") do
   "grpc" -> Application.put_env(:snakepit, :call_transport, :grpc)
 end
 
+# Tests restart the application hundreds of times: OTP's notice for each
+# normal stop ("Application snakepit exited: :stopped") is dropped, so that a
+# passing run prints its results. Other exits are still logged.
+:ok =
+  :logger.add_primary_filter(
+    :snakepit_test_app_stopped,
+    {&Snakepit.Test.LogFilters.drop_app_stopped/2, nil}
+  )
+
 ExUnit.start(capture_log: true, exclude: exclude)
