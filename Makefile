@@ -18,18 +18,25 @@ test: setup test-rust test-elixir test-python
 test-rust:
 	cargo test --release -p snakepit_core -p snakepit_native
 
-# The integration suites that exercise calls, streams, cancellation,
-# sessions, the tool bridge and crashes run a second time over gRPC, so
-# both call transports stay tested (the whole suite runs on the lane).
+# The integration suites whose calls, streams, cancellation, sessions, tool
+# bridge calls and crashes go over the call transport run a second time over
+# gRPC, so both call transports stay tested (the whole suite runs on the
+# lane). Only files whose tests start workers and make calls: unit tests
+# (crash barrier policy, pool state, error translation) do not depend on the
+# transport, and the pool's start-up and registry tests make no calls.
 GRPC_SUITES := test/snakepit/execute_test.exs test/snakepit/cancellation_test.exs \
 	test/snakepit/tool_bridge_test.exs test/snakepit/limits_test.exs \
-	test/snakepit/crash_barrier_test.exs test/snakepit/chaos_test.exs \
-	test/snakepit/telemetry_test.exs test/snakepit/pool test/snakepit/error/python_translation_test.exs \
-	test/snakepit/zero_copy_test.exs test/snakepit/caller_isolation_test.exs \
+	test/snakepit/chaos_test.exs test/snakepit/telemetry_test.exs \
+	test/snakepit/pool/affinity_test.exs test/snakepit/pool/crash_barrier_integration_test.exs \
+	test/snakepit/pool/multi_pool_test.exs test/snakepit/pool/overload_test.exs \
+	test/snakepit/pool/queue_test.exs test/snakepit/zero_copy_test.exs \
+	test/snakepit/caller_isolation_test.exs \
 	test/snakepit/value_limits_test.exs
 
+# `mix test` alone leaves out the :network tests (they reach the package
+# index); CI reaches it, so `make test` runs them too.
 test-elixir:
-	MIX_ENV=test mix test
+	MIX_ENV=test mix test --include network
 	SNAKEPIT_TEST_CALL_TRANSPORT=grpc MIX_ENV=test mix test $(GRPC_SUITES)
 
 test-python:

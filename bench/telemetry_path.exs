@@ -7,31 +7,35 @@
 #               Elixir call events: workers build and send 4 events per
 #               call, GrpcStream folds them in and runs the handler.
 #
-# CPU is read from /proc (utime + stime of the BEAM and of the worker), so
-# it counts every thread. The "nothing listens" share is measured directly
+# CPU is read from /proc/<pid>/task/*/schedstat (Bench.CPU, in ns, every
+# thread of the BEAM and of the worker), with snapshots taken while both are
+# idle (before and after each round of calls); utime + stime, which this
+# script used to read, count in 10 ms ticks. The "nothing listens" share is measured directly
 # too: the per-call work that stays when nobody listens (Python: the six
 # no-op emit/span checks of a call; Elixir: the correlation id and three
 # emits without handlers), timed in tight loops, over a trivial call's CPU.
 #
-#     MIX_ENV=prod mix run bench/telemetry_path.exs
+#     ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/telemetry_path.exs
 #
 # Prints the figures and writes them to bench/results/telemetry_path.txt.
 
 Code.require_file("support/args.exs", __DIR__)
+Code.require_file("support/cpu.exs", __DIR__)
 
 defmodule Bench.TelemetryPath do
   import Bench.Args, only: [env_ints: 2, median: 1]
 
+  alias Bench.CPU
   alias Snakepit.Telemetry
 
   @calls 3_000
-  @tick_us 1_000_000 / 100
 
   def run do
     rounds = env_ints("BENCH_ROUNDS", [5]) |> hd()
     start_pool()
     worker = worker_os_pid()
     for _ <- 1..300, do: {:ok, _} = Snakepit.execute("ping", %{})
+    empty = CPU.empty_window_ns([worker])
 
     samples =
       for _ <- 1..rounds, mode <- [:none, :handler] do
@@ -54,6 +58,7 @@ defmodule Bench.TelemetryPath do
     lines = [
       "telemetry_path  #{DateTime.utc_now() |> DateTime.truncate(:second)}  rounds=#{rounds}  " <>
         "calls/round=#{@calls}  cores=#{System.schedulers_online()}  mix_env=#{Mix.env()}",
+      CPU.precision(empty),
       "CPU per trivial call (us, median)      BEAM     Python   total    wall",
       row("no handler attached", per_mode, :none),
       row("one handler on every event", per_mode, :handler),
@@ -85,17 +90,24 @@ defmodule Bench.TelemetryPath do
       :ok = Telemetry.attach_many("bench-telemetry", events, handler, nil)
     end
 
-    beam0 = cpu_ticks("self")
-    py0 = cpu_ticks(worker)
-    t0 = System.monotonic_time(:microsecond)
-    for _ <- 1..@calls, do: {:ok, _} = Snakepit.execute("ping", %{})
-    wall = System.monotonic_time(:microsecond) - t0
-    beam = cpu_ticks("self") - beam0
-    python = cpu_ticks(worker) - py0
+    beam = CPU.beam_os_pid()
+    # Snapshots with the pool idle: no call in flight before or after.
+    {wall, delta} =
+      CPU.measure([beam, worker], fn ->
+        t0 = System.monotonic_time(:microsecond)
+        for _ <- 1..@calls, do: {:ok, _} = Snakepit.execute("ping", %{})
+        System.monotonic_time(:microsecond) - t0
+      end)
+
     if mode == :handler, do: Telemetry.detach("bench-telemetry")
     # Both modes end with workers told the current state.
     Snakepit.Telemetry.GrpcStream.refresh()
-    %{beam: beam * @tick_us / @calls, python: python * @tick_us / @calls, wall: wall / @calls}
+
+    %{
+      beam: delta.ns[beam] / 1000 / @calls,
+      python: delta.ns[worker] / 1000 / @calls,
+      wall: wall / @calls
+    }
   end
 
   # The no-op checks a call makes in Python when nothing listens.
@@ -139,14 +151,6 @@ defmodule Bench.TelemetryPath do
       end)
 
     us / n
-  end
-
-  defp cpu_ticks(pid) do
-    fields =
-      File.read!("/proc/#{pid}/stat") |> String.split(") ") |> List.last() |> String.split(" ")
-
-    # utime and stime are fields 14 and 15 of the whole line (11, 12 after the name).
-    String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
   end
 
   defp worker_os_pid do

@@ -216,6 +216,9 @@ class Threaded(ThreadSafeAdapter):
         self.barrier = threading.Barrier(2, timeout=15)
         # bump's callers start together, so their loops really overlap.
         self.bump_start = threading.Barrier(4, timeout=15)
+        # bump_pair's callers meet here, inside the section, when they can.
+        self.pair_start = threading.Barrier(2, timeout=15)
+        self.pair = threading.Barrier(2)
         self.counter = 0
 
     @tool
@@ -244,6 +247,32 @@ class Threaded(ThreadSafeAdapter):
         value = self.counter
         time.sleep(0)
         self.counter = value + 1
+
+    @tool
+    @thread_safe_method
+    def bump_pair(self, locked: bool = True, meet_s: float = 0.5) -> bool:
+        """Two concurrent calls start together, each reads the counter, then
+        tries to meet the other inside the section (for up to meet_s), then
+        writes. Without the lock they meet, both having read the same value:
+        one update is lost, every time. With it the other cannot get in: the
+        meeting times out and both updates count. Returns whether this call
+        met the other inside."""
+        self.pair_start.wait()
+
+        def section() -> bool:
+            value = self.counter
+            try:
+                self.pair.wait(timeout=meet_s)
+                met = True
+            except threading.BrokenBarrierError:
+                met = False
+            self.counter = value + 1
+            return met
+
+        if locked:
+            with self.acquire_lock():
+                return section()
+        return section()
 
     @tool
     @thread_safe_method

@@ -23,6 +23,7 @@ class CancelAdapter(BaseAdapter):
         self.entered = threading.Event()
         self.stopped = threading.Event()
         self.completed = threading.Event()
+        self.closed = threading.Event()
         self.steps = 0
 
     @tool
@@ -78,9 +79,12 @@ class CancelAdapter(BaseAdapter):
     @tool
     def count(self, n: int = 100_000):
         self.entered.set()
-        for i in range(n):
-            time.sleep(0.001)
-            yield i
+        try:
+            for i in range(n):
+                time.sleep(0.001)
+                yield i
+        finally:
+            self.closed.set()
 
 
 def with_id(req, request_id):
@@ -203,6 +207,27 @@ def test_a_sync_stream_producer_is_interrupted(sock_dir):
             resp = await stub.CancelTool(pb.CancelToolRequest(request_id="r6", wait_ms=5_000))
             assert resp.state == "interrupted"
             stream.cancel()
+            assert worker.runner.calls.active_count() == 0
+
+    run(go())
+
+
+def test_a_sync_stream_producer_whose_consumer_left_first_reports_interrupted(sock_dir):
+    # The other order, as when Elixir halts a stream: the consumer goes away
+    # (the producer gets StreamCancelled at its next item), then CancelTool
+    # asks how the call ended. It did not finish by itself.
+    adapter = CancelAdapter()
+
+    async def go():
+        async with running_worker(adapter, sock_dir) as (worker, stub):
+            stream = stub.ExecuteStreamingTool(with_id(request("count"), "r7"))
+            first = await stream.read()
+            assert first.chunk_id == "0"
+            stream.cancel()
+            loop = asyncio.get_running_loop()
+            assert await loop.run_in_executor(None, adapter.closed.wait, WAIT_S)
+            resp = await stub.CancelTool(pb.CancelToolRequest(request_id="r7", wait_ms=5_000))
+            assert resp.state == "interrupted"
             assert worker.runner.calls.active_count() == 0
 
     run(go())

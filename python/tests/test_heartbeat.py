@@ -83,20 +83,35 @@ def test_dependent_worker_exits_when_elixir_goes_silent(sock_dir):
     run(go())
 
 
+# A silence limit of 1 s (250 * 2 + 500 ms): long beside the 25 ms between
+# beats, so that a loaded machine that delays the test's beats (or the
+# worker's loop) by a few hundred ms does not part them.
+KEEPALIVE = {"ping_interval_ms": 250, "timeout_ms": 500, "max_missed_heartbeats": 2, "dependent": True}
+
+
 def test_heartbeats_keep_a_dependent_worker_alive(sock_dir):
     address = f"unix:{sock_dir / 'hb.sock'}"
+    limit_s = HeartbeatConfig.from_mapping(KEEPALIVE).silence_limit_s
 
     async def go():
-        proc = await spawn_worker("--address", address, env={ENV_VAR: json.dumps(FAST)})
+        proc = await spawn_worker("--address", address, env={ENV_VAR: json.dumps(KEEPALIVE)})
         assert await read_handshake(proc) == f"SNAKEPIT_READY {address}"
+        loop = asyncio.get_running_loop()
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.BridgeServiceStub(channel)
-            # Five silence limits' worth of heartbeats, 25 ms apart.
-            for _ in range(40):
+            # Beats for two and a half silence limits: without them it would
+            # have exited twice over.
+            started = last = loop.time()
+            gaps = []
+            while last - started < 2.5 * limit_s:
                 reply = await stub.Heartbeat(pb.HeartbeatRequest(worker_id="w"))
                 assert reply.ok
+                now = loop.time()
+                gaps.append(now - last)
+                last = now
                 await asyncio.sleep(0.025)
-            assert proc.returncode is None
+            assert proc.returncode is None, f"exited; longest gap between beats {max(gaps):.3f} s"
+            assert (await stub.Ping(pb.PingRequest(message="x"))).message == "x"
         proc.send_signal(signal.SIGTERM)
         code, _out, err = await finish(proc)
         assert code == 0, err

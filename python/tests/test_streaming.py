@@ -176,19 +176,36 @@ def test_cancelling_the_rpc_stops_the_producer(sock_dir, tool):
 def test_producer_is_bounded_by_the_buffer(sock_dir, monkeypatch):
     monkeypatch.setenv("SNAKEPIT_STREAM_BUFFER", "4")
     adapter = TestAdapter()
+    # The event to wait for: the producer finds the buffer full and has to
+    # wait for the consumer (a runaway producer never does). How far it got
+    # by then is read at that moment.
+    blocked = threading.Event()
+    produced_when_blocked: list[int] = []
+    put_threadsafe = Channel.put_threadsafe
+
+    def watched_put(self, item):
+        if self._slots.acquire(blocking=False):
+            self._slots.release()
+        elif not blocked.is_set():
+            produced_when_blocked.append(adapter.gate.produced)
+            blocked.set()
+        put_threadsafe(self, item)
+
+    monkeypatch.setattr(Channel, "put_threadsafe", watched_put)
 
     async def go():
         async with running_worker(adapter, sock_dir) as (_, stub):
             call = stub.ExecuteStreamingTool(request("endless_big"))
             first = await call.read()
             assert first.chunk_id == "0"
-            # Nobody reads now. Give a runaway producer ample time to show
-            # itself (this is a window for a failure, not a wait for an event).
-            await asyncio.sleep(0.5)
-            produced = adapter.gate.produced
+            # Nobody reads now: the producer fills the buffer and waits.
+            loop = asyncio.get_running_loop()
+            waited = await loop.run_in_executor(None, blocked.wait, WAIT_S)
             call.cancel()
+            assert waited, f"the producer never waited for the consumer ({adapter.gate.produced} items)"
             # 4 buffered here, plus what the HTTP/2 windows hold (a few
             # 256 KiB messages); without the bound it would be hundreds.
+            (produced,) = produced_when_blocked
             assert produced < 64, f"producer ran ahead by {produced} items"
             loop = asyncio.get_running_loop()
             assert await loop.run_in_executor(None, adapter.gate.closed.wait, WAIT_S)

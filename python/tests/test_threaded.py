@@ -31,23 +31,46 @@ def test_threaded_worker_runs_calls_concurrently(sock_dir):
     run(go())
 
 
-@pytest.mark.parametrize("locked", [True, False])
-def test_acquire_lock_protects_shared_state(sock_dir, locked):
-    # Four calls at once run a read-yield-write increment 2000 times each.
-    # With the lock no update is lost; without it (the control) updates are
-    # lost, which shows the section is racy enough for the lock to matter.
+def test_acquire_lock_keeps_updates_under_contention(sock_dir):
+    # Four calls at once run a read-yield-write increment 2000 times each,
+    # each under the lock: no update is lost.
     adapter = Threaded()
 
     async def go():
         async with running_worker(adapter, sock_dir, max_workers=4) as (_, stub):
             replies = await asyncio.gather(
-                *(stub.ExecuteTool(request("bump", {"times": 2000, "locked": locked})) for _ in range(4))
+                *(stub.ExecuteTool(request("bump", {"times": 2000, "locked": True})) for _ in range(4))
             )
             assert all(r.success for r in replies)
+            assert adapter.counter == 8000
+
+    run(go())
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_acquire_lock_excludes_the_other_call(sock_dir, locked):
+    # Two calls read the counter, then try to meet inside the section before
+    # writing. Deterministic either way: without the lock (the control) they
+    # always meet and one update is lost; with it they never meet, because
+    # the second call cannot enter while the first waits there.
+    adapter = Threaded()
+
+    async def go():
+        async with running_worker(adapter, sock_dir, max_workers=4) as (_, stub):
+            replies = await asyncio.gather(
+                # Unlocked, they meet at once; a long limit only keeps a
+                # loaded machine from parting them.
+                *(
+                    stub.ExecuteTool(request("bump_pair", {"locked": locked, "meet_s": 0.5 if locked else 15}))
+                    for _ in range(2)
+                )
+            )
+            assert all(r.success for r in replies)
+            met = [result_of(r) for r in replies]
             if locked:
-                assert adapter.counter == 8000
+                assert met == [False, False] and adapter.counter == 2
             else:
-                assert adapter.counter < 8000
+                assert met == [True, True] and adapter.counter == 1
 
     run(go())
 

@@ -111,8 +111,10 @@ defmodule Snakepit.CancellationTest do
                if chunk["n"] >= 2, do: :halt, else: :ok
              end)
 
-    assert_receive {:stopped, stop}, 5_000
-    assert stop in [:interrupted, :finished, :not_running]
+    # ticks never ends by itself: the worker reports it stopped, and the
+    # producer itself saw the stop (its finally ran in Python).
+    assert_receive {:stopped, :interrupted}, 5_000
+    assert marks(path) == ["start", "stopped"]
     assert {:ok, ^pid} = worker_pid()
   end
 

@@ -117,6 +117,18 @@ defmodule Snakepit.ChaosTest do
 
   test "a crash storm: every call answered, idempotent ones retried, full size again" do
     start()
+    test = self()
+    id = {__MODULE__, make_ref()}
+
+    :ok =
+      Snakepit.Telemetry.attach(
+        id,
+        [:snakepit, :crash_barrier, :retry],
+        fn _, %{attempt: n}, _, _ -> send(test, {:retry, n}) end,
+        nil
+      )
+
+    on_exit(fn -> Snakepit.Telemetry.detach(id) end)
     callers = load(16)
 
     kills =
@@ -128,9 +140,33 @@ defmodule Snakepit.ChaosTest do
       end)
 
     assert kills >= 20
-    ok = assert_every_call_answered(stop_load(callers))
-    assert ok > 0
+    tallies = stop_load(callers)
+    assert_every_call_answered(tallies)
+    replies = Enum.flat_map(tallies, &elem(&1, 1))
+    # Calls a kill hit: those the barrier retried (one first retry each)
+    # and those that came back as a crash (a retried call that crashed
+    # again counts twice: the ratio below errs on the strict side).
+    first_retries = Enum.count(retries(), &(&1 == 1))
+    crashed = Enum.count(replies, &match?({:error, %{details: %{reason: :worker_crash}}}, &1))
+    hit = first_retries + crashed
+    # 16 callers keep the serving workers busy, so kills hit calls in flight
+    # (how many depends on the machine's load: a kill may find the fork
+    # server or a worker still starting) ...
+    assert hit > 0, "none of #{kills} kills hit a call"
+    # ... and, idempotent, nearly all of those were retried on another
+    # worker and succeeded there (without retries none would).
+    assert (hit - crashed) / hit >= 0.9,
+           "#{crashed} of #{hit} calls hit by a kill failed (#{first_retries} retried)"
+
     assert_back_to_full()
+  end
+
+  defp retries(acc \\ []) do
+    receive do
+      {:retry, n} -> retries([n | acc])
+    after
+      0 -> acc
+    end
   end
 
   test "a frozen worker (SIGSTOP) is found by the heartbeat, killed and replaced" do
@@ -194,11 +230,15 @@ defmodule Snakepit.ChaosTest do
     start()
     callers = load(6)
 
+    # How a call stopped is learned within its own budget: the last tenth of
+    # it (up to 1.2 s) is kept for that. With 500 ms that left 50 ms for a
+    # loaded machine to run the stop in Python, sometimes too little (the
+    # answer was :running); 3 s leave 300 ms.
     assert {:error, %{details: %{stop: :interrupted}}} =
-             Snakepit.execute("busy", %{path: Path.join(dir, "sync")}, timeout: 500)
+             Snakepit.execute("busy", %{path: Path.join(dir, "sync")}, timeout: 3_000)
 
     assert {:error, %{details: %{stop: :cancelled}}} =
-             Snakepit.execute("busy_async", %{path: Path.join(dir, "async")}, timeout: 500)
+             Snakepit.execute("busy_async", %{path: Path.join(dir, "async")}, timeout: 3_000)
 
     assert {:error, %{details: %{stop: :running}}} =
              Snakepit.execute("sleep_in_c", %{path: Path.join(dir, "c"), seconds: 60},

@@ -71,42 +71,60 @@ defmodule Snakepit.ClusterMembershipTest do
 
     wait_for_nodes([e])
     os_pid = :erpc.call(e, System, :pid, [])
+    watch_calls()
+    tag = Integer.to_string(System.unique_integer([:positive]))
+
+    # This node busy and e free: :any sends this idempotent call to e. Once
+    # e is gone it must be routed again, and runs here.
+    here_busy = Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_500}) end)
+    wait_busy_here()
+    moved_id = "moved-" <> tag
+
+    moved =
+      Task.async(fn ->
+        Snakepit.execute("sleep", %{ms: 4_000},
+          node: :any,
+          idempotent: true,
+          timeout: 30_000,
+          correlation_id: moved_id
+        )
+      end)
+
+    assert_receive {:sent, ^e, ^moved_id}, 10_000
 
     calls =
       for i <- 1..4 do
-        Task.async(fn ->
-          {i, Snakepit.execute("sleep", %{ms: 5_000}, node: e, timeout: 30_000)}
-        end)
+        id = "pinned-#{i}-" <> tag
+
+        {id,
+         Task.async(fn ->
+           Snakepit.execute("sleep", %{ms: 5_000}, node: e, timeout: 30_000, correlation_id: id)
+         end)}
       end
 
     # The requirement only e has: routed again, it finds no pool.
+    zone_id = "zone-" <> tag
+
     idempotent =
       Task.async(fn ->
         Snakepit.execute("sleep", %{ms: 2_000},
           require: %{zone: "e"},
           idempotent: true,
-          timeout: 30_000
+          timeout: 30_000,
+          correlation_id: zone_id
         )
       end)
 
-    # With this node busy, :any sends this idempotent call to e; once e is
-    # gone it is routed again and runs here.
-    here_busy = Task.async(fn -> Snakepit.execute("sleep", %{ms: 1_000}) end)
-    wait_busy_here()
-
-    moved =
-      Task.async(fn ->
-        Snakepit.execute("get_pid", %{}, node: :any, idempotent: true, timeout: 30_000)
-      end)
-
-    # Until e runs a call (its advert reads busy); then kill -9 its VM.
+    # Every call is on its way to e, and e runs one (its advert reads busy):
+    # then kill -9 its VM.
+    for {id, _} <- calls, do: assert_receive({:sent, ^e, ^id}, 10_000)
+    assert_receive {:sent, ^e, ^zone_id}, 10_000
     wait_busy(e)
     killed_at = System.monotonic_time(:millisecond)
     System.cmd("kill", ["-9", os_pid])
 
-    for task <- calls do
-      {_started, result} = Task.await(task, 20_000)
-      assert {:error, %Snakepit.Error{category: :pool, message: msg}} = result
+    for {_id, task} <- calls do
+      assert {:error, %Snakepit.Error{category: :pool, message: msg}} = Task.await(task, 20_000)
       assert msg =~ Atom.to_string(e)
     end
 
@@ -114,19 +132,42 @@ defmodule Snakepit.ClusterMembershipTest do
     assert System.monotonic_time(:millisecond) - killed_at < 10_000
 
     # The idempotent calls were routed again instead of failing with the
-    # node: the one needing zone "e" finds none, the other runs here.
+    # node: the one needing zone "e" finds none, the other ran here, on
+    # this node's worker, after the call that kept it busy.
     assert {:error, %Snakepit.Error{category: :pool, details: %{reason: :no_pool}}} =
              Task.await(idempotent, 20_000)
 
-    here = :erpc.call(node(), System, :pid, [])
-    assert {:ok, %{"pid" => pid}} = Task.await(moved, 20_000)
-    assert {:ok, _} = Task.await(here_busy, 20_000)
-    assert is_integer(pid) and here != Integer.to_string(pid)
-    {:ok, %{"pid" => local_worker}} = Snakepit.execute("get_pid", %{})
-    assert pid == local_worker
+    assert {:ok, %{"pid" => pid, "slept_ms" => 4_000}} = Task.await(moved, 20_000)
+    assert {:ok, %{"pid" => ^pid}} = Task.await(here_busy, 20_000)
+    here = node()
+    assert_received {:executed, ^here, ^moved_id, true}
+    refute_received {:sent, ^e, ^moved_id}
 
     wait_gone(e)
     refute e in Cluster.nodes()
+  end
+
+  # Calls this node sends to another ({:sent, node, correlation_id}) and
+  # calls its own pool ran ({:executed, node, correlation_id, success}).
+  defp watch_calls do
+    parent = self()
+    id = {:watch_calls, make_ref()}
+
+    :ok =
+      Telemetry.attach_many(
+        id,
+        [[:snakepit, :cluster, :call, :start], [:snakepit, :request, :executed]],
+        fn
+          [:snakepit, :cluster, :call, :start], _, meta, _ ->
+            send(parent, {:sent, meta.node, meta.correlation_id})
+
+          [:snakepit, :request, :executed], _, meta, _ ->
+            send(parent, {:executed, meta.node, meta.correlation_id, meta.success})
+        end,
+        nil
+      )
+
+    on_exit(fn -> Telemetry.detach(id) end)
   end
 
   defp wait_for_nodes(nodes) do

@@ -78,11 +78,16 @@ defmodule Snakepit.ClusterTest do
     refute here == remote
     assert {:ok, %{"result" => 5}} = Snakepit.execute("add", %{a: 2, b: 3}, node: b)
 
-    assert {:error, %Snakepit.Error{category: :python_error}} =
-             Snakepit.execute("error_demo", %{}, node: b)
-             |> then(fn {:error, e} ->
-               {:error, %Snakepit.Error{category: :python_error, message: Exception.message(e)}}
-             end)
+    # A Python exception raised on b arrives as the same struct a local call
+    # gets, with b's message and traceback.
+    assert {:error, %Snakepit.Error.ValueError{python_type: "ValueError"} = error} =
+             Snakepit.execute("error_demo", %{error_type: "value", message: "raised on b"},
+               node: b
+             )
+
+    assert error.message =~ "raised on b"
+    assert error.python_traceback =~ "error_demo"
+    assert error.context.tool == "error_demo"
   end
 
   test "an unknown node or a bad option is a clear error" do

@@ -28,12 +28,33 @@ defmodule Snakepit.CrashBarrierTest do
   end
 
   test "retries need the barrier on, an idempotent call, and attempts left" do
+    on = CrashBarrier.config(%{crash_barrier: [enabled: true, max_retries: 2]})
+    assert CrashBarrier.enabled?(on)
+    # Each attempt below max_retries may retry an idempotent call ...
+    assert CrashBarrier.retry_allowed?(on, true, 0)
+    assert CrashBarrier.retry_allowed?(on, true, 1)
+    # ... and no more once they are spent, or for a call that is not idempotent.
+    refute CrashBarrier.retry_allowed?(on, true, 2)
+    refute CrashBarrier.retry_allowed?(on, false, 0)
+
+    # The default policy (retry: :idempotent, one retry) allows exactly one.
+    default = CrashBarrier.config(%{crash_barrier: [enabled: true]})
+
+    assert for(a <- 0..2, do: CrashBarrier.retry_allowed?(default, true, a)) == [
+             true,
+             false,
+             false
+           ]
+
     off = CrashBarrier.config(%{})
     refute CrashBarrier.enabled?(off)
     refute CrashBarrier.retry_allowed?(off, true, 0)
 
     never = CrashBarrier.config(%{crash_barrier: [enabled: true, retry: :never]})
     refute CrashBarrier.retry_allowed?(never, true, 0)
+
+    none = CrashBarrier.config(%{crash_barrier: [enabled: true, max_retries: 0]})
+    refute CrashBarrier.retry_allowed?(none, true, 0)
   end
 
   test "normalize_crash_error keeps the error and adds the crash info" do

@@ -59,7 +59,13 @@ defmodule Snakepit.GracefulShutdownTest do
   test "supervisor shutdown time derives from the grace period" do
     Application.put_env(:snakepit, :graceful_shutdown_timeout_ms, 1_234)
     on_exit(fn -> Application.delete_env(:snakepit, :graceful_shutdown_timeout_ms) end)
-    assert GRPCWorker.supervisor_shutdown_timeout() > 1_234
+    # The grace period, 2 s for the SIGKILL and the wait for its exit, 1 s room;
+    # the worker's starter waits 1 s more than its worker.
+    assert GRPCWorker.supervisor_shutdown_timeout() == 1_234 + 2_000 + 1_000
+    assert %{shutdown: 5_234} = Snakepit.Pool.Worker.Starter.child_spec(%{id: "w"})
+
+    Application.put_env(:snakepit, :graceful_shutdown_timeout_ms, 10_000)
+    assert GRPCWorker.supervisor_shutdown_timeout() == 13_000
   end
 
   test "restart_worker gives a worker a fresh Python process" do

@@ -578,18 +578,25 @@ defmodule Snakepit.ToolBridgeTest do
                  "endless",
                  %{report_to: "stream_stopped_2", payload_bytes: payload},
                  fn chunk ->
-                   {:message_queue_len, len} = Process.info(me, :message_queue_len)
-                   Process.put(:max_queue, max(len, Process.get(:max_queue, 0)))
-                   # A slow consumer (a pause, not a wait for anything): an
-                   # unbounded producer would run far ahead meanwhile. Slow
-                   # enough that a loaded machine's producer still fills the
-                   # window.
-                   if rem(chunk["index"], 5) == 0, do: :timer.sleep(10)
+                   note_queue(me)
+
+                   # A slow consumer: every fifth chunk it holds on until the
+                   # producer has filled what the window lets it send (a wait
+                   # for the producer, however loaded the machine), and an
+                   # unbounded producer runs far ahead meanwhile.
+                   if rem(chunk["index"], 5) == 0 do
+                     filled =
+                       AppPool.wait_until(fn -> note_queue(me) >= div(window, 2) end, 10_000, 1)
+
+                     if filled == :timeout, do: Process.put(:starved, chunk["index"])
+                   end
+
                    if chunk["index"] == halt_at, do: :halt, else: :ok
                  end
                )
 
       assert_receive {:stopped, %{"produced" => produced}}, 10_000
+      assert Process.get(:starved) == nil, "the producer did not fill the window"
       max_queue = Process.get(:max_queue)
       assert max_queue <= window + 1, "mailbox held #{max_queue} messages, window #{window}"
       # And the producer really was ahead: during the consumer's pauses its
@@ -603,6 +610,13 @@ defmodule Snakepit.ToolBridgeTest do
       assert produced <= bound, "producer ran #{produced} items ahead, bound #{bound}"
       assert produced > halt_at
     end
+  end
+
+  # The caller's mailbox length now, and the most it held so far.
+  defp note_queue(pid) do
+    {:message_queue_len, len} = Process.info(pid, :message_queue_len)
+    Process.put(:max_queue, max(len, Process.get(:max_queue, 0)))
+    len
   end
 
   defp collect_chunks(acc \\ []) do

@@ -14,8 +14,12 @@ defmodule Snakepit.Pool.ProcessRegistry do
   is still alive *and* still carries that run's `--snakepit-run-id` on its
   command line is killed with its group, and so is anything else in the
   process table with that run id; then the file is removed. A file whose VM
-  is still alive (a live node of the same instance) is left alone. A
-  corrupt or unreadable file is logged and moved aside; boot continues.
+  is still alive (a live node of the same instance) is left alone. Every
+  write is synced, which also saves the file as closed, so a VM killed with
+  -9 leaves a file that opens without repair; one killed in the middle of a
+  write leaves one that DETS would have to repair: it is not read, its run's
+  processes are found by the run id in its name (an info log line says so).
+  A corrupt or unreadable file is logged and moved aside; boot continues.
   """
   use GenServer
 
@@ -168,6 +172,10 @@ defmodule Snakepit.Pool.ProcessRegistry do
         )
 
     {:ok, @table} = :dets.open_file(@table, file: String.to_charlist(path), type: :set)
+    # A new DETS file counts as "not properly closed" until its first save:
+    # saved now, a VM killed before its first write leaves a file the next
+    # boot reads without repair (each write is synced, and saved, at once).
+    :ok = :dets.sync(@table)
     {:ok, %{path: path, dir: dir}}
   end
 
@@ -215,10 +223,24 @@ defmodule Snakepit.Pool.ProcessRegistry do
         if Enum.any?(entries, fn {_, info} -> beam_alive?(info[:beam_os_pid]) end) do
           []
         else
-          found = kill_recorded(entries)
+          found = kill_recorded(entries, [])
           File.rm(path)
           found
         end
+
+      {:error, :needs_repair} ->
+        # Its VM was killed in the middle of a write. Not repaired (DETS
+        # would print its repair to the console as if something were
+        # wrong): every process of that run carries the run id in the file
+        # name, and the process table scan finds them by it.
+        Logger.info(
+          "Snakepit process registry file #{path} was not saved as closed (its VM was killed " <>
+            "during a write); its run's processes are found by run id instead"
+        )
+
+        found = kill_recorded([], file_run_ids(path))
+        File.rm(path)
+        found
 
       {:error, reason} ->
         aside = "#{path}.corrupt-#{System.os_time(:second)}"
@@ -233,13 +255,17 @@ defmodule Snakepit.Pool.ProcessRegistry do
   end
 
   defp read_file(path) do
-    # A VM killed with -9 never closed its file: let DETS repair it (every
-    # write was synced, so the records are there).
-    case :dets.open_file(@old_table, file: String.to_charlist(path), type: :set, repair: true) do
+    # A VM killed with -9 never closed its file, but every write was synced
+    # (which saves the file as closed): only a kill in the middle of a
+    # write leaves one that needs repair.
+    case :dets.open_file(@old_table, file: String.to_charlist(path), type: :set, repair: false) do
       {:ok, table} ->
         entries = :dets.foldl(&[&1 | &2], [], table)
         :dets.close(table)
         {:ok, entries}
+
+      {:error, {:needs_repair, _}} ->
+        {:error, :needs_repair}
 
       {:error, reason} ->
         {:error, reason}
@@ -248,10 +274,20 @@ defmodule Snakepit.Pool.ProcessRegistry do
     kind, reason -> {:error, {kind, reason}}
   end
 
+  # The run id a registry file's name carries (<run_id>-<os_pid>.dets).
+  defp file_run_ids(path) do
+    case Regex.run(~r/\A([0-9a-z]{7})(?:-\d+)?\.dets\z/, Path.basename(path)) do
+      [_, run] -> [run]
+      nil -> []
+    end
+  end
+
   # Kills each recorded process still carrying its run id (pid reuse guard)
-  # and anything else in the process table with one of those run ids.
-  defp kill_recorded(entries) do
-    runs = entries |> Enum.map(fn {_, i} -> i.beam_run_id end) |> Enum.uniq()
+  # and anything else in the process table with one of those run ids (or
+  # of `file_runs`, for a file whose records cannot be read).
+  defp kill_recorded(entries, file_runs) do
+    runs =
+      entries |> Enum.map(fn {_, i} -> i.beam_run_id end) |> Enum.concat(file_runs) |> Enum.uniq()
 
     recorded =
       for {_, %{process_pid: pid} = info} <- entries,

@@ -526,7 +526,8 @@ defmodule Snakepit.GRPC.Client do
   Asks `worker` to stop the call `request_id` and waits up to `wait_ms` for
   it to end. `{:ok, stop}` where `stop` is `:cancelled` (an async tool's
   task was cancelled), `:interrupted` (a sync tool was stopped by
-  `CallCancelled` raised in its thread), `:finished` (it ended by itself),
+  `CallCancelled` raised in its thread, or a sync stream's producer by
+  `StreamCancelled` once its consumer halted or went away), `:finished` (it ended by itself),
   `:not_running` (no such call: it ended long ago or never arrived, and
   will not run) or `:running` (still running after `wait_ms`: a hard stop
   follows); `{:error, error}` when the worker cannot be asked.

@@ -10,7 +10,8 @@ worker to cancel it (``CancelTool``, by the call's ``request_id``):
 
 ``CancelTool`` answers when the call has ended, or after the wait it was
 given, with one of: ``cancelled`` (async task cancelled), ``interrupted``
-(sync tool stopped by the exception), ``finished`` (it ended by itself),
+(sync tool stopped by the exception, or a sync stream producer stopped by
+``StreamCancelled`` because its consumer went away), ``finished`` (it ended by itself),
 ``running`` (still running: the pool kills the worker after its grace) or
 ``unknown`` (no such call; it ended long ago or never arrived, and it will
 not run: a late request with that id is refused).
@@ -26,13 +27,18 @@ from typing import Any
 
 from ..errors import CallCancelled
 
-__all__ = ["ActiveCall", "CallRegistry", "CANCELLED", "INTERRUPTED", "FINISHED", "RUNNING", "UNKNOWN"]
+__all__ = ["ActiveCall", "CallRegistry", "CANCELLED", "INTERRUPTED", "FINISHED", "RUNNING", "UNKNOWN", "STOPPED_EARLY"]
 
 CANCELLED = "cancelled"
 INTERRUPTED = "interrupted"
 FINISHED = "finished"
 RUNNING = "running"
 UNKNOWN = "unknown"
+
+# What a call's body returns when it stopped because it was asked to, without
+# CallCancelled: a sync stream producer that got StreamCancelled at its next
+# item once the consumer went away. Such a call ended INTERRUPTED, not FINISHED.
+STOPPED_EARLY = object()
 
 # Outcomes of ended calls (and ids cancelled before they arrived) kept so a
 # late CancelTool, or a late ExecuteTool, learns what happened.
@@ -90,7 +96,10 @@ class ActiveCall:
         outcome = FINISHED
         try:
             try:
-                return fn()
+                result = fn()
+                if result is STOPPED_EARLY:
+                    outcome = INTERRUPTED
+                return result
             finally:
                 with self._lock:
                     self._running_in_thread = False

@@ -48,7 +48,7 @@ from ..streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
 from ..telemetry import otel
 from ..tools import ToolInfo, discover_tools
 from . import elixir_bridge, thread_checks
-from .cancellation import CANCELLED, FINISHED, ActiveCall, CallRegistry
+from .cancellation import CANCELLED, FINISHED, STOPPED_EARLY, ActiveCall, CallRegistry
 from .sessions import SessionTable
 from .thread_checks import ConcurrencyCheck
 
@@ -474,7 +474,7 @@ class ToolRunner:
                 )
             return task
         ctx = contextvars.copy_context()
-        produce = functools.partial(self._produce_sync, call, channel)
+        produce: Callable[[], object] = functools.partial(self._produce_sync, call, channel)
         if active is not None:
             produce = functools.partial(_stoppable_producer, active, produce, channel)
         return loop.run_in_executor(self.executor, ctx.run, produce)
@@ -515,7 +515,8 @@ class ToolRunner:
             return
         channel.finish(result)
 
-    def _produce_sync(self, call: _Call, channel: Channel) -> None:
+    def _produce_sync(self, call: _Call, channel: Channel) -> object:
+        """Run a sync producer; STOPPED_EARLY when its consumer went away."""
         try:
             result = call.func(*call.args, **call.kwargs)
             if inspect.isgenerator(result):
@@ -532,8 +533,9 @@ class ToolRunner:
             else:
                 channel.finish(result)
         except StreamCancelled as exc:
+            # Stopped because its consumer went away: interrupted, not finished.
             _stream_ended(call, exc)
-            return
+            return STOPPED_EARLY
         except CallCancelled:
             raise  # _stoppable_producer reports it
         except BaseException as exc:  # noqa: BLE001 - SystemExit and bare BaseException too
@@ -541,8 +543,9 @@ class ToolRunner:
             _fail_stream(channel, exc)
             if isinstance(exc, KeyboardInterrupt):
                 raise
-            return
+            return None
         _stream_ended(call)
+        return None
 
     def _item_chunk(self, index: int, item: Any, *, final: bool = False) -> Any:
         metadata: dict[str, str] = {}
@@ -600,15 +603,16 @@ def _fail_stream(channel: Any, exc: BaseException) -> None:
         pass
 
 
-def _stoppable_producer(active: ActiveCall, produce: Callable[[], None], channel: Channel) -> None:
+def _stoppable_producer(active: ActiveCall, produce: Callable[[], object], channel: Channel) -> object:
     """A sync producer under its call, so a cancel stops it in its thread."""
     try:
-        active.run_in_thread(produce)
+        return active.run_in_thread(produce)
     except CallCancelled as exc:
         try:
             channel.fail(exc)
         except StreamCancelled:
             pass
+        return None
 
 
 def _drain_generator(gen: Any, channel: Channel) -> Any:

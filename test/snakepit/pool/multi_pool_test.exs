@@ -113,7 +113,8 @@ defmodule Snakepit.Pool.MultiPoolTest do
     assert {:error, :not_found} = Snakepit.Pool.Registry.fetch_worker("nobody")
   end
 
-  test "worker profiles report capacity, metadata and health" do
+  @tag :tmp_dir
+  test "worker profiles report capacity, metadata, load and health", %{tmp_dir: dir} do
     {:ok, {thread_worker, _}} = Snakepit.Pool.Registry.fetch_worker("threads_worker_1")
     {:ok, {process_worker, _}} = Snakepit.Pool.Registry.fetch_worker("default_worker_1")
 
@@ -122,6 +123,40 @@ defmodule Snakepit.Pool.MultiPoolTest do
     assert Snakepit.WorkerProfile.Thread.health_check(thread_worker) == :ok
     assert {:ok, %{profile: :thread}} = Snakepit.WorkerProfile.Thread.get_metadata(thread_worker)
     assert Snakepit.WorkerProfile.Process.get_load(process_worker) == 0
+
+    # load/1 answers 0 for a worker it cannot look up too, so an idle 0
+    # proves little: while calls hold both :default workers (one slot each)
+    # and one thread of the :threads worker, each reports a load of 1.
+    gate = Path.join(dir, "gate")
+
+    holders =
+      for {pool, i} <- [default: 1, default: 2, threads: 3] do
+        started = Path.join(dir, "started-#{i}")
+
+        task =
+          Task.async(fn ->
+            Snakepit.execute("hold", %{path: gate, started: started}, pool: pool)
+          end)
+
+        {task, started}
+      end
+
+    for {_, started} <- holders,
+        do: assert(AppPool.wait_until(fn -> File.exists?(started) end, 10_000) != :timeout)
+
+    assert Snakepit.WorkerProfile.Process.get_load(process_worker) == 1
+    assert Snakepit.WorkerProfile.Thread.get_load(thread_worker) == 1
+
+    File.write!(gate, "")
+    for {task, _} <- holders, do: assert({:ok, _} = Task.await(task, 10_000))
+
+    assert AppPool.wait_until(
+             fn ->
+               Snakepit.WorkerProfile.Process.get_load(process_worker) == 0 and
+                 Snakepit.WorkerProfile.Thread.get_load(thread_worker) == 0
+             end,
+             5_000
+           ) != :timeout
 
     assert {:ok, %{"pid" => _}} =
              Snakepit.WorkerProfile.Process.execute_request(
