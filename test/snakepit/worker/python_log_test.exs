@@ -31,6 +31,7 @@ defmodule Snakepit.Worker.PythonLogTest do
       python_log_level: level
     )
 
+    on_exit(fn -> Application.delete_env(:snakepit, :python_log_level) end)
     _ = :logger.remove_handler(:python_log_test)
     :ok = :logger.add_handler(:python_log_test, Forward, %{config: %{pid: self()}})
     on_exit(fn -> :logger.remove_handler(:python_log_test) end)
