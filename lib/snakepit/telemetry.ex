@@ -30,6 +30,7 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :shed],
     [:snakepit, :pool, :queue, :delay],
     [:snakepit, :pool, :queue, :timeout],
+    [:snakepit, :pool, :batch],
     [:snakepit, :request, :executed],
     [:snakepit, :request, :stopped],
     [:snakepit, :security, :unauthenticated],
