@@ -55,7 +55,7 @@ defmodule Snakepit.Pool.Batching do
 
   alias Snakepit.{CrashBarrier, Error, Telemetry}
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Call, Deadline}
+  alias Snakepit.Pool.{Call, Deadline, Errors}
   alias Snakepit.Telemetry.Correlation
 
   @flag "snakepit-batch"
@@ -150,12 +150,17 @@ defmodule Snakepit.Pool.Batching do
         result
 
       {:DOWN, ^mref, :process, _, reason} ->
+        details = %{pool: pool, tool: command}
+
         {:error,
-         Error.pool_error("the pool's batcher stopped before the call was answered", %{
-           pool: pool,
-           tool: command,
-           reason: reason
-         })}
+         if Errors.shutdown_reason?(reason) do
+           Errors.shutdown("the pool stopped before the batched call was answered", details)
+         else
+           Error.pool_error(
+             "the pool's batcher stopped (#{inspect(reason)}) before the call was answered",
+             details
+           )
+         end}
     after
       wait(deadline) ->
         Process.demonitor(mref, [:flush])
