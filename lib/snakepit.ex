@@ -70,7 +70,7 @@ defmodule Snakepit do
   def execute(command, args \\ %{}, opts \\ []) do
     with {:ok, opts} <- CallOptions.normalize(opts) do
       case Snakepit.Cluster.target(opts) do
-        :local -> Pool.execute(command, args, opts)
+        :local -> Snakepit.Pool.Call.execute_checked(command, args, opts)
         {:error, _} = error -> error
         routed -> Snakepit.Cluster.execute(routed, command, args, opts)
       end

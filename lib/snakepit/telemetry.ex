@@ -188,6 +188,20 @@ defmodule Snakepit.Telemetry do
 
   defp backend, do: :persistent_term.get({__MODULE__, :backend}, :builtin)
 
+  @doc """
+  Whether emitting `event` may reach a handler: false only when Snakepit's
+  own handler table is in use and nothing is attached to `event`, so a hot
+  path can skip building an event nobody hears. Always true under the
+  `:telemetry` library (which keeps its handlers to itself).
+  """
+  @spec handled?([atom()]) :: boolean()
+  def handled?(event) do
+    case backend() do
+      :telemetry -> true
+      :builtin -> :ets.whereis(@table) != :undefined and :ets.member(@table, event)
+    end
+  end
+
   @doc "Emits `event` with `measurements` and `metadata`."
   @spec emit([atom()], map(), map()) :: :ok
   def emit(event, measurements, metadata \\ %{}) do

@@ -60,7 +60,15 @@ defmodule Snakepit.Pool.Call do
   """
   @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts \\ []) do
-    with {:ok, opts, total} <- prepare(:execute, command, args, opts),
+    with {:ok, opts} <- CallOptions.normalize(opts), do: execute_checked(command, args, opts)
+  end
+
+  @doc false
+  # `execute/3` with options already checked by `CallOptions.normalize/1`
+  # (as `Snakepit.execute/3` does): not checked twice.
+  @spec execute_checked(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute_checked(command, args, opts) do
+    with {:ok, opts, total} <- prepared(:execute, command, args, opts),
          {:ok, pid, name} <- resolve_pool(opts) do
       deadline = Deadline.of(opts, total)
 
@@ -85,8 +93,13 @@ defmodule Snakepit.Pool.Call do
 
   # Queueing included: the time the caller waited for its answer.
   defp emit_executed(lease, command, result, started, correlation_id) do
+    if Telemetry.handled?([:snakepit, :request, :executed]),
+      do: executed(lease, command, result, started, correlation_id)
+  end
+
+  defp executed(lease, command, result, started, correlation_id) do
     duration_us =
-      System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+      :erlang.convert_time_unit(:erlang.monotonic_time() - started, :native, :microsecond)
 
     Telemetry.emit([:snakepit, :request, :executed], %{duration_us: duration_us}, %{
       pool: lease.pool,
@@ -266,12 +279,15 @@ defmodule Snakepit.Pool.Call do
   @spec prepare(atom(), term(), term(), term()) ::
           {:ok, keyword(), timeout()} | {:error, Error.t()}
   def prepare(call_type, command, args, opts) do
-    with {:ok, opts} <- CallOptions.normalize(opts),
-         {:ok, opts} <- Correlation.ensure_option(opts),
+    with {:ok, opts} <- CallOptions.normalize(opts), do: prepared(call_type, command, args, opts)
+  end
+
+  defp prepared(call_type, command, args, opts) do
+    with {:ok, opts} <- Correlation.ensure_option(opts),
          total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
          :ok <- validate_call(command, args, total),
          # The pool estimates run times per command.
-         do: {:ok, Keyword.put(opts, :command, command), total}
+         do: {:ok, [{:command, command} | opts], total}
   end
 
   defp validate_call(command, args, timeout) do
@@ -305,14 +321,15 @@ defmodule Snakepit.Pool.Call do
   # in the worker by its request id, learning how within the caller's own
   # deadline.
   defp call_opts(opts, lease, deadline) do
-    opts
-    |> Keyword.take([:session_id, :binary_parameters, :correlation_id])
-    |> Keyword.merge(
+    [
+      session_id: Keyword.get(opts, :session_id),
+      binary_parameters: Keyword.get(opts, :binary_parameters),
+      correlation_id: Keyword.get(opts, :correlation_id),
       metadata: Correlation.worker_metadata(opts),
       deadline: Deadline.rpc_deadline(deadline),
       stop_by: deadline,
       request_id: lease.request_id
-    )
+    ]
   end
 
   # The pool process serving `name`: a pool in a host's own tree, else the

@@ -15,6 +15,9 @@ defmodule Snakepit.GRPC.Client do
   # streaming tool called with execute/3.
   @caller_errors ["unknown_tool", "streaming_tool"]
 
+  @execute_start [:snakepit, :grpc_worker, :execute, :start]
+  @execute_stop [:snakepit, :grpc_worker, :execute, :stop]
+
   # Waiting past the call's own deadline is a safety net: the native core
   # always answers by its deadline.
   @reply_slack_ms 5_000
@@ -45,20 +48,9 @@ defmodule Snakepit.GRPC.Client do
   def execute(worker, tool, args, opts) do
     ref = make_ref()
     call_opts = native_opts(opts)
-    started = System.monotonic_time()
-
-    meta = %{
-      command: tool,
-      worker_id: worker.id,
-      transport: transport(worker),
-      correlation_id: Keyword.get(opts, :correlation_id)
-    }
-
-    Telemetry.emit(
-      [:snakepit, :grpc_worker, :execute, :start],
-      %{system_time: System.system_time()},
-      meta
-    )
+    started = :erlang.monotonic_time()
+    # Events are built only when someone listens (Telemetry.handled?/1).
+    if Telemetry.handled?(@execute_start), do: emit_start(worker, tool, opts)
 
     result =
       case start_call(worker, ref, tool, args, call_opts) do
@@ -75,18 +67,38 @@ defmodule Snakepit.GRPC.Client do
           translate(error, tool, worker)
       end
 
-    duration = System.monotonic_time() - started
+    if Telemetry.handled?(@execute_stop), do: emit_stop(worker, tool, opts, started, result)
+    result
+  end
+
+  defp execute_meta(worker, tool, opts) do
+    %{
+      command: tool,
+      worker_id: worker.id,
+      transport: transport(worker),
+      correlation_id: Keyword.get(opts, :correlation_id)
+    }
+  end
+
+  defp emit_start(worker, tool, opts) do
+    Telemetry.emit(
+      [:snakepit, :grpc_worker, :execute, :start],
+      %{system_time: System.system_time()},
+      execute_meta(worker, tool, opts)
+    )
+  end
+
+  defp emit_stop(worker, tool, opts, started, result) do
+    duration = :erlang.monotonic_time() - started
 
     Telemetry.emit(
       [:snakepit, :grpc_worker, :execute, :stop],
       %{
         duration: duration,
-        duration_ms: System.convert_time_unit(duration, :native, :millisecond)
+        duration_ms: :erlang.convert_time_unit(duration, :native, :millisecond)
       },
-      Map.put(meta, :success, match?({:ok, _}, result))
+      Map.put(execute_meta(worker, tool, opts), :success, match?({:ok, _}, result))
     )
-
-    result
   end
 
   @doc """
