@@ -28,9 +28,20 @@ defmodule Snakepit.Pool.Batcher do
     {:ok, %{server: pool_server, batches: Batches.new(), runners: %{}, inflight: %{}}}
   end
 
+  # What a caller's Snakepit.Pool.Batching.call/5 sends; anything else is
+  # logged and dropped.
+  defguardp item?(pool, tool, size, delay, item)
+            when is_atom(pool) and is_binary(tool) and is_integer(size) and size > 0 and
+                   is_integer(delay) and delay >= 0 and is_tuple(item) and tuple_size(item) == 5 and
+                   (is_integer(elem(item, 4)) or elem(item, 4) == :infinity)
+
   @impl true
-  def handle_info({:batch_item, pool, tool, config, item}, state)
-      when is_atom(pool) and is_binary(tool) and is_map(config) and tuple_size(item) == 5 do
+  def handle_info(
+        {:batch_item, pool, tool, %{max_batch_size: size, max_batch_delay_ms: delay} = config,
+         item},
+        state
+      )
+      when item?(pool, tool, size, delay, item) do
     {actions, batches} =
       Batches.add(state.batches, {pool, tool}, config, item, System.monotonic_time())
 
@@ -110,9 +121,24 @@ defmodule Snakepit.Pool.Batcher do
   end
 
   def handle_info(message, state) do
-    Snakepit.Logger.malformed(:pool, "Snakepit.Pool.Batcher", message)
+    malformed(message)
     {:noreply, state}
   end
+
+  # Nobody calls or casts to the batcher: answered, logged, it goes on.
+  @impl true
+  def handle_call(request, _from, state) do
+    malformed(request)
+    {:reply, {:error, Error.validation_error("unknown request to the batcher")}, state}
+  end
+
+  @impl true
+  def handle_cast(message, state) do
+    malformed(message)
+    {:noreply, state}
+  end
+
+  defp malformed(message), do: Snakepit.Logger.malformed(:pool, "Snakepit.Pool.Batcher", message)
 
   defp perform(state, actions) do
     Enum.reduce(actions, state, fn

@@ -206,6 +206,27 @@ defmodule Snakepit.Pool.BatchingTest do
     assert {:ok, %{"x" => 5}} = Snakepit.execute("crash_on", %{x: 5})
   end
 
+  test "the batcher logs and drops what it does not understand" do
+    start!(1)
+    %{batcher: batcher} = Snakepit.Pool.Names.server_info(Process.whereis(Snakepit.Pool))
+    ref = Process.monitor(batcher)
+
+    for message <- [
+          :junk,
+          {:batch_item, :default, "embed", %{}, {self(), %{}, nil, false, :infinity}},
+          {:batch_item, :default, "embed", %{max_batch_size: 0, max_batch_delay_ms: 1}, {}},
+          {:batch_item, "default", 1, nil, nil},
+          {:take, 12_345, self()},
+          {:batch_due, :nope}
+        ],
+        do: send(batcher, message)
+
+    assert {:error, %Error{category: :validation}} = GenServer.call(batcher, :what)
+    GenServer.cast(batcher, :what)
+    assert {:ok, %{"x" => 7}} = Snakepit.execute("embed", %{x: 7})
+    refute_received {:DOWN, ^ref, :process, _, _}
+  end
+
   test "batched and ordinary tools share a pool" do
     start!(2)
 
