@@ -59,7 +59,7 @@ class BatchBench(BaseAdapter):
         time.sleep(0.002)
         return i
 
-    @tool(batch=True, max_batch_size=256, max_batch_delay_ms=1)
+    @tool(batch=True, max_batch_size=64, max_batch_delay_ms=1)
     def trivial_batched(self, batch: list[dict[str, Any]]) -> list[Any]:
         return [item.get("i") for item in batch]
 
