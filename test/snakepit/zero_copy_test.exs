@@ -218,7 +218,9 @@ defmodule Snakepit.ZeroCopyTest do
           {:ok, ref} = ZeroCopy.to_dlpack(f32(1..1000), dtype: :float32)
           {:ok, out} = Snakepit.execute("echo_array", %{"array" => ref})
           send(parent, {:inodes, Enum.map([ref, out], &File.stat!(path_of(&1)).inode), out.owner})
-          receive do: (:exit -> :ok)
+          # Both refs stay live until the process ends (a ref past its last
+          # use may be collected by any garbage collection before that).
+          receive do: (:exit -> {ref, out})
         end)
 
       assert_receive {:inodes, inodes, :python}, 10_000
