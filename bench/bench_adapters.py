@@ -41,3 +41,28 @@ class ZeroCopyBench(BaseAdapter):
         out.fill(7)
         fill_us = (time.perf_counter_ns() - started) // 1000
         return {"array": zero_copy.export(out), "fill_us": fill_us}
+
+
+class BatchBench(BaseAdapter):
+    """bench/batching.exs: the same work batched and not. A call of the
+    "cost" tools costs a fixed 2 ms of Python time whatever it carries (a
+    model's forward pass, say); the trivial tools cost nothing but the
+    call."""
+
+    @tool(batch=True, max_batch_size=64, max_batch_delay_ms=2)
+    def cost_batched(self, batch: list[dict[str, Any]]) -> list[Any]:
+        time.sleep(0.002)
+        return [item.get("i") for item in batch]
+
+    @tool
+    def cost_single(self, i: int = 0) -> int:
+        time.sleep(0.002)
+        return i
+
+    @tool(batch=True, max_batch_size=64, max_batch_delay_ms=1)
+    def trivial_batched(self, batch: list[dict[str, Any]]) -> list[Any]:
+        return [item.get("i") for item in batch]
+
+    @tool
+    def trivial(self, i: int = 0) -> int:
+        return i

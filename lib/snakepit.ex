@@ -70,11 +70,98 @@ defmodule Snakepit do
   def execute(command, args \\ %{}, opts \\ []) do
     with {:ok, opts} <- CallOptions.normalize(opts) do
       case Snakepit.Cluster.target(opts) do
-        :local -> Pool.execute(command, args, opts)
+        :local -> Snakepit.Pool.Call.execute_checked(command, args, opts)
         {:error, _} = error -> error
         routed -> Snakepit.Cluster.execute(routed, command, args, opts)
       end
     end
+  end
+
+  @doc """
+  Runs `command` once for each argument map in `items` and returns, in the
+  same order, each item's `{:ok, result}` or `{:error, error}`: one item's
+  failure is that item's alone.
+
+      [{:ok, 3}, {:ok, 7}] = Snakepit.execute_many("add", [%{a: 1, b: 2}, %{a: 3, b: 4}])
+
+  The items leave in chunks, one message per chunk, spread over the
+  pool's free workers: a batched tool (`@tool(batch=True)`) gets each
+  chunk as lists of at most its `max_batch_size`; any other tool runs the
+  items of a chunk one after the other inside its worker. That saves the
+  per-call round trip, which for small calls is most of their cost.
+
+  Options are those of `execute/3` (one `:timeout` for the whole list;
+  `:idempotent` lets the crash barrier retry the items of a crashed
+  worker's chunk elsewhere, as does `idempotent: true` in an item), plus:
+
+    * `:chunk_size` - items per message (a positive integer; default: the
+      items spread evenly over the pool's slots, at most
+      `Snakepit.Pool.Batching.max_chunk/0` per message). A chunk must fit
+      `max_message_bytes`.
+
+  `:binary_parameters`, `:session_id` and `:affinity` do not apply (the
+  items of a list are not pinned to a session), nor `node:` to another
+  node. `items` that is not a list, or a bad option, is `{:error,
+  %Snakepit.Error{category: :validation}}` and nothing runs; an item that
+  is not a map gets its own `:validation` error and the others run.
+  """
+  @spec execute_many(command(), [args()], keyword()) ::
+          [{:ok, result()} | {:error, error()}] | {:error, error()}
+  def execute_many(command, items, opts \\ []) do
+    with {:ok, chunk_size, opts} <- chunk_size(opts),
+         :ok <- many_items(items),
+         {:ok, opts} <- CallOptions.normalize(opts),
+         :ok <- many_options(opts) do
+      case Snakepit.Cluster.target(opts) do
+        :local -> Pool.execute_many(command, items, opts, chunk_size)
+        {:local, pool} -> Pool.execute_many(command, items, [{:pool, pool} | opts], chunk_size)
+        {:error, _} = error -> error
+        {:remote, node, _pool} -> many_refused(:node, node, "this node's pools (:local)")
+      end
+    end
+  end
+
+  defp chunk_size(opts) when is_list(opts) do
+    case List.keyfind(opts, :chunk_size, 0) do
+      nil ->
+        {:ok, nil, opts}
+
+      {:chunk_size, n} when is_integer(n) and n > 0 ->
+        {:ok, n, List.keydelete(opts, :chunk_size, 0)}
+
+      {:chunk_size, other} ->
+        many_refused(:chunk_size, other, "a positive integer")
+    end
+  end
+
+  # Not a list: CallOptions.normalize/1 refuses it.
+  defp chunk_size(opts), do: {:ok, nil, opts}
+
+  defp many_items(items) when is_list(items) do
+    if proper_list?(items), do: :ok, else: many_refused(:items, items, "a list of argument maps")
+  end
+
+  defp many_items(items), do: many_refused(:items, items, "a list of argument maps")
+
+  defp proper_list?([]), do: true
+  defp proper_list?([_ | rest]), do: proper_list?(rest)
+  defp proper_list?(_), do: false
+
+  defp many_options(opts) do
+    case Enum.find(opts, fn {key, value} ->
+           key in [:binary_parameters, :session_id, :affinity] and value != nil
+         end) do
+      nil -> :ok
+      {key, value} -> many_refused(key, value, "no #{key} (execute_many takes none)")
+    end
+  end
+
+  defp many_refused(option, value, expected) do
+    {:error,
+     Snakepit.Error.validation_error(
+       "execute_many: invalid #{option}: #{inspect(value, limit: 10)}; expected #{expected}",
+       %{option: option, value: value, expected: expected}
+     )}
   end
 
   @doc """

@@ -112,6 +112,16 @@ defmodule Snakepit.Pool do
   defdelegate execute(command, args, opts \\ []), to: Call
 
   @doc """
+  Runs `command` once per item of `items` (argument maps), in messages of
+  many items each, spread over the pool's workers; see
+  `Snakepit.execute_many/3`. `opts` are checked call options.
+  """
+  @spec execute_many(String.t(), list(), keyword(), pos_integer() | nil) ::
+          [{:ok, term()} | {:error, Error.t()}] | {:error, Error.t()}
+  defdelegate execute_many(command, items, opts, chunk_size \\ nil),
+    to: Snakepit.Pool.Batching
+
+  @doc """
   Runs a streaming `command`, calling `callback` with each chunk. Options as
   `execute/3`; the default budget is `Snakepit.Defaults.pool_streaming_timeout/0`
   and the queue budget `Snakepit.Defaults.checkout_timeout/0`. Streams are

@@ -38,6 +38,7 @@ defmodule Snakepit.Telemetry do
     [:snakepit, :pool, :restart, :step],
     [:snakepit, :pool, :restart, :stop],
     [:snakepit, :pool, :reload],
+    [:snakepit, :pool, :batch],
     [:snakepit, :request, :executed],
     [:snakepit, :request, :stopped],
     [:snakepit, :security, :unauthenticated],
@@ -210,6 +211,20 @@ defmodule Snakepit.Telemetry do
   end
 
   defp backend, do: :persistent_term.get({__MODULE__, :backend}, :builtin)
+
+  @doc """
+  Whether emitting `event` may reach a handler: false only when Snakepit's
+  own handler table is in use and nothing is attached to `event`, so a hot
+  path can skip building an event nobody hears. Always true under the
+  `:telemetry` library (which keeps its handlers to itself).
+  """
+  @spec handled?([atom()]) :: boolean()
+  def handled?(event) do
+    case backend() do
+      :telemetry -> true
+      :builtin -> :ets.whereis(@table) != :undefined and :ets.member(@table, event)
+    end
+  end
 
   @doc "Emits `event` with `measurements` and `metadata`."
   @spec emit([atom()], map(), map()) :: :ok

@@ -11,6 +11,7 @@ __all__ = [
     "StreamingToolError",
     "ArgumentBindingError",
     "SerializationError",
+    "BatchResultError",
     "StreamCancelled",
     "CallCancelled",
     "ElixirToolError",
@@ -64,6 +65,12 @@ class SerializationError(BridgeError):
     """A value could not be encoded or decoded."""
 
     kind = "serialization"
+
+
+class BatchResultError(BridgeError):
+    """A batched tool returned something other than one result per item."""
+
+    kind = "batch_result"
 
 
 class StreamCancelled(Exception):

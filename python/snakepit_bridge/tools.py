@@ -31,6 +31,9 @@ from .errors import ArgumentBindingError
 __all__ = [
     "tool",
     "ToolMeta",
+    "BATCH_KEY",
+    "MAX_BATCH_SIZE_KEY",
+    "MAX_BATCH_DELAY_KEY",
     "ToolInfo",
     "discover_tools",
     "TOOL_ATTR",
@@ -40,6 +43,16 @@ __all__ = [
 TOOL_ATTR = "__snakepit_tool__"
 STREAM_PARAM = "stream"
 LEGACY_PREFIX = "execute_"
+
+# The metadata keys that tell Elixir a tool is batched (see ``tool``).
+BATCH_KEY = "batch"
+MAX_BATCH_SIZE_KEY = "max_batch_size"
+MAX_BATCH_DELAY_KEY = "max_batch_delay_ms"
+DEFAULT_MAX_BATCH_SIZE = 64
+DEFAULT_MAX_BATCH_DELAY_MS = 2
+# Bounds Elixir applies too (Snakepit.Pool.Batching).
+MAX_BATCH_SIZE_LIMIT = 10_000
+MAX_BATCH_DELAY_LIMIT_MS = 10_000
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -52,6 +65,9 @@ class ToolMeta:
     description: str | None = None
     supports_streaming: bool | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    batch: bool = False
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_delay_ms: int = DEFAULT_MAX_BATCH_DELAY_MS
 
 
 @overload
@@ -67,6 +83,9 @@ def tool(
     supports_streaming: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
     required_variables: Sequence[str] | None = None,
+    batch: bool = False,
+    max_batch_size: int | None = None,
+    max_batch_delay_ms: int | None = None,
 ) -> Callable[[F], F]: ...
 
 
@@ -78,6 +97,9 @@ def tool(
     supports_streaming: bool | None = None,
     metadata: Mapping[str, Any] | None = None,
     required_variables: Sequence[str] | None = None,
+    batch: bool = False,
+    max_batch_size: int | None = None,
+    max_batch_delay_ms: int | None = None,
 ) -> Any:
     """Mark an adapter method as a tool callable from Elixir.
 
@@ -88,17 +110,42 @@ def tool(
     generator or takes a ``stream`` parameter. ``required_variables``
     (upstream Snakepit's session variables a tool needs) is kept in the
     tool's metadata as a list of names.
+
+    ``batch=True`` makes a *batched* tool: it takes one list of argument
+    dicts (one per call) and returns one result per item, in order; a result
+    slot holding an exception instance fails that item alone::
+
+        @tool(batch=True, max_batch_size=64, max_batch_delay_ms=2)
+        def embed(self, batch):
+            return [self.model(item["text"]) for item in batch]
+
+    Elixir callers still call it one item at a time
+    (``Snakepit.execute("embed", %{text: ...})``); the pool gathers
+    concurrent calls into one list of up to ``max_batch_size`` items, waiting
+    at most ``max_batch_delay_ms`` for more to arrive. A batched tool is
+    stateless: it sees no session, and may not stream.
     """
+
+    if not batch and (max_batch_size is not None or max_batch_delay_ms is not None):
+        raise ValueError("max_batch_size and max_batch_delay_ms need batch=True")
+    size = _bounded("max_batch_size", max_batch_size, DEFAULT_MAX_BATCH_SIZE, 1, MAX_BATCH_SIZE_LIMIT)
+    delay = _bounded("max_batch_delay_ms", max_batch_delay_ms, DEFAULT_MAX_BATCH_DELAY_MS, 0, MAX_BATCH_DELAY_LIMIT_MS)
 
     def mark(fn: F) -> F:
         extra = dict(metadata or {})
         if required_variables is not None:
             extra["required_variables"] = [str(v) for v in required_variables]
+        if batch:
+            _check_batchable(fn, supports_streaming)
+            extra.update({BATCH_KEY: "true", MAX_BATCH_SIZE_KEY: str(size), MAX_BATCH_DELAY_KEY: str(delay)})
         meta = ToolMeta(
             name=name,
             description=description,
             supports_streaming=supports_streaming,
             metadata=extra,
+            batch=bool(batch),
+            max_batch_size=size,
+            max_batch_delay_ms=delay,
         )
         target = fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn
         setattr(target, TOOL_ATTR, meta)
@@ -107,6 +154,26 @@ def tool(
     if func is not None:
         return mark(func)  # type: ignore[arg-type]
     return mark
+
+
+def _bounded(what: str, value: Any, default: int, low: int, high: int) -> int:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{what} must be an integer from {low} to {high}, got {value!r}")
+    return value
+
+
+def _check_batchable(fn: Any, supports_streaming: bool | None) -> None:
+    """A batched tool takes a list and returns a list: no stream."""
+    raw = inspect.unwrap(fn.__func__ if isinstance(fn, (staticmethod, classmethod)) else fn)
+    streams = inspect.isgeneratorfunction(raw) or inspect.isasyncgenfunction(raw) or bool(supports_streaming)
+    try:
+        streams = streams or STREAM_PARAM in inspect.signature(raw).parameters
+    except (TypeError, ValueError):
+        pass
+    if streams:
+        raise ValueError(f"tool '{getattr(raw, '__name__', raw)}' cannot be both batched and streaming")
 
 
 # ------------------------------------------------------------------ inspection
@@ -232,6 +299,8 @@ class ToolInfo:
             self.supports_streaming = bool(self.meta.supports_streaming)
         else:
             self.supports_streaming = self.produces_stream
+        self.batch = self.meta.batch
+        self.max_batch_size = self.meta.max_batch_size
         # Strings as they are, anything else (lists such as
         # required_variables) as JSON.
         self.metadata = {
@@ -336,6 +405,7 @@ class ToolInfo:
             "parameters": self.parameter_specs(),
             "supports_streaming": self.supports_streaming,
             "metadata": dict(self.metadata),
+            "batch": self.batch,
         }
 
     def to_proto(self) -> Any:
@@ -359,7 +429,8 @@ class ToolInfo:
         return spec
 
     def __repr__(self) -> str:
-        return f"<ToolInfo {self.name}{' streaming' if self.supports_streaming else ''}>"
+        kind = " streaming" if self.supports_streaming else " batched" if self.batch else ""
+        return f"<ToolInfo {self.name}{kind}>"
 
 
 # ------------------------------------------------------------------ discovery

@@ -61,6 +61,13 @@ defmodule Snakepit.PublicApiBadInputTest do
       # -- Snakepit -----------------------------------------------------------------
       {Snakepit, :execute, 3} =>
         {["ping", %{}, []], [@bad_command, @bad_args, @bad_opts], &validation?/1},
+      {Snakepit, :execute_many, 3} =>
+        {["ping", [%{}], []],
+         [
+           @bad_command,
+           ["x", 123, nil, %{}, {:a, 1}, [%{} | :tail]],
+           [[chunk_size: 0] | @bad_opts]
+         ], &validation?/1},
       {Snakepit, :execute_stream, 4} =>
         {["ping", %{}, cb, []], [@bad_command, @bad_args, @bad_callback, @bad_opts],
          &validation?/1},

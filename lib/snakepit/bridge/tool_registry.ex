@@ -187,13 +187,41 @@ defmodule Snakepit.Bridge.ToolRegistry do
 
     with {:ok, entries} <- built,
          entries = Enum.reverse(entries),
-         :ok <- insert(entries) do
+         :ok <- insert(entries ++ batched_entries(entries)) do
       {:ok, Enum.map(entries, fn {{_, name}, _} -> name end)}
     end
   end
 
   def register_tools(_session_id, other),
     do: {:error, Error.validation_error("tool specs must be a list, got: #{inspect(other)}")}
+
+  # Each registering worker's batched tools (`@tool(batch=True)`), under a
+  # key of their own: the pool reads them when the worker is ready, so
+  # pools whose adapters share a tool name never mix up their settings.
+  defp batched_entries(entries) do
+    entries
+    |> Enum.group_by(fn {_key, spec} -> spec.worker_id end, fn {{_, name}, spec} ->
+      {name, Snakepit.Pool.Batching.config_of(spec.metadata)}
+    end)
+    |> Enum.reject(fn {worker, _tools} -> worker == "" end)
+    |> Enum.map(fn {worker, tools} ->
+      {{:batched, worker},
+       for({name, config} <- tools, config != nil, into: %{}, do: {name, config})}
+    end)
+  end
+
+  @doc """
+  The batched tools the worker `worker_id` registered, by name, with their
+  settings (`%{max_batch_size: n, max_batch_delay_ms: ms}`); see
+  `Snakepit.Pool.Batching`.
+  """
+  @spec batched_tools(String.t()) :: %{tool_name() => Snakepit.Pool.Batching.config()}
+  def batched_tools(worker_id) when is_binary(worker_id) do
+    case table_lookup({:batched, worker_id}) do
+      [{_, tools}] -> tools
+      [] -> %{}
+    end
+  end
 
   defp check_spec_map(spec) when is_map(spec), do: :ok
 

@@ -17,7 +17,7 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.Telemetry.Correlation
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{CallOptions, Deadline, Errors, Timings}
+  alias Snakepit.Pool.{Batching, CallOptions, Deadline, Errors, Timings}
   alias Snakepit.Worker.ExitStatus
 
   # The pool answers a queued request itself when its queue time is up; the
@@ -60,24 +60,46 @@ defmodule Snakepit.Pool.Call do
   """
   @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts \\ []) do
-    with {:ok, opts, total} <- prepare(:execute, command, args, opts) do
+    with {:ok, opts} <- CallOptions.normalize(opts), do: execute_checked(command, args, opts)
+  end
+
+  @doc false
+  # `execute/3` with options already checked by `CallOptions.normalize/1`
+  # (as `Snakepit.execute/3` does): not checked twice.
+  @spec execute_checked(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
+  def execute_checked(command, args, opts) do
+    with {:ok, opts, total} <- prepared(:execute, command, args, opts),
+         {:ok, pid, name} <- resolve_pool(opts) do
       deadline = Deadline.of(opts, total)
-      idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
 
-      started = System.monotonic_time()
-
-      attempt(opts, deadline, idempotent, 0, [], fn lease ->
-        result = Client.execute(lease.worker, command, args, call_opts(opts, lease, deadline))
-        emit_executed(lease, command, result, started, opts[:correlation_id])
-        result
-      end)
+      # A batched tool's call joins a batch (Snakepit.Pool.Batching).
+      case Batching.route(pid, name, command) do
+        nil -> direct(command, args, Keyword.put(opts, :pool, {pid, name}), deadline)
+        target -> Batching.call(target, command, args, opts, deadline)
+      end
     end
+  end
+
+  defp direct(command, args, opts, deadline) do
+    idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
+    started = System.monotonic_time()
+
+    attempt(opts, deadline, idempotent, 0, [], fn lease ->
+      result = Client.execute(lease.worker, command, args, call_opts(opts, lease, deadline))
+      emit_executed(lease, command, result, started, opts[:correlation_id])
+      result
+    end)
   end
 
   # Queueing included: the time the caller waited for its answer.
   defp emit_executed(lease, command, result, started, correlation_id) do
+    if Telemetry.handled?([:snakepit, :request, :executed]),
+      do: executed(lease, command, result, started, correlation_id)
+  end
+
+  defp executed(lease, command, result, started, correlation_id) do
     duration_us =
-      System.convert_time_unit(System.monotonic_time() - started, :native, :microsecond)
+      :erlang.convert_time_unit(:erlang.monotonic_time() - started, :native, :microsecond)
 
     Telemetry.emit([:snakepit, :request, :executed], %{duration_us: duration_us}, %{
       pool: lease.pool,
@@ -156,17 +178,7 @@ defmodule Snakepit.Pool.Call do
 
             # A deliberate pause before the retry, not a wait for an event.
             Process.sleep(min(backoff, Deadline.remaining(deadline)))
-
-            opts =
-              Keyword.put(
-                opts,
-                :queue_timeout,
-                Deadline.earliest(
-                  Keyword.get(opts, :queue_timeout, :infinity),
-                  Defaults.crash_barrier_checkout_timeout()
-                )
-              )
-
+            opts = retry_opts(opts)
             attempt(opts, deadline, idempotent, n + 1, [info.worker_id | avoid], fun)
           else
             CrashBarrier.normalize_crash_error(result, info)
@@ -175,15 +187,31 @@ defmodule Snakepit.Pool.Call do
     end
   end
 
+  @doc false
+  # The options of a crash barrier's retry: its wait for a worker is capped.
+  @spec retry_opts(keyword()) :: keyword()
+  def retry_opts(opts) do
+    Keyword.put(
+      opts,
+      :queue_timeout,
+      Deadline.earliest(
+        Keyword.get(opts, :queue_timeout, :infinity),
+        Defaults.crash_barrier_checkout_timeout()
+      )
+    )
+  end
+
+  @doc false
   # A transport failure may mean the worker's Python process died under
   # the call. Find out (the worker process stops when Python exits) and
   # report it as a crash, or as a shutdown when the worker was stopped on
   # purpose (its pool or Snakepit stopping): no wait when it says so first.
-  defp confirm_crash(
-         {:error, %Error{category: :grpc_error, grpc_status: status} = error} = result,
-         lease
-       )
-       when status in @transport_statuses do
+  @spec confirm_crash(term(), lease()) :: term()
+  def confirm_crash(
+        {:error, %Error{category: :grpc_error, grpc_status: status} = error} = result,
+        lease
+      )
+      when status in @transport_statuses do
     worker = lease.worker
 
     if stopped?(lease) do
@@ -215,7 +243,7 @@ defmodule Snakepit.Pool.Call do
     end
   end
 
-  defp confirm_crash(result, _lease), do: result
+  def confirm_crash(result, _lease), do: result
 
   # The worker recorded that it was stopped on purpose since this call began.
   defp stopped?(lease), do: ExitStatus.stopped_since?(lease.worker.os_pid, lease.leased_at)
@@ -245,15 +273,21 @@ defmodule Snakepit.Pool.Call do
     )
   end
 
+  @doc false
   # Options checked and completed (aliases, a correlation id), the total
   # budget, and the command and arguments checked: before anything is leased.
-  defp prepare(call_type, command, args, opts) do
-    with {:ok, opts} <- CallOptions.normalize(opts),
-         {:ok, opts} <- Correlation.ensure_option(opts),
+  @spec prepare(atom(), term(), term(), term()) ::
+          {:ok, keyword(), timeout()} | {:error, Error.t()}
+  def prepare(call_type, command, args, opts) do
+    with {:ok, opts} <- CallOptions.normalize(opts), do: prepared(call_type, command, args, opts)
+  end
+
+  defp prepared(call_type, command, args, opts) do
+    with {:ok, opts} <- Correlation.ensure_option(opts),
          total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
          :ok <- validate_call(command, args, total),
          # The pool estimates run times per command.
-         do: {:ok, Keyword.put(opts, :command, command), total}
+         do: {:ok, [{:command, command} | opts], total}
   end
 
   defp validate_call(command, args, timeout) do
@@ -287,14 +321,15 @@ defmodule Snakepit.Pool.Call do
   # in the worker by its request id, learning how within the caller's own
   # deadline.
   defp call_opts(opts, lease, deadline) do
-    opts
-    |> Keyword.take([:session_id, :binary_parameters, :correlation_id])
-    |> Keyword.merge(
+    [
+      session_id: Keyword.get(opts, :session_id),
+      binary_parameters: Keyword.get(opts, :binary_parameters),
+      correlation_id: Keyword.get(opts, :correlation_id),
       metadata: Correlation.worker_metadata(opts),
       deadline: Deadline.rpc_deadline(deadline),
       stop_by: deadline,
       request_id: lease.request_id
-    )
+    ]
   end
 
   # The pool process serving `name`: a pool in a host's own tree, else the
@@ -312,7 +347,10 @@ defmodule Snakepit.Pool.Call do
     end
   end
 
-  defp resolve_pool(opts) do
+  @doc false
+  # The pool process and pool name `opts` name (nil: the process's default).
+  @spec resolve_pool(keyword()) :: {:ok, pid(), atom() | nil} | {:error, Error.t()}
+  def resolve_pool(opts) do
     {server, name} =
       case Keyword.get(opts, :pool) do
         nil -> default_server()

@@ -17,7 +17,7 @@ defmodule Snakepit.Pool.Deadline do
 
   @doc "Now, on the deadlines' clock."
   @spec now() :: integer()
-  def now, do: System.monotonic_time(:millisecond)
+  def now, do: :erlang.monotonic_time(:millisecond)
 
   @doc """
   The deadline of a call with total budget `total` (ms or `:infinity`) and

@@ -15,14 +15,16 @@ defmodule Snakepit.Pool.Leases do
 
   @doc false
   def lease(state, request, worker) do
+    %{crash_barrier: crash_barrier, timings: timings} = Map.fetch!(state.runtime, request.pool)
+
     %{
       ref: request.ref,
       request_id: request.request_id,
       pool: request.pool,
       pool_pid: self(),
       worker: worker,
-      crash_barrier: state.runtime[request.pool].crash_barrier,
-      timings: state.runtime[request.pool].timings
+      crash_barrier: crash_barrier,
+      timings: timings
     }
   end
 
@@ -98,16 +100,22 @@ defmodule Snakepit.Pool.Leases do
     end)
   end
 
-  # How long a queued request waited for its worker.
+  # How long a queued request waited for its worker (built only when
+  # someone listens).
   defp emit_queue_delay(%{now: queued_at} = request) do
+    if Telemetry.handled?([:snakepit, :pool, :queue, :delay]),
+      do: queue_delay(queued_at, request)
+  end
+
+  defp emit_queue_delay(_request), do: :ok
+
+  defp queue_delay(queued_at, request) do
     Telemetry.emit(
       [:snakepit, :pool, :queue, :delay],
       %{delay_ms: Deadline.now() - queued_at},
       %{pool: request.pool, command: Map.get(request, :command)}
     )
   end
-
-  defp emit_queue_delay(_request), do: :ok
 
   @doc false
   # A caller died: drop its queued request or take back its slot.
@@ -169,28 +177,29 @@ defmodule Snakepit.Pool.Leases do
 
   @doc false
   def release(state, name, ref, outcome, demonitor \\ true) do
-    pool = state.pools[name]
+    pool = Map.fetch!(state.pools, name)
 
     state =
       case pool.leases do
         %{^ref => lease} ->
           if demonitor, do: Process.demonitor(lease.mref, [:flush])
-          count_request(state, name, lease.worker_id)
+          count_request(pool, name, lease.worker_id)
           %{state | callers: Map.delete(state.callers, lease.mref)}
 
         _ ->
           state
       end
 
-    {actions, pool} = State.checkin(state.pools[name], ref, outcome)
-    state |> Server.put_pool(name, pool) |> perform(name, actions)
+    {actions, pool} = State.checkin(pool, ref, outcome)
+    state = Server.put_pool(state, name, pool)
+    if actions == [], do: state, else: perform(state, name, actions)
   end
 
   @doc false
-  def count_request(state, name, id) do
+  def count_request(%State{} = pool, name, id) do
     count = LifecycleManager.increment_request_count(id)
 
-    case state.pools[name].config.worker_max_requests do
+    case pool.config.worker_max_requests do
       max when is_integer(max) and count >= max -> send(self(), {:max_requests, name, id})
       _ -> :ok
     end

@@ -28,6 +28,27 @@ defmodule Snakepit.Pool.Names do
     end
   end
 
+  @doc false
+  # A pool process also registers what its callers need to batch calls
+  # (its default pool, its batched-tool table and its batcher), under
+  # {:server, pid}: found from the pool process alone.
+  @spec register_server(map()) :: :ok
+  def register_server(info) do
+    {:ok, _} = Registry.register(__MODULE__, {:server, self()}, info)
+    :ok
+  end
+
+  @doc false
+  @spec server_info(pid()) :: map() | nil
+  def server_info(pid) do
+    case Registry.lookup(__MODULE__, {:server, pid}) do
+      [{_, info}] -> info
+      [] -> nil
+    end
+  rescue
+    ArgumentError -> nil
+  end
+
   @doc "The pool process serving `name`, or `nil`."
   @spec whereis(atom()) :: pid() | nil
   def whereis(name) do

@@ -16,10 +16,12 @@ defmodule Snakepit.Pool.Server do
   use GenServer
 
   alias Snakepit.{Config, CrashBarrier, Defaults, Error, Telemetry}
+  alias Snakepit.Bridge.ToolRegistry
   alias Snakepit.GRPC.Client
 
   alias Snakepit.Pool.{
     Admission,
+    Batcher,
     Deadline,
     Errors,
     Leases,
@@ -43,7 +45,8 @@ defmodule Snakepit.Pool.Server do
       end
 
     with {:ok, configs} <- pools,
-         :ok <- register_names(configs) do
+         :ok <- register_names(configs),
+         {:ok, batching} <- start_batching(hd(configs).name) do
       state = %{
         pools: Map.new(configs, &{&1.name, State.new(&1)}),
         order: Enum.map(configs, & &1.name),
@@ -59,7 +62,10 @@ defmodule Snakepit.Pool.Server do
         stopping: %{},
         waiters: [],
         # File watchers of pools with reload on: monitor ref => pool name.
-        reloaders: %{}
+        reloaders: %{},
+        # The batched tools of each pool ({pool, tool} => settings), read
+        # by callers (Snakepit.Pool.Batching).
+        batched: batching.table
       }
 
       schedule_prune()
@@ -84,6 +90,26 @@ defmodule Snakepit.Pool.Server do
         {:error, message} -> {:halt, {:error, {:name_taken, message}}}
       end
     end)
+  end
+
+  # Callers find the batched tools' table and the batcher from this
+  # process's pid (Snakepit.Pool.Names.server_info/1).
+  defp start_batching(default) do
+    table = :ets.new(:snakepit_batched_tools, [:set, :protected, read_concurrency: true])
+
+    with {:ok, batcher} <- Batcher.start_link(self()) do
+      info = %{table: table, batcher: batcher, default: default}
+      :ok = Snakepit.Pool.Names.register_server(info)
+      {:ok, info}
+    end
+  end
+
+  # A ready worker's batched tools become its pool's.
+  defp learn_batched_tools(state, name, worker_id) do
+    for {tool, config} <- ToolRegistry.batched_tools(worker_id),
+        do: :ets.insert(state.batched, {{name, tool}, config})
+
+    state
   end
 
   # Pool configs carry adapter_env (secrets): never in a crash report.
@@ -155,6 +181,23 @@ defmodule Snakepit.Pool.Server do
           do: id
 
     {:reply, Enum.sort(ids), state}
+  end
+
+  # How many calls the pool can run at once now (execute_many's spread).
+  def handle_call({:capacity, which}, _from, state) when is_atom(which) do
+    name = which || state.default
+
+    case state.pools[name] do
+      nil ->
+        {:reply, {:error, Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})},
+         state}
+
+      pool ->
+        slots =
+          for {_id, %{status: :active} = w} <- pool.workers, reduce: 0, do: (n -> n + w.capacity)
+
+        {:reply, {:ok, slots}, state}
+    end
   end
 
   def handle_call({:worker_load, name, id}, _from, state) do
@@ -605,6 +648,7 @@ defmodule Snakepit.Pool.Server do
 
     state =
       %{state | monitors: Map.put(state.monitors, ref, {name, worker.id, worker.pid})}
+      |> learn_batched_tools(name, worker.id)
       |> update_pool(name, &State.add_worker(&1, worker))
       |> Slots.batch_settled(name, worker.id)
       |> Slots.replacement_ready(name, worker.id)

@@ -36,7 +36,7 @@ defmodule Snakepit.Pool.Timings do
   @doc "Records `duration` (native time units) of `metric`."
   @spec record(t(), metric(), integer()) :: :ok
   def record({counters, epochs}, metric, duration) do
-    micros = System.convert_time_unit(max(duration, 0), :native, :microsecond)
+    micros = :erlang.convert_time_unit(max(duration, 0), :native, :microsecond)
     epoch = epoch()
     half = half_of(epoch)
 
@@ -82,7 +82,7 @@ defmodule Snakepit.Pool.Timings do
   # negative: mod, not rem.
   def half_of(epoch), do: Integer.mod(epoch, 2)
 
-  defp epoch, do: div(System.monotonic_time(:millisecond), @half_window_ms)
+  defp epoch, do: div(:erlang.monotonic_time(:millisecond), @half_window_ms)
 
   # A half about to be reused is cleared first; increments racing with the
   # clear may be lost, which a statistic can afford.

@@ -23,14 +23,15 @@ defmodule Snakepit.Telemetry.Correlation do
   @spec new_id() :: String.t()
   def new_id do
     count = :erlang.unique_integer([:positive])
-    :binary.encode_hex(<<vm_prefix()::binary, count::64>>, :lowercase)
+    vm_prefix() <> :binary.encode_hex(<<count::64>>, :lowercase)
   end
 
+  # The VM's half of every id, hex-encoded once.
   defp vm_prefix do
     case :persistent_term.get({__MODULE__, :vm_prefix}, nil) do
       nil ->
         # Two first callers may each store one; ids stay unique either way.
-        prefix = :crypto.strong_rand_bytes(8)
+        prefix = :binary.encode_hex(:crypto.strong_rand_bytes(8), :lowercase)
         :persistent_term.put({__MODULE__, :vm_prefix}, prefix)
         prefix
 
@@ -67,15 +68,13 @@ defmodule Snakepit.Telemetry.Correlation do
   @doc "The request metadata for the worker: the caller's, plus the correlation id and traceparent."
   @spec worker_metadata(keyword()) :: %{String.t() => String.t()}
   def worker_metadata(opts) do
-    given = Keyword.get(opts, :metadata) || %{}
-
-    extra =
-      [correlation_id: opts[:correlation_id], traceparent: opts[:traceparent]]
-      |> Enum.reject(fn {_k, v} -> is_nil(v) end)
-      |> Map.new(fn {k, v} -> {Atom.to_string(k), to_string(v)} end)
-
-    Map.merge(given, extra)
+    (Keyword.get(opts, :metadata) || %{})
+    |> put_given("correlation_id", Keyword.get(opts, :correlation_id))
+    |> put_given("traceparent", Keyword.get(opts, :traceparent))
   end
+
+  defp put_given(map, _key, nil), do: map
+  defp put_given(map, key, value), do: Map.put(map, key, to_string(value))
 
   defp invalid(message), do: {:error, Snakepit.Error.validation_error(message)}
 end

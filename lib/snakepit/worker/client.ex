@@ -15,6 +15,12 @@ defmodule Snakepit.GRPC.Client do
   # streaming tool called with execute/3.
   @caller_errors ["unknown_tool", "streaming_tool"]
 
+  @execute_start [:snakepit, :grpc_worker, :execute, :start]
+  @execute_stop [:snakepit, :grpc_worker, :execute, :stop]
+  @call_start [:snakepit, :grpc, :call, :start]
+  @call_stop [:snakepit, :grpc, :call, :stop]
+  @call_exception [:snakepit, :grpc, :call, :exception]
+
   # Waiting past the call's own deadline is a safety net: the native core
   # always answers by its deadline.
   @reply_slack_ms 5_000
@@ -186,19 +192,9 @@ defmodule Snakepit.GRPC.Client do
   defp run_execute(worker, tool, args, opts) do
     ref = make_ref()
     call_opts = native_opts(opts)
-    started = System.monotonic_time()
-
-    meta = %{
-      command: tool,
-      worker_id: worker.id,
-      transport: transport(worker),
-      correlation_id: Keyword.get(opts, :correlation_id)
-    }
-
-    start = %{system_time: System.system_time()}
-    Telemetry.emit([:snakepit, :grpc_worker, :execute, :start], start, meta)
-    # The older guide's name for the same moment.
-    Telemetry.emit([:snakepit, :grpc, :call, :start], start, meta)
+    started = :erlang.monotonic_time()
+    # Events are built only when someone listens (Telemetry.handled?/1).
+    emit_start(worker, tool, opts)
 
     result =
       case start_call(worker, ref, tool, args, call_opts) do
@@ -215,32 +211,64 @@ defmodule Snakepit.GRPC.Client do
           translate(error, tool, worker)
       end
 
-    duration = System.monotonic_time() - started
+    emit_stop(worker, tool, opts, started, result)
+    result
+  end
+
+  defp execute_meta(worker, tool, opts) do
+    %{
+      command: tool,
+      worker_id: worker.id,
+      transport: transport(worker),
+      correlation_id: Keyword.get(opts, :correlation_id)
+    }
+  end
+
+  defp emit_start(worker, tool, opts) do
+    if Telemetry.handled?(@execute_start) or Telemetry.handled?(@call_start) do
+      start = %{system_time: System.system_time()}
+      meta = execute_meta(worker, tool, opts)
+      Telemetry.emit(@execute_start, start, meta)
+      # The older guide's name for the same moment.
+      Telemetry.emit(@call_start, start, meta)
+    end
+  end
+
+  defp emit_stop(worker, tool, opts, started, result) do
+    if Telemetry.handled?(@execute_stop) or Telemetry.handled?(@call_stop) or
+         Telemetry.handled?(@call_exception) do
+      emit_stop_now(worker, tool, opts, started, result)
+    end
+  end
+
+  defp emit_stop_now(worker, tool, opts, started, result) do
+    duration = :erlang.monotonic_time() - started
 
     measurements = %{
       duration: duration,
       duration_ms: System.convert_time_unit(duration, :native, :millisecond)
     }
 
+    meta = Map.put(execute_meta(worker, tool, opts), :success, match?({:ok, _}, result))
+
     Telemetry.emit(
-      [:snakepit, :grpc_worker, :execute, :stop],
+      @execute_stop,
       measurements,
-      Map.put(meta, :success, match?({:ok, _}, result))
+      meta
     )
 
+    # The older guide's names for the same moment.
     case result do
       {:ok, _} ->
-        Telemetry.emit([:snakepit, :grpc, :call, :stop], measurements, meta)
+        Telemetry.emit(@call_stop, measurements, meta)
 
       {:error, error} ->
         Telemetry.emit(
-          [:snakepit, :grpc, :call, :exception],
+          @call_exception,
           measurements,
           Map.merge(meta, %{kind: :error, reason: error})
         )
     end
-
-    result
   end
 
   @doc """

@@ -47,6 +47,7 @@ import argparse
 import atexit
 import contextlib
 import ctypes
+import gc
 import importlib
 import io
 import json
@@ -184,6 +185,10 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
+# Imported by the zygote before it serves (see ForkServer.serve).
+PRELOADED_ADAPTERS = "snakepit_bridge.adapters.showcase"
+
+
 class ForkServer:
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -205,6 +210,15 @@ class ForkServer:
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         listener.bind(control_path)
         listener.listen(1)
+        # The bundled default adapter (stdlib and the bridge only) is
+        # imported once here rather than in every worker that uses it.
+        with contextlib.suppress(Exception):
+            importlib.import_module(PRELOADED_ADAPTERS)
+        # Everything imported so far is moved out of the collector's sight:
+        # a forked worker's collections then never touch (and so never copy)
+        # the zygote's pages.
+        gc.collect()
+        gc.freeze()
         sys.stdout.write(READY_LINE + "\n")
         sys.stdout.flush()
         try:

@@ -18,11 +18,26 @@ via ExecuteTool
 =====================  =========================  ==========================
 
 ``message`` is ``str(exc)``; ``traceback`` the formatted Python traceback.
+
+Batches (``Snakepit.execute_many/3`` and the pool's dynamic batching) ride
+on the same ``ExecuteTool`` message: the request's metadata holds
+``snakepit-batch: "1"``, its arguments are ``{"items": [args, ...]}`` and a
+binary parameter ``name`` of item ``i`` travels as ``"i:name"``. A batched
+tool (``@tool(batch=True)``) gets the items as one list, in sub-lists of at
+most its ``max_batch_size``; any other tool runs once per item, one after
+the other. The reply is one success whose result is
+``{"ok": [result or null, ...], "errors": [[i, type, message, traceback,
+kind], ...], "bytes": [[i, base64], ...]}``: each item has its own result
+or error. Whatever fails the message as a whole (an unknown tool, a
+malformed batch, a reply too large) is an ordinary failure, which Elixir
+gives to every item. A batched tool called with one item's arguments (no
+flag) runs as a batch of one.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import contextvars
 import functools
@@ -35,6 +50,7 @@ from typing import Any, AsyncIterator, Callable
 from .. import serialization, telemetry, zero_copy
 from ..errors import (
     ArgumentBindingError,
+    BatchResultError,
     BridgeError,
     CallCancelled,
     SerializationError,
@@ -54,9 +70,13 @@ from .thread_checks import ConcurrencyCheck
 
 log = logging.getLogger("snakepit_bridge.runtime")
 
-__all__ = ["ToolRunner", "tool_error"]
+__all__ = ["ToolRunner", "tool_error", "BATCH_FLAG", "BATCH_ITEMS"]
 
 BINARY_CONTENT_TYPE = "application/octet-stream"
+
+# The metadata flag and argument key of a batch message (see the module doc).
+BATCH_FLAG = "snakepit-batch"
+BATCH_ITEMS = "items"
 
 
 def _format_traceback(exc: BaseException) -> str:
@@ -162,6 +182,8 @@ class ToolRunner:
         return args
 
     def _resolve(self, request: Any, ctx: SessionContext, stream: ToolStream | None) -> _Call:
+        if stream is None and BATCH_FLAG in request.metadata:
+            return self._resolve_batch(request, ctx)
         args = self._arguments(request)
         name = request.tool_name
         if self.legacy_execute is not None:
@@ -169,10 +191,78 @@ class ToolRunner:
         info = self.tools.get(name)
         if info is None:
             raise ToolNotFoundError(name, list(self.tools))
+        if info.batch:
+            return _Call(name, _batch_of_one(info, args), [], {}, is_async=info.is_coroutine)
         if stream is None and info.produces_stream:
             raise StreamingToolError(name)
         positional, keywords = info.bind(args, stream)
         return _Call(name, info.func, positional, keywords, is_async=info.is_coroutine)
+
+    # ------------------------------------------------------------ batches
+
+    def _batch_items(self, request: Any) -> list[dict[str, Any]]:
+        """The argument dicts of a batch message, binary parameters included."""
+        name = request.tool_name
+        try:
+            args = serialization.decode_args(request.args_json)
+            if zero_copy.MARKER_BYTES in request.args_json:
+                args = zero_copy.resolve(args)
+        except ValueError as exc:
+            raise SerializationError(f"cannot decode the batch of '{name}': {exc}") from exc
+        items = args.get(BATCH_ITEMS)
+        if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
+            raise SerializationError(f"a batch of '{name}' must hold a list of argument objects under '{BATCH_ITEMS}'")
+        for key, value in request.binary_parameters.items():
+            index, sep, param = key.partition(":")
+            if not sep or not index.isdigit() or int(index) >= len(items):
+                raise SerializationError(f"binary parameter '{key}' of a batch names no item ('<index>:<name>')")
+            items[int(index)][param] = bytes(value)
+        return items
+
+    def _resolve_batch(self, request: Any, ctx: SessionContext) -> _Call:
+        items = self._batch_items(request)
+        name = request.tool_name
+        if self.legacy_execute is not None:
+            legacy = self.legacy_execute
+
+            def legacy_args(item: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+                return [name, item, ctx], {}
+
+            run = _each_item(name, legacy, legacy_args, items, is_async=self.legacy_is_async)
+            return _Call(name, run, [], {}, is_async=self.legacy_is_async)
+        info = self.tools.get(name)
+        if info is None:
+            raise ToolNotFoundError(name, list(self.tools))
+        if info.produces_stream:
+            raise StreamingToolError(name)
+        if info.batch:
+            run = _in_batches(info, items)
+        else:
+            run = _each_item(name, info.func, info.bind, items, is_async=info.is_coroutine)
+        return _Call(name, run, [], {}, is_async=info.is_coroutine)
+
+    def _batch_success(self, result: _BatchResult, started: int) -> Any:
+        """One response for a batch: each item's result, error or bytes."""
+        ok: list[Any] = []
+        errors: list[list[Any]] = []
+        blobs: list[list[Any]] = []
+        for index, value in enumerate(result.outcomes):
+            if isinstance(value, BaseException):
+                ok.append(None)
+                err = tool_error(value)
+                errors.append([index, err.type, err.message, err.traceback, err.kind])
+            elif isinstance(value, (bytes, bytearray, memoryview)):
+                ok.append(None)
+                blobs.append([index, base64.b64encode(value).decode("ascii")])
+            else:
+                ok.append(value)
+        if errors:
+            log.debug("%d of %d items failed", len(errors), len(ok))
+        response = pb.ExecuteToolResponse(success=True)
+        response.result_json = serialization.dumps({"ok": ok, "errors": errors, "bytes": blobs})
+        response.execution_time_us = (time.perf_counter_ns() - started) // 1000
+        _check_size(response, "result")
+        return response
 
     # ------------------------------------------------------------ running
 
@@ -349,6 +439,8 @@ class ToolRunner:
         return await self.calls.cancel(request_id, wait_s)
 
     def _success(self, result: Any, started: int) -> Any:
+        if isinstance(result, _BatchResult):
+            return self._batch_success(result, started)
         response = pb.ExecuteToolResponse(success=True)
         if isinstance(result, (bytes, bytearray, memoryview)):
             response.has_binary_result = True
@@ -575,6 +667,135 @@ class ToolRunner:
 
 
 _ALREADY_FINAL = object()
+
+
+class _BatchResult:
+    """What a batch message's run gives: per item a value, or the exception
+    that fails that item alone."""
+
+    __slots__ = ("outcomes",)
+
+    def __init__(self, outcomes: list[Any]):
+        self.outcomes = outcomes
+
+
+def _plain(name: str, value: Any) -> Any:
+    """An item's value; a stream or pending awaitable is no result."""
+    if inspect.isgenerator(value):
+        value.close()
+        raise StreamingToolError(name)
+    if inspect.isasyncgen(value) or inspect.isawaitable(value):
+        if inspect.iscoroutine(value):
+            value.close()
+        raise StreamingToolError(name) if inspect.isasyncgen(value) else TypeError(
+            f"tool '{name}' returned an awaitable from a sync function inside a batch"
+        )
+    return value
+
+
+Binder = Callable[[dict[str, Any]], tuple[list[Any], dict[str, Any]]]
+
+
+def _each_item(
+    name: str, func: Callable[..., Any], bind: Binder, items: list[dict[str, Any]], *, is_async: bool
+) -> Callable[[], Any]:
+    """Runs an ordinary tool once per item, one after the other; an item's
+    exception is that item's outcome (a cancel, or what a worker must not
+    swallow, ends the whole batch)."""
+    if is_async:
+
+        async def run_async() -> _BatchResult:
+            out: list[Any] = []
+            for item in items:
+                try:
+                    positional, keywords = bind(item)
+                    value = func(*positional, **keywords)
+                    if inspect.isawaitable(value):
+                        value = await value
+                    out.append(_plain(name, value))
+                except Exception as exc:  # noqa: BLE001 - the item's own error
+                    out.append(exc)
+            return _BatchResult(out)
+
+        return run_async
+
+    def run() -> _BatchResult:
+        out: list[Any] = []
+        for item in items:
+            try:
+                positional, keywords = bind(item)
+                out.append(_plain(name, func(*positional, **keywords)))
+            except Exception as exc:  # noqa: BLE001 - the item's own error
+                out.append(exc)
+        return _BatchResult(out)
+
+    return run
+
+
+def _results_of(name: str, results: Any, n: int) -> list[Any]:
+    """A batched tool's results for ``n`` items: a list of ``n``; anything
+    else fails every item."""
+    if isinstance(results, tuple):
+        results = list(results)
+    if not isinstance(results, list):
+        return [BatchResultError(f"batched tool '{name}' must return a list, got {type(results).__name__}")] * n
+    if len(results) != n:
+        return [BatchResultError(f"batched tool '{name}' returned {len(results)} results for {n} items")] * n
+    return results
+
+
+def _in_batches(info: ToolInfo, items: list[dict[str, Any]]) -> Callable[[], Any]:
+    """Runs a batched tool on the items, at most ``max_batch_size`` at a time;
+    a sub-batch that raises fails its own items."""
+    size = info.max_batch_size
+    parts = [items[i : i + size] for i in range(0, len(items), size)]
+    func = info.func
+    if info.is_coroutine:
+
+        async def run_async() -> _BatchResult:
+            out: list[Any] = []
+            for part in parts:
+                try:
+                    out.extend(_results_of(info.name, await func(part), len(part)))
+                except Exception as exc:  # noqa: BLE001 - the sub-batch's error
+                    out.extend([exc] * len(part))
+            return _BatchResult(out)
+
+        return run_async
+
+    def run() -> _BatchResult:
+        out: list[Any] = []
+        for part in parts:
+            try:
+                out.extend(_results_of(info.name, _plain(info.name, func(part)), len(part)))
+            except Exception as exc:  # noqa: BLE001 - the sub-batch's error
+                out.extend([exc] * len(part))
+        return _BatchResult(out)
+
+    return run
+
+
+def _batch_of_one(info: ToolInfo, args: dict[str, Any]) -> Callable[[], Any]:
+    """A batched tool called with one item's arguments: its one result, or
+    its one exception raised."""
+
+    def first(results: Any) -> Any:
+        (value,) = _results_of(info.name, results, 1)
+        if isinstance(value, BaseException):
+            raise value
+        return value
+
+    if info.is_coroutine:
+
+        async def one_async() -> Any:
+            return first(await info.func([args]))
+
+        return one_async
+
+    def one() -> Any:
+        return first(_plain(info.name, info.func([args])))
+
+    return one
 
 
 def _check_size(message: Any, what: str) -> None:
