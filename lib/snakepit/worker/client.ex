@@ -228,9 +228,9 @@ defmodule Snakepit.GRPC.Client do
     if Telemetry.handled?(@execute_start) or Telemetry.handled?(@call_start) do
       start = %{system_time: System.system_time()}
       meta = execute_meta(worker, tool, opts)
-      Telemetry.emit(@execute_start, start, meta)
+      Telemetry.emit([:snakepit, :grpc_worker, :execute, :start], start, meta)
       # The older guide's name for the same moment.
-      Telemetry.emit(@call_start, start, meta)
+      Telemetry.emit([:snakepit, :grpc, :call, :start], start, meta)
     end
   end
 
@@ -251,20 +251,16 @@ defmodule Snakepit.GRPC.Client do
 
     meta = Map.put(execute_meta(worker, tool, opts), :success, match?({:ok, _}, result))
 
-    Telemetry.emit(
-      @execute_stop,
-      measurements,
-      meta
-    )
+    Telemetry.emit([:snakepit, :grpc_worker, :execute, :stop], measurements, meta)
 
     # The older guide's names for the same moment.
     case result do
       {:ok, _} ->
-        Telemetry.emit(@call_stop, measurements, meta)
+        Telemetry.emit([:snakepit, :grpc, :call, :stop], measurements, meta)
 
       {:error, error} ->
         Telemetry.emit(
-          @call_exception,
+          [:snakepit, :grpc, :call, :exception],
           measurements,
           Map.merge(meta, %{kind: :error, reason: error})
         )

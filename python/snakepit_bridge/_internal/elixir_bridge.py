@@ -108,7 +108,9 @@ def _decode_response(tool_name: str, response: Any) -> Any:
 # with "the call was not run" until its connections close and the channel
 # reaches the new one: such calls are sent again after these pauses (s),
 # within their own deadline. The last entry ends the retries.
-_NOT_RUN_RETRY_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 0.0)
+# Up to ~6 s in all (within the call's deadline): a bridge restarting under
+# load may keep its old connections for seconds before they close.
+_NOT_RUN_RETRY_PAUSES = (0.02, 0.05, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 0.0)
 
 
 def _retry_safe(exc: grpc.RpcError, deadline: float, pause: float) -> bool:

@@ -83,7 +83,9 @@ defmodule Snakepit.Pool.ProcessRegistryTest do
       Port.open({:spawn_executable, System.find_executable("setsid")}, [
         :binary,
         args: [
-          System.find_executable("python3"),
+          # The interpreter itself (a python3 on PATH may be a wrapper
+          # script that shows the same arguments in a second process).
+          elem(Snakepit.PythonRuntime.executable(), 1),
           "-c",
           "import time; time.sleep(60)",
           "--snakepit-run-id",
