@@ -32,7 +32,8 @@ defmodule Snakepit.Test.AppPool do
     :cancel_grace_ms,
     :zero_copy,
     :telemetry_memory_interval_ms,
-    :cluster
+    :cluster,
+    :python_log_level
   ]
 
   @doc """
