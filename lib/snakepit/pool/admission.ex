@@ -88,7 +88,6 @@ defmodule Snakepit.Pool.Admission do
   defp average(avg, sample), do: avg + (sample - avg) / @weight
 
   @doc "The typical run time of `command` (else the pool's), in ms; `nil` before any sample."
-
   @spec estimate(t(), String.t() | nil) :: float() | nil
   def estimate(adm, command), do: Map.get(adm.by_command, command) || adm.pool
 

@@ -338,12 +338,18 @@ defmodule Snakepit.Pool.Call do
 
   # Without pool:, the application's pools; with none running and exactly
   # one pool started in a host's tree, that one.
+  # The pid when it is running, so the lookup below is not made twice on
+  # every call.
   defp default_server do
-    with nil <- Process.whereis(Snakepit.Pool),
-         [name] <- Snakepit.Pool.Names.names() do
-      {server_of(name), name}
-    else
-      _ -> {Snakepit.Pool, nil}
+    case Process.whereis(Snakepit.Pool) do
+      pid when is_pid(pid) ->
+        {pid, nil}
+
+      nil ->
+        case Snakepit.Pool.Names.names() do
+          [name] -> {server_of(name), name}
+          _ -> {Snakepit.Pool, nil}
+        end
     end
   end
 
