@@ -20,8 +20,8 @@ defmodule Snakepit.Application do
     _ = Snakepit.Config.Compat.warn_at_start()
 
     with :ok <- check_platform(),
+         :ok <- check_settings(),
          :ok <- check_tcp_host(),
-         :ok <- check_value_limits(),
          {:ok, zero_copy} <- zero_copy_config() do
       start_tree(zero_copy)
     end
@@ -55,20 +55,11 @@ defmodule Snakepit.Application do
     end
   end
 
-  # The value limits the native core and the workers apply, in range.
-  defp check_value_limits do
-    with :ok <- in_range(:max_nesting_depth, Snakepit.Defaults.max_nesting_depth(), 1, 2_000) do
-      in_range(:max_integer_digits, Snakepit.Defaults.max_integer_digits(), 20, 100_000)
-    end
-  end
-
-  defp in_range(_key, value, low, high)
-       when is_integer(value) and value >= low and value <= high,
-       do: :ok
-
-  defp in_range(key, value, low, high) do
-    {:error,
-     {:invalid_config, "#{key} must be an integer in #{low}..#{high}, got #{inspect(value)}"}}
+  # Every global setting's type (value limits' ranges included), and a
+  # warning for each key no table knows.
+  defp check_settings do
+    with {:error, message} <- Snakepit.Config.Settings.check_at_start(),
+         do: {:error, {:invalid_config, message}}
   end
 
   defp zero_copy_config do

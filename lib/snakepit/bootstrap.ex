@@ -139,7 +139,7 @@ defmodule Snakepit.Bootstrap do
     files = [bridge_requirements() | List.wrap(opts[:requirements])]
 
     configured =
-      Keyword.get(Application.get_env(:snakepit, :python_packages, []), :requirements, [])
+      Keyword.get(Snakepit.Defaults.python_packages(), :requirements, [])
 
     installer_opts = [python: python, quiet: true] ++ installer_opt(installer)
 

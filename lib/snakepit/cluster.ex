@@ -79,7 +79,7 @@ defmodule Snakepit.Cluster do
   @doc "Whether `config :snakepit, cluster:` turns clustering on."
   @spec enabled?() :: boolean()
   def enabled? do
-    case Application.get_env(:snakepit, :cluster, false) do
+    case Snakepit.Defaults.cluster() do
       true -> true
       opts when is_list(opts) -> Keyword.get(opts, :enabled, true)
       _ -> false

@@ -66,7 +66,7 @@ defmodule Snakepit.Config do
 
   @doc "True unless `config :snakepit, pooling_enabled: false`."
   @spec pooling_enabled?() :: boolean()
-  def pooling_enabled?, do: Application.get_env(:snakepit, :pooling_enabled, true) != false
+  def pooling_enabled?, do: Defaults.pooling_enabled() != false
 
   @doc "True unless `config :snakepit, fork_server: false` (see `Snakepit.ForkServer`)."
   @spec fork_server?() :: boolean()
@@ -83,7 +83,7 @@ defmodule Snakepit.Config do
   """
   @spec get_pool_configs() :: validation_result()
   def get_pool_configs do
-    case Application.get_env(:snakepit, :pools) do
+    case Defaults.pools() do
       nil ->
         normalize_all([legacy_pool()])
 
@@ -137,7 +137,7 @@ defmodule Snakepit.Config do
   end
 
   defp legacy_pool do
-    pool_config = Application.get_env(:snakepit, :pool_config, %{}) |> Map.new()
+    pool_config = Defaults.pool_config() |> Map.new()
 
     top_level =
       for key <- Schema.legacy_keys(),
@@ -324,17 +324,8 @@ defmodule Snakepit.Config do
   """
   @spec heartbeat_defaults() :: map()
   def heartbeat_defaults do
-    base = %{
-      enabled: true,
-      ping_interval_ms: Defaults.heartbeat_ping_interval_ms(),
-      timeout_ms: Defaults.heartbeat_timeout_ms(),
-      max_missed_heartbeats: Defaults.heartbeat_max_missed(),
-      initial_delay_ms: Defaults.heartbeat_initial_delay_ms(),
-      dependent: true
-    }
-
-    overrides = Application.get_env(:snakepit, :heartbeat, %{}) |> Map.new()
-    Map.merge(base, Map.take(overrides, Schema.heartbeat_keys()))
+    overrides = Defaults.heartbeat() |> Map.new()
+    Map.merge(Schema.heartbeat_defaults(), Map.take(overrides, Schema.heartbeat_keys()))
   end
 
   # -- gRPC listener ------------------------------------------------------------
@@ -440,9 +431,9 @@ defmodule Snakepit.Config do
     do: [instance_name: instance_name_identifier(), instance_token: instance_token_identifier()]
 
   defp setting(key, env_var) do
-    case Application.get_env(:snakepit, key) do
-      nil -> blank_to_nil(System.get_env(env_var))
-      value -> blank_to_nil(to_string(value))
+    case Snakepit.Config.Settings.fetch(key) do
+      {:ok, value} when value != nil -> blank_to_nil(to_string(value))
+      _not_set -> blank_to_nil(System.get_env(env_var))
     end
   end
 

@@ -143,7 +143,7 @@ defmodule Snakepit.EnvDoctor do
 
   defp check(:packages, python) do
     requirements =
-      Keyword.get(Application.get_env(:snakepit, :python_packages, []), :requirements, [])
+      Keyword.get(Snakepit.Defaults.python_packages(), :requirements, [])
 
     cond do
       requirements == [] ->

@@ -128,7 +128,7 @@ defmodule Snakepit.Logger do
   end
 
   defp category_enabled?(category) do
-    case Application.get_env(:snakepit, :log_categories) do
+    case Snakepit.Defaults.log_categories() do
       nil -> true
       :all -> true
       categories when is_list(categories) -> category in categories
@@ -171,7 +171,7 @@ defmodule Snakepit.Logger do
   end
 
   defp configured_level do
-    case Application.get_env(:snakepit, :log_level, :error) do
+    case Snakepit.Defaults.log_level() do
       level when level in @levels -> level
       :warn -> :warning
       _ -> :error

@@ -302,7 +302,7 @@ defmodule Snakepit.PythonPackages do
     end)
   end
 
-  defp config, do: Application.get_env(:snakepit, :python_packages, [])
+  defp config, do: Snakepit.Defaults.python_packages()
 
   defp setting(opts, key, default),
     do: Keyword.get(opts, key, Keyword.get(config(), key, default))

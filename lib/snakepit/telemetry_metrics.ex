@@ -57,7 +57,7 @@ defmodule Snakepit.TelemetryMetrics do
   @doc "Child specs of the reporters enabled in config (none by default)."
   @spec reporter_children() :: [reporter_child_spec()]
   def reporter_children do
-    config = Application.get_env(:snakepit, :telemetry_metrics, [])
+    config = Snakepit.Defaults.telemetry_metrics()
 
     [
       {Keyword.get(config, :console, false), Telemetry.Metrics.ConsoleReporter, []},

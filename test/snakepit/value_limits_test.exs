@@ -330,7 +330,10 @@ defmodule Snakepit.ValueLimitsConfigTest do
     for {key, value} <- [max_nesting_depth: 5_000, max_integer_digits: 5] do
       Application.put_env(:snakepit, key, value)
       assert {:error, reason} = Application.ensure_all_started(:snakepit)
-      assert inspect(reason) =~ "#{key} must be an integer"
+
+      assert inspect(reason) =~
+               "#{key}: must be #{if key == :max_nesting_depth, do: "1..2000", else: "20..100_000"}"
+
       Application.delete_env(:snakepit, key)
     end
   end

@@ -42,7 +42,7 @@ defmodule Mix.Tasks.Snakepit.PythonTest do
 
     path =
       opts[:path] ||
-        Keyword.get(Application.get_env(:snakepit, :python_test, []), :path, "test/python")
+        Keyword.get(Snakepit.Defaults.python_test(), :path, "test/python")
 
     unless File.exists?(path),
       do: Mix.raise("mix snakepit.python_test: no Python tests at #{path}")

@@ -315,7 +315,7 @@ defmodule Snakepit.Bridge.SessionStore do
   @impl true
   def init(opts) do
     table_name = Keyword.get(opts, :table_name, @default_table)
-    quotas = Map.new(Application.get_env(:snakepit, :session_store, []))
+    quotas = Map.new(Snakepit.Defaults.session_store())
 
     table =
       :ets.new(table_name, [:set, :protected, :named_table, read_concurrency: true])

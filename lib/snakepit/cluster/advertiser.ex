@@ -59,14 +59,14 @@ defmodule Snakepit.Cluster.Advertiser do
   end
 
   def labels do
-    case Application.get_env(:snakepit, :cluster) do
+    case Snakepit.Defaults.cluster() do
       opts when is_list(opts) -> Map.new(Keyword.get(opts, :labels, %{}))
       _ -> %{}
     end
   end
 
   defp interval do
-    case Application.get_env(:snakepit, :cluster) do
+    case Snakepit.Defaults.cluster() do
       opts when is_list(opts) -> Keyword.get(opts, :advert_interval_ms, 200)
       _ -> 200
     end

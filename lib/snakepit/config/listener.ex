@@ -30,7 +30,7 @@ defmodule Snakepit.Config.Listener do
   """
   @spec config() :: {:ok, t()} | {:error, {:invalid_grpc_listener, String.t()}}
   def config do
-    case Application.get_env(:snakepit, :grpc_listener) do
+    case Snakepit.Defaults.grpc_listener() do
       nil -> legacy()
       listener when is_list(listener) or is_map(listener) -> validate(Map.new(listener))
       other -> error("grpc_listener must be a keyword list, got: #{inspect(other)}")
@@ -72,8 +72,14 @@ defmodule Snakepit.Config.Listener do
   defp address(host, port), do: if(host =~ ":", do: "[#{host}]:#{port}", else: "#{host}:#{port}")
 
   defp legacy do
-    port = Application.get_env(:snakepit, :grpc_port)
-    host = Application.get_env(:snakepit, :grpc_host)
+    # Only a grpc_port that is set counts: its getter has a default.
+    port =
+      case Snakepit.Config.Settings.fetch(:grpc_port) do
+        {:ok, port} -> port
+        :error -> nil
+      end
+
+    host = Snakepit.Defaults.grpc_host()
 
     if port == nil and host == nil,
       do: validate(%{mode: :internal}),

@@ -19,14 +19,17 @@ defmodule Snakepit.Config.Schema do
   @capacity_strategies [:pool, :profile, :hybrid]
   @call_transports [:lane, :grpc]
   @ttl_units [:seconds, :minutes, :hours]
-  @heartbeat_keys [
-    :enabled,
-    :ping_interval_ms,
-    :timeout_ms,
-    :max_missed_heartbeats,
-    :initial_delay_ms,
-    :dependent
+  # The heartbeat keys (the Python worker's `HeartbeatConfig` takes the
+  # same), each with its default: a value or the `Snakepit.Defaults` getter.
+  @heartbeat [
+    enabled: true,
+    ping_interval_ms: {Defaults, :heartbeat_ping_interval_ms},
+    timeout_ms: {Defaults, :heartbeat_timeout_ms},
+    max_missed_heartbeats: {Defaults, :heartbeat_max_missed},
+    initial_delay_ms: {Defaults, :heartbeat_initial_delay_ms},
+    dependent: true
   ]
+  @heartbeat_keys Keyword.keys(@heartbeat)
 
   # {key, type, check (a name of a check below), expected, default, legacy?, doc}
   @keys [
@@ -153,6 +156,11 @@ defmodule Snakepit.Config.Schema do
   @spec heartbeat_keys() :: [atom()]
   def heartbeat_keys, do: @heartbeat_keys
 
+  @doc "Every heartbeat key's built-in default (read now, so runtime configuration counts)."
+  @spec heartbeat_defaults() :: map()
+  def heartbeat_defaults,
+    do: Map.new(@heartbeat, fn {key, default} -> {key, resolve(default)} end)
+
   @doc "The built-in worker profiles."
   @spec profiles() :: [atom()]
   def profiles, do: @profiles
@@ -222,7 +230,7 @@ defmodule Snakepit.Config.Schema do
   # Upstream's `python_adapter: "module:Class"` (or `"module.Class"`) names
   # the adapter of pools that give no adapter_args.
   defp resolve(:adapter_args) do
-    case Application.get_env(:snakepit, :python_adapter) do
+    case Snakepit.Defaults.python_adapter() do
       spec when is_binary(spec) and spec != "" -> ["--adapter", spec]
       _ -> []
     end

@@ -10,7 +10,7 @@ defmodule Snakepit.RuntimeDir do
   @doc "Creates the directory for this VM and remembers it."
   @spec create() :: String.t()
   def create do
-    base = Application.get_env(:snakepit, :runtime_dir) || System.tmp_dir!()
+    base = Snakepit.Defaults.runtime_dir() || System.tmp_dir!()
     path = Path.join(base, "snakepit-#{System.pid()}-#{Snakepit.RunID.generate()}")
     File.mkdir_p!(path)
     File.chmod!(path, 0o700)

@@ -49,8 +49,7 @@ defmodule Snakepit.PythonRuntime do
   def executable do
     # Looked at in order and only as far as needed: every worker start asks.
     candidates = [
-      {"config :snakepit, python_executable",
-       fn -> Application.get_env(:snakepit, :python_executable) end},
+      {"config :snakepit, python_executable", &Snakepit.Defaults.python_executable/0},
       {"SNAKEPIT_PYTHON", fn -> System.get_env("SNAKEPIT_PYTHON") end},
       {"the uv runtime (config :snakepit, :python, strategy: :uv)", &uv_runtime_python/0},
       {".venv in #{File.cwd!()}", &venv_python/0},
@@ -85,7 +84,7 @@ defmodule Snakepit.PythonRuntime do
   """
   @spec config() :: map()
   def config do
-    Map.merge(@defaults, Map.new(Application.get_env(:snakepit, :python, [])))
+    Map.merge(@defaults, Map.new(Snakepit.Defaults.python()))
   end
 
   @doc "The interpreter's absolute path, or nil when none is usable (see `missing_reason/1`)."
@@ -274,7 +273,7 @@ defmodule Snakepit.PythonRuntime do
           dir = app_python_dir(app),
           do: dir
 
-    configured = Application.get_env(:snakepit, :python_path, [])
+    configured = Snakepit.Defaults.python_path()
     existing = System.get_env("PYTHONPATH", "") |> String.split(":", trim: true)
     Enum.uniq([own | apps] ++ configured ++ existing)
   end
@@ -293,7 +292,7 @@ defmodule Snakepit.PythonRuntime do
           dir = app_python_dir(app),
           do: dir
 
-    Enum.uniq(apps ++ Application.get_env(:snakepit, :python_path, []))
+    Enum.uniq(apps ++ Snakepit.Defaults.python_path())
   end
 
   defp app_python_dir(app) do

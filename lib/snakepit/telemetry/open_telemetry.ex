@@ -77,7 +77,7 @@ defmodule Snakepit.Telemetry.OpenTelemetry do
   """
   @spec config() :: {:ok, %{enabled: boolean()}} | {:error, String.t()}
   def config do
-    case Application.get_env(:snakepit, :opentelemetry, []) do
+    case Snakepit.Defaults.opentelemetry() do
       map when is_map(map) ->
         check(map)
 

@@ -59,7 +59,7 @@ defmodule Snakepit.CrashBarrier do
       backoff_ms: Defaults.crash_barrier_backoff_ms()
     }
 
-    global = Application.get_env(:snakepit, :crash_barrier, []) |> Map.new()
+    global = Snakepit.Defaults.crash_barrier() |> Map.new()
     local = Map.get(pool_config, :crash_barrier) || %{}
 
     defaults

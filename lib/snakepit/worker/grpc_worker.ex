@@ -541,7 +541,7 @@ defmodule Snakepit.GRPCWorker do
   defp spawn(python, argv, env, slot_env, config) do
     # Off only in tests that must leave orphans behind on purpose; those
     # workers are never forked (a fork server's workers die with it).
-    orphan_protection = Application.get_env(:snakepit, :orphan_protection, true)
+    orphan_protection = Defaults.orphan_protection()
     cwd = Map.get(config, :cwd)
     fork? = orphan_protection == true and Config.fork_server?()
 

@@ -38,7 +38,7 @@ defmodule Snakepit.ZeroCopy.Settings do
   @doc "The `zero_copy` configuration with defaults, checked."
   @spec config() :: {:ok, keyword()} | {:error, String.t()}
   def config do
-    given = Application.get_env(:snakepit, :zero_copy, [])
+    given = Snakepit.Defaults.zero_copy()
 
     with {:ok, given} <- as_keyword(given),
          [] <- Keyword.keys(given) -- Keyword.keys(@defaults) do

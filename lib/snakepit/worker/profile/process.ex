@@ -21,7 +21,7 @@ defmodule Snakepit.WorkerProfile.Process do
   @doc "The pool config a worker of this profile runs with."
   @spec worker_config(map()) :: map()
   def worker_config(config) do
-    limits = PythonThreadLimits.resolve(Application.get_env(:snakepit, :python_thread_limits))
+    limits = PythonThreadLimits.resolve(Snakepit.Defaults.python_thread_limits())
 
     threads = [
       {"OPENBLAS_NUM_THREADS", to_string(limits.openblas)},
