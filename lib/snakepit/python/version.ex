@@ -30,8 +30,9 @@ defmodule Snakepit.PythonVersion do
   @gil_script "import sysconfig; print('#{@marker}_GIL_DISABLED %s' % sysconfig.get_config_var('Py_GIL_DISABLED'))"
 
   @doc """
-  Detects the version of the default Python (`python3`, else `python`, on
-  `PATH`).
+  Detects the version of the workers' interpreter (the one
+  `Snakepit.PythonRuntime.executable/0` finds: configuration, `SNAKEPIT_PYTHON`,
+  the uv runtime, a `.venv`, then `PATH`).
   """
   @spec detect() :: {:ok, version()} | {:error, term()}
   def detect do
@@ -39,7 +40,7 @@ defmodule Snakepit.PythonVersion do
       nil ->
         {:error,
          Error.validation_error(
-           "no Python interpreter found on PATH (looked for python3, python)",
+           "no Python interpreter found for the workers (see Snakepit.PythonRuntime)",
            %{
              reason: :python_not_found
            }

@@ -18,6 +18,8 @@ defmodule Snakepit.CircuitBreaker.State do
     * `reset/1` closes the circuit from any state
   """
 
+  import Snakepit.Resilience.Options, only: [pos_int!: 3]
+
   @type circuit :: :closed | :open | :half_open
 
   @type t :: %__MODULE__{
@@ -175,17 +177,6 @@ defmodule Snakepit.CircuitBreaker.State do
   defp open(s, now), do: %{s | state: :open, opened_at: now, half_open_calls: 0}
 
   defp close(s), do: %{s | state: :closed, failure_count: 0, half_open_calls: 0, opened_at: nil}
-
-  defp pos_int!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 ->
-        value
-
-      other ->
-        raise ArgumentError,
-              "invalid #{inspect(key)} option: expected a positive integer, got: #{inspect(other)}"
-    end
-  end
 
   defp name!(opts) do
     case Keyword.get(opts, :name) do

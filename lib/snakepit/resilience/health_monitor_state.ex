@@ -10,6 +10,8 @@ defmodule Snakepit.HealthMonitor.State do
   kept per worker, newest first.
   """
 
+  import Snakepit.Resilience.Options, only: [pos_int!: 3]
+
   @max_reasons 10
 
   @type worker_stats :: %{
@@ -155,15 +157,4 @@ defmodule Snakepit.HealthMonitor.State do
   end
 
   defp in_window?(s, time, now), do: now - time < s.crash_window_ms
-
-  defp pos_int!(opts, key, default) do
-    case Keyword.get(opts, key, default) do
-      value when is_integer(value) and value > 0 ->
-        value
-
-      other ->
-        raise ArgumentError,
-              "invalid #{inspect(key)} option: expected a positive integer, got: #{inspect(other)}"
-    end
-  end
 end
