@@ -29,6 +29,8 @@ defmodule Snakepit.Bridge.SessionStore do
   """
   use GenServer
 
+  import Snakepit.Bridge.SessionStore.Checks
+
   alias Snakepit.Bridge.Session
   alias Snakepit.{Defaults, Telemetry}
 
@@ -226,66 +228,6 @@ defmodule Snakepit.Bridge.SessionStore do
     if id?(program_id),
       do: GenServer.call(__MODULE__, {:delete_global, program_id}),
       else: :ok
-  end
-
-  # -- checks, in the caller ------------------------------------------------------
-
-  @doc false
-  # A session (or program, or worker) id: a non-empty UTF-8 string.
-  def id?(id), do: is_binary(id) and id != "" and String.valid?(id)
-
-  defp server?(server) when is_atom(server) and server != nil, do: true
-  defp server?(server) when is_pid(server), do: true
-  defp server?({:global, _}), do: true
-  defp server?({:via, module, _}) when is_atom(module), do: true
-  defp server?({name, node}) when is_atom(name) and is_atom(node), do: true
-  defp server?(_), do: false
-
-  defp check_server(server),
-    do: check(server?(server), :server, server, "a GenServer name or pid")
-
-  defp check_id(id, what \\ :session_id), do: check(id?(id), what, id, "a non-empty UTF-8 string")
-
-  @doc false
-  # The options of create_session/3, as Session.new/2 takes them.
-  def check_create_opts(opts) do
-    if is_list(opts) and Keyword.keyword?(opts) do
-      Enum.reduce_while(opts, :ok, fn {key, value}, :ok ->
-        case check_create_opt(key, value) do
-          :ok -> {:cont, :ok}
-          error -> {:halt, error}
-        end
-      end)
-    else
-      check(false, :opts, opts, "a keyword list")
-    end
-  end
-
-  defp check_create_opt(:ttl, ttl),
-    do: check(is_integer(ttl) and ttl >= 0, :ttl, ttl, "a non-negative integer of seconds")
-
-  defp check_create_opt(:metadata, meta),
-    do:
-      check(
-        is_map(meta) or (is_list(meta) and Keyword.keyword?(meta)),
-        :metadata,
-        meta,
-        "a map or keyword list"
-      )
-
-  defp check_create_opt(:created_at, at),
-    do: check(is_integer(at), :created_at, at, "an integer (monotonic seconds)")
-
-  defp check_create_opt(_key, _value), do: :ok
-
-  defp check(true, _what, _value, _expected), do: :ok
-
-  defp check(false, what, value, expected) do
-    {:error,
-     Snakepit.Error.validation_error(
-       "invalid #{what}: #{inspect(value, limit: 10, printable_limit: 80)}; expected #{expected}",
-       %{option: what, value: value, expected: expected}
-     )}
   end
 
   # Reads of the default store go straight to its table.
