@@ -249,7 +249,7 @@ defmodule Snakepit do
   A closed standard output never hangs the exit.
   """
   @spec run_as_script((-> any()), keyword()) :: any() | {:error, term()}
-  def run_as_script(fun, opts \\ []), do: Snakepit.Script.run(fun, opts)
+  def run_as_script(fun, opts \\ []), do: Snakepit.Application.Script.run(fun, opts)
 
   @doc """
   Request, error and worker counts summed over the pools (or of one pool);

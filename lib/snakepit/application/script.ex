@@ -1,4 +1,4 @@
-defmodule Snakepit.Script do
+defmodule Snakepit.Application.Script do
   @moduledoc """
   The lifecycle of a short-lived script or Mix task that uses Snakepit:
   start the application, wait for the pool, run the user's function, then
