@@ -59,11 +59,12 @@ from ..errors import (
     ToolNotFoundError,
 )
 from ..generated import snakepit_bridge_pb2 as pb
-from ..session_context import SessionContext, _current
+from ..session_context import SessionContext
 from ..streaming import DONE, FAILED, ITEM, Channel, ToolStream, is_chunk_like
 from ..telemetry import otel
 from ..tools import ToolInfo, discover_tools
 from . import elixir_bridge, thread_checks
+from .call_context import current as _current
 from .cancellation import CANCELLED, FINISHED, STOPPED_EARLY, ActiveCall, CallRegistry
 from .sessions import SessionTable
 from .thread_checks import ConcurrencyCheck
