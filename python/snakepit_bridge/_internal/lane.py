@@ -39,8 +39,9 @@ from typing import Any
 from ..errors import StreamCancelled
 from ..generated import snakepit_bridge_pb2 as pb
 from ..streaming import is_chunk_like
-from . import auth
-from .runtime import ToolRunner, tool_error
+from . import auth, tool_streams
+from .responses import error_chunk, item_chunk, tool_error
+from .runtime import ToolRunner
 
 log = logging.getLogger("snakepit_bridge.lane")
 
@@ -338,7 +339,7 @@ class LaneServer:
         self.streams[call_id] = channel
 
         def begin() -> None:
-            started = self.runner.begin_stream(request, channel)
+            started = tool_streams.begin_stream(self.runner, request, channel)
             if started is not None:
                 channel.active, channel.producer = started
             if channel.stopped:
@@ -441,7 +442,7 @@ class LaneChannel:
     def fail(self, exc: BaseException) -> None:
         with self._cond:
             if not (self._ended or self._stopped):
-                self._pending.append(_chunk_bytes(self.lane.runner._error_chunk(self._index, exc)))
+                self._pending.append(_chunk_bytes(error_chunk(self._index, exc)))
                 self._end()
 
     def cancel(self) -> None:
@@ -490,11 +491,10 @@ class LaneChannel:
     # ------------------------------------------------------------ chunks
 
     def _add(self, item: Any, *, final: bool = False) -> None:
-        runner = self.lane.runner
         try:
-            chunk = runner._item_chunk(self._index, item, final=final)
+            chunk = item_chunk(self._index, item, final=final)
         except Exception as exc:  # noqa: BLE001
-            chunk = runner._error_chunk(self._index, exc, "serialization")
+            chunk = error_chunk(self._index, exc, "serialization")
         self._index += 1
         self._credit -= 1
         data = _chunk_bytes(chunk)
