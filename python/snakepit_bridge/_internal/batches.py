@@ -23,7 +23,7 @@ import logging
 import time
 from typing import Any, Callable
 
-from .. import serialization, zero_copy
+from .. import serialization
 from ..errors import BatchResultError, SerializationError, StreamingToolError
 from ..generated import snakepit_bridge_pb2 as pb
 from ..tools import ToolInfo
@@ -57,15 +57,10 @@ class BatchResult:
         self.outcomes = outcomes
 
 
-def batch_items(request: Any) -> list[dict[str, Any]]:
-    """The argument dicts of a batch message, binary parameters included."""
+def batch_items(request: Any, args: dict[str, Any]) -> list[dict[str, Any]]:
+    """The argument dicts of a batch message (``args``: its decoded
+    arguments), binary parameters included."""
     name = request.tool_name
-    try:
-        args = serialization.decode_args(request.args_json)
-        if zero_copy.MARKER_BYTES in request.args_json:
-            args = zero_copy.resolve(args)
-    except ValueError as exc:
-        raise SerializationError(f"cannot decode the batch of '{name}': {exc}") from exc
     items = args.get(BATCH_ITEMS)
     if not isinstance(items, list) or not all(isinstance(item, dict) for item in items):
         raise SerializationError(f"a batch of '{name}' must hold a list of argument objects under '{BATCH_ITEMS}'")

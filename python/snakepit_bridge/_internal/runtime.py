@@ -109,12 +109,7 @@ class ToolRunner:
         )
 
     def _arguments(self, request: Any) -> dict[str, Any]:
-        try:
-            args = serialization.decode_args(request.args_json)
-            if zero_copy.MARKER_BYTES in request.args_json:
-                args = zero_copy.resolve(args)
-        except ValueError as exc:
-            raise SerializationError(f"cannot decode arguments of '{request.tool_name}': {exc}") from exc
+        args = _decoded_args(request, f"arguments of '{request.tool_name}'")
         for key, value in request.binary_parameters.items():
             args[key] = bytes(value)
         return args
@@ -139,8 +134,8 @@ class ToolRunner:
     # ------------------------------------------------------------ batches
 
     def _resolve_batch(self, request: Any, ctx: SessionContext) -> ResolvedCall:
-        items = batch_items(request)
         name = request.tool_name
+        items = batch_items(request, _decoded_args(request, f"the batch of '{name}'"))
         if self.legacy_execute is not None:
             legacy = self.legacy_execute
 
@@ -356,6 +351,17 @@ class ToolRunner:
             error=tool_error(exc, kind),
             execution_time_us=duration // 1000,
         )
+
+
+def _decoded_args(request: Any, what: str) -> dict[str, Any]:
+    """The request's ``args_json``, zero-copy handles resolved."""
+    try:
+        args = serialization.decode_args(request.args_json)
+        if zero_copy.MARKER_BYTES in request.args_json:
+            args = zero_copy.resolve(args)
+    except ValueError as exc:
+        raise SerializationError(f"cannot decode {what}: {exc}") from exc
+    return args
 
 
 def _cancelling() -> bool:
