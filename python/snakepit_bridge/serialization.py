@@ -62,12 +62,19 @@ import sys
 import uuid
 from typing import Any
 
-from ._internal.unserializable import (
+# The marker's names keep the import path they had before it had a module.
+from ._internal.unserializable import (  # noqa: F401
+    DEFAULT_REPR_MAXLEN,
+    DETAIL_ENV,
+    MAX_REPR_MAXLEN,
+    MAXLEN_ENV,
+    REPR_KEY,
+    TYPE_KEY,
     UNSERIALIZABLE_KEY,
     is_unserializable_marker,
+    redact,
     unserializable_marker,
 )
-from ._internal.unserializable import redact as redact  # its import path before the marker had a module
 from .errors import SerializationError
 
 try:  # optional fast path
