@@ -39,7 +39,7 @@ from typing import Any
 from ..errors import StreamCancelled
 from ..generated import snakepit_bridge_pb2 as pb
 from ..streaming import is_chunk_like
-from . import auth, tool_streams
+from . import auth, elixir_bridge, tool_streams
 from .responses import error_chunk, item_chunk, tool_error
 from .runtime import ToolRunner
 
@@ -70,9 +70,7 @@ HELLO_TIMEOUT_S = 2.0
 def max_message_bytes() -> int:
     """The largest lane message accepted: the VM's max_message_bytes plus
     the header."""
-    from .elixir_bridge import MAX_MESSAGE_BYTES
-
-    return MAX_MESSAGE_BYTES + HEADER.size
+    return elixir_bridge.MAX_MESSAGE_BYTES + HEADER.size
 
 
 def frame(kind: int, call_id: int, payload: bytes = b"", flags: int = 0, arg: int = 0) -> list[bytes]:

@@ -16,5 +16,6 @@ class StartupError(Exception):
 
 
 def describe(exc: BaseException) -> str:
+    """An exception in one line: its class, and its message when it has one."""
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
