@@ -48,6 +48,7 @@ lint: setup
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors --force
 	cd python && $(VENV)/bin/ruff check snakepit_bridge tests && $(VENV)/bin/mypy
+	$(VENV)/bin/python scripts/check_import_cycles.py
 	bash scripts/dialyzer.sh
 
 bench: setup

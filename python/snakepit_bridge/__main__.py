@@ -1,5 +1,5 @@
 """``python -m snakepit_bridge`` is the same as ``python -m snakepit_bridge.server``."""
 
-from ._internal.server import run
+from ._internal.command_line import run
 
 run()

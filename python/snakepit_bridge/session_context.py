@@ -7,24 +7,23 @@ served (each concurrent call sees its own, even on one adapter instance).
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import time
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, cast
 
+from ._internal import call_context
 from ._internal.elixir_bridge import ElixirBridgeClient, get_default_client
 from .errors import ElixirBridgeUnavailable
 
 __all__ = ["SessionContext", "ElixirToolsProxy", "ElixirToolHandle", "current_context"]
 
-_current: contextvars.ContextVar[SessionContext | None] = contextvars.ContextVar(
-    "snakepit_session_context", default=None
-)
+# The tool runner sets it for each call, to a SessionContext.
+_current = call_context.current
 
 
 def current_context() -> SessionContext | None:
     """The SessionContext of the tool call running in this task/thread, if any."""
-    return _current.get()
+    return cast("SessionContext | None", _current.get())
 
 
 class CorrelationLogFilter(logging.Filter):
@@ -34,8 +33,7 @@ class CorrelationLogFilter(logging.Filter):
     strings). The worker installs it on its log handler."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        ctx = _current.get()
-        cid = ctx.correlation_id if ctx is not None else ""
+        cid = call_context.correlation_id()
         record.correlation_id = cid
         record.correlation = f" [correlation_id={cid}]" if cid else ""
         return True

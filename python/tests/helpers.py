@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator
 import grpc
 
 from snakepit_bridge import serialization
-from snakepit_bridge._internal.server import Worker
+from snakepit_bridge._internal.worker import Worker
 from snakepit_bridge.generated import snakepit_bridge_pb2 as pb
 from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
 

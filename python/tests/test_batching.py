@@ -13,7 +13,8 @@ import pytest
 from helpers import request, result_of, running_worker
 
 from snakepit_bridge import BaseAdapter, tool
-from snakepit_bridge._internal.runtime import BATCH_FLAG, ToolRunner
+from snakepit_bridge._internal.batches import BATCH_FLAG
+from snakepit_bridge._internal.runtime import ToolRunner
 from snakepit_bridge.tools import discover_tools
 
 

@@ -10,7 +10,9 @@ from helpers import request, result_of, run, running_worker
 from sample_adapters import Threaded
 
 from snakepit_bridge import BaseAdapter, ThreadSafeAdapter, thread_safe_method, tool
-from snakepit_bridge._internal.server import StartupError, is_thread_safe, load_adapter_class, parse_args, threaded_mode
+from snakepit_bridge._internal.adapter_loading import is_thread_safe, load_adapter_class
+from snakepit_bridge._internal.command_line import parse_args, threaded_mode
+from snakepit_bridge._internal.startup import StartupError
 
 
 def test_threaded_worker_runs_calls_concurrently(sock_dir):

@@ -27,6 +27,8 @@ from typing import Any, Iterable
 
 import grpc
 
+from .. import telemetry
+
 __all__ = ["ENV_VAR", "HEADER", "load_from_env", "metadata", "refuse_unless_valid", "secret", "valid", "refused_count",
            "count_refusal"]
 
@@ -86,8 +88,6 @@ def count_refusal(method: str, reason: str) -> None:
     with _refused_lock:
         _refused += 1
     log.warning("refused %s: %s secret", method, reason)
-    from .. import telemetry
-
     telemetry.emit(("security", "unauthenticated"), {"count": 1}, {"method": method, "reason": reason})
 
 

@@ -61,7 +61,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping, NoReturn, Sequence
 
-from . import auth, server
+from . import auth, command_line
 
 READY_LINE = "SNAKEPIT_FORK_SERVER_READY"
 MAX_MESSAGE_BYTES = 1 << 20
@@ -324,7 +324,7 @@ class ForkServer:
         try:
             self.detach(conn, fds)
             self.adopt(request)
-            code = server.main(request.worker_args)
+            code = command_line.main(request.worker_args)
         except SystemExit as exc:  # argparse errors, --help, sys.exit() in an adapter
             code = _exit_status(exc)
         except BaseException:  # noqa: BLE001
@@ -333,8 +333,8 @@ class ForkServer:
             code = 1
         finally:
             with contextlib.suppress(BaseException):
-                # As server.run(): a normal exit unless tool threads linger.
-                if server.settle_threads():
+                # As command_line.run(): a normal exit unless tool threads linger.
+                if command_line.settle_threads():
                     atexit._run_exitfuncs()
                 sys.stdout.flush()
                 sys.stderr.flush()
@@ -385,7 +385,7 @@ class ForkServer:
         importlib.invalidate_caches()
         # Nothing to re-seed: `random` re-seeds itself in a forked child
         # (os.register_at_fork) and the bridge keeps no per-process ids.
-        sys.argv = [server.__file__, *request.worker_args]
+        sys.argv = [command_line.__file__, *request.worker_args]
 
 
 def build_parser() -> argparse.ArgumentParser:

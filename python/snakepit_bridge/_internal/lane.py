@@ -39,8 +39,9 @@ from typing import Any
 from ..errors import StreamCancelled
 from ..generated import snakepit_bridge_pb2 as pb
 from ..streaming import is_chunk_like
-from . import auth
-from .runtime import ToolRunner, tool_error
+from . import auth, elixir_bridge, tool_streams
+from .responses import error_chunk, item_chunk, tool_error
+from .runtime import ToolRunner
 
 log = logging.getLogger("snakepit_bridge.lane")
 
@@ -69,9 +70,7 @@ HELLO_TIMEOUT_S = 2.0
 def max_message_bytes() -> int:
     """The largest lane message accepted: the VM's max_message_bytes plus
     the header."""
-    from .elixir_bridge import MAX_MESSAGE_BYTES
-
-    return MAX_MESSAGE_BYTES + HEADER.size
+    return elixir_bridge.MAX_MESSAGE_BYTES + HEADER.size
 
 
 def frame(kind: int, call_id: int, payload: bytes = b"", flags: int = 0, arg: int = 0) -> list[bytes]:
@@ -338,7 +337,7 @@ class LaneServer:
         self.streams[call_id] = channel
 
         def begin() -> None:
-            started = self.runner.begin_stream(request, channel)
+            started = tool_streams.begin_stream(self.runner, request, channel)
             if started is not None:
                 channel.active, channel.producer = started
             if channel.stopped:
@@ -441,7 +440,7 @@ class LaneChannel:
     def fail(self, exc: BaseException) -> None:
         with self._cond:
             if not (self._ended or self._stopped):
-                self._pending.append(_chunk_bytes(self.lane.runner._error_chunk(self._index, exc)))
+                self._pending.append(_chunk_bytes(error_chunk(self._index, exc)))
                 self._end()
 
     def cancel(self) -> None:
@@ -490,11 +489,10 @@ class LaneChannel:
     # ------------------------------------------------------------ chunks
 
     def _add(self, item: Any, *, final: bool = False) -> None:
-        runner = self.lane.runner
         try:
-            chunk = runner._item_chunk(self._index, item, final=final)
+            chunk = item_chunk(self._index, item, final=final)
         except Exception as exc:  # noqa: BLE001
-            chunk = runner._error_chunk(self._index, exc, "serialization")
+            chunk = error_chunk(self._index, exc, "serialization")
         self._index += 1
         self._credit -= 1
         data = _chunk_bytes(chunk)

@@ -9,7 +9,7 @@ from typing import Any, AsyncIterator
 from .. import serialization
 from ..generated import snakepit_bridge_pb2 as pb
 from ..generated import snakepit_bridge_pb2_grpc as pb_grpc
-from . import auth
+from . import auth, tool_streams
 from .runtime import ToolRunner
 
 log = logging.getLogger("snakepit_bridge.servicer")
@@ -51,7 +51,7 @@ class BridgeServicer(pb_grpc.BridgeServiceServicer):
 
     async def ExecuteStreamingTool(self, request: Any, context: Any) -> AsyncIterator[Any]:
         await auth.refuse_unless_valid(context)
-        async for chunk in self.runner.stream(request):
+        async for chunk in tool_streams.stream(self.runner, request):
             yield chunk
 
     async def InitializeSession(self, request: Any, context: Any) -> Any:

@@ -17,6 +17,9 @@ import os
 import threading
 from typing import Any, Callable
 
+from .. import telemetry
+from ..base_adapter_threaded import THREAD_SAFE_ATTR
+
 __all__ = ["ConcurrencyCheck", "enabled_from_env"]
 
 log = logging.getLogger("snakepit_bridge.thread_checks")
@@ -29,8 +32,6 @@ def enabled_from_env() -> bool:
 
 
 def _marked_safe(func: Any) -> bool:
-    from ..base_adapter_threaded import THREAD_SAFE_ATTR
-
     target = getattr(func, "__func__", func)
     while target is not None:
         if getattr(target, THREAD_SAFE_ATTR, False):
@@ -76,6 +77,4 @@ class ConcurrencyCheck:
             name,
             concurrent,
         )
-        from .. import telemetry
-
         telemetry.emit(("thread_safety", "concurrent_call"), {"threads": concurrent}, {"tool": name})

@@ -24,8 +24,9 @@ import grpc
 from .. import serialization
 from .._internal import auth
 from ..generated import snakepit_bridge_pb2 as pb
-from . import WORKER_EVENTS, TelemetryHub
-from . import hub as default_hub
+from .event_hub import TelemetryHub
+from .event_hub import hub as default_hub
+from .records import WORKER_EVENTS
 
 log = logging.getLogger("snakepit_bridge.telemetry")
 
