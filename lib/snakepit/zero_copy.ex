@@ -268,22 +268,11 @@ defmodule Snakepit.ZeroCopy do
     end
   end
 
-  defp created(result, kind) do
-    case result do
-      {:ok, %ZeroCopyRef{}} = ok ->
-        ok
+  defp created({:ok, %ZeroCopyRef{}} = ok, _kind), do: ok
 
-      {:error, {:resource_exhausted, message}} ->
-        {:error,
-         Error.validation_error(message, %{
-           zero_copy: kind,
-           reason: :resource_exhausted,
-           limit: Settings.live_limit()
-         })}
-
-      {:error, {_kind, message}} ->
-        {:error, Error.worker_error(message, %{zero_copy: kind})}
-    end
+  defp created({:error, {native_kind, _} = reason}, kind) do
+    details = %{zero_copy: kind, reason: native_kind, limit: Settings.live_limit()}
+    {:error, Error.Native.to_error(reason, nil, details)}
   end
 
   defp read(%ZeroCopyRef{kind: kind, ref: region} = ref, kind, opts) do
@@ -302,8 +291,8 @@ defmodule Snakepit.ZeroCopy do
         {:ok, binary} ->
           if Keyword.get(opts, :copy, false), do: {:ok, :binary.copy(binary)}, else: {:ok, binary}
 
-        {:error, {:closed, message}} ->
-          invalid(message)
+        {:error, reason} ->
+          {:error, Error.Native.to_error(reason, nil, %{zero_copy: ref.kind})}
       end
     end)
   end

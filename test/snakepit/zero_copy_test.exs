@@ -436,7 +436,8 @@ defmodule Snakepit.ZeroCopyTest do
             {"huge_inline", "", "holds more"},
             {"no_data", "", "neither a path nor inline"}
           ] do
-        assert {:error, %Error{message: msg}} =
+        # A bad ref in the reply is refused (:validation), not a broken worker.
+        assert {:error, %Error{category: :validation, message: msg}} =
                  Snakepit.execute("forge_marker", %{"how" => how, "path" => path}),
                how
 

@@ -91,8 +91,8 @@ defmodule Snakepit.GRPC.BridgeServer do
         ok
 
       # A remembered address someone took since: the next one.
-      {:error, {_kind, message}} when fallbacks == [] ->
-        {:error, message}
+      {:error, reason} when fallbacks == [] ->
+        {:error, Snakepit.Error.Native.to_error(reason).message}
 
       {:error, _} ->
         start_server(fallbacks)
@@ -181,12 +181,13 @@ defmodule Snakepit.GRPC.BridgeServer do
         kind, reason -> failure(rpc, "the bridge failed: #{kind} #{inspect(reason)}")
       end
 
-    case Native.bridge_reply(call, reply) do
-      {:error, {:invalid_argument, message}} ->
-        Logger.warning("bridge reply to #{rpc} was refused: #{message}")
-
-      _ ->
-        :ok
+    with {:error, reason} <- Native.bridge_reply(call, reply) do
+      case Snakepit.Error.Native.to_error(reason, "bridge reply to #{rpc} was refused") do
+        # A reply that cannot be sent is worth a line; one to a call that
+        # was answered already or timed out is not.
+        %{category: :validation, message: message} -> Logger.warning(message)
+        _late -> :ok
+      end
     end
   end
 

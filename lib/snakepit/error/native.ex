@@ -1,22 +1,32 @@
 defmodule Snakepit.Error.Native do
   @moduledoc """
-  The one place where the native core's errors become `%Snakepit.Error{}`.
+  The one place where the native core's errors become Snakepit errors.
 
   Every NIF and every asynchronous reply of the native core fails as
-  `{:error, {kind, message}}` (see `native/snakepit_native/src/error.rs`):
+  `{:error, {kind, message}}`, with `kind` from the fixed table in
+  `native/snakepit_native/src/error.rs`; a tool that failed in the worker
+  as `{:error, {:tool_error, type, message, traceback, kind}}`. `to_error/3`
+  turns either into the error callers return:
 
   | kind | category |
   |---|---|
-  | `:invalid_argument` | `:validation` (nothing was done; or a worker's reply held a bad zero-copy ref, refused and removed) |
+  | `:invalid_argument`, `:struct_value` | `:validation` (nothing was done; or a worker's reply held a bad zero-copy ref, refused and removed) |
+  | `:closed` | `:validation` (the handle given was closed) |
   | `:timeout`, `:deadline_exceeded` | `:timeout` |
-  | a gRPC status name (`:unavailable`, `:internal`, ...) | `:grpc_error`, with `grpc_status` |
+  | another gRPC status name (`:unavailable`, `:internal`, ...) | `:grpc_error`, with `grpc_status` |
+  | `:resource_exhausted` from zero copy (`details.zero_copy`) | `:validation` (the live-region limit) |
   | an errno name (`:enoent`, `:eaddrinuse`, ...) or `:os` | `:worker` |
   | `:invalid_json`, `:limit_exceeded`, `:native_panic`, `:already_replied`, `:expired` | `:worker` |
+  | `:busy` (a worker not reading its telemetry controls) | `:worker` |
+  | `:tool_error` | the Python exception's struct (`Snakepit.Error.PythonTranslation`); `:validation` for a tool the worker does not have or cannot run so, `:timeout` for a cancelled one |
 
-  The kind is kept in `details.native`.
+  The kind is kept in `details.native`. A kind missing from the table (a
+  native core newer than this module) is a `:worker` error; the tests walk
+  `error.rs`'s table so that cannot ship.
   """
 
   alias Snakepit.Error
+  alias Snakepit.Error.PythonTranslation
 
   @grpc_statuses [
     :cancelled,
@@ -35,11 +45,59 @@ defmodule Snakepit.Error.Native do
     :unauthenticated
   ]
 
-  @type reason :: {atom(), String.t()}
+  @errnos [
+    :enoent,
+    :eacces,
+    :eperm,
+    :esrch,
+    :eaddrinuse,
+    :eaddrnotavail,
+    :econnrefused,
+    :enotdir,
+    :eexist,
+    :emfile,
+    :enomem,
+    :eagain,
+    :einval,
+    :enametoolong,
+    :etimedout,
+    :epipe,
+    :os
+  ]
+
+  @categories Map.merge(
+                Map.new(@grpc_statuses ++ @errnos, fn kind ->
+                  {kind, if(kind in @grpc_statuses, do: :grpc_error, else: :worker)}
+                end),
+                %{
+                  invalid_argument: :validation,
+                  struct_value: :validation,
+                  closed: :validation,
+                  timeout: :timeout,
+                  deadline_exceeded: :timeout,
+                  invalid_json: :worker,
+                  limit_exceeded: :worker,
+                  native_panic: :worker,
+                  already_replied: :worker,
+                  expired: :worker,
+                  busy: :worker,
+                  tool_error: :python_error
+                }
+              )
+
+  # Tool errors that are the caller's mistake, caught by the worker before
+  # any tool ran.
+  @caller_tool_errors ["unknown_tool", "streaming_tool"]
+
+  @typedoc "A native failure: `{kind, message}`, or a tool's error from a worker."
+  @type reason ::
+          {atom(), String.t()}
+          | {:tool_error, String.t(), String.t(), String.t() | nil, String.t()}
 
   @doc """
-  `%Snakepit.Error{}` for a native `{kind, message}`, with `details` and
-  `context` (prefixed to the message when given).
+  The error for a native `reason`, with `details` (the kind added as
+  `details.native`) and `context` (prefixed to the message when given).
+  Never raises: anything else becomes a `:worker` error naming it.
 
       iex> Snakepit.Error.Native.to_error({:invalid_argument, "bad"}, "spawn").category
       :validation
@@ -47,25 +105,58 @@ defmodule Snakepit.Error.Native do
       iex> {e.category, e.grpc_status, e.details}
       {:grpc_error, :unavailable, %{worker_id: "w", native: :unavailable}}
   """
-  @spec to_error(reason(), String.t() | nil, map()) :: Error.t()
-  def to_error({kind, message}, context \\ nil, details \\ %{}) when is_atom(kind) do
-    text = if context, do: "#{context}: #{message}", else: message
+  @spec to_error(reason() | term(), String.t() | nil, map()) :: Error.t() | Exception.t()
+  def to_error(reason, context \\ nil, details \\ %{})
+
+  def to_error({:tool_error, type, message, _traceback, kind}, context, details)
+      when kind in @caller_tool_errors do
+    details = Map.merge(details, %{kind: kind, exception_type: type})
+    Error.validation_error(text(context, message), details)
+  end
+
+  def to_error({:tool_error, _type, message, _traceback, "cancelled"}, context, details),
+    do: Error.timeout_error(text(context, message), Map.put(details, :stop, :interrupted))
+
+  def to_error({:tool_error, type, message, traceback, kind}, context, details),
+    do:
+      PythonTranslation.from_tool_error(
+        type,
+        text(context, message),
+        traceback,
+        Map.put(details, :kind, kind)
+      )
+
+  def to_error({kind, message}, context, details) when is_atom(kind) and is_binary(message) do
+    text = text(context, message)
     details = Map.put(details, :native, kind)
 
-    cond do
-      kind == :invalid_argument -> Error.validation_error(text, details)
-      kind in [:timeout, :deadline_exceeded] -> Error.timeout_error(text, details)
-      kind in @grpc_statuses -> Error.grpc_error(kind, text, details)
-      true -> Error.worker_error(text, details)
+    case category_in(kind, details) do
+      :validation -> Error.validation_error(text, details)
+      :timeout -> Error.timeout_error(text, details)
+      :grpc_error -> Error.grpc_error(kind, text, details)
+      _worker_or_unknown -> Error.worker_error(text, details)
     end
   end
 
-  @doc "Is `reason` a native error of one of `kinds`?"
-  @spec kind?(term(), [atom()]) :: boolean()
-  def kind?({kind, message}, kinds) when is_atom(kind) and is_binary(message), do: kind in kinds
-  def kind?(_reason, _kinds), do: false
+  def to_error(other, context, details),
+    do: Error.worker_error(text(context, "unexpected native reply: #{inspect(other)}"), details)
 
-  @doc "The gRPC status names a native reason may carry as its kind."
-  @spec grpc_statuses() :: [atom()]
-  def grpc_statuses, do: @grpc_statuses
+  @doc """
+  The category of the native `kind`, or nil for a kind this module does not
+  know.
+
+      iex> Snakepit.Error.Native.category(:enoent)
+      :worker
+      iex> Snakepit.Error.Native.category(:made_up)
+      nil
+  """
+  @spec category(atom()) :: Error.category() | nil
+  def category(kind), do: Map.get(@categories, kind)
+
+  # The live-region limit of zero copy: refused before anything was made.
+  defp category_in(:resource_exhausted, %{zero_copy: _}), do: :validation
+  defp category_in(kind, _details), do: category(kind)
+
+  defp text(nil, message), do: message
+  defp text(context, message), do: "#{context}: #{message}"
 end

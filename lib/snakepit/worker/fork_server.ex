@@ -176,9 +176,10 @@ defmodule Snakepit.ForkServer do
         Enum.each(server.waiters, &GenServer.reply(&1, {:ok, conn}))
         put_server(state, key, %{server | status: :ready, conn: conn, waiters: []})
 
-      {:error, {_kind, reason}} ->
+      {:error, reason} ->
         Native.release_process(server.handle)
-        put_server(state, key, %{server | failure: "cannot connect: #{reason}"})
+        failure = Snakepit.Error.Native.to_error(reason, "cannot connect").message
+        put_server(state, key, %{server | failure: failure})
     end
   end
 

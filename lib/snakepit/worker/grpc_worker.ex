@@ -10,17 +10,31 @@ defmodule Snakepit.GRPCWorker do
   abnormally and its `Snakepit.Pool.Worker.Starter` starts a fresh one; on
   shutdown it sends SIGTERM to the group, waits up to
   `graceful_shutdown_timeout_ms`, then SIGKILLs it.
+
+  This module is the process and its state; its steps live beside it:
+  `Snakepit.Worker.Launch` starts the Python process,
+  `Snakepit.Worker.Handshake` connects once it is ready,
+  `Snakepit.HeartbeatMonitor` watches it, `Snakepit.Worker.ExitReport`
+  tells others when it fails or exits, `Snakepit.Worker.Standalone` starts
+  a worker outside any pool, and `Snakepit.Worker.DirectCall` holds the
+  one-worker call API below (upstream's, which bypasses the pool).
   """
   use GenServer, restart: :transient
 
   require Logger
 
-  alias Snakepit.{Config, Defaults, Error, Native, PythonRuntime, RunID, RuntimeDir}
-  alias Snakepit.Worker.{ExitStatus, Output, PythonLog}
-  alias Snakepit.GRPC.Client
-  alias Snakepit.Telemetry
+  alias Snakepit.{Defaults, Error, Native, ProcessKiller, Telemetry}
   alias Snakepit.Pool.ProcessRegistry
-  alias Snakepit.ProcessKiller
+
+  alias Snakepit.Worker.{
+    DirectCall,
+    ExitReport,
+    ExitStatus,
+    Handshake,
+    Launch,
+    Output,
+    PythonLog
+  }
 
   # Lines of output kept to explain a failed start.
   @kept_lines 30
@@ -47,105 +61,11 @@ defmodule Snakepit.GRPCWorker do
   (Pools start their workers with a map of their own; that form is internal.)
   """
   @spec start_link(keyword() | map()) :: GenServer.on_start() | {:error, Error.t()}
-  def start_link(opts) when is_list(opts), do: start_standalone(opts)
+  def start_link(opts) when is_list(opts), do: Snakepit.Worker.Standalone.start(opts)
   def start_link(args) when is_map(args), do: GenServer.start_link(__MODULE__, args)
 
   def start_link(other),
     do: invalid("expected start options (a keyword list), got: #{inspect(other)}")
-
-  defp start_standalone(opts) do
-    with :ok <- keyword(opts),
-         {:ok, config} <- standalone_config(opts) do
-      id = Keyword.get(opts, :id) || "standalone_#{System.unique_integer([:positive])}"
-      args = %{id: id, pool_name: config.name, pool_pid: nil, starter: self(), config: config}
-
-      # Unlinked until ready, so a failed start is an error, not an exit.
-      case GenServer.start(__MODULE__, args) do
-        {:ok, pid} ->
-          await_standalone(pid, config.startup_timeout + 5_000)
-
-        {:error, reason} ->
-          {:error, Error.worker_error("cannot start the worker: #{inspect(reason)}")}
-      end
-    end
-  end
-
-  defp stop_quietly(pid) do
-    GenServer.stop(pid, :shutdown)
-  catch
-    :exit, _ -> :ok
-  end
-
-  # `:port` is accepted and ignored: ports are assigned by the OS here.
-  @standalone_opts [
-    :adapter,
-    :id,
-    :pool_name,
-    :adapter_args,
-    :adapter_env,
-    :startup_timeout,
-    :worker_config,
-    :port
-  ]
-
-  defp keyword(opts) do
-    cond do
-      not Keyword.keyword?(opts) ->
-        invalid("options must be a keyword list, got: #{inspect(opts)}")
-
-      (unknown = Keyword.keys(opts) -- @standalone_opts) != [] ->
-        invalid(
-          "unknown start option #{inspect(hd(unknown))}; known: " <>
-            Enum.map_join(@standalone_opts, ", ", &inspect/1)
-        )
-
-      true ->
-        :ok
-    end
-  end
-
-  defp standalone_config(opts) do
-    pool =
-      opts
-      |> Keyword.get(:worker_config, %{})
-      |> Map.new()
-      |> Map.merge(
-        opts
-        |> Keyword.take([:adapter_args, :adapter_env, :startup_timeout])
-        |> Map.new()
-      )
-      |> Map.put(:adapter_module, Keyword.get(opts, :adapter, Snakepit.Adapters.GRPCPython))
-      |> Map.put(:name, Keyword.get(opts, :pool_name, :standalone))
-
-    case Config.validate_pool_config(pool) do
-      {:ok, config} -> {:ok, config}
-      {:error, {_kind, message}} -> invalid(message)
-    end
-  end
-
-  defp await_standalone(pid, timeout) do
-    ref = Process.monitor(pid)
-
-    receive do
-      {:snakepit_worker_ready, ^pid} ->
-        Process.demonitor(ref, [:flush])
-        Process.link(pid)
-        {:ok, pid}
-
-      {:snakepit_worker_failed, ^pid, error} ->
-        Process.demonitor(ref, [:flush])
-        {:error, error}
-
-      {:DOWN, ^ref, :process, ^pid, reason} ->
-        {:error,
-         Error.worker_error("the worker failed to start: #{inspect(reason)}", %{reason: reason})}
-    after
-      timeout ->
-        Process.demonitor(ref, [:flush])
-        stop_quietly(pid)
-        {:error, Error.timeout_error("the worker did not start within #{timeout} ms")}
-    end
-  end
 
   @doc """
   Supervisor shutdown time for a worker: the graceful shutdown window plus
@@ -206,20 +126,12 @@ defmodule Snakepit.GRPCWorker do
   """
   @spec execute(worker_ref(), String.t(), map(), timeout() | keyword() | nil) ::
           {:ok, term()} | {:error, Error.t() | Exception.t()}
-  def execute(worker, command, args, timeout_or_opts \\ nil) do
-    with {:ok, timeout, opts} <- split(timeout_or_opts, &Defaults.grpc_worker_execute_timeout/0),
-         do: execute(worker, command, args, timeout, opts)
-  end
+  defdelegate execute(worker, command, args, timeout_or_opts \\ nil), to: DirectCall
 
   @doc "`execute/4` with a timeout and options apart (`nil` timeout: the default)."
   @spec execute(worker_ref(), String.t(), map(), timeout() | nil, keyword()) ::
           {:ok, term()} | {:error, Error.t() | Exception.t()}
-  def execute(worker, command, args, timeout, opts) do
-    timeout = if timeout == nil, do: Defaults.grpc_worker_execute_timeout(), else: timeout
-
-    with {:ok, connection} <- checked_connection(worker, command, args, timeout, opts),
-         do: Client.execute(connection, command, args, Client.direct_opts(timeout, opts))
-  end
+  defdelegate execute(worker, command, args, timeout, opts), to: DirectCall
 
   @doc """
   `execute/4` in the session `session_id`: the worker's Python side sees
@@ -234,10 +146,8 @@ defmodule Snakepit.GRPCWorker do
           timeout() | keyword() | nil
         ) ::
           {:ok, term()} | {:error, Error.t() | Exception.t()}
-  def execute_in_session(worker, session_id, command, args, timeout_or_opts \\ nil) do
-    with {:ok, timeout, opts} <- split(timeout_or_opts, &Defaults.grpc_worker_execute_timeout/0),
-         do: execute_in_session(worker, session_id, command, args, timeout, opts)
-  end
+  defdelegate execute_in_session(worker, session_id, command, args, timeout_or_opts \\ nil),
+    to: DirectCall
 
   @doc "`execute_in_session/5` with a timeout and options apart."
   @spec execute_in_session(
@@ -249,10 +159,8 @@ defmodule Snakepit.GRPCWorker do
           keyword()
         ) ::
           {:ok, term()} | {:error, Error.t() | Exception.t()}
-  def execute_in_session(worker, session_id, command, args, timeout, opts) do
-    with :ok <- check_session(session_id),
-         do: execute(worker, command, args, timeout, put_session(opts, session_id))
-  end
+  defdelegate execute_in_session(worker, session_id, command, args, timeout, opts),
+    to: DirectCall
 
   @doc """
   Runs streaming `command` on this one worker, calling `callback_fn` with
@@ -270,10 +178,8 @@ defmodule Snakepit.GRPCWorker do
           timeout() | keyword() | nil
         ) ::
           :ok | {:error, Error.t() | Exception.t()}
-  def execute_stream(worker, command, args, callback_fn, timeout_or_opts \\ nil) do
-    with {:ok, timeout, opts} <- split(timeout_or_opts, &Defaults.grpc_worker_stream_timeout/0),
-         do: execute_stream(worker, command, args, callback_fn, timeout, opts)
-  end
+  defdelegate execute_stream(worker, command, args, callback_fn, timeout_or_opts \\ nil),
+    to: DirectCall
 
   @doc "`execute_stream/5` with a timeout and options apart."
   @spec execute_stream(
@@ -285,20 +191,8 @@ defmodule Snakepit.GRPCWorker do
           keyword()
         ) ::
           :ok | {:error, Error.t() | Exception.t()}
-  def execute_stream(worker, command, args, callback_fn, timeout, opts) do
-    timeout = if timeout == nil, do: Defaults.grpc_worker_stream_timeout(), else: timeout
-
-    with :ok <- check_callback(callback_fn),
-         {:ok, connection} <- checked_connection(worker, command, args, timeout, opts) do
-      Client.execute_stream(
-        connection,
-        command,
-        args,
-        callback_fn,
-        Client.direct_opts(timeout, opts)
-      )
-    end
-  end
+  defdelegate execute_stream(worker, command, args, callback_fn, timeout, opts),
+    to: DirectCall
 
   @doc """
   The worker's connection, for `Snakepit.GRPC.Client.execute/3-4` and
@@ -308,7 +202,7 @@ defmodule Snakepit.GRPCWorker do
   the connection is a map that holds it (see `t:connection/0`).
   """
   @spec get_channel(worker_ref()) :: {:ok, connection()} | {:error, Error.t()}
-  def get_channel(worker), do: connection(worker)
+  defdelegate get_channel(worker), to: DirectCall, as: :connection
 
   @doc """
   The worker's health and statistics: `{:ok, map}` with `:healthy` (it is
@@ -318,31 +212,7 @@ defmodule Snakepit.GRPCWorker do
   `:tainted` and `:ping_ms`; `{:error, error}` when it is not running.
   """
   @spec get_health(worker_ref(), pos_integer()) :: {:ok, map()} | {:error, Error.t()}
-  def get_health(worker, timeout_ms \\ 5_000) do
-    with {:ok, pid} <- resolve(worker),
-         {:ok, info} <- call_info(pid) do
-      {healthy, ping_ms} = ping_health(info, timeout_ms)
-
-      {:ok,
-       %{
-         healthy: healthy,
-         status: info.status,
-         worker_id: info.id,
-         pool_name: info.pool_name,
-         os_pid: info.os_pid,
-         address: info.address,
-         uptime_ms:
-           System.convert_time_unit(
-             System.monotonic_time() - info.started_at,
-             :native,
-             :millisecond
-           ),
-         requests: Snakepit.Worker.LifecycleManager.request_count(info.id),
-         tainted: Snakepit.Worker.TaintRegistry.worker_tainted?(info.id),
-         ping_ms: ping_ms
-       }}
-    end
-  end
+  def get_health(worker, timeout_ms \\ 5_000), do: DirectCall.health(worker, timeout_ms)
 
   @doc """
   The id of the worker's own session, `"<worker id>_session"`:
@@ -351,120 +221,7 @@ defmodule Snakepit.GRPCWorker do
   this worker. `{:error, error}` when the worker is not running.
   """
   @spec get_session_id(worker_ref()) :: {:ok, String.t()} | {:error, Error.t()}
-  def get_session_id(worker) do
-    with {:ok, pid} <- resolve(worker),
-         {:ok, info} <- call_info(pid),
-         do: {:ok, info.id <> "_session"}
-  end
-
-  defp ping_health(%{status: :ready} = info, timeout_ms) do
-    started = System.monotonic_time()
-
-    case Client.ping(%{id: info.id, channel: info.channel}, timeout_ms) do
-      {:ok, _} ->
-        {true, System.convert_time_unit(System.monotonic_time() - started, :native, :millisecond)}
-
-      {:error, _} ->
-        {false, nil}
-    end
-  end
-
-  defp ping_health(_info, _timeout_ms), do: {false, nil}
-
-  # The 4th argument of the upstream forms: a timeout, options or nil.
-  defp split(nil, default), do: {:ok, default.(), []}
-
-  defp split(timeout, _default) when is_integer(timeout) or timeout == :infinity,
-    do: {:ok, timeout, []}
-
-  defp split(opts, default) when is_list(opts) do
-    if Keyword.keyword?(opts),
-      do: {:ok, Keyword.get_lazy(opts, :timeout, default), opts},
-      else: invalid("options must be a keyword list, got: #{inspect(opts)}")
-  end
-
-  defp split(other, _default),
-    do: invalid("expected a timeout (ms or :infinity), options or nil, got: #{inspect(other)}")
-
-  defp check_session(id) when is_binary(id) and id != "", do: :ok
-
-  defp check_session(id),
-    do: invalid("session_id must be a non-empty string, got: #{inspect(id)}")
-
-  defp put_session(opts, session_id) when is_list(opts),
-    do: Keyword.put(opts, :session_id, session_id)
-
-  defp put_session(opts, _session_id), do: opts
-
-  defp check_callback(fun) when is_function(fun, 1), do: :ok
-
-  defp check_callback(other),
-    do: invalid("callback must be a function of arity 1, got: #{inspect(other)}")
-
-  # Arguments checked before the worker is asked for its connection.
-  defp checked_connection(worker, command, args, timeout, opts) do
-    probe = %{id: "", channel: make_ref()}
-
-    with :ok <- Client.check_call(probe, command, args, timeout, opts),
-         do: connection(worker)
-  end
-
-  defp connection(worker) do
-    with {:ok, pid} <- resolve(worker),
-         {:ok, info} <- call_info(pid) do
-      case info do
-        %{status: :ready, channel: channel} when channel != nil ->
-          {:ok,
-           %{
-             id: info.id,
-             pid: pid,
-             channel: channel,
-             lane: info.lane,
-             os_pid: info.os_pid,
-             address: info.address
-           }}
-
-        _ ->
-          {:error,
-           Error.worker_error("worker #{info.id} is not ready yet (#{info.status})", %{
-             worker_id: info.id
-           })}
-      end
-    end
-  end
-
-  defp resolve(pid) when is_pid(pid), do: {:ok, pid}
-
-  defp resolve(worker_id) when is_binary(worker_id) do
-    case Snakepit.Pool.Registry.get_worker_pid(worker_id) do
-      {:ok, pid} ->
-        {:ok, pid}
-
-      {:error, :not_found} ->
-        {:error,
-         Error.worker_error("no ready worker #{inspect(worker_id)}", %{worker_id: worker_id})}
-    end
-  catch
-    # The registry is not running: Snakepit is not started.
-    :error, _ -> {:error, Error.worker_error("Snakepit is not running", %{worker_id: worker_id})}
-  end
-
-  defp resolve(other),
-    do: invalid("a worker is a pid or a worker id, got: #{inspect(other)}")
-
-  defp call_info(pid) do
-    {:ok, GenServer.call(pid, :info, 5_000)}
-  catch
-    :exit, reason ->
-      {:error,
-       Error.worker_error("worker #{inspect(pid)} is not running", %{
-         worker: pid,
-         reason: exit_reason(reason)
-       })}
-  end
-
-  defp exit_reason({reason, {GenServer, :call, _}}), do: reason
-  defp exit_reason(reason), do: reason
+  defdelegate get_session_id(worker), to: DirectCall, as: :session_id
 
   defp invalid(message), do: {:error, Error.validation_error(message)}
 
@@ -486,6 +243,7 @@ defmodule Snakepit.GRPCWorker do
       channel: nil,
       lane: nil,
       lane_reader: nil,
+      heartbeat_monitor: nil,
       address: nil,
       output: :queue.new(),
       output_log: Output.new(),
@@ -500,99 +258,14 @@ defmodule Snakepit.GRPCWorker do
 
   @impl true
   def handle_continue(:spawn, state) do
-    # The pool's adapter_module decides how the worker's process starts.
-    adapter = state.config.adapter_module
+    case Launch.start(state.id, state.config) do
+      {:ok, os_pid, handle} ->
+        timer = Process.send_after(self(), :startup_timeout, state.config.startup_timeout)
+        {:noreply, %{state | os_pid: os_pid, handle: handle, startup_timer: timer}}
 
-    with {:ok, slot_env} <- slot_env(state.config),
-         {:ok, python} <- Snakepit.Adapter.executable(adapter),
-         argv = [
-           python | Snakepit.Adapter.argv(adapter, state.config.adapter_args, identity(state))
-         ],
-         env = PythonRuntime.worker_env(with_slot_env(state.config.adapter_env, slot_env)),
-         # Recorded before the spawn, so a crash right after still leaves a trace.
-         :ok <- ProcessRegistry.reserve_worker(state.id),
-         {:ok, {os_pid, handle}} <- spawn(python, argv, env, slot_env, state.config) do
-      # From now on at most Output.window() output lines are in flight to
-      # this process; the native core drops (and counts) the rest.
-      _ = Native.process_output_ack(handle, 0, Output.window())
-      :ok = ProcessRegistry.activate_worker(state.id, self(), os_pid, RunID.current())
-      timer = Process.send_after(self(), :startup_timeout, state.config.startup_timeout)
-      {:noreply, %{state | os_pid: os_pid, handle: handle, startup_timer: timer}}
-    else
-      {:error, {:slot_env, message}} -> fail_startup(state, message)
-      {:error, reason} -> fail_startup(state, "cannot start Python: #{format_reason(reason)}")
+      {:error, cause} ->
+        fail_startup(state, cause)
     end
-  end
-
-  # The slot's own variables (Snakepit.Worker.SlotEnv), asked at every
-  # start, so a restarted worker gets its slot's environment again.
-  defp slot_env(config) do
-    case Snakepit.Worker.SlotEnv.resolve(config, Map.get(config, :slot_index)) do
-      {:ok, env} -> {:ok, env}
-      {:error, message} -> {:error, {:slot_env, message}}
-    end
-  end
-
-  defp with_slot_env(env, []), do: env
-
-  defp with_slot_env(env, slot_env),
-    do: Enum.reject(env, fn {k, _} -> List.keymember?(slot_env, k, 0) end) ++ slot_env
-
-  defp spawn(python, argv, env, slot_env, config) do
-    # Off only in tests that must leave orphans behind on purpose; those
-    # workers are never forked (a fork server's workers die with it).
-    orphan_protection = Defaults.orphan_protection()
-    cwd = Map.get(config, :cwd)
-    fork? = orphan_protection == true and Config.fork_server?()
-
-    own = Enum.map(slot_env, &elem(&1, 0))
-
-    case if(fork?, do: forked(python, argv, env, cwd, own), else: :spawn) do
-      {:ok, _} = forked ->
-        forked
-
-      :spawn ->
-        case Native.spawn_process(python, argv, env, cwd, self(), %{
-               orphan_protection: orphan_protection,
-               with_secret: true
-             }) do
-          {:ok, _} = ok -> ok
-          {:error, {_kind, message}} -> {:error, message}
-        end
-    end
-  end
-
-  # A worker forked from a warm fork server, or :spawn to spawn it directly.
-  defp forked(python, argv, env, cwd, own) do
-    case Snakepit.ForkServer.spawn(python, argv, env, cwd, own) do
-      {:ok, _} = ok ->
-        ok
-
-      {:error, reason} ->
-        Logger.debug("fork server not used (#{inspect(reason)}); spawning the worker directly")
-        :spawn
-    end
-  end
-
-  defp format_reason(reason) when is_binary(reason), do: reason
-  defp format_reason(reason), do: inspect(reason)
-
-  defp identity(state) do
-    address =
-      case Defaults.worker_transport() do
-        :tcp -> Config.tcp_listen_address(Defaults.tcp_host())
-        :unix -> RuntimeDir.socket_address(state.id)
-      end
-
-    [
-      address: address,
-      lane:
-        if(Map.get(state.config, :call_transport) == :lane, do: RuntimeDir.lane_path(state.id)),
-      "worker-id": state.id,
-      "snakepit-run-id": RunID.current(),
-      "instance-name": Config.instance_name_identifier(),
-      "elixir-address": Snakepit.GRPC.BridgeServer.address()
-    ]
   end
 
   @impl true
@@ -628,7 +301,12 @@ defmodule Snakepit.GRPCWorker do
     fail_startup(state, "worker did not report ready within #{state.config.startup_timeout} ms")
   end
 
-  def handle_info({:EXIT, _monitor, :heartbeat_timeout}, state), do: heartbeat_failed(state)
+  # An unresponsive Python process will not honour SIGTERM: kill its group
+  # at once and stop abnormally so the starter replaces the worker.
+  def handle_info({:EXIT, _monitor, :heartbeat_timeout}, state) do
+    ExitReport.connection_lost(state, :heartbeat_timeout)
+    {:stop, {:shutdown, :heartbeat_timeout}, kill(state)}
+  end
 
   # The lane's reader ends normally when the lane closed: mostly because the
   # Python process is going, whose exit notice follows and stops this
@@ -642,7 +320,7 @@ defmodule Snakepit.GRPCWorker do
 
   # Anything else leaves a worker nobody can call.
   def handle_info({:EXIT, reader, reason}, %{lane_reader: reader} = state) when reader != nil do
-    connection_lost(state, :lane_reader_stopped)
+    ExitReport.connection_lost(state, :lane_reader_stopped)
     message = "worker #{state.id}: its call lane's reader stopped (#{inspect(reason)})"
     # Calls waiting on the lane hear it now, not at their deadlines.
     Native.lane_close(state.lane, message)
@@ -651,7 +329,7 @@ defmodule Snakepit.GRPCWorker do
   end
 
   def handle_info({:lane_closed, reader}, %{lane_reader: reader} = state) do
-    connection_lost(state, :lane_closed)
+    ExitReport.connection_lost(state, :lane_closed)
 
     Snakepit.Logger.error(
       :worker,
@@ -664,76 +342,25 @@ defmodule Snakepit.GRPCWorker do
   def handle_info(_other, state), do: {:noreply, state}
 
   defp handle_process_event({:stdout, "SNAKEPIT_READY " <> ready}, %{status: :starting} = state) do
-    {address, lane_path} = parse_ready(ready)
+    case Handshake.connect(state, ready) do
+      {:ok, connected} ->
+        if state.startup_timer, do: Process.cancel_timer(state.startup_timer)
+        heartbeat = start_heartbeat(state.id, connected.channel, state.config)
 
-    with {:ok, channel} <- Native.grpc_connect(address),
-         {:ok, lane, lane_reader} <- open_lane(lane_path, state) do
-      if state.startup_timer, do: Process.cancel_timer(state.startup_timer)
+        state =
+          Map.merge(state, connected)
+          |> Map.merge(%{
+            status: :ready,
+            startup_timer: nil,
+            heartbeat_monitor: heartbeat,
+            # To tell an OOM kill from another SIGKILL when the process dies.
+            oom_kills: Snakepit.Worker.OOMKills.count()
+          })
 
-      worker = %{
-        id: state.id,
-        pid: self(),
-        channel: channel,
-        lane: lane,
-        os_pid: state.os_pid,
-        capacity: capacity(state.config)
-      }
+        {:noreply, state}
 
-      Snakepit.Pool.Registry.register_worker(
-        state.id,
-        registry_metadata(state, worker, address)
-      )
-
-      if state.pool_pid, do: send(state.pool_pid, {:worker_ready, state.pool_name, worker})
-      if state.starter, do: send(state.starter, {:snakepit_worker_ready, self()})
-
-      duration_ms =
-        System.convert_time_unit(
-          System.monotonic_time() - state.started_at,
-          :native,
-          :millisecond
-        )
-
-      Telemetry.emit(
-        [:snakepit, :pool, :worker, :spawned],
-        %{duration: duration_ms, system_time: System.system_time()},
-        %{
-          node: node(),
-          worker_id: state.id,
-          pool_name: state.pool_name,
-          os_pid: state.os_pid
-        }
-      )
-
-      Telemetry.emit(
-        [:snakepit, :grpc, :connection, :established],
-        %{
-          duration: System.monotonic_time() - state.started_at,
-          system_time: System.system_time()
-        },
-        %{node: node(), worker_id: state.id, pool_name: state.pool_name, address: address}
-      )
-
-      state = start_heartbeat(state, channel)
-      # To tell an OOM kill from another SIGKILL when the process dies.
-      state = Map.put(state, :oom_kills, Snakepit.Worker.OOMKills.count())
-
-      {:noreply,
-       %{
-         state
-         | status: :ready,
-           channel: channel,
-           lane: lane,
-           lane_reader: lane_reader,
-           address: address,
-           startup_timer: nil
-       }}
-    else
-      {:error, reason} ->
-        fail_startup(
-          state,
-          "cannot connect to the worker (#{String.trim(ready)}): #{format_reason(reason)}"
-        )
+      {:error, cause} ->
+        fail_startup(state, cause)
     end
   end
 
@@ -765,28 +392,11 @@ defmodule Snakepit.GRPCWorker do
     # Killed from outside (not by its own failure) it is expected to start
     # next time; the exit status travels in the exit reason for the starter.
     status = if state.startup_error, do: {:exited, 2}, else: status
-    fail_startup(%{state | os_pid: nil}, cause, status: status)
+    fail_startup(%{state | os_pid: nil}, cause, status)
   end
 
   defp handle_process_event({:exit, status}, state) do
-    status =
-      Snakepit.Worker.OOMKills.classify(status, state.oom_kills, Snakepit.Worker.OOMKills.count())
-
-    ExitStatus.record(state.os_pid, status)
-    connection_lost(state, {:python_exited, status})
-
-    Telemetry.emit([:snakepit, :pool, :worker, :terminated], %{}, %{
-      worker_id: state.id,
-      pool_name: state.pool_name,
-      reason: ExitStatus.describe(status)
-    })
-
-    # One line, not a crash report: the starter replaces this worker.
-    Snakepit.Logger.error(
-      :worker,
-      "worker #{state.id} (OS pid #{state.os_pid}) #{ExitStatus.describe(status)}; restarting it"
-    )
-
+    status = ExitReport.python_exited(state, status)
     release(state)
     {:stop, {:shutdown, {:python_exited, status}}, %{state | os_pid: nil, handle: nil}}
   end
@@ -810,168 +420,34 @@ defmodule Snakepit.GRPCWorker do
     %{state | output: output}
   end
 
-  defp capacity(config), do: Snakepit.WorkerProfile.capacity(config)
-
-  # -- pool integration (issue 4): registry metadata and heartbeats ---------------
-
-  # "ADDRESS" or "ADDRESS lane=PATH".
-  defp parse_ready(ready) do
-    case String.split(ready) do
-      [address | extras] ->
-        lane =
-          Enum.find_value(extras, fn
-            "lane=" <> path -> path
-            _ -> nil
-          end)
-
-        {address, lane}
-
-      [] ->
-        {"", nil}
+  # After too many missed heartbeats (dependent mode) the monitor exits
+  # this worker with :heartbeat_timeout, handled above.
+  defp start_heartbeat(worker_id, channel, config) do
+    case Snakepit.HeartbeatMonitor.start_for_worker(
+           worker_id,
+           channel,
+           Map.get(config, :heartbeat, %{})
+         ) do
+      {:ok, monitor} -> monitor
+      :disabled -> nil
     end
   end
 
-  # A worker that was asked for a lane and offers none (an adapter whose
-  # program does not know --lane) is called over gRPC.
-  defp open_lane(nil, state) do
-    if Map.get(state.config, :call_transport) == :lane,
-      do: Logger.debug("[#{state.id}] the worker offers no call lane; calls use gRPC")
-
-    {:ok, nil, nil}
-  end
-
-  defp open_lane(path, _state) do
-    case Snakepit.Worker.LaneReader.start_link(path) do
-      {:ok, reader, lane} -> {:ok, lane, reader}
-      {:error, message} -> {:error, "cannot open the call lane: #{message}"}
-    end
-  end
-
-  defp registry_metadata(state, worker, address) do
-    %{
-      worker_module: __MODULE__,
-      pool_name: state.pool_name,
-      pool_identifier: Map.get(state.config, :pool_identifier),
-      adapter_module: Map.get(state.config, :adapter_module),
-      worker_profile: Map.get(state.config, :worker_profile, :process),
-      capacity: worker.capacity,
-      os_pid: state.os_pid,
-      address: String.trim(address)
-    }
-  end
-
-  # The monitor pings the Python worker through the native core; after
-  # too many misses (dependent mode) it exits this worker with
-  # :heartbeat_timeout, handled below.
-  defp start_heartbeat(state, channel) do
-    config = Map.get(state.config, :heartbeat, %{})
-
-    if Map.get(config, :enabled, false) do
-      worker_id = state.id
-      timeout = Map.get(config, :timeout_ms, Defaults.heartbeat_timeout_ms())
-
-      ping = fn _ts ->
-        ref = make_ref()
-        :ok = Native.grpc_heartbeat(channel, self(), ref, worker_id, timeout)
-        {:ok, ref}
-      end
-
-      {:ok, monitor} =
-        Snakepit.HeartbeatMonitor.start_link(
-          worker_pid: self(),
-          worker_id: worker_id,
-          ping_interval_ms:
-            Map.get(config, :ping_interval_ms, Defaults.heartbeat_ping_interval_ms()),
-          timeout_ms: timeout,
-          max_missed_heartbeats:
-            Map.get(config, :max_missed_heartbeats, Defaults.heartbeat_max_missed()),
-          initial_delay_ms: Map.get(config, :initial_delay_ms, 0),
-          dependent: Map.get(config, :dependent, true),
-          ping_fun: ping
-        )
-
-      Map.put(state, :heartbeat_monitor, monitor)
-    else
-      state
-    end
-  end
-
-  # An unresponsive Python process will not honour SIGTERM: kill its group
-  # at once and stop abnormally so the starter replaces the worker.
-  defp heartbeat_failed(state) do
-    connection_lost(state, :heartbeat_timeout)
-
-    if state.os_pid do
-      ProcessKiller.kill_process_group(state.os_pid, :sigkill)
-      await_exit(state.os_pid, @kill_wait_ms)
-    end
-
-    {:stop, {:shutdown, :heartbeat_timeout}, release(%{state | os_pid: nil})}
-  end
-
-  # -- end of pool integration ----------------------------------------------------
-
-  # A ready worker's channel goes away with its Python process: the older
-  # guide's connection event. (A worker is replaced, never reconnected.)
-  defp connection_lost(%{status: :ready} = state, reason) do
-    Telemetry.emit(
-      [:snakepit, :grpc, :connection, :lost],
-      %{system_time: System.system_time()},
-      %{node: node(), worker_id: state.id, pool_name: state.pool_name, reason: reason}
-    )
-  end
-
-  defp connection_lost(_state, _reason), do: :ok
-
-  defp fail_startup(state, cause, opts \\ []) do
-    output = :queue.to_list(state.output)
-
-    last =
-      if output == [],
-        do: "",
-        else: "\nLast output of the worker:\n  " <> Enum.join(output, "\n  ")
-
-    error =
-      Error.worker_error("worker #{state.id} failed to start: #{cause}#{last}", %{
-        worker_id: state.id,
-        pool: state.pool_name,
-        cause: cause,
-        output: output,
-        transient: ExitStatus.killed_from_outside?(Keyword.get(opts, :status))
-      })
-
-    Telemetry.emit([:snakepit, :pool, :worker, :startup_failed], %{}, %{
-      worker_id: state.id,
-      pool_name: state.pool_name,
-      cause: cause
-    })
-
-    cond do
-      state.pool_pid -> send(state.pool_pid, {:worker_failed, state.pool_name, state.id, error})
-      # A standalone worker's caller waits in start_link/1.
-      state.starter -> send(state.starter, {:snakepit_worker_failed, self(), error})
-      true -> :ok
-    end
-
-    {:stop, {:shutdown, {:startup_failed, Keyword.get(opts, :status, :error)}},
-     stop_process(state)}
+  defp fail_startup(state, cause, status \\ nil) do
+    ExitReport.startup_failed(state, cause, status)
+    {:stop, {:shutdown, {:startup_failed, status || :error}}, stop_process(state)}
   end
 
   @impl true
   def handle_cast(:hard_stop, state) do
-    connection_lost(state, :hard_stop)
+    ExitReport.connection_lost(state, :hard_stop)
 
     Snakepit.Logger.error(
       :worker,
       "worker #{state.id} (OS pid #{state.os_pid}) is killed: a cancelled call did not stop in time"
     )
 
-    if state.os_pid do
-      ProcessKiller.kill_process_group(state.os_pid, :sigkill)
-      await_exit(state.os_pid, @kill_wait_ms)
-    end
-
-    {:stop, {:shutdown, :hard_stop}, release(%{state | os_pid: nil})}
+    {:stop, {:shutdown, :hard_stop}, kill(state)}
   end
 
   # The config carries adapter_env (secrets), the last message may carry
@@ -1015,14 +491,19 @@ defmodule Snakepit.GRPCWorker do
   defp stop_process(%{os_pid: nil} = state), do: release(state)
 
   defp stop_process(state) do
-    pid = state.os_pid
-    ProcessKiller.kill_process_group(pid, :sigterm)
+    ProcessKiller.kill_process_group(state.os_pid, :sigterm)
 
-    unless await_exit(pid, Defaults.graceful_shutdown_timeout_ms()) do
-      ProcessKiller.kill_process_group(pid, :sigkill)
-      await_exit(pid, @kill_wait_ms)
-    end
+    if await_exit(state.os_pid, Defaults.graceful_shutdown_timeout_ms()),
+      do: release(%{state | os_pid: nil}),
+      else: kill(state)
+  end
 
+  # SIGKILL to the group at once, then release.
+  defp kill(%{os_pid: nil} = state), do: release(state)
+
+  defp kill(state) do
+    ProcessKiller.kill_process_group(state.os_pid, :sigkill)
+    await_exit(state.os_pid, @kill_wait_ms)
     release(%{state | os_pid: nil})
   end
 

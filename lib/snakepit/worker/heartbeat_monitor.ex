@@ -44,6 +44,42 @@ defmodule Snakepit.HeartbeatMonitor do
   @spec start_link([start_option()]) :: GenServer.on_start()
   def start_link(opts), do: GenServer.start_link(__MODULE__, opts)
 
+  @doc """
+  Starts the monitor of the calling worker `worker_id`, linked to it, when
+  its pool's `heartbeat` settings (`config`) enable heartbeats: `{:ok,
+  monitor}`, or `:disabled`. It pings the worker's Python server over
+  `channel` through the native core; in dependent mode too many misses exit
+  the worker with `:heartbeat_timeout`.
+  """
+  @spec start_for_worker(String.t(), reference(), map()) :: GenServer.on_start() | :disabled
+  def start_for_worker(worker_id, channel, config) do
+    if Map.get(config, :enabled, false) do
+      timeout = Map.get(config, :timeout_ms, Defaults.heartbeat_timeout_ms())
+
+      # Runs in the monitor, which gets the reply.
+      ping = fn _ts ->
+        ref = make_ref()
+        :ok = Snakepit.Native.grpc_heartbeat(channel, self(), ref, worker_id, timeout)
+        {:ok, ref}
+      end
+
+      start_link(
+        worker_pid: self(),
+        worker_id: worker_id,
+        ping_interval_ms:
+          Map.get(config, :ping_interval_ms, Defaults.heartbeat_ping_interval_ms()),
+        timeout_ms: timeout,
+        max_missed_heartbeats:
+          Map.get(config, :max_missed_heartbeats, Defaults.heartbeat_max_missed()),
+        initial_delay_ms: Map.get(config, :initial_delay_ms, 0),
+        dependent: Map.get(config, :dependent, true),
+        ping_fun: ping
+      )
+    else
+      :disabled
+    end
+  end
+
   @doc "Reports the answer to the ping sent at `timestamp` (any pending ping when unknown)."
   @spec notify_pong(pid(), integer()) :: :ok
   def notify_pong(monitor_pid, timestamp), do: GenServer.cast(monitor_pid, {:pong, timestamp})

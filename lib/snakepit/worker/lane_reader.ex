@@ -81,18 +81,15 @@ defmodule Snakepit.Worker.LaneReader do
   end
 
   defp attach(port) do
-    with {:ok, fd} <- :inet.getfd(port),
-         {:ok, lane} <- Native.lane_attach(fd) do
-      {:ok, lane}
-    else
-      {:error, {_kind, message}} ->
-        :gen_tcp.close(port)
-        {:error, message}
+    attached =
+      case :inet.getfd(port) do
+        {:ok, fd} -> native(Native.lane_attach(fd), nil)
+        {:error, reason} -> {:error, "cannot take over the lane socket: #{inspect(reason)}"}
+      end
 
-      {:error, reason} ->
-        :gen_tcp.close(port)
-        {:error, "cannot take over the lane socket: #{inspect(reason)}"}
-    end
+    # Not attached, the socket is still this process's to close.
+    if match?({:error, _}, attached), do: :gen_tcp.close(port)
+    attached
   end
 
   defp loop(port, lane, parent) do
@@ -108,9 +105,10 @@ defmodule Snakepit.Worker.LaneReader do
             :erlang.garbage_collect()
             loop(port, lane, parent)
 
-          {:error, {_kind, why}} ->
+          {:error, _} = error ->
             :gen_tcp.close(port)
-            Native.lane_close(lane, "the worker sent a malformed lane message: #{why}")
+            {:error, why} = native(error, "the worker sent a malformed lane message")
+            Native.lane_close(lane, why)
         end
 
       {:tcp_closed, ^port} ->
@@ -129,6 +127,12 @@ defmodule Snakepit.Worker.LaneReader do
         loop(port, lane, parent)
     end
   end
+
+  # A native failure as the sentence this module passes on.
+  defp native({:error, reason}, context),
+    do: {:error, Snakepit.Error.Native.to_error(reason, context).message}
+
+  defp native(ok, _context), do: ok
 
   defp deliver(lane, message) when byte_size(message) < @large_message,
     do: Native.lane_deliver(lane, message)

@@ -151,15 +151,18 @@ defmodule Snakepit.WorkerProfile do
   end
 
   @doc false
-  def execute(worker, request, timeout) do
-    info = GRPCWorker.get_info(worker)
-    deadline = if timeout == :infinity, do: :infinity, else: now() + timeout
-    client_worker = %{id: info.id, channel: info.channel}
+  # The built-in profiles' execute_request/3: the request on that one
+  # worker, as `Snakepit.GRPCWorker.execute/5` runs it (outside the pool).
+  def execute_request(worker, request, timeout) when is_map(request) do
+    opts = if session = request[:session_id], do: [session_id: session], else: []
+    GRPCWorker.execute(worker, request[:command], Map.get(request, :args, %{}), timeout, opts)
+  end
 
-    Client.execute(client_worker, request.command, Map.get(request, :args, %{}),
-      deadline: deadline,
-      session_id: Map.get(request, :session_id)
-    )
+  def execute_request(_worker, request, _timeout) do
+    {:error,
+     Snakepit.Error.validation_error(
+       "a request is a map with :command and :args, got: #{inspect(request, limit: 5)}"
+     )}
   end
 
   @doc false
@@ -193,9 +196,4 @@ defmodule Snakepit.WorkerProfile do
       _ -> {:error, :not_found}
     end
   end
-
-  @doc false
-  def starter_of(worker_id), do: Starter.whereis(worker_id)
-
-  defp now, do: System.monotonic_time(:millisecond)
 end

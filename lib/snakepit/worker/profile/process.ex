@@ -40,7 +40,7 @@ defmodule Snakepit.WorkerProfile.Process do
 
   @impl true
   def execute_request(worker, request, timeout),
-    do: WorkerProfile.execute(worker, request, timeout)
+    do: WorkerProfile.execute_request(worker, request, timeout)
 
   @impl true
   def get_capacity(_worker), do: 1

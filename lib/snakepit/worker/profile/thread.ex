@@ -54,7 +54,7 @@ defmodule Snakepit.WorkerProfile.Thread do
 
   @impl true
   def execute_request(worker, request, timeout),
-    do: WorkerProfile.execute(worker, request, timeout)
+    do: WorkerProfile.execute_request(worker, request, timeout)
 
   @impl true
   def get_capacity(worker) do
