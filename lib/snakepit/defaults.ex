@@ -76,14 +76,26 @@ defmodule Snakepit.Defaults do
 
   @derived_aliases Settings.derived_aliases()
 
-  for {name, keys, default, spec, doc} <- Settings.plain() ++ Settings.structured(),
-      default != :computed do
+  for {name, keys, default, spec, doc} <- Settings.plain() do
     @doc """
     #{doc}
 
     Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}; default: `#{inspect(default)}`.
     """
     @spec unquote(name)() :: unquote(spec)
+    def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
+  end
+
+  # Structured settings are checked further by the module that reads them,
+  # which also copes with a value set at run time (after the start's check),
+  # so their getters promise no more than a term.
+  for {name, keys, default, spec, doc} <- Settings.structured(), default != :computed do
+    @doc """
+    #{doc}
+
+    Config key: `#{inspect(hd(keys))}`, of type `#{Macro.to_string(spec)}`; default: `#{inspect(default)}`.
+    """
+    @spec unquote(name)() :: term()
     def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
   end
 
