@@ -76,7 +76,7 @@ defmodule Snakepit.Application do
       Snakepit.Defaults.max_integer_digits()
     )
 
-    Snakepit.RuntimeDir.create()
+    Snakepit.OS.RuntimeDir.create()
     # Before any worker starts: workers are told how regions are shared.
     Snakepit.ZeroCopy.Settings.open(zero_copy)
 
@@ -143,6 +143,6 @@ defmodule Snakepit.Application do
   @impl true
   def stop(_state) do
     Snakepit.ZeroCopy.Settings.close()
-    Snakepit.RuntimeDir.remove()
+    Snakepit.OS.RuntimeDir.remove()
   end
 end

@@ -46,7 +46,8 @@ defmodule Snakepit.GRPC.BridgeServer do
   require Logger
 
   alias Snakepit.Bridge.{InternalToolSpec, ToolRegistry}
-  alias Snakepit.{Defaults, Native, RuntimeDir}
+  alias Snakepit.{Defaults, Native}
+  alias Snakepit.OS.RuntimeDir
   alias Snakepit.GRPC.BridgeServer.Sessions
 
   @address_key {__MODULE__, :address}

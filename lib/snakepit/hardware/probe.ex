@@ -111,6 +111,6 @@ defmodule Snakepit.Hardware.Probe do
   # Runs an executable found on PATH through the native core, which kills
   # its whole group when it overruns.
   defp system_cmd(executable, args, timeout_ms) do
-    Snakepit.OSCommand.run(executable, args, timeout_ms: timeout_ms, env: [{"LC_ALL", "C"}])
+    Snakepit.OS.Command.run(executable, args, timeout_ms: timeout_ms, env: [{"LC_ALL", "C"}])
   end
 end

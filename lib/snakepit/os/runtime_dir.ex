@@ -1,4 +1,4 @@
-defmodule Snakepit.RuntimeDir do
+defmodule Snakepit.OS.RuntimeDir do
   @moduledoc """
   The per-instance directory (mode 0700) that holds the workers' Unix
   domain sockets, so no other user of the machine can reach them. Made at

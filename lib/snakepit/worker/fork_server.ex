@@ -26,7 +26,9 @@ defmodule Snakepit.ForkServer do
 
   require Logger
 
-  alias Snakepit.{Config, Native, RunID, RuntimeDir}
+  alias Snakepit.{Config, Native, RunID}
+
+  alias Snakepit.OS.RuntimeDir
   alias Snakepit.Pool.ProcessRegistry
 
   # A fork server imports grpc and the bridge once; on a loaded machine

@@ -10,7 +10,9 @@ defmodule Snakepit.Worker.Launch do
 
   require Logger
 
-  alias Snakepit.{Config, Defaults, Native, PythonRuntime, RunID, RuntimeDir}
+  alias Snakepit.{Config, Defaults, Native, PythonRuntime, RunID}
+
+  alias Snakepit.OS.RuntimeDir
   alias Snakepit.Pool.ProcessRegistry
   alias Snakepit.Worker.{Output, SlotEnv}
 

@@ -21,7 +21,7 @@ defmodule Snakepit.GRPC.BridgeServerTest do
     # would be: the bridge answers nothing else.
     Task.async(fn ->
       {:ok, out} =
-        Snakepit.OSCommand.run(python, [@probe, address, JSON.encode!(ops)],
+        Snakepit.OS.Command.run(python, [@probe, address, JSON.encode!(ops)],
           env: env,
           with_secret: true,
           timeout_ms: 20_000
@@ -241,7 +241,7 @@ defmodule Snakepit.GRPC.BridgeServerTest do
 
     test "lives in the runtime directory" do
       assert BridgeServer.address() ==
-               "unix:" <> Path.join(Snakepit.RuntimeDir.path(), "bridge.sock")
+               "unix:" <> Path.join(Snakepit.OS.RuntimeDir.path(), "bridge.sock")
     end
 
     test "registers a worker's tools and lists exposed Elixir tools", %{session: s, address: a} do

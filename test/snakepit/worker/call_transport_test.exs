@@ -40,7 +40,7 @@ defmodule Snakepit.CallTransportTest do
   end
 
   test "once the VM is connected the lane's socket file is gone: nobody else can connect" do
-    lanes = Path.wildcard(Path.join(Snakepit.RuntimeDir.path(), "*.lane"))
+    lanes = Path.wildcard(Path.join(Snakepit.OS.RuntimeDir.path(), "*.lane"))
     assert lanes == []
     # The gRPC socket of the same worker is still there.
     assert "unix:" <> sock = info(:lane).address

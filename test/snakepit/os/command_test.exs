@@ -1,21 +1,21 @@
-defmodule Snakepit.OSCommandTest do
+defmodule Snakepit.OS.CommandTest do
   use ExUnit.Case, async: true
 
-  alias Snakepit.OSCommand
+  alias Snakepit.OS.Command
 
   test "collects output and reports the exit status" do
-    assert {:ok, "hello\n"} = OSCommand.run("echo", ["hello"])
+    assert {:ok, "hello\n"} = Command.run("echo", ["hello"])
 
     # stdout and stderr are separate pipes: their relative order is not kept.
     assert {:error, {:exit_status, 3, output}} =
-             OSCommand.run("sh", ["-c", "echo out; echo err >&2; exit 3"])
+             Command.run("sh", ["-c", "echo out; echo err >&2; exit 3"])
 
     assert output |> String.split("\n", trim: true) |> Enum.sort() == ["err", "out"]
   end
 
   test "a missing program is :not_found" do
-    assert {:error, :not_found} = OSCommand.run("no-such-program-here", [])
-    assert {:error, :not_found} = OSCommand.run("/nonexistent/bin/x", [])
+    assert {:error, :not_found} = Command.run("no-such-program-here", [])
+    assert {:error, :not_found} = Command.run("/nonexistent/bin/x", [])
   end
 
   @tag :tmp_dir
@@ -26,7 +26,7 @@ defmodule Snakepit.OSCommandTest do
     script = "sleep 30 & echo $! > #{pidfile}; wait"
     # The shell writes the pid at once and then waits for its child; the
     # timeout only has to outlast that first step.
-    assert {:error, :timeout} = OSCommand.run("sh", ["-c", script], timeout_ms: 1_000)
+    assert {:error, :timeout} = Command.run("sh", ["-c", script], timeout_ms: 1_000)
     sleeper = pidfile |> File.read!() |> String.trim() |> String.to_integer()
 
     # Gone with its group (a generous limit: it would live 30 s otherwise

@@ -1,4 +1,4 @@
-defmodule Snakepit.OSCommand do
+defmodule Snakepit.OS.Command do
   @moduledoc """
   Runs a short external command (a hardware or Python probe) through the
   native core, like every OS process Snakepit starts: own process group,
