@@ -186,3 +186,32 @@ fn status_atom(code: Code) -> Atom {
         Code::Unauthenticated => atoms::unauthenticated(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every kind `Kind::atom` names by itself (not the errno and gRPC
+    /// families) is in the module's table, the contract the Elixir side
+    /// reads. Checked on the source: building atoms needs the VM.
+    #[test]
+    fn every_kind_is_in_the_table() {
+        let source = include_str!("error.rs");
+        let table: String = source
+            .lines()
+            .filter(|line| line.starts_with("//! |"))
+            .collect();
+        let atom_fn = &source[source.find("pub fn atom(self)").unwrap()..];
+        let arms = &atom_fn[..atom_fn.find("\n    }\n").unwrap()];
+        let names: Vec<&str> = arms
+            .lines()
+            .filter_map(|line| line.split("=> atoms::").nth(1))
+            .map(|rest| rest.trim_end_matches("(),"))
+            .collect();
+        assert!(names.len() >= 10, "the arms were not found: {names:?}");
+        for name in names {
+            assert!(
+                table.contains(&format!("`:{name}`")),
+                ":{name} is missing from the table"
+            );
+        }
+    }
+}
