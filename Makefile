@@ -45,6 +45,7 @@ test-python:
 lint: setup
 	cargo fmt --all -- --check
 	cargo clippy --release --workspace --all-targets -- -D warnings
+	python3 scripts/check_rust_cycles.py --self-test && python3 scripts/check_rust_cycles.py
 	mix format --check-formatted
 	MIX_ENV=test mix compile --warnings-as-errors --force
 	cd python && $(VENV)/bin/ruff check snakepit_bridge tests && $(VENV)/bin/mypy

@@ -15,7 +15,7 @@ defmodule Snakepit.ToolBridgeTest do
   # (chunks delivered but not yet acknowledged by the callback), the
   # producer's own buffer (SNAKEPIT_STREAM_BUFFER items, set here), the
   # HTTP/2 stream window of the native client (8 MiB, STREAM_WINDOW in
-  # native/snakepit_native/src/grpc/channel.rs) and a few items in transit
+  # native/snakepit_native/src/grpc/unary.rs) and a few items in transit
   # (the one the generator holds, one in gRPC's write path, one in the socket).
   @producer_buffer 8
   @http2_stream_window 8 * 1024 * 1024

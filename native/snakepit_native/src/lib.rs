@@ -1,5 +1,6 @@
-//! Native core of Snakepit: OS processes, the gRPC client to Python workers
-//! JSON conversion of call payloads and zero-copy regions. Every NIF is declared in the Elixir
+//! Native core of Snakepit: OS processes, the two call transports to Python
+//! workers (the lane and gRPC) over one wire format, JSON conversion of
+//! call payloads and zero-copy regions. Every NIF is declared in the Elixir
 //! module `Snakepit.Native`; this file only wires the domains together.
 
 mod atoms;
@@ -13,6 +14,7 @@ mod reply;
 mod runtime;
 #[cfg(test)]
 mod test_shims;
+mod wire;
 mod zero_copy;
 
 fn load(_env: rustler::Env, info: rustler::Term) -> bool {

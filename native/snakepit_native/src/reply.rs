@@ -11,7 +11,7 @@ use futures::FutureExt;
 use rustler::{Encoder, Env, LocalPid, OwnedEnv, Term};
 
 use crate::atoms;
-use crate::error::NifError;
+use crate::error::{Kind, NativeError};
 
 /// Builds the result term of a task inside the reply env.
 pub type Payload = Box<dyn for<'a> FnOnce(Env<'a>) -> Term<'a> + Send>;
@@ -67,12 +67,12 @@ impl ReplyTo {
 
 /// `{:error, {:native_panic, message}}`, sent when a task panicked.
 fn panic_payload(message: String) -> Payload {
-    error_payload(NifError::new(atoms::native_panic(), message))
+    error_payload(NativeError::new(Kind::NativePanic, message))
 }
 
-/// An error as a task's reply.
-pub fn error_payload(err: NifError) -> Payload {
-    Box::new(move |env| err.encode(env))
+/// `{:error, reason}` as a task's reply.
+pub fn error_payload(err: NativeError) -> Payload {
+    Box::new(move |env| (atoms::error(), err).encode(env))
 }
 
 /// The text a panic carried, or `fallback` when it carried none.
@@ -84,11 +84,6 @@ pub fn panic_message(panic: Box<dyn std::any::Any + Send>, fallback: &str) -> St
     } else {
         fallback.to_string()
     }
-}
-
-/// `{:error, {:invalid_argument, message}}`: bad input, answered at once.
-pub fn invalid_argument<'a>(env: Env<'a>, message: String) -> Term<'a> {
-    NifError::invalid(message).encode(env)
 }
 
 /// Runs `task` on the runtime and sends exactly one `{ref, payload}`,

@@ -10,8 +10,8 @@
 
 use serde_json::{Map, Number, Value};
 
+use super::error::{too_deep, Error};
 use super::path::{format_path, index_segment, key_segment};
-use super::{too_deep, Error};
 
 /// An open container and what it holds so far.
 enum Frame {

@@ -2,8 +2,9 @@
 
 use serde_json::{Map, Value};
 
+use super::error::too_many_digits;
+use super::limits::{FLOAT_KEY, INT_KEY, ZERO_COPY_KEY};
 use super::path::{format_path, index_segment, key_segment};
-use super::{too_many_digits, FLOAT_KEY, INT_KEY, ZERO_COPY_KEY};
 
 /// Is `map` one of Snakepit's wrappers (a number marker or a zero-copy
 /// marker), which stands for a scalar?

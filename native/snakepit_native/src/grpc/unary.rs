@@ -18,8 +18,14 @@ use snakepit_core::{auth, grpc_frame};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tonic::{Code, Status};
 
-use super::channel::{max_message_bytes, CONNECTION_WINDOW, STREAM_WINDOW};
-use super::pb::{ExecuteToolRequest, ExecuteToolResponse};
+use crate::wire::limits::max_message_bytes;
+use crate::wire::pb::{ExecuteToolRequest, ExecuteToolResponse};
+
+/// HTTP/2 receive windows of both connections to a worker (this one and
+/// tonic's channel): large enough that a big reply is not paced by window
+/// updates.
+pub const STREAM_WINDOW: u32 = 8 * 1024 * 1024;
+pub const CONNECTION_WINDOW: u32 = 32 * 1024 * 1024;
 
 const URI: &str = "http://localhost/snakepit.bridge.BridgeService/ExecuteTool";
 

@@ -26,6 +26,7 @@
 //! armed here per call.
 
 mod nifs;
+mod outgoing;
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -36,17 +37,21 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use bytes::Bytes;
 use prost::Message;
 use rustler::{Encoder, Env};
-use snakepit_core::lane::{self as frame, Header, HEADER, PREFIX};
+use snakepit_core::lane::{self as frame, Header};
 use snakepit_core::sys;
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::sync::Notify;
+use tonic::Code;
 
 use crate::atoms;
-use crate::error::NifError;
-use crate::grpc::pb::{ExecuteToolResponse, ToolChunk};
-use crate::grpc::response;
-use crate::reply::{Payload, ReplyTo};
+use crate::error::NativeError;
+use crate::reply::{error_payload, Payload, ReplyTo};
+use crate::wire::limits::max_message_bytes;
+use crate::wire::pb::{ExecuteToolResponse, ToolChunk};
+use crate::wire::response::{self, malformed};
+use crate::zero_copy::marker::mentions_marker;
+use outgoing::{Outgoing, Progress};
 
 /// Messages up to this size are written straight from the NIF; larger ones
 /// are handed to the writer task, so a scheduler never copies or waits on
@@ -114,77 +119,8 @@ struct StreamCall {
     credit: frame::Credit,
 }
 
-fn unavailable(reason: &str) -> NifError {
-    NifError::new(atoms::unavailable(), reason.to_string())
-}
-
-/// One message on its way out, and how much of it the socket took.
-struct Outgoing {
-    head: [u8; PREFIX + HEADER],
-    body: Bytes,
-    sent: usize,
-}
-
-impl Outgoing {
-    fn new(header: Header, body: Bytes) -> io::Result<Outgoing> {
-        let head = frame::prefix(header, body.len())
-            .map_err(|msg| io::Error::new(io::ErrorKind::InvalidInput, msg))?;
-        Ok(Outgoing {
-            head,
-            body,
-            sent: 0,
-        })
-    }
-
-    fn len(&self) -> usize {
-        self.head.len() + self.body.len()
-    }
-
-    /// `write` with no budget: all that the socket takes now.
-    fn write_now(&mut self, fd: RawFd) -> io::Result<Progress> {
-        let mut unlimited = usize::MAX;
-        self.write(fd, &mut unlimited)
-    }
-
-    /// Writes what the socket takes without waiting, until the message is
-    /// out, the socket is full, or `budget` bytes were written.
-    fn write(&mut self, fd: RawFd, budget: &mut usize) -> io::Result<Progress> {
-        let head = self.head.len();
-        while self.sent < self.len() {
-            if *budget == 0 {
-                return Ok(Progress::Budget);
-            }
-            let result = if self.sent < head {
-                sys::send_parts(
-                    fd,
-                    &[&self.head[self.sent..], &self.body],
-                    libc::MSG_DONTWAIT,
-                )
-            } else {
-                sys::send_parts(fd, &[&self.body[self.sent - head..]], libc::MSG_DONTWAIT)
-            };
-            match result {
-                Ok(n) => {
-                    self.sent += n;
-                    *budget = budget.saturating_sub(n);
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return Ok(Progress::Full),
-                Err(err) => return Err(err),
-            }
-        }
-        Ok(Progress::Done)
-    }
-}
-
-/// How far writing got.
-#[derive(Debug, PartialEq, Eq)]
-enum Progress {
-    /// Everything asked for is out.
-    Done,
-    /// The socket has no room: wait until it has.
-    Full,
-    /// The byte budget is spent: let others have the lane's lock.
-    Budget,
+fn unavailable(reason: &str) -> NativeError {
+    NativeError::status(Code::Unavailable, reason)
 }
 
 /// Where a message to a caller is sent from: inside a NIF (through the
@@ -222,7 +158,7 @@ impl Shared {
         arg: u16,
         payload: Vec<u8>,
         call: Call,
-    ) -> Result<u64, NifError> {
+    ) -> Result<u64, NativeError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let header = Header {
             arg,
@@ -285,8 +221,7 @@ impl Shared {
                 Call::Unary(to) => to,
                 Call::Stream(stream) => stream.to,
             };
-            let err = unavailable(reason);
-            via.send(&mut to, Box::new(move |env| err.encode(env)));
+            via.send(&mut to, error_payload(unavailable(reason)));
         }
         self.wake_writer.notify_one();
     }
@@ -322,7 +257,7 @@ impl Shared {
             frame::CHUNKS => self.deliver_chunks(env, header, payload),
             _ => {} // Unknown kinds are ignored: newer workers may send more.
         }
-        Ok(message.len() >= HOLD_OFF_HEAP || crate::zero_copy::mentions_marker(payload))
+        Ok(message.len() >= HOLD_OFF_HEAP || mentions_marker(payload))
     }
 
     fn deliver_reply(&self, env: Env, id: u64, message: &[u8]) {
@@ -331,7 +266,7 @@ impl Shared {
         };
         // The socket lets a little more than the limit through (the
         // header's slack): a reply over the limit itself fails its call.
-        let limit = crate::grpc::max_message_bytes();
+        let limit = max_message_bytes();
         let payload = if message.len() > limit {
             malformed(&format!(
                 "the reply is {} bytes, over max_message_bytes ({limit})",
@@ -422,14 +357,6 @@ fn chunks_payload(parts: Vec<Payload>, done: bool) -> Payload {
     })
 }
 
-fn malformed(what: &str) -> Payload {
-    let err = NifError::new(
-        atoms::internal(),
-        format!("malformed reply from the worker: {what}"),
-    );
-    Box::new(move |env| err.encode(env))
-}
-
 /// Writes the backlog out whenever there is one, until the lane closes.
 ///
 /// The socket is watched for room to write only while messages wait: a
@@ -483,17 +410,17 @@ async fn write_backlog(shared: Arc<Shared>) {
 /// worker's lane: writes go through a duplicate of it, starting with the
 /// `HELLO` that introduces this VM with its secret (the worker drops
 /// connections that do not start so).
-fn attach(fd: RawFd) -> Result<Lane, NifError> {
+fn attach(fd: RawFd) -> Result<Lane, NativeError> {
     let own = sys::dup_unix_stream(fd)
-        .map_err(|e| NifError::os(&e, "cannot take over the lane's socket"))?;
+        .map_err(|e| NativeError::os(&e, "cannot take over the lane's socket"))?;
     let secret = Bytes::copy_from_slice(snakepit_core::auth::token().as_bytes());
     let mut hello = Outgoing::new(Header::new(frame::HELLO, 0), secret)
-        .map_err(|e| NifError::os(&e, "cannot greet the worker's lane"))?;
+        .map_err(|e| NativeError::os(&e, "cannot greet the worker's lane"))?;
     // A fresh socket's buffer takes a few dozen bytes at once.
     match hello.write_now(own.as_raw_fd()) {
         Ok(Progress::Done) => {}
         Ok(_) => return Err(unavailable("the worker's lane took no greeting")),
-        Err(e) => return Err(NifError::os(&e, "cannot greet the worker's lane")),
+        Err(e) => return Err(NativeError::os(&e, "cannot greet the worker's lane")),
     }
     let shared = Arc::new(Shared {
         fd: own,

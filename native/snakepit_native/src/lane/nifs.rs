@@ -2,26 +2,23 @@
 //! scheduler (encode, one non-blocking `sendmsg`; decode a small reply) and
 //! returns; replies come as `{ref, result}` messages, as on the gRPC path.
 
-use rustler::{Binary, Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, Binary, Env, LocalPid, NifResult, ResourceArc, Term};
 use snakepit_core::lane::{self as frame, Header};
+use tonic::Code;
 
 use super::{attach, Call, Lane, StreamCall, Via};
 use crate::atoms;
-use crate::decode::opt;
-use crate::error::NifError;
-use crate::grpc::{build_request, DEFAULT_WINDOW};
-use crate::reply::{self, ReplyTo};
+use crate::error::NativeError;
+use crate::reply::ReplyTo;
+use crate::wire::request::{build_request, window};
 
 /// Takes over the lane socket `fd` that a `gen_tcp` port connected to a
 /// worker (`:inet.getfd/1`): `{:ok, lane}` once the worker was greeted, or
 /// `{:error, {kind, msg}}`. The port keeps reading replies (handed to
 /// `lane_deliver/2`); the lane writes through a descriptor of its own.
 #[rustler::nif]
-fn lane_attach(env: Env, fd: i32) -> Term {
-    match attach(fd) {
-        Ok(lane) => (atoms::ok(), ResourceArc::new(lane)).encode(env),
-        Err(err) => err.encode(env),
-    }
+fn lane_attach(fd: i32) -> Result<ResourceArc<Lane>, NativeError> {
+    attach(fd).map(ResourceArc::new)
 }
 
 /// One message the reader's port received (header and payload): decoded
@@ -30,22 +27,26 @@ fn lane_attach(env: Env, fd: i32) -> Term {
 /// large binary); `{:error, {:internal, msg}}` when it is not a lane
 /// message (the lane must close).
 #[rustler::nif]
-fn lane_deliver<'a>(env: Env<'a>, lane: ResourceArc<Lane>, message: Binary<'a>) -> Term<'a> {
+fn lane_deliver<'a>(env: Env<'a>, lane: ResourceArc<Lane>, message: Binary<'a>) -> NifResult<Atom> {
     delivered(env, &lane, message.as_slice())
 }
 
 /// `lane_deliver/2` for large messages, whose decoding may take longer
 /// than a normal scheduler should be held.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn lane_deliver_large<'a>(env: Env<'a>, lane: ResourceArc<Lane>, message: Binary<'a>) -> Term<'a> {
+fn lane_deliver_large<'a>(
+    env: Env<'a>,
+    lane: ResourceArc<Lane>,
+    message: Binary<'a>,
+) -> NifResult<Atom> {
     delivered(env, &lane, message.as_slice())
 }
 
-fn delivered<'a>(env: Env<'a>, lane: &Lane, message: &[u8]) -> Term<'a> {
+fn delivered(env: Env, lane: &Lane, message: &[u8]) -> NifResult<Atom> {
     match lane.shared.deliver(env, message) {
-        Ok(false) => atoms::ok().encode(env),
-        Ok(true) => atoms::collect().encode(env),
-        Err(msg) => NifError::new(atoms::internal(), msg).encode(env),
+        Ok(false) => Ok(atoms::ok()),
+        Ok(true) => Ok(atoms::collect()),
+        Err(msg) => Err(NativeError::status(Code::Internal, msg).into()),
     }
 }
 
@@ -57,7 +58,7 @@ fn lane_close(env: Env, lane: ResourceArc<Lane>, reason: String) -> rustler::Ato
     atoms::ok()
 }
 
-fn encoded(tool: String, arguments: Term, opts: Term) -> Result<Vec<u8>, NifError> {
+fn encoded(tool: String, arguments: Term, opts: Term) -> Result<Vec<u8>, NativeError> {
     let (req, _timeout) = build_request(tool, arguments, opts)?;
     Ok(prost::Message::encode_to_vec(&req))
 }
@@ -75,12 +76,10 @@ fn lane_execute<'a>(
     tool: String,
     arguments: Term<'a>,
     opts: Term<'a>,
-) -> Term<'a> {
-    let result = encoded(tool, arguments, opts).and_then(|payload| {
-        let call = Call::Unary(ReplyTo::new(owner, reference));
-        lane.shared.start(env, frame::CALL, 0, payload, call)
-    });
-    started(env, result)
+) -> Result<u64, NativeError> {
+    let payload = encoded(tool, arguments, opts)?;
+    let call = Call::Unary(ReplyTo::new(owner, reference));
+    lane.shared.start(env, frame::CALL, 0, payload, call)
 }
 
 /// Starts a stream: `{:ok, call_id}`, then `{ref, {:chunks, [chunk, ...],
@@ -96,27 +95,16 @@ fn lane_execute_stream<'a>(
     tool: String,
     arguments: Term<'a>,
     opts: Term<'a>,
-) -> Term<'a> {
-    let window: u32 = match opt(opts, atoms::window(), "window") {
-        Ok(window) => window.unwrap_or(DEFAULT_WINDOW).clamp(1, u16::MAX as u32),
-        Err(msg) => return reply::invalid_argument(env, msg),
-    };
-    let result = encoded(tool, arguments, opts).and_then(|payload| {
-        let call = Call::Stream(StreamCall {
-            to: ReplyTo::new(owner, reference),
-            credit: frame::Credit::new(window),
-        });
-        lane.shared
-            .start(env, frame::STREAM, window as u16, payload, call)
+) -> Result<u64, NativeError> {
+    // The frame carries the window in 16 bits.
+    let window = window(opts)?.min(u16::MAX as u32);
+    let payload = encoded(tool, arguments, opts)?;
+    let call = Call::Stream(StreamCall {
+        to: ReplyTo::new(owner, reference),
+        credit: frame::Credit::new(window),
     });
-    started(env, result)
-}
-
-fn started(env: Env, result: Result<u64, NifError>) -> Term {
-    match result {
-        Ok(id) => (atoms::ok(), id).encode(env),
-        Err(err) => err.encode(env),
-    }
+    lane.shared
+        .start(env, frame::STREAM, window as u16, payload, call)
 }
 
 /// The consumer handled `n` chunks of stream `call_id`.

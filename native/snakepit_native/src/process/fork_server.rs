@@ -4,14 +4,13 @@
 
 use std::time::Duration;
 
-use rustler::{Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+use rustler::{LocalPid, ResourceArc};
 use snakepit_core::exit::{wait_exit, ExitStatus};
 use snakepit_core::fork_client::ForkClient;
 use snakepit_core::spawn;
 
-use super::nifs::Started;
-use crate::atoms;
-use crate::error::NifError;
+use super::nifs::{ProcessHandle, Started};
+use crate::error::NativeError;
 
 /// How long a fork may take before the request is given up.
 const FORK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -23,31 +22,25 @@ pub struct ForkServer {
 #[rustler::resource_impl]
 impl rustler::Resource for ForkServer {}
 
-fn error<'a>(env: Env<'a>, err: &std::io::Error, what: &str) -> Term<'a> {
-    NifError::os(err, what).encode(env)
-}
-
 /// Connects to the fork server listening at `path`. Dropping the handle
 /// closes the connection, and the fork server exits.
 #[rustler::nif(schedule = "DirtyIo")]
-fn fork_server_connect(env: Env<'_>, path: String) -> Term<'_> {
-    match ForkClient::connect(&path) {
-        Ok(client) => (atoms::ok(), ResourceArc::new(ForkServer { client })).encode(env),
-        Err(err) => error(env, &err, "cannot connect to the fork server"),
-    }
+fn fork_server_connect(path: String) -> Result<ResourceArc<ForkServer>, NativeError> {
+    let client = ForkClient::connect(&path)
+        .map_err(|e| NativeError::os(&e, "cannot connect to the fork server"))?;
+    Ok(ResourceArc::new(ForkServer { client }))
 }
 
 /// Forks a worker running `argv` with exactly `environment` in `cwd`; the
 /// same reply and messages as `spawn_process`.
 #[rustler::nif(schedule = "DirtyIo")]
-fn fork_server_spawn<'a>(
-    env: Env<'a>,
+fn fork_server_spawn(
     server: ResourceArc<ForkServer>,
     argv: Vec<String>,
     environment: Vec<(String, String)>,
     cwd: Option<String>,
     owner: LocalPid,
-) -> NifResult<Term<'a>> {
+) -> Result<(i32, ResourceArc<ProcessHandle>), NativeError> {
     let fork = || -> std::io::Result<(Started, _)> {
         let (out_r, out_w) = spawn::pipe_cloexec()?;
         let (err_r, err_w) = spawn::pipe_cloexec()?;
@@ -88,12 +81,7 @@ fn fork_server_spawn<'a>(
         };
         Ok((started, exit))
     };
-    match fork() {
-        Ok((started, exit)) => Ok(started.watch(env, owner, exit)),
-        Err(err) => Ok(error(
-            env,
-            &err,
-            "the fork server could not fork the worker",
-        )),
-    }
+    let (started, exit) =
+        fork().map_err(|e| NativeError::os(&e, "the fork server could not fork the worker"))?;
+    Ok(started.watch(owner, exit))
 }

@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 
-use rustler::{Atom, Encoder, Env, LocalPid, NifResult, ResourceArc, Term};
+use rustler::{Atom, LocalPid, NifResult, ResourceArc};
 
 use snakepit_core::auth;
 use snakepit_core::exit::{wait_exit, ExitStatus};
@@ -14,7 +14,7 @@ use snakepit_core::{signal, spawn};
 
 use super::watch;
 use crate::atoms;
-use crate::error::NifError;
+use crate::error::NativeError;
 
 /// A spawned worker as the BEAM holds it. Dropping the last reference
 /// closes the guard pipe, which takes the worker's process group down.
@@ -43,15 +43,14 @@ struct SpawnOpts {
 /// own Python processes: workers and fork servers), which the BEAM never
 /// sees.
 #[rustler::nif(schedule = "DirtyIo")]
-fn spawn_process<'a>(
-    env: Env<'a>,
+fn spawn_process(
     program: String,
     argv: Vec<String>,
     environment: Vec<(String, String)>,
     cwd: Option<String>,
     owner: LocalPid,
     opts: SpawnOpts,
-) -> NifResult<Term<'a>> {
+) -> Result<(i32, ResourceArc<ProcessHandle>), NativeError> {
     let SpawnOpts {
         orphan_protection,
         with_secret,
@@ -76,23 +75,17 @@ fn spawn_process<'a>(
             orphan_protection,
         })
     };
-    let spec = match build() {
-        Ok(spec) => spec,
-        Err(msg) => return Ok(crate::reply::invalid_argument(env, msg)),
+    let spec = build().map_err(NativeError::invalid)?;
+    let child =
+        spawn::spawn(spec).map_err(|e| NativeError::os(&e, &format!("cannot start {program}")))?;
+    let exit = wait_exit(child.pidfd);
+    let started = Started {
+        pid: child.pid,
+        stdout: child.stdout,
+        stderr: child.stderr,
+        guard: child.guard,
     };
-    match spawn::spawn(spec) {
-        Ok(child) => {
-            let exit = wait_exit(child.pidfd);
-            let started = Started {
-                pid: child.pid,
-                stdout: child.stdout,
-                stderr: child.stderr,
-                guard: child.guard,
-            };
-            Ok(started.watch(env, owner, exit))
-        }
-        Err(err) => Ok(NifError::os(&err, &format!("cannot start {program}")).encode(env)),
-    }
+    Ok(started.watch(owner, exit))
 }
 
 /// A running child, however it was started, before anyone watches it.
@@ -105,13 +98,12 @@ pub(super) struct Started {
 
 impl Started {
     /// Forwards its output and `exit` to `owner` and returns
-    /// `{:ok, {os_pid, handle}}`.
-    pub fn watch<'a>(
+    /// `{os_pid, handle}`.
+    pub fn watch(
         self,
-        env: Env<'a>,
         owner: LocalPid,
         exit: impl Future<Output = ExitStatus> + Send + 'static,
-    ) -> Term<'a> {
+    ) -> (i32, ResourceArc<ProcessHandle>) {
         let (guard_pipe, guard_pidfd) = match self.guard {
             Some(guard) => (Some(guard.pipe), Some(guard.pidfd)),
             None => (None, None),
@@ -130,7 +122,7 @@ impl Started {
             guard_pidfd,
             output,
         );
-        (atoms::ok(), (self.pid, handle)).encode(env)
+        (self.pid, handle)
     }
 }
 
@@ -152,34 +144,31 @@ fn process_output_ack(handle: ResourceArc<ProcessHandle>, acked: u64, window: u6
     handle.output.ack(acked, window)
 }
 
-fn signal_result(env: Env<'_>, result: io::Result<()>) -> Term<'_> {
-    match result {
-        Ok(()) => atoms::ok().encode(env),
-        Err(err) => NifError::os(&err, "kill").encode(env),
-    }
+fn signal_result(result: io::Result<()>) -> NifResult<Atom> {
+    result.map_err(|err| NativeError::os(&err, "kill"))?;
+    Ok(atoms::ok())
 }
 
-fn not_a_target(env: Env<'_>, target: i32) -> Term<'_> {
-    NifError::invalid(format!(
+fn not_a_target(target: i32) -> NativeError {
+    NativeError::invalid(format!(
         "{target} is not a process Snakepit may signal (0, 1, negative, or this VM)"
     ))
-    .encode(env)
 }
 
 #[rustler::nif]
-fn signal_process(env: Env<'_>, pid: i32, sig: i32) -> Term<'_> {
+fn signal_process(pid: i32, sig: i32) -> NifResult<Atom> {
     if !signal::valid_target(pid) {
-        return not_a_target(env, pid);
+        return Err(not_a_target(pid).into());
     }
-    signal_result(env, signal::kill(pid, sig))
+    signal_result(signal::kill(pid, sig))
 }
 
 #[rustler::nif]
-fn signal_group(env: Env<'_>, pgid: i32, sig: i32) -> Term<'_> {
+fn signal_group(pgid: i32, sig: i32) -> NifResult<Atom> {
     if !signal::valid_target(pgid) || pgid == signal::own_group() {
-        return not_a_target(env, pgid);
+        return Err(not_a_target(pgid).into());
     }
-    signal_result(env, signal::kill_group(pgid, sig))
+    signal_result(signal::kill_group(pgid, sig))
 }
 
 #[rustler::nif]
@@ -188,12 +177,9 @@ fn process_alive(pid: i32) -> bool {
 }
 
 #[rustler::nif]
-fn process_group_of(env: Env<'_>, pid: i32) -> Term<'_> {
+fn process_group_of(pid: i32) -> Result<i32, NativeError> {
     if pid <= 0 {
-        return not_a_target(env, pid);
+        return Err(not_a_target(pid));
     }
-    match signal::group_of(pid) {
-        Ok(pgid) => (atoms::ok(), pgid).encode(env),
-        Err(err) => NifError::os(&err, "getpgid").encode(env),
-    }
+    signal::group_of(pid).map_err(|err| NativeError::os(&err, "getpgid"))
 }

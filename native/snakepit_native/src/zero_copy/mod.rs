@@ -24,30 +24,23 @@
 //! regions of a process that dies are released with its heap). A memory
 //! file dies with the last process that holds it: nothing is left on disk.
 
+pub mod marker;
 mod nifs;
+pub mod refs;
 
 use std::fs::File;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use base64::Engine;
-use rustler::{Encoder, Env, ResourceArc, Term};
-use serde_json::{Map, Value};
+use serde_json::Value;
 use snakepit_core::shm::{self, Mapping};
 
 use crate::atoms;
-
-/// The key of a marker object.
-pub const MARKER: &str = "__snakepit_zero_copy__";
 
 /// Regions at least this large are unmapped on a tokio blocking thread:
 /// tearing down a large mapping takes milliseconds and the last reference
 /// may go on a scheduler, during garbage collection.
 const UNMAP_OFF_SCHEDULER: usize = 8 << 20;
-
-/// How many generations of processes a worker may be below the VM (the
-/// fork server's children are grandchildren).
-const WORKER_DEPTH: usize = 3;
 
 /// The application start zero copy is on for (0 while it is off): a
 /// shared region of an earlier start can no longer be sent.
@@ -300,259 +293,12 @@ pub fn create(kind: Kind, data: &[u8]) -> Result<Region, RegionError> {
     Ok(Region::shared(region, slot, kind, Owner::Elixir))
 }
 
-// -- the wire marker ------------------------------------------------------
-
-/// Writes the marker of the `%Snakepit.ZeroCopyRef{}` `term` as JSON.
-pub fn write_marker(term: Term, out: &mut Vec<u8>) -> Result<(), String> {
-    let region: ResourceArc<Region> = term
-        .map_get(atoms::ref_())
-        .and_then(|r| r.decode())
-        .map_err(|_| {
-            "a %Snakepit.ZeroCopyRef{} that is not a live region of this Snakepit \
-             (made by another instance, or built by hand)"
-                .to_string()
-        })?;
-    if region.is_closed() {
-        return Err("a %Snakepit.ZeroCopyRef{} that was closed".into());
-    }
-    let mut body = Map::new();
-    body.insert("kind".into(), region.kind.name().into());
-    body.insert("bytes".into(), region.bytes().len().into());
-    body.insert("device".into(), "cpu".into());
-    body.insert(
-        "owner".into(),
-        match region.owner {
-            Owner::Elixir => "elixir",
-            Owner::Python => "python",
-        }
-        .into(),
-    );
-    if let Some(dtype) = &region.dtype {
-        body.insert("dtype".into(), dtype.as_str().into());
-    }
-    if let Some(shape) = &region.shape {
-        body.insert("shape".into(), shape.clone().into());
-    }
-    match &region.data {
-        Data::Shared(shared) => {
-            if shared.generation != GENERATION.load(Ordering::Acquire) {
-                return Err(
-                    "a %Snakepit.ZeroCopyRef{} of an earlier start of Snakepit (its shared \
-                     memory can no longer be sent)"
-                        .into(),
-                );
-            }
-            let file = shared.file.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(file) = file.as_ref() else {
-                return Err("a %Snakepit.ZeroCopyRef{} that was closed".into());
-            };
-            body.insert("path".into(), shm::proc_path(file).into());
-            body.insert("ino".into(), shared.ino.into());
-        }
-        Data::Heap(bytes) => {
-            let inline = base64::engine::general_purpose::STANDARD.encode(bytes);
-            body.insert("inline".into(), inline.into());
-        }
-    }
-    let marker = Value::Object(Map::from_iter([(MARKER.to_string(), Value::Object(body))]));
-    serde_json::to_writer(&mut *out, &marker).map_err(|e| e.to_string())
-}
-
-/// Whether JSON bytes name the marker key at all.
-pub fn mentions_marker(raw: &[u8]) -> bool {
-    memchr::memmem::find(raw, MARKER.as_bytes()).is_some()
-}
-
-/// The marker's body when `map` is a marker object.
-pub fn marker_body(map: &Map<String, Value>) -> Option<&Map<String, Value>> {
-    if map.len() != 1 {
-        return None;
-    }
-    map.get(MARKER).and_then(Value::as_object)
-}
-
-/// Takes over the regions a worker's reply names, in the order
-/// `json::to_term_with` meets them. Each adopted region's file is removed
-/// when the region is released. A bad marker fails the whole reply (and
-/// the regions adopted so far are released with the vector).
-pub fn adopt_all(value: &Value) -> Result<Vec<ResourceArc<Region>>, String> {
-    collect(value)
-        .into_iter()
-        .map(|body| adopt(body).map(ResourceArc::new))
-        .collect()
-}
-
-/// The marker bodies in `value`, found by a walk with an explicit stack (a
-/// worker's reply may nest as deep as `max_nesting_depth` allows).
-fn collect(value: &Value) -> Vec<&Map<String, Value>> {
-    snakepit_core::json::tagged_objects(value, MARKER)
-}
-
-fn adopt(body: &Map<String, Value>) -> Result<Region, String> {
-    let bad = |what: &str| format!("the worker returned a bad zero-copy ref: {what}");
-    let kind = body
-        .get("kind")
-        .and_then(Value::as_str)
-        .and_then(Kind::parse)
-        .ok_or_else(|| bad("kind is not \"dlpack\" or \"arrow\""))?;
-    let bytes = body
-        .get("bytes")
-        .and_then(Value::as_u64)
-        .ok_or_else(|| bad("bytes is not a non-negative integer"))?;
-    match body.get("device").and_then(Value::as_str) {
-        None | Some("cpu") => {}
-        Some(other) => {
-            return Err(bad(&format!(
-                "device {other:?} is not supported (cpu only)"
-            )))
-        }
-    }
-    if let Some(max) = max_bytes() {
-        if bytes > max {
-            return Err(bad(&format!(
-                "it says {bytes} bytes, more than zero_copy max_bytes ({max})"
-            )));
-        }
-    }
-    let mut region = match (body.get("path"), body.get("inline")) {
-        (Some(path), _) => {
-            let path = path.as_str().ok_or_else(|| bad("path is not a string"))?;
-            adopt_shared(path, body.get("ino"), bytes, kind).map_err(|e| bad(&e))?
-        }
-        (None, Some(Value::String(text))) => {
-            // Base64 holds 3 bytes in 4 characters: check before decoding.
-            if (text.len() as u64) / 4 * 3 > bytes.saturating_add(3) {
-                return Err(bad(&format!("it says {bytes} bytes but holds more")));
-            }
-            let data = base64::engine::general_purpose::STANDARD
-                .decode(text)
-                .map_err(|_| bad("inline data is not base64"))?;
-            if data.len() as u64 != bytes {
-                return Err(bad(&format!(
-                    "it says {bytes} bytes but holds {}",
-                    data.len()
-                )));
-            }
-            Region::new(Data::Heap(data), kind, Owner::Python)
-        }
-        _ => return Err(bad("it has neither a path nor inline data")),
-    };
-    region.dtype = body.get("dtype").and_then(Value::as_str).map(String::from);
-    region.shape = match body.get("shape") {
-        None | Some(Value::Null) => None,
-        Some(Value::Array(dims)) => Some(
-            dims.iter()
-                .map(Value::as_u64)
-                .collect::<Option<Vec<u64>>>()
-                .ok_or_else(|| bad("shape is not a list of non-negative integers"))?,
-        ),
-        Some(_) => return Err(bad("shape is not a list")),
-    };
-    region.metadata = body.get("metadata").filter(|m| m.is_object()).cloned();
-    Ok(region)
-}
-
-/// Takes over a worker's sealed memory file at `path`. Only a file held by
-/// one of this VM's workers is taken: never one of the VM's own
-/// descriptors, never another process's. Small ones are copied to the
-/// heap (no descriptor or mapping kept).
-fn adopt_shared(path: &str, ino: Option<&Value>, bytes: u64, kind: Kind) -> Result<Region, String> {
-    if GENERATION.load(Ordering::Acquire) == 0 {
-        return Err("it names shared memory but zero copy is disabled here".into());
-    }
-    let (pid, _fd) = shm::parse_proc_path(path).ok_or("its path is not /proc/<pid>/fd/<n>")?;
-    if !shm::is_descendant(pid, WORKER_DEPTH) {
-        return Err(format!(
-            "its path names process {pid}, which is not a worker of this VM"
-        ));
-    }
-    let ino = match ino {
-        None => None,
-        Some(v) => Some(v.as_u64().ok_or("ino is not a non-negative integer")?),
-    };
-    let slot = if shares(bytes as usize) {
-        Some(Slot::take().map_err(|e| e.to_string())?)
-    } else {
-        None
-    };
-    let region = shm::open(path, ino, bytes).map_err(|e| e.to_string())?;
-    Ok(match slot {
-        Some(slot) => Region::shared(region, slot, kind, Owner::Python),
-        None => Region::new(
-            Data::Heap(region.mapping.as_slice().to_vec()),
-            kind,
-            Owner::Python,
-        ),
-    })
-}
-
 /// The largest region, when limited (`zero_copy: [max_bytes: ...]`).
 fn max_bytes() -> Option<u64> {
     match MAX_BYTES.load(Ordering::Relaxed) {
         0 => None,
         max => Some(max),
     }
-}
-
-// -- the Elixir struct ----------------------------------------------------
-
-/// `dtype` as a fixed atom when it is one of the known element types (never
-/// an atom made from data), else as a string.
-fn dtype_term<'a>(env: Env<'a>, dtype: &str) -> Term<'a> {
-    let atom = match dtype {
-        "float16" => atoms::float16(),
-        "bfloat16" => atoms::bfloat16(),
-        "float32" => atoms::float32(),
-        "float64" => atoms::float64(),
-        "int8" => atoms::int8(),
-        "int16" => atoms::int16(),
-        "int32" => atoms::int32(),
-        "int64" => atoms::int64(),
-        "uint8" => atoms::uint8(),
-        "uint16" => atoms::uint16(),
-        "uint32" => atoms::uint32(),
-        "uint64" => atoms::uint64(),
-        "bool" => atoms::bool_(),
-        "complex64" => atoms::complex64(),
-        "complex128" => atoms::complex128(),
-        other => return other.encode(env),
-    };
-    atom.encode(env)
-}
-
-/// The `%Snakepit.ZeroCopyRef{}` for `region`.
-pub fn ref_term<'a>(env: Env<'a>, region: ResourceArc<Region>) -> Term<'a> {
-    let nil = atoms::nil().encode(env);
-    let dtype = region.dtype.as_deref().map_or(nil, |d| dtype_term(env, d));
-    let shape = region.shape.as_ref().map_or(nil, |dims| {
-        let dims: Vec<Term> = dims.iter().map(|d| d.encode(env)).collect();
-        rustler::types::tuple::make_tuple(env, &dims)
-    });
-    let metadata = region
-        .metadata
-        .as_ref()
-        .map_or(nil, |m| crate::json::to_term(env, m));
-    let owner = match region.owner {
-        Owner::Elixir => atoms::elixir(),
-        Owner::Python => atoms::python(),
-    };
-    let pairs: [(Term, Term); 10] = [
-        (
-            rustler::types::atom::__struct__().encode(env),
-            atoms::zero_copy_ref_module().encode(env),
-        ),
-        (atoms::bytes().encode(env), region.bytes().len().encode(env)),
-        (atoms::copy().encode(env), (!region.is_shared()).encode(env)),
-        (atoms::device().encode(env), atoms::cpu().encode(env)),
-        (atoms::dtype().encode(env), dtype),
-        (atoms::kind().encode(env), region.kind.atom().encode(env)),
-        (atoms::metadata().encode(env), metadata),
-        (atoms::owner().encode(env), owner.encode(env)),
-        (atoms::ref_().encode(env), region.encode(env)),
-        (atoms::shape().encode(env), shape),
-    ];
-    let (keys, values): (Vec<Term>, Vec<Term>) = pairs.into_iter().unzip();
-    Term::map_from_term_arrays(env, &keys, &values).unwrap_or(nil)
 }
 
 /// How many regions are alive in this VM, their bytes, how many are

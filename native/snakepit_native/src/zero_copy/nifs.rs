@@ -1,11 +1,13 @@
 //! The zero-copy NIFs. Creating a region copies the caller's bytes once
 //! (up to gigabytes), so that runs on a dirty scheduler; the rest are O(1).
 
-use rustler::{Atom, Binary, Encoder, Env, ResourceArc, Term};
+use rustler::{Atom, Binary, Env, ResourceArc, Term};
+use tonic::Code;
 
-use super::{create, live, ref_term, Kind, Region, RegionError};
+use super::refs::ref_term;
+use super::{create, live, Kind, Region, RegionError};
 use crate::atoms;
-use crate::error::NifError;
+use crate::error::{self, NativeError};
 
 /// Turns zero copy on for this application start: `{:ok, limit}`, the
 /// most shared regions alive at once (`max_live`, lowered to what the
@@ -38,42 +40,34 @@ fn zero_copy_create<'a>(
     data: Binary<'a>,
     dtype: Option<String>,
     shape: Option<Vec<u64>>,
-) -> Term<'a> {
+) -> Result<Term<'a>, NativeError> {
     let kind = if kind == atoms::arrow() {
         Kind::Arrow
     } else if kind == atoms::dlpack() {
         Kind::Dlpack
     } else {
-        return NifError::invalid("kind must be :dlpack or :arrow").encode(env);
+        return Err(NativeError::invalid("kind must be :dlpack or :arrow"));
     };
-    match create(kind, data.as_slice()) {
-        Ok(mut region) => {
-            region.dtype = dtype;
-            region.shape = shape;
-            (atoms::ok(), ref_term(env, ResourceArc::new(region))).encode(env)
-        }
-        Err(err @ RegionError::Exhausted(_)) => {
-            NifError::new(atoms::resource_exhausted(), err.to_string()).encode(env)
-        }
-        Err(RegionError::Io(err)) => {
-            NifError::os(&err, "cannot create a shared-memory region").encode(env)
-        }
-    }
-}
-
-fn closed_error() -> NifError {
-    NifError::new(atoms::closed(), "the zero-copy ref was closed")
+    let mut region = create(kind, data.as_slice()).map_err(|err| match err {
+        RegionError::Exhausted(_) => NativeError::status(Code::ResourceExhausted, err.to_string()),
+        RegionError::Io(err) => NativeError::os(&err, "cannot create a shared-memory region"),
+    })?;
+    region.dtype = dtype;
+    region.shape = shape;
+    Ok(ref_term(env, ResourceArc::new(region)))
 }
 
 /// The region's bytes as a binary backed by the region itself (no copy):
 /// it stays valid while referenced, after `close` too.
 #[rustler::nif]
-fn zero_copy_binary(env: Env, region: ResourceArc<Region>) -> Term {
+fn zero_copy_binary(env: Env, region: ResourceArc<Region>) -> Result<Binary, NativeError> {
     if region.is_closed() {
-        return closed_error().encode(env);
+        return Err(NativeError::new(
+            error::Kind::Closed,
+            "the zero-copy ref was closed",
+        ));
     }
-    let binary = region.make_binary(env, |r| r.bytes());
-    (atoms::ok(), binary).encode(env)
+    Ok(region.make_binary(env, |r| r.bytes()))
 }
 
 /// Closes the region's memory file (it can no longer be sent); idempotent.
@@ -85,8 +79,8 @@ fn zero_copy_close(region: ResourceArc<Region>) -> Atom {
 
 /// `{closed, path | nil}` of one region, for tests and diagnostics.
 #[rustler::nif]
-fn zero_copy_region_info(env: Env, region: ResourceArc<Region>) -> Term {
-    (region.is_closed(), region.path()).encode(env)
+fn zero_copy_region_info(region: ResourceArc<Region>) -> (bool, Option<String>) {
+    (region.is_closed(), region.path())
 }
 
 /// `{regions, bytes, shared, limit}`: regions alive in this VM (closed

@@ -12,11 +12,11 @@ use snakepit_core::bridge::{self as core, SocketFile};
 use tokio::sync::{oneshot, watch};
 use tonic::{Response, Status};
 
-use super::super::pb::{
+use crate::atoms;
+use crate::wire::pb::{
     CleanupSessionResponse, ExecuteToolResponse, GetExposedElixirToolsResponse, GetSessionResponse,
     HeartbeatResponse, InitializeSessionResponse, RegisterToolsResponse,
 };
-use crate::atoms;
 
 /// A running bridge server. Dropping the last reference (or `bridge_stop`)
 /// shuts it down: pending calls are answered `unavailable` and the socket

@@ -38,16 +38,16 @@ mod terms;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rustler::{Atom, Encoder, Env, LocalPid, ResourceArc, Term};
+use rustler::{Atom, LocalPid, NifResult, ResourceArc, Term};
 use snakepit_core::bridge::{self as core, Listen};
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 
 use super::auth::RequireSecret;
-use super::channel::max_message_bytes;
-use super::pb::elixir_bridge_server::ElixirBridgeServer;
 use crate::atoms;
-use crate::error::NifError;
+use crate::error::{Kind, NativeError};
+use crate::wire::limits::max_message_bytes;
+use crate::wire::pb::elixir_bridge_server::ElixirBridgeServer;
 use call::Bridge;
 pub use call::{BridgeCall, BridgeHandle};
 use replies::{decode_reply, fallback};
@@ -57,17 +57,15 @@ use replies::{decode_reply, fallback};
 /// their own wait `default_timeout_ms` for Elixir. Returns
 /// `{:ok, {handle, bound_address}}`.
 #[rustler::nif]
-fn bridge_start<'a>(
-    env: Env<'a>,
+fn bridge_start(
     address: String,
     dispatcher: LocalPid,
     default_timeout_ms: u64,
     allow_non_loopback: bool,
-) -> Term<'a> {
-    let listen = match core::parse_address(&address, allow_non_loopback) {
-        Ok(listen) => listen,
-        Err(msg) => return crate::reply::invalid_argument(env, msg),
-    };
+) -> Result<(ResourceArc<BridgeHandle>, String), NativeError> {
+    let listen = core::parse_address(&address, allow_non_loopback).map_err(NativeError::invalid)?;
+    let cannot_listen =
+        |e: std::io::Error| NativeError::os(&e, &format!("cannot listen on {address}"));
     // Listeners are registered with the runtime's reactor on this thread.
     let rt = crate::runtime::get();
     let _guard = rt.enter();
@@ -91,17 +89,12 @@ fn bridge_start<'a>(
 
     let (bound, socket) = match listen {
         Listen::Unix(path) => {
-            let (std_listener, file) = match core::bind_unix(&path) {
-                Ok(bound) => bound,
-                Err(e) => {
-                    return NifError::os(&e, &format!("cannot listen on {address}")).encode(env)
-                }
-            };
+            let (std_listener, file) = core::bind_unix(&path).map_err(cannot_listen)?;
             let listener = match tokio::net::UnixListener::from_std(std_listener) {
                 Ok(l) => l,
                 Err(e) => {
                     file.remove();
-                    return NifError::os(&e, &format!("cannot listen on {address}")).encode(env);
+                    return Err(cannot_listen(e));
                 }
             };
             let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
@@ -109,18 +102,9 @@ fn bridge_start<'a>(
             (format!("unix:{}", file.path().display()), Some(file))
         }
         Listen::Tcp(addr) => {
-            let (std_listener, bound) = match core::bind_tcp(&addr) {
-                Ok(bound) => bound,
-                Err(e) => {
-                    return NifError::os(&e, &format!("cannot listen on {address}")).encode(env)
-                }
-            };
-            let listener = match tokio::net::TcpListener::from_std(std_listener) {
-                Ok(l) => l,
-                Err(e) => {
-                    return NifError::os(&e, &format!("cannot listen on {address}")).encode(env)
-                }
-            };
+            let (std_listener, bound) = core::bind_tcp(&addr).map_err(cannot_listen)?;
+            let listener =
+                tokio::net::TcpListener::from_std(std_listener).map_err(cannot_listen)?;
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
             rt.spawn(router.serve_with_incoming_shutdown(incoming, signal));
             (bound, None)
@@ -130,7 +114,7 @@ fn bridge_start<'a>(
         shutdown: shutdown_tx,
         socket: Mutex::new(socket),
     });
-    (atoms::ok(), (handle, bound)).encode(env)
+    Ok((handle, bound))
 }
 
 /// Stops the server; pending calls are answered `unavailable`. Idempotent.
@@ -140,17 +124,18 @@ fn bridge_stop(handle: ResourceArc<BridgeHandle>) -> Atom {
     atoms::ok()
 }
 
-/// Answers one call. Returns `:ok`; `{:error, :already_replied}` for a call
-/// answered before; `{:error, :expired}` when the RPC stopped waiting; or
-/// `{:error, {:invalid_argument, message}}` for a reply of the wrong shape,
-/// in which case the RPC is answered with an error naming the problem.
-/// Encoding a large result to JSON can take a while: dirty scheduler.
+/// Answers one call. Returns `:ok`; `{:error, {:already_replied, msg}}`
+/// for a call answered before; `{:error, {:expired, msg}}` when the RPC
+/// stopped waiting; or `{:error, {:invalid_argument, msg}}` for a reply of
+/// the wrong shape, in which case the RPC is answered with an error naming
+/// the problem. Encoding a large result to JSON can take a while: dirty
+/// scheduler.
 #[rustler::nif(schedule = "DirtyCpu")]
-fn bridge_reply<'a>(env: Env<'a>, call: ResourceArc<BridgeCall>, reply: Term<'a>) -> Term<'a> {
+fn bridge_reply<'a>(call: ResourceArc<BridgeCall>, reply: Term<'a>) -> NifResult<Atom> {
     let sender = call.reply.lock().ok().and_then(|mut slot| slot.take());
     let Some(sender) = sender else {
-        return NifError::new(atoms::already_replied(), "this call was answered before")
-            .encode(env);
+        let answered = NativeError::new(Kind::AlreadyReplied, "this call was answered before");
+        return Err(answered.into());
     };
     let (answer, problem) = match decode_reply(&call, reply) {
         Ok(answer) => (answer, None),
@@ -158,12 +143,12 @@ fn bridge_reply<'a>(env: Env<'a>, call: ResourceArc<BridgeCall>, reply: Term<'a>
     };
     let delivered = sender.send(answer).is_ok();
     match (problem, delivered) {
-        (Some(msg), _) => crate::reply::invalid_argument(env, msg),
-        (None, true) => atoms::ok().encode(env),
-        (None, false) => NifError::new(
-            atoms::expired(),
+        (Some(msg), _) => Err(NativeError::invalid(msg).into()),
+        (None, true) => Ok(atoms::ok()),
+        (None, false) => Err(NativeError::new(
+            Kind::Expired,
             "the call stopped waiting (its time was up, or the worker went away)",
         )
-        .encode(env),
+        .into()),
     }
 }

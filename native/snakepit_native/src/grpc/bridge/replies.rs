@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use rustler::{Atom, Binary, Term};
 use tonic::Status;
 
-use super::super::pb::{
+use super::call::{BridgeCall, Reply, Rpc};
+use crate::decode::{field, string, string_keyed};
+use crate::wire::pb::{
     CleanupSessionResponse, ExecuteToolResponse, GetExposedElixirToolsResponse, GetSessionResponse,
     HeartbeatResponse, InitializeSessionResponse, ParameterSpec, RegisterToolsResponse, ToolError,
     ToolSpec,
 };
-use super::call::{BridgeCall, Reply, Rpc};
-use crate::decode::{field, string, string_keyed};
 use crate::{atoms, json};
 
 /// A failed tool call, as the `ExecuteToolResponse` Python receives.

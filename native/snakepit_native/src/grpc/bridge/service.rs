@@ -7,17 +7,17 @@ use rustler::Encoder;
 use snakepit_core::bridge as core;
 use tonic::{Request, Response, Status};
 
-use super::super::pb::elixir_bridge_server::ElixirBridge;
-use super::super::pb::{
+use super::call::{guarded, Bridge, FromReply, RequestBuilder, Rpc};
+use super::replies::tool_error;
+use super::telemetry;
+use super::terms::{binary_map, map, request_worker, spec_term, worker_header};
+use crate::wire::pb::elixir_bridge_server::ElixirBridge;
+use crate::wire::pb::{
     CleanupSessionRequest, CleanupSessionResponse, ExecuteElixirToolRequest, ExecuteToolResponse,
     GetExposedElixirToolsRequest, GetExposedElixirToolsResponse, GetSessionRequest,
     GetSessionResponse, HeartbeatRequest, HeartbeatResponse, InitializeSessionRequest,
     InitializeSessionResponse, RegisterToolsRequest, RegisterToolsResponse, TelemetryEvent,
 };
-use super::call::{guarded, Bridge, FromReply, RequestBuilder, Rpc};
-use super::replies::tool_error;
-use super::telemetry;
-use super::terms::{binary_map, map, request_worker, spec_term, worker_header};
 use crate::{atoms, json};
 
 #[tonic::async_trait]

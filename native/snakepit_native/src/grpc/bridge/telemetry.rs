@@ -23,21 +23,21 @@ use std::pin::Pin;
 use std::sync::Mutex;
 
 use futures::{Stream, StreamExt};
-use rustler::{Atom, Encoder, Env, LocalPid, OwnedEnv, ResourceArc, Term};
+use rustler::{Atom, Encoder, Env, LocalPid, NifResult, OwnedEnv, ResourceArc, Term};
 use serde_json::Value;
 use snakepit_core::json::Parsed;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Status, Streaming};
 
-use super::super::pb::{
-    telemetry_control::Control, TelemetryControl, TelemetryEvent, TelemetryEventFilter,
-    TelemetryForwarding, TelemetrySamplingUpdate, TelemetryToggle,
-};
 use super::call::Bridge;
 use super::terms::map;
 use crate::atoms;
-use crate::error::NifError;
+use crate::error::{Kind, NativeError};
+use crate::wire::pb::{
+    telemetry_control::Control, TelemetryControl, TelemetryEvent, TelemetryEventFilter,
+    TelemetryForwarding, TelemetrySamplingUpdate, TelemetryToggle,
+};
 
 /// Entries a stream holds for Elixir before it drops events.
 const QUEUE_CAP: usize = 4096;
@@ -327,35 +327,31 @@ fn telemetry_ack(stream: ResourceArc<TelemetryStream>) -> Atom {
 /// `{:error, {:closed | :busy, message}}` when it cannot be queued.
 #[rustler::nif]
 fn telemetry_control<'a>(
-    env: Env<'a>,
     stream: ResourceArc<TelemetryStream>,
     control: Term<'a>,
     seq: u64,
-) -> Term<'a> {
-    let control = match decode_control(control) {
-        Some(control) => control,
-        None => {
-            return crate::reply::invalid_argument(
-                env,
-                "expected {:toggle, bool}, {:sampling, rate, patterns}, {:filter, allow, deny} or {:forwarding, bool}".into(),
-            )
-        }
-    };
+) -> NifResult<Atom> {
+    let control = decode_control(control).ok_or_else(|| {
+        NativeError::invalid(
+            "expected {:toggle, bool}, {:sampling, rate, patterns}, {:filter, allow, deny} or \
+             {:forwarding, bool}",
+        )
+    })?;
     let message = TelemetryControl {
         control: Some(control),
         seq,
     };
-    match stream.control.try_send(message) {
-        Ok(()) => atoms::ok().encode(env),
-        Err(mpsc::error::TrySendError::Full(_)) => NifError::new(
-            atoms::busy(),
+    let refused = match stream.control.try_send(message) {
+        Ok(()) => return Ok(atoms::ok()),
+        Err(mpsc::error::TrySendError::Full(_)) => NativeError::new(
+            Kind::Busy,
             "the worker is not reading its telemetry controls",
-        )
-        .encode(env),
+        ),
         Err(mpsc::error::TrySendError::Closed(_)) => {
-            NifError::new(atoms::closed(), "the worker's telemetry stream has ended").encode(env)
+            NativeError::new(Kind::Closed, "the worker's telemetry stream has ended")
         }
-    }
+    };
+    Err(refused.into())
 }
 
 fn decode_control(term: Term) -> Option<Control> {

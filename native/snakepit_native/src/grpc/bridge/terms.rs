@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use rustler::{Atom, Encoder, Env, Term};
 use tonic::Request;
 
-use super::super::pb::ToolSpec;
+use crate::wire::pb::ToolSpec;
 use crate::{atoms, json};
 
 /// The gRPC metadata key a worker puts its id under.

@@ -1,27 +1,22 @@
-//! JSON for call payloads: Elixir terms to JSON bytes (in the NIF, before
-//! anything is sent) and parsed JSON to terms (in tokio tasks and the lane
-//! reader, off the callers' schedulers). Integers stay integers; map keys
-//! come back as binaries, never atoms.
+//! Elixir terms to JSON bytes, in the NIF, before anything is sent.
 //!
-//! Neither direction recurses on the data: both keep an explicit stack of
-//! open containers, so a term or a reply nested 100,000 deep costs heap,
-//! never native stack (a dirty scheduler has 320 KB of it). Both apply the
-//! same limits (`snakepit_core::json::Limits`): a value nested deeper than
-//! `max_nesting_depth`, or an integer longer than `max_integer_digits`, is
-//! refused with its path; encoding also stops as soon as the output passes
-//! `max_message_bytes`, checking each binary's size before it reads it, so
-//! an oversized argument is refused before the work of encoding it.
+//! The encoder does not recurse on the data: it keeps an explicit stack of
+//! open containers, so a term nested 100,000 deep costs heap, never native
+//! stack. A value nested deeper than `max_nesting_depth`, or an integer
+//! longer than `max_integer_digits`, is refused with its path; encoding
+//! also stops as soon as the output passes `max_message_bytes`, checking
+//! each binary's size before it reads it, so an oversized argument is
+//! refused before the work of encoding it.
 
 use std::borrow::Cow;
 
 use rustler::types::map::MapIterator;
-use rustler::{Binary, Encoder, Env, ResourceArc, Term, TermType};
-use serde_json::Value;
-use snakepit_core::json::{self as core, Limits, Parsed};
+use rustler::{Binary, Term, TermType};
+use snakepit_core::json::{self as core, Limits};
 
 use crate::atoms;
-use crate::zero_copy::{self, Region};
-pub use snakepit_core::json::{parse, Error};
+use crate::wire::limits::max_message_bytes;
+use crate::zero_copy::marker;
 
 /// What kind of term cannot travel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +60,7 @@ impl EncodeError {
 
 /// Encodes `term` under the configured limits, within `max_message_bytes`.
 pub fn encode(term: Term) -> Result<Vec<u8>, EncodeError> {
-    encode_within(term, crate::grpc::max_message_bytes())
+    encode_within(term, max_message_bytes())
 }
 
 /// Encodes `term` under the configured limits; the output may take at
@@ -239,7 +234,7 @@ impl<'a> JsonEncoder<'a> {
             Problem::TooLarge,
             format!(
                 "larger than max_message_bytes ({}){at}",
-                crate::grpc::max_message_bytes()
+                max_message_bytes()
             ),
         )
     }
@@ -368,7 +363,7 @@ impl<'a> JsonEncoder<'a> {
 
     fn write_struct(&mut self, term: Term<'a>, name: Term<'a>) -> Result<(), (Problem, String)> {
         if name == atoms::zero_copy_ref_module().to_term(term.get_env()) {
-            return zero_copy::write_marker(term, &mut self.out).map_err(|e| (Problem::Invalid, e));
+            return marker::write_marker(term, &mut self.out).map_err(|e| (Problem::Invalid, e));
         }
         let name = name.atom_to_string().unwrap_or_default();
         let name = name.strip_prefix("Elixir.").unwrap_or(&name);
@@ -423,171 +418,6 @@ fn map_key(key: Term<'_>) -> Result<Cow<'_, str>, (Problem, String)> {
     }
 }
 
-/// Builds the Elixir term for a JSON value: objects become maps with
-/// binary keys, `null` becomes `nil`.
-pub fn to_term<'a>(env: Env<'a>, value: &Value) -> Term<'a> {
-    to_term_with(env, value, &mut std::iter::empty())
-}
-
-/// A container whose term is being built.
-enum Building<'v, 'a> {
-    List {
-        items: std::slice::Iter<'v, Value>,
-        terms: Vec<Term<'a>>,
-    },
-    Map {
-        entries: serde_json::map::Iter<'v>,
-        keys: Vec<Term<'a>>,
-        values: Vec<Term<'a>>,
-    },
-}
-
-/// `to_term`, with each zero-copy marker replaced by the next of `regions`
-/// (`zero_copy::adopt_all` of the same value), as a `%Snakepit.ZeroCopyRef{}`.
-/// Containers are built bottom-up from an explicit stack, in the order a
-/// depth-first walk meets them (the order `adopt_all` found the markers).
-pub fn to_term_with<'a>(
-    env: Env<'a>,
-    value: &Value,
-    regions: &mut dyn Iterator<Item = ResourceArc<Region>>,
-) -> Term<'a> {
-    let mut stack: Vec<Building<'_, 'a>> = Vec::new();
-    let mut current = value;
-    loop {
-        // The term of `current`, unless it opens a container.
-        let mut done = match current {
-            Value::Null => Some(atoms::nil().encode(env)),
-            Value::Bool(b) => Some(b.encode(env)),
-            Value::Number(n) => Some(number_term(env, n)),
-            Value::String(s) => Some(s.as_str().encode(env)),
-            Value::Array(items) => {
-                stack.push(Building::List {
-                    items: items.iter(),
-                    terms: Vec::with_capacity(items.len()),
-                });
-                None
-            }
-            Value::Object(map) => {
-                let region = if zero_copy::marker_body(map).is_some() {
-                    regions.next()
-                } else {
-                    None
-                };
-                if let Some(region) = region {
-                    Some(zero_copy::ref_term(env, region))
-                } else if let Some(number) = special_number(env, map) {
-                    Some(number)
-                } else {
-                    stack.push(Building::Map {
-                        entries: map.iter(),
-                        keys: Vec::with_capacity(map.len()),
-                        values: Vec::with_capacity(map.len()),
-                    });
-                    None
-                }
-            }
-        };
-        // Hand finished terms to their containers until one has another
-        // value to build.
-        loop {
-            if let Some(term) = done.take() {
-                match stack.last_mut() {
-                    None => return term,
-                    Some(Building::List { terms, .. }) => terms.push(term),
-                    Some(Building::Map { values, .. }) => values.push(term),
-                }
-            }
-            let next = match stack.last_mut() {
-                Some(Building::List { items, .. }) => items.next(),
-                Some(Building::Map { entries, keys, .. }) => entries.next().map(|(k, v)| {
-                    keys.push(k.as_str().encode(env));
-                    v
-                }),
-                None => unreachable!("the top value returns above"),
-            };
-            match next {
-                Some(v) => {
-                    current = v;
-                    break;
-                }
-                None => {
-                    done = Some(match stack.pop() {
-                        Some(Building::List { terms, .. }) => terms.encode(env),
-                        Some(Building::Map { keys, values, .. }) => {
-                            Term::map_from_term_arrays(env, &keys, &values)
-                                .unwrap_or_else(|_| rustler::types::map::map_new(env))
-                        }
-                        None => unreachable!("a container was open"),
-                    });
-                }
-            }
-        }
-    }
-}
-
-fn number_term<'a>(env: Env<'a>, n: &serde_json::Number) -> Term<'a> {
-    if let Some(i) = n.as_i64() {
-        i.encode(env)
-    } else if let Some(u) = n.as_u64() {
-        u.encode(env)
-    } else {
-        n.as_f64().unwrap_or(f64::NAN).encode(env)
-    }
-}
-
-/// Numbers JSON cannot hold, as the worker's serializer marks them: an
-/// integer beyond 64 bits (`{"__snakepit_int__": "<digits>"}`) becomes an
-/// Elixir integer, a non-finite float (`{"__snakepit_float__": "nan" |
-/// "infinity" | "neg_infinity"}`) the atom of that name. The digits were
-/// held to `max_integer_digits` when the JSON was parsed; longer ones (a
-/// value that was not parsed here) stay a map.
-fn special_number<'a>(env: Env<'a>, map: &serde_json::Map<String, Value>) -> Option<Term<'a>> {
-    if map.len() != 1 {
-        return None;
-    }
-    let (key, value) = map.iter().next()?;
-    let text = value.as_str()?;
-    match key.as_str() {
-        core::INT_KEY => {
-            let limit = Limits::current().int_digits;
-            core::check_int_text(text, limit, "").ok()?;
-            text.parse::<rustler::BigInt>()
-                .ok()
-                .map(|big| big.encode(env))
-        }
-        core::FLOAT_KEY => match text {
-            "nan" => Some(atoms::nan().encode(env)),
-            "infinity" => Some(atoms::infinity().encode(env)),
-            "neg_infinity" => Some(atoms::neg_infinity().encode(env)),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-/// A worker's JSON reply as a term builder: its zero-copy regions are
-/// adopted now (off the schedulers), the term is built in the reply env.
-pub fn reply_term(raw: &[u8], value: Parsed) -> Result<crate::reply::Payload, String> {
-    // Only a reply that names the marker key can hold a region: most do not,
-    // and a byte search is cheaper than walking the parsed value.
-    let regions = if zero_copy::mentions_marker(raw) {
-        zero_copy::adopt_all(&value)?
-    } else {
-        Vec::new()
-    };
-    Ok(Box::new(move |env| {
-        to_term_with(env, &value, &mut regions.into_iter())
-    }))
-}
-
-/// Sets `max_nesting_depth` and `max_integer_digits` (clamped to their
-/// bounds, see `snakepit_core::json`); returns `{depth, digits}` as applied.
-#[rustler::nif]
-fn set_value_limits(depth: usize, int_digits: usize) -> (usize, usize) {
-    let applied = core::set_limits(depth, int_digits);
-    (applied.depth, applied.int_digits)
-}
-
 #[cfg(test)]
 mod tests {
     //! These tests run in the NIF crate's own test binary, which links
@@ -595,9 +425,7 @@ mod tests {
     //! supply). What runs here must not touch an `Env` or a term; the
     //! term-walking halves are exercised by the ExUnit suites.
     use super::escaped_len;
-    use crate::zero_copy::{marker_body, MARKER};
     use proptest::prelude::*;
-    use serde_json::{json, Map, Value};
 
     const CASES: u32 = 512;
 
@@ -608,49 +436,5 @@ mod tests {
         fn escaped_length_matches_serde_json(s in ".{0,64}") {
             prop_assert_eq!(escaped_len(s.as_bytes()), serde_json::to_vec(&s).unwrap().len());
         }
-
-        #[test]
-        fn marker_bodies_are_single_key_objects(
-            key in prop_oneof![Just(MARKER.to_string()), ".{0,24}"],
-            body in prop_oneof![Just(json!({"kind": "dlpack", "bytes": 4})), Just(json!(null)), Just(json!([1])), Just(json!("s"))],
-            extra in any::<bool>(),
-        ) {
-            let mut map = Map::new();
-            map.insert(key.clone(), body.clone());
-            if extra {
-                map.insert("other".into(), json!(1));
-            }
-            let expected = key == MARKER && body.is_object() && !extra;
-            prop_assert_eq!(marker_body(&map).is_some(), expected);
-        }
-
-        #[test]
-        fn marker_walks_find_what_the_parser_read(n in 0usize..6, depth in 1usize..900) {
-            // Markers `depth` arrays deep, read back through the parser and
-            // found in order by the walk adopt_all uses.
-            let mut doc = Vec::new();
-            for i in 0..n {
-                let mut v = json!({MARKER: {"i": i}});
-                for _ in 0..depth {
-                    v = Value::Array(vec![v]);
-                }
-                doc.push(v);
-            }
-            let bytes = serde_json::to_vec(&Value::Array(doc)).unwrap();
-            let parsed = super::parse(&bytes).unwrap();
-            let found: Vec<u64> = snakepit_core::json::tagged_objects(&parsed, MARKER)
-                .iter()
-                .map(|b| b["i"].as_u64().unwrap())
-                .collect();
-            prop_assert_eq!(found, (0..n as u64).collect::<Vec<_>>());
-        }
-    }
-
-    #[test]
-    fn marker_bodies_nested_past_the_limit_are_never_built() {
-        let marker = format!("{{\"{MARKER}\": {{\"i\": 0}}}}");
-        let bytes = ["[".repeat(100_000), marker, "]".repeat(100_000)].concat();
-        let err = super::parse(bytes.as_bytes()).unwrap_err();
-        assert!(err.is_limit(), "{err}");
     }
 }

@@ -1,64 +1,49 @@
-//! Turning worker replies and gRPC failures into the payloads the Elixir
-//! side matches on.
+//! Turning worker replies and failed calls into the payloads the Elixir
+//! side matches on (both transports send the same shapes).
 
 use rustler::{Atom, Encoder};
+use snakepit_core::json::Parsed;
 use tonic::{Code, Status};
 
 use super::pb::{ExecuteToolResponse, ToolChunk, ToolError};
 use crate::atoms;
-use crate::error::NifError;
+use crate::error::{Kind, NativeError};
 use crate::json;
 use crate::reply::{error_payload, Payload};
-
-pub fn code_atom(code: Code) -> Atom {
-    match code {
-        Code::Ok => atoms::ok(),
-        Code::Cancelled => atoms::cancelled(),
-        Code::Unknown => atoms::unknown(),
-        Code::InvalidArgument => atoms::invalid_argument(),
-        Code::DeadlineExceeded => atoms::deadline_exceeded(),
-        Code::NotFound => atoms::not_found(),
-        Code::AlreadyExists => atoms::already_exists(),
-        Code::PermissionDenied => atoms::permission_denied(),
-        Code::ResourceExhausted => atoms::resource_exhausted(),
-        Code::FailedPrecondition => atoms::failed_precondition(),
-        Code::Aborted => atoms::aborted(),
-        Code::OutOfRange => atoms::out_of_range(),
-        Code::Unimplemented => atoms::unimplemented(),
-        Code::Internal => atoms::internal(),
-        Code::Unavailable => atoms::unavailable(),
-        Code::DataLoss => atoms::data_loss(),
-        Code::Unauthenticated => atoms::unauthenticated(),
-    }
-}
+use crate::zero_copy::{marker, refs};
 
 /// `{:error, {code, message}}` with the gRPC status code's name.
 pub fn status(status: Status) -> Payload {
-    error_payload(NifError::new(
-        code_atom(status.code()),
+    error_payload(NativeError::status(
+        status.code(),
         status.message().to_string(),
     ))
 }
 
 /// `{:error, {:timeout, message}}`: the call's deadline passed.
 pub fn timeout() -> Payload {
-    error_payload(NifError::new(
-        atoms::timeout(),
+    error_payload(NativeError::new(
+        Kind::Timeout,
         "the worker did not answer by the call's deadline",
+    ))
+}
+
+/// `{:error, {:internal, message}}`: the worker sent bytes that are not a
+/// reply.
+pub fn malformed(what: &str) -> Payload {
+    error_payload(NativeError::status(
+        Code::Internal,
+        format!("malformed reply from the worker: {what}"),
     ))
 }
 
 /// `{:error, {:tool_error, type, message, traceback, kind}}`
 pub fn tool_error(err: ToolError) -> Payload {
-    Box::new(move |env| {
-        let detail = (
-            atoms::tool_error(),
-            err.r#type.as_str(),
-            err.message.as_str(),
-            err.traceback.as_str(),
-            err.kind.as_str(),
-        );
-        (atoms::error(), detail).encode(env)
+    error_payload(NativeError::Tool {
+        r#type: err.r#type,
+        message: err.message,
+        traceback: err.traceback,
+        kind: err.kind,
     })
 }
 
@@ -70,11 +55,26 @@ fn binary_payload(bytes: Vec<u8>, tag: Atom) -> Payload {
 /// (`:limit_exceeded`, naming it and the path) or not JSON at all.
 fn unreadable(err: json::Error) -> Payload {
     let kind = if err.is_limit() {
-        atoms::limit_exceeded()
+        Kind::LimitExceeded
     } else {
-        atoms::invalid_json()
+        Kind::InvalidJson
     };
-    error_payload(NifError::new(kind, err.message()))
+    error_payload(NativeError::new(kind, err.message()))
+}
+
+/// A worker's JSON reply as a term builder: its zero-copy regions are
+/// adopted now (off the schedulers), the term is built in the reply env.
+fn reply_term(raw: &[u8], value: Parsed) -> Result<Payload, String> {
+    // Only a reply that names the marker key can hold a region: most do not,
+    // and a byte search is cheaper than walking the parsed value.
+    let regions = if marker::mentions_marker(raw) {
+        marker::adopt_all(&value)?
+    } else {
+        Vec::new()
+    };
+    Ok(Box::new(move |env| {
+        refs::with_regions(env, &value, regions)
+    }))
 }
 
 /// `{:ok, term}` for JSON results, `{:ok, binary}` for bytes results.
@@ -86,10 +86,10 @@ pub fn execute(resp: ExecuteToolResponse) -> Payload {
         return binary_payload(resp.binary_result, atoms::ok());
     }
     match json::parse(&resp.result_json) {
-        Ok(value) => match json::reply_term(&resp.result_json, value) {
+        Ok(value) => match reply_term(&resp.result_json, value) {
             Ok(term) => Box::new(move |env| (atoms::ok(), term(env)).encode(env)),
             // A bad zero-copy ref in the reply: refused, the worker is fine.
-            Err(msg) => error_payload(NifError::invalid(msg)),
+            Err(msg) => error_payload(NativeError::invalid(msg)),
         },
         Err(err) => unreadable(err),
     }
@@ -110,12 +110,12 @@ pub fn chunk(chunk: ToolChunk) -> Result<Payload, Payload> {
         }));
     }
     match json::parse(&chunk.data) {
-        Ok(value) => match json::reply_term(&chunk.data, value) {
+        Ok(value) => match reply_term(&chunk.data, value) {
             Ok(term) => Ok(Box::new(move |env| {
                 let data = (atoms::json(), term(env));
                 (atoms::chunk(), data, is_final).encode(env)
             })),
-            Err(msg) => Err(error_payload(NifError::invalid(msg))),
+            Err(msg) => Err(error_payload(NativeError::invalid(msg))),
         },
         Err(err) if err.is_limit() => Err(unreadable(err)),
         Err(_) => {
