@@ -9,10 +9,10 @@ defmodule Snakepit.Error.NativeTest do
   @src Path.join(File.cwd!(), "native/snakepit_native/src")
   @categories [:worker, :timeout, :python_error, :grpc_error, :validation, :pool]
 
-  # Every kind the native core can fail with, read from its sources: the
-  # table in error.rs's header (`:kind` names in its rows), the atoms
-  # error.rs names (the errno table), the gRPC status table
-  # (grpc/response.rs's code_atom) and every kind a NIF builds an error with.
+  # Every kind the native core can fail with, read from error.rs, which
+  # holds them all: the table in its header (`:kind` names in its rows) and
+  # every atom its `Kind` enum encodes to (the errno and gRPC status tables
+  # included).
   defp rust_kinds do
     error_rs = File.read!(Path.join(@src, "error.rs"))
 
@@ -23,18 +23,7 @@ defmodule Snakepit.Error.NativeTest do
 
     named = for [_, kind] <- Regex.scan(~r/atoms::([a-z_]+)\(\)/, error_rs), do: kind
 
-    [code_atom] =
-      Regex.run(~r/fn code_atom\(.*?\n\}/s, File.read!(Path.join(@src, "grpc/response.rs")))
-
-    statuses = for [_, kind] <- Regex.scan(~r/atoms::([a-z_]+)\(\)/, code_atom), do: kind
-
-    built =
-      for path <- Path.wildcard(Path.join(@src, "**/*.rs")),
-          [_, kind] <-
-            Regex.scan(~r/NifError::new\(\s*atoms::([a-z_]+)\(\)/, File.read!(path)),
-          do: kind
-
-    (table ++ named ++ statuses ++ built)
+    (table ++ named)
     |> Enum.uniq()
     |> Kernel.--(["ok", "error"])
     |> Enum.map(&String.to_atom/1)
