@@ -50,9 +50,9 @@ defmodule Snakepit.Pool do
   """
 
   alias Snakepit.{Defaults, Error}
-  alias Snakepit.Pool.{Call, Deadline}
+  alias Snakepit.Pool.{Call, Checkout, Deadline}
 
-  @type lease :: Call.lease()
+  @type lease :: Checkout.lease()
 
   # -- client API (runs in the caller) ------------------------------------------
 
@@ -118,8 +118,7 @@ defmodule Snakepit.Pool do
   """
   @spec execute_many(String.t(), list(), keyword(), pos_integer() | nil) ::
           [{:ok, term()} | {:error, Error.t()}] | {:error, Error.t()}
-  defdelegate execute_many(command, items, opts, chunk_size \\ nil),
-    to: Snakepit.Pool.Batching
+  defdelegate execute_many(command, items, opts, chunk_size \\ nil), to: Call
 
   @doc """
   Runs a streaming `command`, calling `callback` with each chunk. Options as
