@@ -162,14 +162,10 @@ defmodule Snakepit.Pool do
   """
   @spec derive_rpc_timeout_from_opts(keyword(), timeout()) :: timeout()
   def derive_rpc_timeout_from_opts(opts, default_timeout) do
-    total =
-      case Keyword.get(opts, :deadline_ms) do
-        nil -> Keyword.get(opts, :timeout, default_timeout)
-        :infinity -> Keyword.get(opts, :timeout, default_timeout)
-        deadline -> Deadline.remaining(deadline)
-      end
-
-    Defaults.rpc_timeout(total)
+    case Deadline.of(opts, :infinity) do
+      :infinity -> Defaults.rpc_timeout(Keyword.get(opts, :timeout, default_timeout))
+      deadline -> Defaults.rpc_timeout(Deadline.remaining(deadline))
+    end
   end
 
   @doc """
@@ -180,13 +176,8 @@ defmodule Snakepit.Pool do
       10_000
   """
   @spec effective_queue_timeout_ms(keyword(), timeout()) :: timeout()
-  def effective_queue_timeout_ms(opts, configured) do
-    case Keyword.get(opts, :deadline_ms) do
-      nil -> configured
-      :infinity -> configured
-      deadline -> Deadline.queue_timeout(deadline, configured)
-    end
-  end
+  def effective_queue_timeout_ms(opts, configured),
+    do: Deadline.queue_timeout(Deadline.of(opts, :infinity), configured)
 
   @doc """
   Waits until the pools are ready for service: each has at least one ready
