@@ -138,19 +138,7 @@ defmodule Snakepit.Pool do
       45_000
   """
   @spec get_default_timeout_for_call(atom(), map(), keyword()) :: timeout()
-  def get_default_timeout_for_call(call_type, _args, opts) do
-    case Keyword.get(opts, :timeout) do
-      nil ->
-        case call_type do
-          :execute -> Defaults.pool_request_timeout()
-          :execute_stream -> Defaults.pool_streaming_timeout()
-          :queue -> Defaults.pool_queue_timeout()
-        end
-
-      timeout ->
-        timeout
-    end
-  end
+  def get_default_timeout_for_call(call_type, _args, opts), do: Deadline.total(call_type, opts)
 
   @doc """
   The budget (ms) of the call to Python: `Snakepit.Defaults.rpc_timeout/1`

@@ -171,7 +171,7 @@ defmodule Snakepit.Pool.Call do
 
   defp prepared(call_type, command, args, opts) do
     with {:ok, opts} <- Correlation.ensure_option(opts),
-         total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
+         total = Deadline.total(call_type, opts),
          :ok <- validate_call(command, args, total),
          # The pool estimates run times per command.
          do: {:ok, [{:command, command} | opts], total}
