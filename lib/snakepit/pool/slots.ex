@@ -139,7 +139,7 @@ defmodule Snakepit.Pool.Slots do
 
     if Runtime.member?(rt, worker.id) or Runtime.replacement?(rt, worker.id),
       do: join(state, name, worker),
-      else: perform(state, name, [{:stop_worker, %{id: worker.id}}])
+      else: stop_worker(state, name, %{id: worker.id})
   end
 
   defp join(state, name, worker) do
@@ -276,14 +276,14 @@ defmodule Snakepit.Pool.Slots do
           })
         end
 
-        # An old worker already down (its starter restarting it) is
-        # stopped for good; a live one retires after its requests.
-        {actions, pool} =
-          if old,
-            do: Draining.retire(state.pools[name], old_id),
-            else: {[{:stop_worker, %{id: old_id}}], state.pools[name]}
-
-        state |> ServerState.put_pool(name, pool) |> perform(name, actions)
+        # A live old worker retires after its requests; one already down
+        # (its starter restarting it) is stopped for good.
+        if old do
+          {actions, pool} = Draining.retire(state.pools[name], old_id)
+          state |> ServerState.put_pool(name, pool) |> perform(name, actions)
+        else
+          stop_worker(state, name, %{id: old_id})
+        end
     end
   end
 
@@ -352,7 +352,7 @@ defmodule Snakepit.Pool.Slots do
 
     if Runtime.retiring?(rt, id) and not Runtime.member?(rt, id) and
          not Map.has_key?(state.pools[name].workers, id),
-       do: perform(state, name, [{:stop_worker, %{id: id}}]),
+       do: stop_worker(state, name, %{id: id}),
        else: state
   end
 
