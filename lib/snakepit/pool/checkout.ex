@@ -276,7 +276,13 @@ defmodule Snakepit.Pool.Checkout do
     after
       wait(stop_by) ->
         Process.demonitor(mref, [:flush])
-        {:ok, :running}
+
+        # An answer that arrived meanwhile still counts.
+        receive do
+          {^mref, stop} -> {:ok, stop}
+        after
+          0 -> {:ok, :running}
+        end
     end
   end
 

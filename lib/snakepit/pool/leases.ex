@@ -30,7 +30,7 @@ defmodule Snakepit.Pool.Leases do
   alias Snakepit.{Defaults, GRPCWorker, Native, Telemetry}
   alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Checkout, Deadline, Errors, ServerState, State}
+  alias Snakepit.Pool.{Admission, Checkout, Deadline, Errors, ServerState, State}
   alias Snakepit.Worker.LifecycleManager
 
   @type actions :: [State.action()]
@@ -81,7 +81,7 @@ defmodule Snakepit.Pool.Leases do
     Process.demonitor(request.mref, [:flush])
     error = Errors.checkout_error(:overloaded, pool, request)
     now = Deadline.now()
-    delay = Snakepit.Pool.Admission.refusal_delay(request, now, error.details.retry_after_ms)
+    delay = Admission.refusal_delay(request, now, error.details.retry_after_ms)
     Process.send_after(self(), {:refuse, request.from, error}, delay)
     {:noreply, ServerState.put_pool(state, name, pool)}
   end
