@@ -50,9 +50,9 @@ defmodule Snakepit.Pool do
   """
 
   alias Snakepit.{Defaults, Error}
-  alias Snakepit.Pool.{Call, Deadline}
+  alias Snakepit.Pool.{Call, Checkout, Deadline}
 
-  @type lease :: Call.lease()
+  @type lease :: Checkout.lease()
 
   # -- client API (runs in the caller) ------------------------------------------
 
@@ -118,8 +118,7 @@ defmodule Snakepit.Pool do
   """
   @spec execute_many(String.t(), list(), keyword(), pos_integer() | nil) ::
           [{:ok, term()} | {:error, Error.t()}] | {:error, Error.t()}
-  defdelegate execute_many(command, items, opts, chunk_size \\ nil),
-    to: Snakepit.Pool.Batching
+  defdelegate execute_many(command, items, opts, chunk_size \\ nil), to: Call
 
   @doc """
   Runs a streaming `command`, calling `callback` with each chunk. Options as
@@ -139,19 +138,7 @@ defmodule Snakepit.Pool do
       45_000
   """
   @spec get_default_timeout_for_call(atom(), map(), keyword()) :: timeout()
-  def get_default_timeout_for_call(call_type, _args, opts) do
-    case Keyword.get(opts, :timeout) do
-      nil ->
-        case call_type do
-          :execute -> Defaults.pool_request_timeout()
-          :execute_stream -> Defaults.pool_streaming_timeout()
-          :queue -> Defaults.pool_queue_timeout()
-        end
-
-      timeout ->
-        timeout
-    end
-  end
+  def get_default_timeout_for_call(call_type, _args, opts), do: Deadline.total(call_type, opts)
 
   @doc """
   The budget (ms) of the call to Python: `Snakepit.Defaults.rpc_timeout/1`
@@ -163,14 +150,10 @@ defmodule Snakepit.Pool do
   """
   @spec derive_rpc_timeout_from_opts(keyword(), timeout()) :: timeout()
   def derive_rpc_timeout_from_opts(opts, default_timeout) do
-    total =
-      case Keyword.get(opts, :deadline_ms) do
-        nil -> Keyword.get(opts, :timeout, default_timeout)
-        :infinity -> Keyword.get(opts, :timeout, default_timeout)
-        deadline -> Deadline.remaining(deadline)
-      end
-
-    Defaults.rpc_timeout(total)
+    case Deadline.of(opts, :infinity) do
+      :infinity -> Defaults.rpc_timeout(Keyword.get(opts, :timeout, default_timeout))
+      deadline -> Defaults.rpc_timeout(Deadline.remaining(deadline))
+    end
   end
 
   @doc """
@@ -181,13 +164,8 @@ defmodule Snakepit.Pool do
       10_000
   """
   @spec effective_queue_timeout_ms(keyword(), timeout()) :: timeout()
-  def effective_queue_timeout_ms(opts, configured) do
-    case Keyword.get(opts, :deadline_ms) do
-      nil -> configured
-      :infinity -> configured
-      deadline -> Deadline.queue_timeout(deadline, configured)
-    end
-  end
+  def effective_queue_timeout_ms(opts, configured),
+    do: Deadline.queue_timeout(Deadline.of(opts, :infinity), configured)
 
   @doc """
   Waits until the pools are ready for service: each has at least one ready

@@ -12,7 +12,7 @@ defmodule Snakepit.CallerIsolationTest do
 
   alias Snakepit.{Error, GRPCWorker}
   alias Snakepit.Bridge.SessionStore
-  alias Snakepit.Pool.Call
+  alias Snakepit.Pool.Checkout
   alias Snakepit.Test.AppPool
   alias Snakepit.Worker.Output
 
@@ -316,7 +316,7 @@ defmodule Snakepit.CallerIsolationTest do
     {us, result} = :timer.tc(fn -> Snakepit.execute("bad_ref", %{}) end)
     assert {:error, %Error{category: :validation, message: message}} = result
     assert message =~ "bad zero-copy ref"
-    assert div(us, 1000) < Call.crash_confirm_ms()
+    assert div(us, 1000) < Checkout.crash_confirm_ms()
     assert shared() == before
   end
 

@@ -54,8 +54,8 @@ defmodule Snakepit.Pool.Batching do
   """
 
   alias Snakepit.{CrashBarrier, Error, Telemetry}
-  alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Call, Deadline, Errors}
+  alias Snakepit.GRPC.{Client, NativeCall}
+  alias Snakepit.Pool.{Checkout, Deadline, Errors}
   alias Snakepit.Telemetry.Correlation
 
   @flag "snakepit-batch"
@@ -195,16 +195,16 @@ defmodule Snakepit.Pool.Batching do
   def run(opts, command, deadline, items, n \\ 0, avoid \\ []) do
     lease_opts = if avoid == [], do: opts, else: Keyword.put(opts, :avoid, avoid)
 
-    case Call.checkout(lease_opts, deadline) do
+    case Checkout.checkout(lease_opts, deadline) do
       {:ok, lease} ->
         case fetch(items) do
           [] ->
-            Call.checkin(lease, :ok)
+            Checkout.checkin(lease, :ok)
             []
 
           items ->
             result = send_batch(lease, opts, command, items)
-            Call.checkin(lease, result)
+            Checkout.checkin(lease, result)
 
             case CrashBarrier.crash_info(result, lease.crash_barrier) do
               nil -> split(result, items, command, lease.worker)
@@ -253,12 +253,12 @@ defmodule Snakepit.Pool.Batching do
       binary_parameters: binaries(items),
       correlation_id: Keyword.get(opts, :correlation_id),
       deadline: Deadline.rpc_deadline(deadline),
-      stop_by: deadline,
-      request_id: lease.request_id
+      request_id: lease.request_id,
+      stop: fn -> Checkout.stop(lease, deadline) end
     ]
 
     args = %{"items" => Enum.map(items, &elem(&1, 1))}
-    lease.worker |> Client.execute(command, args, call_opts) |> Call.confirm_crash(lease)
+    lease.worker |> Client.execute(command, args, call_opts) |> Checkout.confirm_crash(lease)
   end
 
   defp latest(nil, deadline), do: deadline
@@ -304,7 +304,7 @@ defmodule Snakepit.Pool.Batching do
       deadline = Enum.reduce(again, nil, fn item, acc -> latest(acc, elem(item, 4)) end)
       # A deliberate pause before the retry, not a wait for an event.
       Process.sleep(min(backoff, Deadline.remaining(deadline)))
-      opts = Call.retry_opts(opts)
+      opts = Checkout.retry_opts(opts)
       failed ++ run(opts, command, deadline, again, n + 1, [info.worker_id | avoid])
     end
   end
@@ -341,7 +341,11 @@ defmodule Snakepit.Pool.Batching do
        when is_integer(i) and is_binary(type) and is_binary(message) and is_binary(traceback) and
               is_binary(kind) do
     error =
-      Client.translate({:error, {:tool_error, type, message, traceback, kind}}, command, worker)
+      NativeCall.translate(
+        {:error, {:tool_error, type, message, traceback, kind}},
+        command,
+        worker
+      )
 
     special(rest, bytes, command, worker, Map.put(acc, i, error))
   end
@@ -364,71 +368,6 @@ defmodule Snakepit.Pool.Batching do
       )
 
     for item <- items, do: {elem(item, 0), {:error, error}}
-  end
-
-  # -- execute_many ----------------------------------------------------------------
-
-  @doc false
-  # See Snakepit.execute_many/3. `opts` are checked call options; the
-  # pool is resolved.
-  @spec execute_many(String.t(), list(), keyword(), pos_integer() | nil) ::
-          [result()] | {:error, Error.t()}
-  def execute_many(command, items, opts, chunk_size) do
-    with {:ok, opts, total} <- Call.prepare(:execute, command, %{}, opts),
-         {:ok, pid, name} <- Call.resolve_pool(opts),
-         {:ok, slots} <- slots(pid, name) do
-      deadline = Deadline.of(opts, total)
-      opts = Keyword.put(opts, :pool, {pid, name})
-      idempotent = Keyword.get(opts, :idempotent) == true
-
-      {good, bad} =
-        items
-        |> Enum.with_index()
-        |> Enum.split_with(fn {args, _i} -> is_map(args) end)
-
-      good =
-        for {args, i} <- good,
-            do: {i, args, nil, idempotent or CrashBarrier.idempotent?(args), deadline}
-
-      size = chunk_size || min(max(div(length(good) + slots - 1, slots), 1), @max_chunk)
-
-      done =
-        good
-        |> Enum.chunk_every(size)
-        |> Task.async_stream(&(opts |> run(command, deadline, &1) |> List.keysort(0)),
-          max_concurrency: slots,
-          timeout: :infinity
-        )
-        |> Enum.flat_map(fn {:ok, results} -> results end)
-
-      if bad == [] do
-        Enum.map(done, &elem(&1, 1))
-      else
-        bad
-        |> Enum.map(fn {args, i} -> {i, {:error, not_a_map(i, args)}} end)
-        |> Enum.concat(done)
-        |> List.keysort(0)
-        |> Enum.map(&elem(&1, 1))
-      end
-    end
-  end
-
-  defp not_a_map(i, args) do
-    Error.validation_error(
-      "item #{i} of execute_many is not a map of arguments: #{inspect(args, limit: 10)}",
-      %{option: :items, index: i, value: args, expected: "a map of arguments"}
-    )
-  end
-
-  # How many calls the pool can run at once: how many chunks go at once.
-  defp slots(pid, name) do
-    case GenServer.call(pid, {:capacity, name}) do
-      {:ok, n} -> {:ok, max(n, 1)}
-      {:error, _} = error -> error
-    end
-  catch
-    :exit, reason ->
-      {:error, Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
   end
 
   @doc "The largest number of items `execute_many/3` puts in one message unless told."

@@ -2,50 +2,23 @@ defmodule Snakepit.Pool.Call do
   @moduledoc """
   The caller's side of a call: it runs in the caller's own process.
 
-  A call leases a worker slot from the pool (`checkout/2`), calls the
-  worker straight through the native core (`Snakepit.GRPC.Client`), and
-  gives the slot back (`checkin/2`), so the pool never sits between a
-  caller and its reply. A transport failure is confirmed as a crash when
-  the worker's process died (`confirm_crash/2`); a crash of an idempotent
-  call may be retried on another worker under `Snakepit.CrashBarrier`. A
-  call that may still run in its worker (it timed out, its stream was
-  abandoned) is handed back as `:cancel`, and the pool stops it before the
-  slot is reused.
+  A call leases a worker slot from the pool (`Snakepit.Pool.Checkout`),
+  calls the worker straight through the native core
+  (`Snakepit.GRPC.Client`), and gives the slot back, so the pool never
+  sits between a caller and its reply. A crash of an idempotent call may
+  be retried on another worker under `Snakepit.CrashBarrier`. A call that
+  timed out is stopped by the pool, which tells the caller how; one that
+  may still run in its worker for another reason (its stream was
+  abandoned, its transport failed) is handed back as `:cancel`, and the
+  pool stops it before the slot is reused. A call of a batched tool joins
+  a batch (`Snakepit.Pool.Batching`), and `execute_many/4` sends many
+  items per message.
   """
 
   alias Snakepit.{CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.Telemetry.Correlation
-  alias Snakepit.Bridge.SessionStore
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Batching, CallOptions, Deadline, Errors, Timings}
-  alias Snakepit.Worker.ExitStatus
-
-  # The pool answers a queued request itself when its queue time is up; the
-  # caller's own wait is this much longer, as a safety net only.
-  @checkout_slack_ms 1_000
-  # How long a caller whose call failed at the transport level waits to
-  # learn whether its worker's process died (a crash) or not.
-  @crash_confirm_ms 1_000
-  @transport_statuses [:unavailable, :unknown, :internal, :cancelled, :aborted, :data_loss]
-
-  @type lease :: %{
-          ref: reference(),
-          request_id: String.t(),
-          pool: atom(),
-          pool_pid: pid(),
-          worker: map(),
-          crash_barrier: map(),
-          timings: Timings.t(),
-          leased_at: integer()
-        }
-
-  @doc "gRPC statuses that may mean the worker's process died under the call."
-  @spec transport_statuses() :: [atom()]
-  def transport_statuses, do: @transport_statuses
-
-  @doc "How long a transport failure waits to learn whether its worker died."
-  @spec crash_confirm_ms() :: pos_integer()
-  def crash_confirm_ms, do: @crash_confirm_ms
+  alias Snakepit.Pool.{Batching, CallOptions, Checkout, Deadline}
 
   @doc """
   Runs `command` with `args` on a worker. Options:
@@ -69,7 +42,7 @@ defmodule Snakepit.Pool.Call do
   @spec execute_checked(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute_checked(command, args, opts) do
     with {:ok, opts, total} <- prepared(:execute, command, args, opts),
-         {:ok, pid, name} <- resolve_pool(opts) do
+         {:ok, pid, name} <- Checkout.resolve_pool(opts) do
       deadline = Deadline.of(opts, total)
 
       # A batched tool's call joins a batch (Snakepit.Pool.Batching).
@@ -126,25 +99,25 @@ defmodule Snakepit.Pool.Call do
       deadline = Deadline.of(opts, total)
       opts = Keyword.put_new(opts, :queue_timeout, Defaults.checkout_timeout())
 
-      with {:ok, lease} <- checkout(opts, deadline) do
+      with {:ok, lease} <- Checkout.checkout(opts, deadline) do
         call_opts = call_opts(opts, lease, deadline)
         # Checked in whatever happens, a raising callback included; a
         # stream that did not end is stopped before its slot is reused.
         {result, ended} =
           try do
-            Client.stream(lease.worker, command, args, callback, call_opts)
+            Client.Stream.run(lease.worker, command, args, callback, call_opts)
           rescue
             e ->
-              checkin(lease, :cancel)
+              Checkout.checkin(lease, :cancel)
               reraise e, __STACKTRACE__
           catch
             kind, reason ->
-              checkin(lease, :cancel)
+              Checkout.checkin(lease, :cancel)
               :erlang.raise(kind, reason, __STACKTRACE__)
           end
 
-        result = confirm_crash(result, lease)
-        checkin(lease, if(ended == :ended, do: result, else: :cancel))
+        result = Checkout.confirm_crash(result, lease)
+        Checkout.checkin(lease, if(ended == :ended, do: result, else: :cancel))
         result
       end
     end
@@ -155,9 +128,9 @@ defmodule Snakepit.Pool.Call do
   defp attempt(opts, deadline, idempotent, n, avoid, fun) do
     opts = if avoid == [], do: opts, else: Keyword.put(opts, :avoid, avoid)
 
-    with {:ok, lease} <- checkout(opts, deadline) do
-      result = fun.(lease) |> confirm_crash(lease)
-      checkin(lease, result)
+    with {:ok, lease} <- Checkout.checkout(opts, deadline) do
+      result = fun.(lease) |> Checkout.confirm_crash(lease)
+      Checkout.checkin(lease, result)
 
       case CrashBarrier.crash_info(result, lease.crash_barrier) do
         nil ->
@@ -178,99 +151,13 @@ defmodule Snakepit.Pool.Call do
 
             # A deliberate pause before the retry, not a wait for an event.
             Process.sleep(min(backoff, Deadline.remaining(deadline)))
-            opts = retry_opts(opts)
+            opts = Checkout.retry_opts(opts)
             attempt(opts, deadline, idempotent, n + 1, [info.worker_id | avoid], fun)
           else
             CrashBarrier.normalize_crash_error(result, info)
           end
       end
     end
-  end
-
-  @doc false
-  # The options of a crash barrier's retry: its wait for a worker is capped.
-  @spec retry_opts(keyword()) :: keyword()
-  def retry_opts(opts) do
-    Keyword.put(
-      opts,
-      :queue_timeout,
-      Deadline.earliest(
-        Keyword.get(opts, :queue_timeout, :infinity),
-        Defaults.crash_barrier_checkout_timeout()
-      )
-    )
-  end
-
-  @doc false
-  # A transport failure may mean the worker's Python process died under
-  # the call. Find out (the worker process stops when Python exits) and
-  # report it as a crash, or as a shutdown when the worker was stopped on
-  # purpose (its pool or Snakepit stopping): no wait when it says so first.
-  @spec confirm_crash(term(), lease()) :: term()
-  def confirm_crash(
-        {:error, %Error{category: :grpc_error, grpc_status: status} = error} = result,
-        lease
-      )
-      when status in @transport_statuses do
-    worker = lease.worker
-
-    if stopped?(lease) do
-      {:error, shutdown_error(error, lease)}
-    else
-      mref = Process.monitor(worker.pid)
-
-      receive do
-        # Gone before we looked (:noproc): its worker recorded how it ended.
-        {:DOWN, ^mref, :process, _, :noproc} ->
-          {:error, ended_error(error, lease, ExitStatus.last(worker.os_pid))}
-
-        # Stopped by its supervisor: its pool or Snakepit is stopping.
-        {:DOWN, ^mref, :process, _, reason} when reason in [:shutdown, :normal] ->
-          {:error, shutdown_error(error, lease)}
-
-        {:DOWN, ^mref, :process, _, reason} ->
-          {:error, crash_error(error, lease, ExitStatus.of_reason(reason))}
-      after
-        @crash_confirm_ms ->
-          Process.demonitor(mref, [:flush])
-
-          cond do
-            stopped?(lease) -> {:error, shutdown_error(error, lease)}
-            Snakepit.Native.process_alive(worker.os_pid) -> result
-            true -> {:error, crash_error(error, lease, ExitStatus.last(worker.os_pid))}
-          end
-      end
-    end
-  end
-
-  def confirm_crash(result, _lease), do: result
-
-  # The worker recorded that it was stopped on purpose since this call began.
-  defp stopped?(lease), do: ExitStatus.stopped_since?(lease.worker.os_pid, lease.leased_at)
-
-  defp ended_error(error, lease, :stopped), do: shutdown_error(error, lease)
-  defp ended_error(error, lease, status), do: crash_error(error, lease, status)
-
-  defp crash_error(error, lease, status) do
-    id = lease.worker.id
-
-    Error.worker_error(
-      "worker #{id} crashed during the call (it #{ExitStatus.describe(status)}): #{error.message}",
-      Map.merge(error.details, %{
-        reason: :worker_crash,
-        worker_id: id,
-        pool: lease.pool,
-        exit_status: status
-      })
-    )
-  end
-
-  defp shutdown_error(error, lease) do
-    Errors.shutdown(
-      "the call was cut short: worker #{lease.worker.id} was stopped because its pool " <>
-        "(or Snakepit) is shutting down",
-      Map.merge(error.details, %{worker_id: lease.worker.id, pool: lease.pool})
-    )
   end
 
   @doc false
@@ -284,7 +171,7 @@ defmodule Snakepit.Pool.Call do
 
   defp prepared(call_type, command, args, opts) do
     with {:ok, opts} <- Correlation.ensure_option(opts),
-         total = Snakepit.Pool.get_default_timeout_for_call(call_type, args, opts),
+         total = Deadline.total(call_type, opts),
          :ok <- validate_call(command, args, total),
          # The pool estimates run times per command.
          do: {:ok, [{:command, command} | opts], total}
@@ -318,8 +205,7 @@ defmodule Snakepit.Pool.Call do
        Error.validation_error("callback must be a function of arity 1, got: #{inspect(other)}")}
 
   # The call to Python gets the rpc deadline; a timed-out call is stopped
-  # in the worker by its request id, learning how within the caller's own
-  # deadline.
+  # by the pool, the caller learning how within its own deadline.
   defp call_opts(opts, lease, deadline) do
     [
       session_id: Keyword.get(opts, :session_id),
@@ -327,133 +213,73 @@ defmodule Snakepit.Pool.Call do
       correlation_id: Keyword.get(opts, :correlation_id),
       metadata: Correlation.worker_metadata(opts),
       deadline: Deadline.rpc_deadline(deadline),
-      stop_by: deadline,
-      request_id: lease.request_id
+      request_id: lease.request_id,
+      stop: fn -> Checkout.stop(lease, deadline) end
     ]
   end
 
-  # The pool process serving `name`: a pool in a host's own tree, else the
-  # application's.
-  defp server_of(name), do: Snakepit.Pool.Names.whereis(name) || Snakepit.Pool
-
-  # Without pool:, the application's pools; with none running and exactly
-  # one pool started in a host's tree, that one.
-  # The pid when it is running, so the lookup below is not made twice on
-  # every call.
-  defp default_server do
-    case Process.whereis(Snakepit.Pool) do
-      pid when is_pid(pid) ->
-        {pid, nil}
-
-      nil ->
-        case Snakepit.Pool.Names.names() do
-          [name] -> {server_of(name), name}
-          _ -> {Snakepit.Pool, nil}
-        end
-    end
-  end
+  # -- execute_many ----------------------------------------------------------------
 
   @doc false
-  # The pool process and pool name `opts` name (nil: the process's default).
-  @spec resolve_pool(keyword()) :: {:ok, pid(), atom() | nil} | {:error, Error.t()}
-  def resolve_pool(opts) do
-    {server, name} =
-      case Keyword.get(opts, :pool) do
-        nil -> default_server()
-        pid when is_pid(pid) -> {pid, nil}
-        Snakepit.Pool -> {Snakepit.Pool, nil}
-        {server, name} -> {server, name}
-        name when is_atom(name) -> {Keyword.get(opts, :pool_server) || server_of(name), name}
-      end
+  # See Snakepit.execute_many/3. `opts` are checked call options; the
+  # pool is resolved.
+  @spec execute_many(String.t(), list(), keyword(), pos_integer() | nil) ::
+          [Batching.result()] | {:error, Error.t()}
+  def execute_many(command, items, opts, chunk_size) do
+    with {:ok, opts, total} <- prepare(:execute, command, %{}, opts),
+         {:ok, pid, name} <- Checkout.resolve_pool(opts),
+         {:ok, slots} <- slots(pid, name) do
+      deadline = Deadline.of(opts, total)
+      opts = Keyword.put(opts, :pool, {pid, name})
+      idempotent = Keyword.get(opts, :idempotent) == true
 
-    case GenServer.whereis(server) do
-      nil ->
-        {:error,
-         Error.pool_error("Snakepit pool #{inspect(server)} is not running", %{pool: server})}
+      {good, bad} =
+        items
+        |> Enum.with_index()
+        |> Enum.split_with(fn {args, _i} -> is_map(args) end)
 
-      pid ->
-        {:ok, pid, name}
-    end
-  end
+      good =
+        for {args, i} <- good,
+            do: {i, args, nil, idempotent or CrashBarrier.idempotent?(args), deadline}
 
-  @doc false
-  # Leases a worker slot. Options as `execute/3`, plus `:avoid` (worker ids
-  # to keep away from) and `:queue_timeout` (a cap on the pool's own).
-  @spec checkout(keyword(), integer() | :infinity) :: {:ok, lease()} | {:error, Error.t()}
-  def checkout(opts, deadline) do
-    with {:ok, pid, name} <- resolve_pool(opts) do
-      ref = make_ref()
-      session = Keyword.get(opts, :session_id)
+      size = chunk_size || min(max(div(length(good) + slots - 1, slots), 1), Batching.max_chunk())
 
-      request = %{
-        ref: ref,
-        # Names the call in the worker, so it can be stopped there.
-        request_id: Integer.to_string(System.unique_integer([:positive])),
-        pool: name,
-        session_id: session,
-        affinity: Keyword.get(opts, :affinity),
-        stored_worker: session && SessionStore.last_worker(session),
-        avoid: Keyword.get(opts, :avoid, []),
-        deadline: deadline,
-        command: Keyword.get(opts, :command),
-        queue_cap: Keyword.get(opts, :queue_timeout, :infinity)
-      }
+      done =
+        good
+        |> Enum.chunk_every(size)
+        |> Task.async_stream(&(opts |> Batching.run(command, deadline, &1) |> List.keysort(0)),
+          max_concurrency: slots,
+          timeout: :infinity
+        )
+        |> Enum.flat_map(fn {:ok, results} -> results end)
 
-      wait =
-        if deadline == :infinity,
-          do: :infinity,
-          else: Deadline.remaining(deadline) + @checkout_slack_ms
-
-      started = System.monotonic_time()
-
-      try do
-        case GenServer.call(pid, {:checkout, request}, wait) do
-          {:ok, lease} ->
-            leased_at = System.monotonic_time()
-            Timings.record(lease.timings, :wait, leased_at - started)
-            {:ok, Map.put(lease, :leased_at, leased_at)}
-
-          error ->
-            error
-        end
-      catch
-        :exit, {:timeout, _} ->
-          send(pid, {:cancel_checkout, name, ref})
-          {:error, Error.timeout_error("no worker was free in time", %{pool: name})}
-
-        :exit, reason ->
-          if Errors.shutdown_reason?(reason),
-            do:
-              {:error,
-               Errors.shutdown("the pool stopped before the call got a worker", %{pool: name})},
-            else:
-              {:error,
-               Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
+      if bad == [] do
+        Enum.map(done, &elem(&1, 1))
+      else
+        bad
+        |> Enum.map(fn {args, i} -> {i, {:error, not_a_map(i, args)}} end)
+        |> Enum.concat(done)
+        |> List.keysort(0)
+        |> Enum.map(&elem(&1, 1))
       end
     end
   end
 
-  @doc false
-  # Gives the slot back. `result` is the call's result, or `:cancel` when
-  # the call may still run in the worker (it timed out, its stream was
-  # abandoned, its transport failed): the pool then stops it first.
-  @spec checkin(lease(), term()) :: :ok
-  def checkin(lease, result) do
-    Timings.record(lease.timings, :run, System.monotonic_time() - lease.leased_at)
-    send(lease.pool_pid, {:checkin, lease.pool, lease.ref, checkin_outcome(result)})
-    :ok
+  defp not_a_map(i, args) do
+    Error.validation_error(
+      "item #{i} of execute_many is not a map of arguments: #{inspect(args, limit: 10)}",
+      %{option: :items, index: i, value: args, expected: "a map of arguments"}
+    )
   end
 
-  defp checkin_outcome(:cancel), do: :cancel
-
-  defp checkin_outcome({:error, %Error{details: %{stop: stop}}})
-       when stop in [:running, :unconfirmed],
-       do: :cancel
-
-  defp checkin_outcome({:error, %Error{category: :grpc_error, grpc_status: status}})
-       when status in @transport_statuses,
-       do: :cancel
-
-  defp checkin_outcome({:error, _}), do: :error
-  defp checkin_outcome(_ok), do: :ok
+  # How many calls the pool can run at once: how many chunks go at once.
+  defp slots(pid, name) do
+    case GenServer.call(pid, {:capacity, name}) do
+      {:ok, n} -> {:ok, max(n, 1)}
+      {:error, _} = error -> error
+    end
+  catch
+    :exit, reason ->
+      {:error, Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
+  end
 end

@@ -28,7 +28,6 @@ defmodule Snakepit.Pool.CallOptions do
     :idempotent,
     :metadata,
     :binary_parameters,
-    :request_id,
     :correlation_id,
     :traceparent,
     # routing across nodes (Snakepit.Cluster)
@@ -185,7 +184,7 @@ defmodule Snakepit.Pool.CallOptions do
 
   defp check(:binary_parameters, _), do: {:bad, "a map of string keys to binaries"}
 
-  defp check(key, id) when key in [:request_id, :correlation_id, :traceparent] do
+  defp check(key, id) when key in [:correlation_id, :traceparent] do
     if is_binary(id) and id != "" and String.valid?(id),
       do: :ok,
       else: {:bad, "a non-empty UTF-8 string"}

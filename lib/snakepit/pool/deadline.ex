@@ -20,6 +20,26 @@ defmodule Snakepit.Pool.Deadline do
   def now, do: :erlang.monotonic_time(:millisecond)
 
   @doc """
+  The total budget of a call of `call_type` (`:execute`, `:execute_stream`
+  or `:queue`): `opts[:timeout]` when given, else the configured default
+  (`Snakepit.Pool.get_default_timeout_for_call/3`).
+
+      iex> Snakepit.Pool.Deadline.total(:execute, timeout: 45_000)
+      45_000
+  """
+  @spec total(:execute | :execute_stream | :queue, keyword()) :: timeout()
+  def total(call_type, opts) do
+    case Keyword.get(opts, :timeout) do
+      nil -> default_total(call_type)
+      timeout -> timeout
+    end
+  end
+
+  defp default_total(:execute), do: Defaults.pool_request_timeout()
+  defp default_total(:execute_stream), do: Defaults.pool_streaming_timeout()
+  defp default_total(:queue), do: Defaults.pool_queue_timeout()
+
+  @doc """
   The deadline of a call with total budget `total` (ms or `:infinity`) and
   the options' `:deadline_ms`, whichever is earlier.
 

@@ -75,6 +75,10 @@ defmodule Snakepit.Pool.Errors do
   defp error_message(%{message: m}), do: m
   defp error_message(other), do: inspect(other)
 
+  @doc "The error of a request to a pool this pool process does not serve."
+  @spec unknown_pool(term()) :: Error.t()
+  def unknown_pool(name), do: Error.pool_error("unknown pool #{inspect(name)}", %{pool: name})
+
   @doc "The error of a request that waited `ms` in the queue of `pool_name` without a worker."
   @spec queue_timeout(atom(), non_neg_integer()) :: Error.t()
   def queue_timeout(pool_name, ms) do

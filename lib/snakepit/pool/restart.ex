@@ -1,8 +1,10 @@
 defmodule Snakepit.Pool.Restart do
   @moduledoc """
   Restarting every worker of a pool while it serves (`Snakepit.Pool.restart/2`,
-  and `reload: true`), on the pool process's state (see
-  `Snakepit.Pool.Server`).
+  and `reload: true`), on the pool process's state
+  (`Snakepit.Pool.ServerState`). This module keeps the restart's progress
+  and says which worker is replaced next; `Snakepit.Pool.Slots` replaces
+  it (`advance_restart/2`) and reports what became of it.
 
   A restart replaces the workers that are members of the pool when it
   begins (`Snakepit.Pool.Runtime`), in slot order, each the way a recycle
@@ -36,7 +38,7 @@ defmodule Snakepit.Pool.Restart do
   """
 
   alias Snakepit.{Error, Telemetry}
-  alias Snakepit.Pool.{Deadline, Runtime, Server, Slots}
+  alias Snakepit.Pool.{Deadline, Runtime, ServerState}
 
   defstruct queue: [],
             current: %{},
@@ -53,7 +55,8 @@ defmodule Snakepit.Pool.Restart do
 
   @doc false
   # Begins a restart of pool `name` (or queues one after the restart in
-  # progress). `from` is answered when it is done (nil: nobody waits).
+  # progress). `from` is answered when it is done (nil: nobody waits). The
+  # caller then advances it (Snakepit.Pool.Slots.advance_restart/2).
   def start(state, name, from, opts) do
     rt = state.runtime[name]
     rolling = Keyword.get(opts, :rolling, true)
@@ -85,7 +88,7 @@ defmodule Snakepit.Pool.Restart do
             "#{length(ids)} workers (#{reason})"
         )
 
-        state |> put(name, restart) |> advance(name)
+        put(state, name, restart)
 
       %__MODULE__{next: next} = restart ->
         # Rolling if anyone asked for it: it is the gentler one.
@@ -95,19 +98,32 @@ defmodule Snakepit.Pool.Restart do
   end
 
   @doc false
-  # Starts replacements until as many run as the restart allows; finishes
-  # when none is left.
-  def advance(state, name) do
+  # Workers passed over since the last advance (being recycled already,
+  # or starting) get their turn again.
+  def requeue(state, name) do
     case state.runtime[name].restart do
       nil ->
         state
 
       restart ->
-        step(state, name, %{restart | queue: restart.deferred ++ restart.queue, deferred: []})
+        put(state, name, %{restart | queue: restart.deferred ++ restart.queue, deferred: []})
     end
   end
 
-  defp step(state, name, %{queue: [id | rest]} = restart)
+  @doc false
+  # The next worker to replace, while fewer replacements run than the
+  # restart allows: `{:recycle, id, reason, state}` (the caller recycles
+  # it and reports `recycling/4` or `defer/3`), or `{:idle, state}`. A
+  # restart with nothing left finishes here, and one asked for meanwhile
+  # begins.
+  def next(state, name) do
+    case state.runtime[name].restart do
+      nil -> {:idle, state}
+      restart -> pick(state, name, restart)
+    end
+  end
+
+  defp pick(state, name, %{queue: [id | rest]} = restart)
        when map_size(restart.current) < restart.concurrency do
     rt = state.runtime[name]
     restart = %{restart | queue: rest}
@@ -115,44 +131,55 @@ defmodule Snakepit.Pool.Restart do
     cond do
       # Gone, or started since the restart began (it runs the new code).
       not Runtime.member?(rt, id) or Map.get(rt.started_at, id, 0) > restart.started_at ->
-        step(state, name, restart)
+        pick(state, name, restart)
 
+      # Current before it is recycled: a replacement that fails at once
+      # stops the restart (replacement_failed/4).
       Map.has_key?(state.pools[name].workers, id) ->
-        case Slots.recycle(state, name, id, restart.reason) do
-          {:ok, state} ->
-            new_id = replacement_of(state.runtime[name], id)
-            current = Map.put(restart.current, id, {new_id, Deadline.now()})
-            step(state, name, %{restart | current: current})
-
-          {{:error, _}, state} ->
-            # Being recycled already: its turn comes again.
-            step(state, name, %{restart | deferred: restart.deferred ++ [id]})
-        end
+        current = Map.put(restart.current, id, {nil, Deadline.now()})
+        {:recycle, id, restart.reason, put(state, name, %{restart | current: current})}
 
       # Starting: it may have read the old code; replaced once ready.
       Map.has_key?(rt.starting, id) ->
-        step(state, name, %{restart | deferred: restart.deferred ++ [id]})
+        pick(state, name, %{restart | deferred: restart.deferred ++ [id]})
 
       # Not started yet, or restarting after a crash: its next start reads
       # the new code.
       true ->
-        step(state, name, restart)
+        pick(state, name, restart)
     end
   end
 
-  defp step(state, name, %{queue: [], deferred: [], current: current} = restart)
+  defp pick(state, name, %{queue: [], deferred: [], current: current} = restart)
        when map_size(current) == 0,
-       do: finish(state, name, restart, :ok)
+       do: state |> finish(name, restart, :ok) |> next(name)
 
-  defp step(state, name, restart), do: put(state, name, restart)
-
-  defp replacement_of(rt, old_id),
-    do: Enum.find_value(rt.replacing, fn {new, {old, _}} -> old == old_id && new end)
+  defp pick(state, name, restart), do: {:idle, put(state, name, restart)}
 
   @doc false
-  # A replacement is ready and the old worker drains; the step is done
-  # when it has stopped (stopped/3).
-  def replaced(state, _name, _old_id, _new_id), do: state
+  # Worker `old_id` is being replaced by `new_id`.
+  def recycling(state, name, old_id, new_id) do
+    with %__MODULE__{current: %{^old_id => {_, at}}} = restart <- state.runtime[name].restart do
+      put(state, name, %{restart | current: Map.put(restart.current, old_id, {new_id, at})})
+    else
+      _ -> state
+    end
+  end
+
+  @doc false
+  # Worker `id` could not be recycled now (it is being recycled already):
+  # its turn comes again.
+  def defer(state, name, id) do
+    with %__MODULE__{current: %{^id => _}} = restart <- state.runtime[name].restart do
+      put(state, name, %{
+        restart
+        | current: Map.delete(restart.current, id),
+          deferred: restart.deferred ++ [id]
+      })
+    else
+      _ -> state
+    end
+  end
 
   @doc false
   # A worker the pool stopped on purpose: when it is one the restart
@@ -165,13 +192,11 @@ defmodule Snakepit.Pool.Restart do
         Map.merge(meta(name, restart), %{worker_id: id, replacement: new_id})
       )
 
-      restart = %{
+      put(state, name, %{
         restart
         | current: Map.delete(restart.current, id),
           replaced: restart.replaced + 1
-      }
-
-      state |> put(name, restart) |> advance(name)
+      })
     else
       _ -> state
     end
@@ -216,20 +241,13 @@ defmodule Snakepit.Pool.Restart do
       {rolling, %{reason: reason, waiters: waiters}} ->
         # Callers that asked during this restart wait for the next one.
         state = start(state, name, nil, rolling: rolling, reason: reason)
-
-        case state.runtime[name].restart do
-          nil ->
-            Enum.each(waiters, &GenServer.reply(&1, :ok))
-            state
-
-          next ->
-            put(state, name, %{next | waiters: next.waiters ++ waiters})
-        end
+        next = state.runtime[name].restart
+        put(state, name, %{next | waiters: next.waiters ++ waiters})
     end
   end
 
   defp meta(name, restart), do: %{pool: name, rolling: restart.rolling, reason: restart.reason}
 
   defp put(state, name, restart),
-    do: Server.put_runtime(state, name, %{state.runtime[name] | restart: restart})
+    do: ServerState.update_runtime(state, name, &%{&1 | restart: restart})
 end

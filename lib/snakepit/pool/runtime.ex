@@ -50,7 +50,7 @@ defmodule Snakepit.Pool.Runtime do
             initial: MapSet.new(),
             # Moving average of how long (ms) a worker takes to be ready.
             start_ms: nil,
-            # A restart in progress (Snakepit.Pool.Slots.restart/4).
+            # A restart in progress (Snakepit.Pool.Restart).
             restart: nil
 
   @type t :: %__MODULE__{}

@@ -3,7 +3,7 @@ defmodule Snakepit.Pool.State do
   The scheduling state of one pool, as pure functions: which worker slots
   are free, who waits in the queue, which caller holds which slot, which
   worker each session is pinned to, and the counters behind
-  `Snakepit.get_stats/1`.
+  `Snakepit.get_stats/1` (read by `Snakepit.Pool.Stats`).
 
   `Snakepit.Pool` owns one of these per pool and does the messaging; every
   decision is made here so it can be tested without processes.
@@ -11,44 +11,10 @@ defmodule Snakepit.Pool.State do
   ## Slots
 
   A worker of capacity `n` contributes `n` slots. A request either gets a
-  slot at once, waits in a bounded FIFO queue, or is refused.
-
-  ## Choosing a worker
-
-  Among free slots the pool prefers, in order: the session's worker (when
-  the request has a session), then the least recently used worker that is
-  neither tainted (it crashed recently) nor in the request's `avoid` list
-  (workers a retry must not go back to). Tainted and avoided workers are
-  used only when no other slot is free: a request never waits because of a
-  taint.
-
-  ## Session affinity
-
-  A session is pinned to the worker (id and pid) that served it last. The
-  request's `affinity` (else the pool's) decides what happens when that
-  worker cannot take it:
-
-    * `:hint` - any other free worker serves it (and the session moves there)
-    * `:strict_queue` - it waits in the queue for its worker; queued
-      requests are dispatched affinity-aware, so it never runs elsewhere
-    * `:strict_fail_fast` - `{:error, :worker_busy}` at once
-
-  A pinned worker that died (or was replaced by a restart under the same
-  id) lost the session's in-memory state: strict modes answer
-  `{:error, :session_worker_unavailable}` once and drop the pin, `:hint`
-  moves on silently. A retiring worker (being recycled) still serves
-  strict requests pinned to it until it retires.
-
-  ## Draining
-
-  A worker taken out of the pool (`retire/3`) drains: it takes no new
-  calls, except strict-affinity calls of sessions pinned to it, and stops
-  once its calls in flight are done. A recycled worker (`drain: :calls`)
-  stops then; the sessions pinned to it hear that their worker is gone. A
-  worker the pool shrinks away (`drain: :sessions`) also waits until no
-  strict session is pinned to it any more (their pins expire after the
-  session TTL without calls, `prune_sessions/2`), so shrinking never loses
-  a strict session's state.
+  slot at once, waits in a bounded FIFO queue, or is refused. Which free
+  slot it gets (the session's worker, affinity modes, tainted workers) is
+  `Snakepit.Pool.Placement`'s choice. A worker taken out of the pool drains
+  first (`Snakepit.Pool.Draining`).
 
   ## Demand
 
@@ -58,12 +24,13 @@ defmodule Snakepit.Pool.State do
 
   ## Actions
 
-  `checkin/3`, `dispatch/1`, `remove_worker/3` and `retire/2` return actions
+  `checkin/3`, `dispatch/1` and `remove_worker/3` (and
+  `Snakepit.Pool.Draining`'s functions) return actions
   for the pool to carry out: `{:grant, request, worker}`, `{:reject,
   request, reason}` and `{:stop_worker, worker}`.
   """
 
-  alias Snakepit.Pool.{Admission, Deadline}
+  alias Snakepit.Pool.{Admission, Deadline, Draining, Placement}
 
   defstruct name: nil,
             config: %{},
@@ -286,78 +253,6 @@ defmodule Snakepit.Pool.State do
   def init_complete?(state), do: MapSet.size(state.settled) >= state.expected
 
   @doc """
-  Starts retiring a worker: it gets no new requests (except strict
-  requests pinned to it) and is stopped once its in-flight requests are
-  done, and with `drain: :sessions` once no strict session is pinned to
-  it either (see "Draining"). Returns `{:stop_worker, worker}` at once
-  when it is drained already.
-  """
-  @spec retire(t(), String.t(), :calls | :sessions) :: {[action()], t()}
-  def retire(state, id, drain \\ :calls) do
-    case state.workers do
-      %{^id => %{status: :active} = worker} ->
-        worker = Map.merge(worker, %{status: :retiring, drain: drain})
-
-        state = %{
-          state
-          | workers: Map.put(state.workers, id, worker),
-            free: :queue.filter(&(&1 != id), state.free),
-            retiring: state.retiring + 1
-        }
-
-        maybe_stop(state, worker, [])
-
-      _ ->
-        {[], state}
-    end
-  end
-
-  defp maybe_stop(state, %{status: :retiring, load: 0} = worker, actions) do
-    if Map.get(worker, :drain) == :sessions and strict_pinned?(state, worker.id) do
-      {actions, state}
-    else
-      state = %{
-        state
-        | workers: Map.delete(state.workers, worker.id),
-          retiring: state.retiring - 1
-      }
-
-      {[{:stop_worker, worker} | actions], state}
-    end
-  end
-
-  defp maybe_stop(state, _worker, actions), do: {actions, state}
-
-  @doc """
-  Stops the retiring workers that are drained now (their strict sessions'
-  pins expired or moved): `{[{:stop_worker, worker}], state}`.
-  """
-  @spec stop_drained(t()) :: {[action()], t()}
-  def stop_drained(%{retiring: 0} = state), do: {[], state}
-
-  def stop_drained(state) do
-    Enum.reduce(state.workers, {[], state}, fn
-      {_id, %{status: :retiring} = worker}, {actions, acc} -> maybe_stop(acc, worker, actions)
-      _, acc -> acc
-    end)
-  end
-
-  @doc """
-  Is a session with strict affinity pinned to the current process of
-  worker `id`?
-  """
-  @spec strict_pinned?(t(), String.t()) :: boolean()
-  def strict_pinned?(state, id) do
-    case state.workers do
-      %{^id => %{pid: pid}} ->
-        Enum.any?(state.sessions, &match?({_s, {^id, ^pid, _t, true}}, &1))
-
-      _ ->
-        false
-    end
-  end
-
-  @doc """
   The most slots the pool needed at any time since `since` (monotonic ms):
   slots busy at a grant, or busy plus queued when a call had to wait.
   """
@@ -427,7 +322,7 @@ defmodule Snakepit.Pool.State do
   def checkout(%{status: :failed} = state, _request), do: {:error, :pool_failed, state}
 
   def checkout(state, request) do
-    case pick(state, request) do
+    case Placement.pick(state, request) do
       {:ok, id, state} ->
         state = lease(state, request, id)
         {:granted, state.workers[id], state}
@@ -483,95 +378,6 @@ defmodule Snakepit.Pool.State do
   @spec patience(t(), request()) :: timeout()
   def patience(state, request), do: Admission.patience(state.admission, request, state.clock.())
 
-  defp affinity(state, request) do
-    Map.get(request, :affinity) || Map.get(state.config, :affinity) || :hint
-  end
-
-  # The session's worker: {:ok, id} when it still runs the process that
-  # served the session, :lost when it died or restarted, nil without a pin.
-  defp preferred(state, request) do
-    case Map.get(request, :session_id) do
-      nil ->
-        nil
-
-      session ->
-        case state.sessions do
-          %{^session => {id, pid, _t, _strict}} ->
-            case state.workers do
-              %{^id => %{pid: ^pid}} -> {:ok, id}
-              _ -> :lost
-            end
-
-          _ ->
-            # A pin remembered by the session store (e.g. before a pool
-            # restart) counts when the worker belongs to this pool.
-            stored = Map.get(request, :stored_worker)
-            if stored && Map.has_key?(state.workers, stored), do: {:ok, stored}
-        end
-    end
-  end
-
-  # {:ok, id, state} (slot taken from the free queue), {:wait, state} or
-  # {:error, reason, state}.
-  defp pick(state, request) do
-    mode = affinity(state, request)
-
-    case {preferred(state, request), mode} do
-      {nil, _} ->
-        pick_any(state, request)
-
-      {:lost, :hint} ->
-        pick_any(state, request)
-
-      {:lost, _strict} ->
-        {:error, :session_worker_unavailable,
-         %{state | sessions: Map.delete(state.sessions, request.session_id)}}
-
-      {{:ok, id}, :hint} ->
-        worker = state.workers[id]
-
-        if worker.status == :active and worker.load < worker.capacity and
-             not tainted?(state, id) and id not in Map.get(request, :avoid, []),
-           do: take(state, id),
-           else: pick_any(state, request)
-
-      {{:ok, id}, strict} ->
-        worker = state.workers[id]
-
-        cond do
-          worker.load < worker.capacity -> take(state, id)
-          strict == :strict_fail_fast -> {:error, :worker_busy, state}
-          true -> {:wait, state}
-        end
-    end
-  end
-
-  defp take(state, id) do
-    case state.workers[id] do
-      %{status: :active} -> {:ok, id, %{state | free: :queue.delete(id, state.free)}}
-      _retiring -> {:ok, id, state}
-    end
-  end
-
-  defp pick_any(state, request) do
-    avoid = Map.get(request, :avoid, [])
-    good? = fn id -> id not in avoid and not tainted?(state, id) end
-
-    case :queue.out(state.free) do
-      {:empty, _} ->
-        {:wait, state}
-
-      # The common case: the least recently used slot will do.
-      {{:value, id}, rest} ->
-        if good?.(id) do
-          {:ok, id, %{state | free: rest}}
-        else
-          id = Enum.find(:queue.to_list(rest), id, good?)
-          {:ok, id, %{state | free: :queue.delete(id, state.free)}}
-        end
-    end
-  end
-
   defp lease(state, request, id) do
     worker = state.workers[id]
     workers = Map.put(state.workers, id, %{worker | load: worker.load + 1})
@@ -582,7 +388,7 @@ defmodule Snakepit.Pool.State do
           state.sessions
 
         session ->
-          strict = affinity(state, request) != :hint
+          strict = Placement.affinity(state, request) != :hint
           Map.put(state.sessions, session, {id, worker.pid, Map.get(request, :now, 0), strict})
       end
 
@@ -629,7 +435,7 @@ defmodule Snakepit.Pool.State do
           %{^id => w} ->
             w = %{w | load: w.load - 1}
             state = %{state | workers: Map.put(state.workers, id, w), busy: state.busy - 1}
-            {stop, state} = maybe_stop(state, w, [])
+            {stop, state} = Draining.maybe_stop(state, w, [])
             {actions, state} = dispatch(state)
             {stop ++ actions, state}
 
@@ -705,7 +511,7 @@ defmodule Snakepit.Pool.State do
   # than handed a worker.
   defp viable_pick(state, request) do
     if Admission.viable?(state.admission, request, state.clock.()),
-      do: pick(state, request),
+      do: Placement.pick(state, request),
       else: {:error, :overloaded, shed(state)}
   end
 
@@ -746,6 +552,15 @@ defmodule Snakepit.Pool.State do
     end
   end
 
+  @doc "Adds `fields` to the lease `ref` (e.g. that its call is being stopped)."
+  @spec annotate_lease(t(), reference(), map()) :: t()
+  def annotate_lease(state, ref, fields) do
+    case state.leases do
+      %{^ref => lease} -> %{state | leases: Map.put(state.leases, ref, Map.merge(lease, fields))}
+      _ -> state
+    end
+  end
+
   @doc "Does `ref` hold a slot?"
   @spec leased?(t(), reference()) :: boolean()
   def leased?(state, ref), do: Map.has_key?(state.leases, ref)
@@ -758,60 +573,6 @@ defmodule Snakepit.Pool.State do
   end
 
   defp observe(state, _lease, _outcome), do: state
-
-  @doc "The counters and gauges of `Snakepit.get_stats/1`."
-  @spec stats(t()) :: map()
-  def stats(state) do
-    busy = Enum.count(state.workers, fn {_, w} -> w.load > 0 end)
-
-    Map.merge(state.stats, %{
-      queued: :queue.len(state.queue),
-      workers: map_size(state.workers),
-      available: map_size(state.workers) - busy,
-      busy: busy,
-      slots_down: map_size(state.down),
-      queue_delay_ms: queue_delay(state),
-      down: Map.new(state.down, fn {id, slot} -> {id, slot_summary(slot)} end)
-    })
-  end
-
-  @doc """
-  The measurements of `[:snakepit, :pool, :status]`: worker counts, queue
-  depth and how long the oldest queued request has waited.
-  """
-  @spec status_measurements(t()) :: %{atom() => non_neg_integer()}
-  def status_measurements(state) do
-    busy = Enum.count(state.workers, fn {_, w} -> w.load > 0 end)
-    total = map_size(state.workers)
-
-    %{
-      total_workers: total,
-      available_workers: total - busy,
-      busy_workers: busy,
-      queue_depth: :queue.len(state.queue),
-      queue_delay_ms: queue_delay(state)
-    }
-  end
-
-  # How long the oldest queued request has waited (0 with none queued).
-  defp queue_delay(state) do
-    case :queue.peek(state.queue) do
-      {:value, ref} -> max(state.clock.() - Map.get(state.waiting[ref], :now, state.clock.()), 0)
-      :empty -> 0
-    end
-  end
-
-  defp slot_summary(slot) do
-    %{
-      status: slot.status,
-      reason: describe(slot.error),
-      failures: slot.failures,
-      retry_in_ms: slot.retry_in_ms
-    }
-  end
-
-  defp describe(%{message: message}) when is_binary(message), do: message
-  defp describe(other), do: inspect(other)
 
   defp bump(state, key), do: %{state | stats: Map.update!(state.stats, key, &(&1 + 1))}
 end

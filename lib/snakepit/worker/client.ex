@@ -3,27 +3,21 @@ defmodule Snakepit.GRPC.Client do
   Calls to one worker, made from the caller's own process: over the
   worker's call lane when it has one (`call_transport: :lane`), else over
   its gRPC channel. Either way the native core replies `{ref, result}` here
-  and this module turns replies into results and `Snakepit.Error`s.
-  Cancellation, pings and sessions always use gRPC.
+  and the reply becomes a result or a `Snakepit.Error`
+  (`Snakepit.GRPC.NativeCall`). Streams run in
+  `Snakepit.GRPC.Client.Stream`. Cancellation, pings and sessions always
+  use gRPC.
   """
 
   alias Snakepit.{Defaults, Error, Native, Telemetry}
+  alias Snakepit.GRPC.{Client, NativeCall}
   alias Snakepit.Pool.Deadline
-  alias Snakepit.Error.PythonTranslation
-
-  # ToolError kinds that mean "no tool ran": an unknown tool, or a
-  # streaming tool called with execute/3.
-  @caller_errors ["unknown_tool", "streaming_tool"]
 
   @execute_start [:snakepit, :grpc_worker, :execute, :start]
   @execute_stop [:snakepit, :grpc_worker, :execute, :stop]
   @call_start [:snakepit, :grpc, :call, :start]
   @call_stop [:snakepit, :grpc, :call, :stop]
   @call_exception [:snakepit, :grpc, :call, :exception]
-
-  # Waiting past the call's own deadline is a safety net: the native core
-  # always answers by its deadline.
-  @reply_slack_ms 5_000
 
   @type worker :: %{
           required(:channel) => reference(),
@@ -34,10 +28,13 @@ defmodule Snakepit.GRPC.Client do
 
   @doc """
   Runs `tool` on `worker`. Options: `:deadline` (monotonic ms or
-  `:infinity`), `:request_id` (lets a timed-out call be stopped in the
-  worker, see `cancel/3`), `:stop_by` (how long, at most, to wait for that
-  stop: the caller's own deadline), `:session_id`, `:metadata`,
-  `:binary_parameters`.
+  `:infinity`), `:request_id` (names the call in the worker, so it can be
+  stopped there), `:session_id`, `:metadata`, `:binary_parameters`, and
+  how a call past its deadline is stopped: `:stop` (a function of no
+  argument that stops it and returns `{:ok, stop}` as `cancel/3` does: a
+  pooled call's, whose pool stops it), else `:stop_by` (a deadline until
+  which this process waits to learn how the `cancel/3` it sends went: the
+  caller's own deadline).
 
   When the worker does not answer by the deadline, the call is stopped
   and the error's `details.stop` says how (`cancel/3`).
@@ -191,7 +188,7 @@ defmodule Snakepit.GRPC.Client do
 
   defp run_execute(worker, tool, args, opts) do
     ref = make_ref()
-    call_opts = native_opts(opts)
+    call_opts = NativeCall.options(opts)
     started = :erlang.monotonic_time()
     # Events are built only when someone listens (Telemetry.handled?/1).
     emit_start(worker, tool, opts)
@@ -201,14 +198,14 @@ defmodule Snakepit.GRPC.Client do
         {:ok, call} ->
           case await_call(call, ref, call_opts.timeout_ms) do
             {:error, {:timeout, _}} -> timed_out(worker, tool, opts)
-            reply -> translate(reply, tool, worker)
+            reply -> NativeCall.translate(reply, tool, worker)
           end
 
         {:error, {:invalid_argument, message}} ->
-          {:error, invalid_args(tool, message)}
+          {:error, NativeCall.invalid_args(tool, message)}
 
         {:error, _} = error ->
-          translate(error, tool, worker)
+          NativeCall.translate(error, tool, worker)
       end
 
     emit_stop(worker, tool, opts, started, result)
@@ -219,7 +216,7 @@ defmodule Snakepit.GRPC.Client do
     %{
       command: tool,
       worker_id: worker.id,
-      transport: transport(worker),
+      transport: NativeCall.transport(worker),
       correlation_id: Keyword.get(opts, :correlation_id)
     }
   end
@@ -275,122 +272,12 @@ defmodule Snakepit.GRPC.Client do
   @spec execute_stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
           :ok | {:error, Error.t() | Exception.t()}
   def execute_stream(worker, tool, args, callback, opts) do
-    {result, _ended} = stream(worker, tool, args, callback, opts)
+    {result, _ended} = Client.Stream.run(worker, tool, args, callback, opts)
     result
   end
 
-  @doc false
-  # As execute_stream/5, with whether the producer is known to have ended
-  # (`:ended`) or may still run (`:abandoned`: halted, timed out, the
-  # callback raised, the transport failed), so its worker's slot is only
-  # reused once the call is stopped.
-  @spec stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
-          {:ok | {:error, term()}, :ended | :abandoned}
-  def stream(worker, tool, args, callback, opts) do
-    started = System.monotonic_time()
-
-    meta = %{
-      command: tool,
-      worker_id: worker.id,
-      transport: transport(worker),
-      correlation_id: Keyword.get(opts, :correlation_id)
-    }
-
-    Telemetry.emit(
-      [:snakepit, :grpc, :stream, :opened],
-      %{system_time: System.system_time()},
-      meta
-    )
-
-    messages = :counters.new(1, [])
-
-    counted = fn chunk ->
-      :counters.add(messages, 1, 1)
-      Telemetry.emit([:snakepit, :grpc, :stream, :message], %{count: 1}, meta)
-      callback.(chunk)
-    end
-
-    {result, ended} = run_stream(worker, tool, args, counted, opts)
-    duration = System.monotonic_time() - started
-
-    Telemetry.emit(
-      [:snakepit, :grpc, :stream, :closed],
-      %{duration: duration, message_count: :counters.get(messages, 1)},
-      Map.put(meta, :reason, closed_reason(result, ended))
-    )
-
-    Telemetry.emit(
-      [:snakepit, :grpc_worker, :stream, :stop],
-      %{
-        duration: duration,
-        duration_ms: System.convert_time_unit(duration, :native, :millisecond)
-      },
-      %{
-        command: tool,
-        worker_id: worker.id,
-        transport: transport(worker),
-        correlation_id: Keyword.get(opts, :correlation_id),
-        success: result == :ok,
-        ended: ended
-      }
-    )
-
-    {result, ended}
-  end
-
-  defp closed_reason(:ok, :ended), do: :completed
-  defp closed_reason(:ok, :abandoned), do: :cancelled
-  defp closed_reason(_error, _ended), do: :error
-
-  defp run_stream(worker, tool, args, callback, opts) do
-    ref = make_ref()
-    call_opts = Map.put(native_opts(opts), :window, Defaults.stream_window())
-
-    case start_stream(worker, ref, tool, args, call_opts) do
-      {:ok, stream} ->
-        try do
-          consume(%{
-            ref: ref,
-            stream: stream,
-            callback: callback,
-            wait: stream_wait(stream, call_opts.timeout_ms),
-            stop_at: stop_at(call_opts.timeout_ms),
-            tool: tool,
-            worker: worker
-          })
-        after
-          # Also when the callback raises: cancel, so Python stops producing.
-          cancel_stream(stream)
-        end
-
-      {:error, {:invalid_argument, message}} ->
-        {{:error, invalid_args(tool, message)}, :ended}
-
-      {:error, _} = error ->
-        {translate(error, tool, worker), :ended}
-    end
-  end
-
-  # -- the two transports ----------------------------------------------------
-
-  defp transport(%{lane: lane}) when lane != nil, do: :lane
-  defp transport(_worker), do: :grpc
-
-  # The native core encodes plain terms itself; arguments holding structs
-  # it cannot encode are converted (Snakepit.StructEncoding) and sent again.
-  defp with_structs_encoded({:error, {:struct_value, _}}, args, send) do
-    case Snakepit.StructEncoding.convert(args) do
-      {:ok, converted} -> send.(converted)
-      {:error, message} -> {:error, {:invalid_argument, message}}
-    end
-  end
-
-  defp with_structs_encoded(started, _args, _send), do: started
-
-  defp start_call(worker, ref, tool, args, opts) do
-    send = &send_call(worker, ref, tool, &1, opts)
-    args |> send.() |> with_structs_encoded(args, send)
-  end
+  defp start_call(worker, ref, tool, args, opts),
+    do: NativeCall.send_encoded(args, &send_call(worker, ref, tool, &1, opts))
 
   defp send_call(%{lane: lane}, ref, tool, args, opts) when lane != nil do
     with {:ok, id} <- Native.lane_execute(lane, self(), ref, tool, args, opts),
@@ -404,7 +291,7 @@ defmodule Snakepit.GRPC.Client do
 
   # The native core answers a gRPC call by its deadline; a lane call is
   # waited for here, to the deadline, and forgotten when it passes.
-  defp await_call(:grpc, ref, timeout_ms), do: await(ref, timeout_ms)
+  defp await_call(:grpc, ref, timeout_ms), do: NativeCall.await(ref, timeout_ms)
 
   defp await_call({:lane, lane, id}, ref, timeout_ms) do
     receive do
@@ -422,129 +309,8 @@ defmodule Snakepit.GRPC.Client do
     end
   end
 
-  defp start_stream(worker, ref, tool, args, opts) do
-    send = &send_stream(worker, ref, tool, &1, opts)
-    args |> send.() |> with_structs_encoded(args, send)
-  end
-
-  defp send_stream(%{lane: lane}, ref, tool, args, opts) when lane != nil do
-    with {:ok, id} <- Native.lane_execute_stream(lane, self(), ref, tool, args, opts),
-         do: {:ok, {:lane, lane, id}}
-  end
-
-  defp send_stream(worker, ref, tool, args, opts) do
-    Native.grpc_execute_stream(worker.channel, self(), ref, tool, args, opts)
-  end
-
-  defp cancel_stream({:lane, lane, id}), do: Native.lane_stream_cancel(lane, id)
-  defp cancel_stream(stream), do: Native.stream_cancel(stream)
-
-  defp ack_stream({:lane, lane, id}, n), do: Native.lane_stream_ack(lane, id, n)
-  defp ack_stream(stream, 1), do: Native.stream_ack(stream)
-
-  # How long a stream waits for its next message: a lane stream to its
-  # deadline (nothing else keeps it), a gRPC one past it (the native core
-  # ends it at the deadline).
-  defp stream_wait({:lane, _, _}, 0), do: :infinity
-
-  defp stream_wait({:lane, _, _}, timeout_ms),
-    do: {:deadline, System.monotonic_time(:millisecond) + timeout_ms}
-
-  defp stream_wait(_grpc, timeout_ms), do: wait_ms(timeout_ms)
-
-  defp after_ms({:deadline, at}), do: max(at - System.monotonic_time(:millisecond), 0)
-  defp after_ms(wait), do: wait
-
   defp lane_wait(0), do: :infinity
   defp lane_wait(timeout_ms), do: timeout_ms
-
-  # The stream's deadline on the monotonic ms clock (:infinity without one).
-  defp stop_at(0), do: :infinity
-  defp stop_at(timeout_ms), do: System.monotonic_time(:millisecond) + timeout_ms
-
-  # One chunk (or batch) at a time, the callback in this process. The
-  # deadline is checked after every callback as well as while waiting, so
-  # a slow callback with chunks already waiting cannot stretch the stream
-  # past it: it ends at most one callback's time after the deadline.
-  defp consume(%{ref: ref, stream: stream, tool: tool, worker: worker} = s) do
-    receive do
-      {^ref, {:chunk, data, is_final}} ->
-        case s.callback.(chunk_map(data, is_final)) do
-          :halt ->
-            cancel_stream(stream)
-            flush(ref)
-            {:ok, if(is_final, do: :ended, else: :abandoned)}
-
-          _ ->
-            if not is_final and past?(s.stop_at) do
-              stream_timed_out(s)
-            else
-              ack_stream(stream, 1)
-              consume(s)
-            end
-        end
-
-      {^ref, {:chunks, chunks, tail}} ->
-        case deliver(chunks, s) do
-          {:halt, final?} ->
-            cancel_stream(stream)
-            flush(ref)
-            {:ok, if(final? or tail == :done, do: :ended, else: :abandoned)}
-
-          :ok when tail == :done ->
-            {:ok, :ended}
-
-          :ok ->
-            ack_stream(stream, length(chunks))
-            consume(s)
-
-          :past_deadline ->
-            stream_timed_out(s)
-        end
-
-      {^ref, :done} ->
-        {:ok, :ended}
-
-      # A tool's own error ends its stream; anything else (a timeout, a
-      # transport failure) may leave the producer running.
-      {^ref, {:error, {:tool_error, _, _, _, _}} = error} ->
-        {translate(error, tool, worker), :ended}
-
-      {^ref, {:error, _} = error} ->
-        {translate(error, tool, worker), :abandoned}
-    after
-      after_ms(s.wait) ->
-        {{:error, Error.timeout_error(stream_timeout(tool, s.wait), %{tool: tool})}, :abandoned}
-    end
-  end
-
-  defp past?(:infinity), do: false
-  defp past?(stop_at), do: System.monotonic_time(:millisecond) >= stop_at
-
-  defp stream_timed_out(s) do
-    cancel_stream(s.stream)
-    flush(s.ref)
-
-    {{:error,
-      Error.timeout_error("stream #{s.tool} did not finish in time", %{
-        tool: s.tool,
-        worker_id: s.worker.id
-      })}, :abandoned}
-  end
-
-  defp stream_timeout(tool, {:deadline, _}), do: "stream #{tool} did not finish in time"
-  defp stream_timeout(tool, wait_ms), do: "stream #{tool} sent nothing for #{wait_ms} ms"
-
-  # Runs the callback on each chunk of a batch until one says :halt, or
-  # the deadline passes with more of the batch left.
-  defp deliver([], _s), do: :ok
-
-  defp deliver([{:chunk, data, is_final} | rest], s) do
-    case s.callback.(chunk_map(data, is_final)) do
-      :halt -> {:halt, is_final}
-      _ -> if not is_final and past?(s.stop_at), do: :past_deadline, else: deliver(rest, s)
-    end
-  end
 
   @doc """
   Asks `worker` to stop the call `request_id` and waits up to `wait_ms` for
@@ -561,9 +327,9 @@ defmodule Snakepit.GRPC.Client do
     ref = make_ref()
     :ok = Native.grpc_cancel(worker.channel, self(), ref, request_id, wait_ms)
 
-    case await(ref, wait_ms + 1_000) do
+    case NativeCall.await(ref, wait_ms + 1_000) do
       {:ok, state} -> {:ok, stop_state(state)}
-      error -> translate(error, "CancelTool", worker)
+      error -> NativeCall.translate(error, "CancelTool", worker)
     end
   end
 
@@ -576,18 +342,20 @@ defmodule Snakepit.GRPC.Client do
   def stop_state("unknown"), do: :not_running
   def stop_state(_running), do: :running
 
-  # The worker did not answer by the call's deadline: stop the call, using
-  # what is left of the caller's budget to learn how it stopped.
+  # The worker did not answer by the call's deadline: stop the call and
+  # say how it stopped. A pooled call is stopped by its pool (`:stop`): it
+  # holds the worker's slot and replaces a worker whose call will not stop.
+  # A call made without a pool is stopped here, with one CancelTool.
   defp timed_out(worker, tool, opts) do
     details = %{tool: tool, worker_id: worker.id}
 
     stop =
-      case Keyword.get(opts, :request_id) do
+      case stopper(worker, opts) do
         nil ->
           :unconfirmed
 
-        request_id ->
-          case cancel(worker, request_id, stop_wait(opts)) do
+        stop_call ->
+          case stop_call.() do
             {:ok, stop} -> stop
             {:error, _} -> :unconfirmed
           end
@@ -600,6 +368,18 @@ defmodule Snakepit.GRPC.Client do
      )}
   end
 
+  defp stopper(worker, opts) do
+    stop_call = Keyword.get(opts, :stop)
+    request_id = Keyword.get(opts, :request_id)
+
+    cond do
+      is_function(stop_call, 0) -> stop_call
+      is_binary(request_id) -> fn -> cancel(worker, request_id, stop_wait(opts)) end
+      true -> nil
+    end
+  end
+
+  # What is left of the caller's budget, at most cancel_grace_ms.
   defp stop_wait(opts) do
     grace = Defaults.cancel_grace_ms()
 
@@ -622,25 +402,6 @@ defmodule Snakepit.GRPC.Client do
       "the tool is still running; its worker is killed and replaced unless it stops " <>
         "within cancel_grace_ms (#{Defaults.cancel_grace_ms()} ms)"
 
-  defp flush(ref) do
-    receive do
-      {^ref, _} -> flush(ref)
-    after
-      0 -> :ok
-    end
-  end
-
-  @doc false
-  # The documented chunk shape: a JSON object gets "is_final" added; other
-  # JSON goes under "data"; bytes that are not JSON under "raw_data_base64".
-  def chunk_map({:json, map}, is_final) when is_map(map), do: Map.put(map, "is_final", is_final)
-  def chunk_map({:json, other}, is_final), do: %{"data" => other, "is_final" => is_final}
-
-  def chunk_map({:raw, bytes}, is_final),
-    do: %{"raw_data_base64" => Base.encode64(bytes), "is_final" => is_final}
-
-  def chunk_map(nil, is_final), do: %{"is_final" => is_final}
-
   @doc """
   Pings the worker's gRPC server: `{:ok, echo}` with what it answered.
   The second argument is a timeout (ms, default 5000) or, as upstream's
@@ -660,7 +421,7 @@ defmodule Snakepit.GRPC.Client do
       timeout_ms when is_integer(timeout_ms) and timeout_ms >= 0 ->
         ref = make_ref()
         :ok = Native.grpc_ping(channel, self(), ref, message, timeout_ms)
-        await(ref, timeout_ms) |> translate("ping", worker)
+        ref |> NativeCall.await(timeout_ms) |> NativeCall.translate("ping", worker)
 
       other ->
         invalid("timeout must be a non-negative integer (ms), got: #{inspect(other)}")
@@ -670,84 +431,5 @@ defmodule Snakepit.GRPC.Client do
   def ping(worker, message, opts) do
     with :ok <- check_call(worker, "ping", %{}, :infinity, List.wrap(opts)),
          do: invalid("message must be a string, got: #{inspect(message)}")
-  end
-
-  defp native_opts(opts) do
-    timeout_ms =
-      case Keyword.get(opts, :deadline, :infinity) do
-        :infinity -> 0
-        deadline -> max(Deadline.remaining(deadline), 1)
-      end
-
-    %{
-      timeout_ms: timeout_ms,
-      request_id: Keyword.get(opts, :request_id),
-      session_id: Keyword.get(opts, :session_id),
-      metadata: Keyword.get(opts, :metadata),
-      binary_parameters: Keyword.get(opts, :binary_parameters)
-    }
-  end
-
-  defp wait_ms(0), do: :infinity
-  defp wait_ms(timeout_ms), do: timeout_ms + @reply_slack_ms
-
-  defp await(ref, timeout_ms) do
-    receive do
-      {^ref, reply} -> reply
-    after
-      wait_ms(timeout_ms) -> {:error, {:timeout, "no reply by the call's deadline"}}
-    end
-  end
-
-  defp invalid_args(tool, message) do
-    Error.validation_error("arguments of #{tool} cannot be sent: #{message}", %{tool: tool})
-  end
-
-  @doc false
-  def translate({:ok, _} = ok, _tool, _worker), do: ok
-
-  def translate({:error, reason}, tool, worker) do
-    details = %{tool: tool, worker_id: worker.id}
-
-    error =
-      case reason do
-        # The caller's mistakes, caught by the worker before any tool ran.
-        {:tool_error, type, message, _tb, kind} when kind in @caller_errors ->
-          Error.validation_error(message, Map.merge(details, %{kind: kind, exception_type: type}))
-
-        {:tool_error, _type, message, _tb, "cancelled"} ->
-          Error.timeout_error(
-            "#{tool} was cancelled: #{message}",
-            Map.put(details, :stop, :interrupted)
-          )
-
-        {:tool_error, type, message, traceback, kind} ->
-          PythonTranslation.from_tool_error(
-            type,
-            message,
-            traceback,
-            Map.put(details, :kind, kind)
-          )
-
-        {:timeout, _message} ->
-          Error.timeout_error("#{tool} did not finish in time", details)
-
-        {:limit_exceeded, message} ->
-          Error.worker_error(
-            "the result of #{tool} cannot be taken: #{message}",
-            Map.put(details, :native, :limit_exceeded)
-          )
-
-        {:invalid_json, message} ->
-          Error.worker_error("worker #{worker.id} returned malformed JSON: #{message}", details)
-
-        {kind, message} when is_atom(kind) and is_binary(message) ->
-          Snakepit.Error.Native.to_error({kind, message}, "worker #{worker.id}", details)
-
-        other ->
-          Error.worker_error("unexpected reply: #{inspect(other)}", details)
-      end
-
-    {:error, error}
   end
 end

@@ -3,7 +3,7 @@ defmodule Snakepit.Pool.AdmissionTest do
   # estimates, arrivals, dispatch and patience under a clock the test owns.
   use ExUnit.Case, async: true
 
-  alias Snakepit.Pool.{Admission, State}
+  alias Snakepit.Pool.{Admission, State, Stats}
 
   defp learned(samples \\ [{"slow", 50}, {"fast", 2}]) do
     Enum.reduce(samples, Admission.new(nil), fn {cmd, ms}, a -> Admission.observe(a, cmd, ms) end)
@@ -88,14 +88,14 @@ defmodule Snakepit.Pool.AdmissionTest do
       waiter = %{req("slow", 150) | now: 50}
       {:queued, s} = State.checkout(s, waiter)
       assert {:error, :overloaded, s} = State.checkout(s, req("slow", 120))
-      assert State.stats(s).shed == 1
+      assert Stats.pool(s).shed == 1
       assert State.patience(s, waiter) == 50
 
       # The busy call runs long: when it ends, the waiter's budget is gone.
       tick(clock, 120)
-      assert State.stats(s).queue_delay_ms == 120
+      assert Stats.pool(s).queue_delay_ms == 120
       {[{:reject, ^waiter, :overloaded}], s} = State.checkin(s, busy.ref)
-      assert State.stats(s).shed == 2 and State.stats(s).queued == 0
+      assert Stats.pool(s).shed == 2 and Stats.pool(s).queued == 0
     end
 
     test "FIFO dispatches whatever budget is left" do

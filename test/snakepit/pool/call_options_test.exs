@@ -19,7 +19,6 @@ defmodule Snakepit.Pool.CallOptionsTest do
     idempotent: ["true", 1, :yes],
     metadata: ["x", [a: 1], %{"k" => 1}, %{1 => "v"}, %{"k" => <<255>>}],
     binary_parameters: ["x", %{"k" => 1}, %{{:t} => "b"}],
-    request_id: [1, ""],
     correlation_id: [1, "", :atom],
     traceparent: [123],
     node: ["node@host", 1],
@@ -63,8 +62,7 @@ defmodule Snakepit.Pool.CallOptionsTest do
       avoid_nodes: [:n@h],
       node: :local,
       require: %{gpu: true},
-      pool_server: Snakepit.Pool,
-      request_id: nil
+      pool_server: Snakepit.Pool
     ]
 
     assert {:ok, ^good} = CallOptions.normalize(good)
@@ -74,6 +72,16 @@ defmodule Snakepit.Pool.CallOptionsTest do
 
     assert {:ok, [deadline_ms: past]} = CallOptions.normalize(deadline_ms: now - 10_000)
     assert past < now
+  end
+
+  # A call's request id is the pool's to give (it names the call in its
+  # worker, to stop it there): an option of that name would have no effect.
+  test "request_id is not a call option" do
+    refute :request_id in CallOptions.known()
+
+    assert ExUnit.CaptureLog.capture_log(fn ->
+             assert {:ok, [request_id: "r-1"]} = CallOptions.normalize(request_id: "r-1")
+           end) =~ "unknown call option :request_id"
   end
 
   test "options that are not a keyword list are refused" do

@@ -1,7 +1,7 @@
 defmodule Snakepit.Pool.StateTest do
   use ExUnit.Case, async: true
 
-  alias Snakepit.Pool.State
+  alias Snakepit.Pool.{Draining, State, Stats}
 
   defp pool(opts \\ []) do
     tainted = Keyword.get(opts, :tainted, [])
@@ -42,8 +42,8 @@ defmodule Snakepit.Pool.StateTest do
       {:queued, s} = State.checkout(s, req())
       {:queued, s} = State.checkout(s, req())
       assert {:error, :pool_saturated, s} = State.checkout(s, req())
-      assert State.stats(s).pool_saturated == 1
-      assert State.stats(s).queued == 2
+      assert Stats.pool(s).pool_saturated == 1
+      assert Stats.pool(s).queued == 2
     end
 
     test "a queue bound of zero refuses at once when no slot is free" do
@@ -70,7 +70,7 @@ defmodule Snakepit.Pool.StateTest do
       s = pool() |> State.add_worker(worker("w1", 3))
       s = Enum.reduce(1..3, s, fn _, s -> elem(State.checkout(s, req()), 2) end)
       assert {:queued, _} = State.checkout(s, req())
-      assert State.stats(s).busy == 1
+      assert Stats.pool(s).busy == 1
     end
 
     test "slots go to the least recently used worker" do
@@ -90,8 +90,8 @@ defmodule Snakepit.Pool.StateTest do
       {:dropped, _, s} = State.cancel(s, waiting.ref, :timeout)
       assert {:not_queued, _} = State.cancel(s, waiting.ref, :timeout)
       {[], s} = done(s, held)
-      assert State.stats(s).queue_timeouts == 1
-      assert State.stats(s).available == 1
+      assert Stats.pool(s).queue_timeouts == 1
+      assert Stats.pool(s).available == 1
     end
 
     test "a caller that goes away while queued is dropped without counting a timeout" do
@@ -100,8 +100,8 @@ defmodule Snakepit.Pool.StateTest do
       waiting = req()
       {:queued, s} = State.checkout(s, waiting)
       {:dropped, _, s} = State.cancel(s, waiting.ref, :caller_down)
-      assert State.stats(s).queue_timeouts == 0
-      assert State.stats(s).queued == 0
+      assert Stats.pool(s).queue_timeouts == 0
+      assert Stats.pool(s).queued == 0
     end
 
     test "errors are counted at checkin" do
@@ -109,7 +109,7 @@ defmodule Snakepit.Pool.StateTest do
       r = req()
       {_, s} = granted!(s, r)
       {_, s} = State.checkin(s, r.ref, :error)
-      assert %{requests: 1, errors: 1} = State.stats(s)
+      assert %{requests: 1, errors: 1} = Stats.pool(s)
     end
   end
 
@@ -120,7 +120,7 @@ defmodule Snakepit.Pool.StateTest do
       {_, s} = granted!(s, r)
       {[], s} = State.remove_worker(s, "w1")
       refute State.leased?(s, r.ref)
-      assert State.stats(s).workers == 0
+      assert Stats.pool(s).workers == 0
 
       old_pid = spawn(fn -> :ok end)
       s = State.add_worker(s, worker("w1"))
@@ -154,7 +154,7 @@ defmodule Snakepit.Pool.StateTest do
       assert {:granted, %{id: "w2"}, s} = State.checkout(s, req())
 
       assert %{slots_down: 1, down: %{"w1" => %{status: :failing, reason: ":boom"}}} =
-               State.stats(s)
+               Stats.pool(s)
     end
 
     test "with no worker ready, requests queue while a slot restarts after a crash" do
@@ -163,7 +163,7 @@ defmodule Snakepit.Pool.StateTest do
       {[], s} = State.worker_crashed(s, "w2", nil, :killed)
       assert s.status == :recovering
       assert {:queued, s} = State.checkout(s, req())
-      assert %{slots_down: 2, queued: 1} = State.stats(s)
+      assert %{slots_down: 2, queued: 1} = Stats.pool(s)
     end
 
     test "queued requests are refused at once when the last restarting slot fails on its own" do
@@ -176,7 +176,7 @@ defmodule Snakepit.Pool.StateTest do
       assert s.status == :recovering
       assert {[{:reject, ^r, :pool_failed}], s} = State.worker_failed(s, "w2", :import_error)
       assert s.status == :failed
-      assert State.stats(s).queued == 0
+      assert Stats.pool(s).queued == 0
     end
 
     test "a slot killed from outside while starting is expected back; stats show its restart" do
@@ -186,7 +186,7 @@ defmodule Snakepit.Pool.StateTest do
       assert {:queued, s} = State.checkout(s, req())
 
       assert %{down: %{"w1" => %{status: :restarting, failures: 2, retry_in_ms: 100}}} =
-               State.stats(s)
+               Stats.pool(s)
     end
 
     test "a crash of an older process of a restarted worker changes nothing" do
@@ -277,7 +277,7 @@ defmodule Snakepit.Pool.StateTest do
       {:queued, s} = State.checkout(s, waiting)
       {[{:reject, rejected, :session_worker_unavailable}], s} = State.remove_worker(s, "w1")
       assert rejected.ref == waiting.ref
-      assert State.stats(s).queued == 0
+      assert Stats.pool(s).queued == 0
     end
 
     test "a worker restarted under the same id lost the session: one error, then a new pin" do
@@ -303,7 +303,7 @@ defmodule Snakepit.Pool.StateTest do
       s = two_workers(affinity: :strict_fail_fast)
       {"w1", s} = granted!(s, req("s1"))
       assert {:error, :worker_busy, s} = State.checkout(s, req("s1"))
-      assert State.stats(s).queued == 0
+      assert Stats.pool(s).queued == 0
       # Without a session the free worker serves.
       assert {"w2", _} = granted!(s, req())
     end
@@ -350,7 +350,7 @@ defmodule Snakepit.Pool.StateTest do
   describe "retiring" do
     test "an idle worker retires at once" do
       s = two_workers()
-      {[{:stop_worker, %{id: "w1"}}], s} = State.retire(s, "w1")
+      {[{:stop_worker, %{id: "w1"}}], s} = Draining.retire(s, "w1")
       assert Map.keys(s.workers) == ["w2"]
     end
 
@@ -358,7 +358,7 @@ defmodule Snakepit.Pool.StateTest do
       s = two_workers()
       r = req()
       {"w1", s} = granted!(s, r)
-      {[], s} = State.retire(s, "w1")
+      {[], s} = Draining.retire(s, "w1")
       assert {"w2", s} = granted!(s, req())
       assert {:queued, s} = State.checkout(s, req())
       {actions, s} = done(s, r)
@@ -370,7 +370,7 @@ defmodule Snakepit.Pool.StateTest do
       s = two_workers(affinity: :strict_queue)
       r = req("s1")
       {"w1", s} = granted!(s, r)
-      {[], s} = State.retire(s, "w1")
+      {[], s} = Draining.retire(s, "w1")
       {[{:stop_worker, _}], s} = done(s, r)
       assert {:error, :session_worker_unavailable, _} = State.checkout(s, req("s1"))
 
@@ -378,7 +378,7 @@ defmodule Snakepit.Pool.StateTest do
       {"w1", s} = granted!(s, req("s1"))
       other = req()
       {"w2", s} = granted!(s, other)
-      {[], s} = State.retire(s, "w1")
+      {[], s} = Draining.retire(s, "w1")
       # Retiring but busy: the session waits for it, as before.
       assert {:queued, _} = State.checkout(s, req("s1"))
     end
@@ -389,7 +389,7 @@ defmodule Snakepit.Pool.StateTest do
       s = two_workers(affinity: :strict_queue)
 
       assert {[{:stop_worker, %{id: "w1", drain: :sessions}}], s} =
-               State.retire(s, "w1", :sessions)
+               Draining.retire(s, "w1", :sessions)
 
       refute Map.has_key?(s.workers, "w1")
     end
@@ -398,7 +398,7 @@ defmodule Snakepit.Pool.StateTest do
       s = two_workers()
       r = req()
       {"w1", s} = granted!(s, r)
-      {[], s} = State.retire(s, "w1", :sessions)
+      {[], s} = Draining.retire(s, "w1", :sessions)
       # No new calls go there meanwhile.
       {"w2", s} = granted!(s, req())
       assert {:queued, s} = State.checkout(s, req())
@@ -411,9 +411,9 @@ defmodule Snakepit.Pool.StateTest do
       pinned = req("s1", %{now: 10})
       {"w1", s} = granted!(s, pinned)
       {[], s} = done(s, pinned)
-      assert State.strict_pinned?(s, "w1")
+      assert Draining.strict_pinned?(s, "w1")
 
-      assert {[], s} = State.retire(s, "w1", :sessions)
+      assert {[], s} = Draining.retire(s, "w1", :sessions)
       assert s.workers["w1"].status == :retiring
 
       # The session still reaches its worker; others do not.
@@ -421,11 +421,11 @@ defmodule Snakepit.Pool.StateTest do
       assert {"w1", s} = granted!(s, again)
       assert {"w2", s} = granted!(s, req())
       assert {[], s} = done(s, again)
-      assert {[], s} = State.stop_drained(s)
+      assert {[], s} = Draining.stop_drained(s)
 
       # The pin expires: the worker stops.
       s = State.prune_sessions(s, 30)
-      assert {[{:stop_worker, %{id: "w1"}}], s} = State.stop_drained(s)
+      assert {[{:stop_worker, %{id: "w1"}}], s} = Draining.stop_drained(s)
       refute Map.has_key?(s.workers, "w1")
     end
 
@@ -434,8 +434,8 @@ defmodule Snakepit.Pool.StateTest do
       r = req("s1")
       {"w1", s} = granted!(s, r)
       {[], s} = done(s, r)
-      refute State.strict_pinned?(s, "w1")
-      assert {[{:stop_worker, %{id: "w1"}}], _} = State.retire(s, "w1", :sessions)
+      refute Draining.strict_pinned?(s, "w1")
+      assert {[{:stop_worker, %{id: "w1"}}], _} = Draining.retire(s, "w1", :sessions)
     end
 
     test "a recycle (drain: :calls) does not wait for strict sessions" do
@@ -443,7 +443,7 @@ defmodule Snakepit.Pool.StateTest do
       r = req("s1")
       {"w1", s} = granted!(s, r)
       {[], s} = done(s, r)
-      assert {[{:stop_worker, %{id: "w1"}}], _} = State.retire(s, "w1")
+      assert {[{:stop_worker, %{id: "w1"}}], _} = Draining.retire(s, "w1")
     end
   end
 
