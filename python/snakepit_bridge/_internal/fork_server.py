@@ -61,7 +61,7 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Mapping, NoReturn, Sequence
 
-from . import auth, command_line
+from . import adapter_loading, auth, command_line
 
 READY_LINE = "SNAKEPIT_FORK_SERVER_READY"
 MAX_MESSAGE_BYTES = 1 << 20
@@ -185,10 +185,6 @@ def _exit_status(exc: SystemExit) -> int:
     return 1
 
 
-# Imported by the zygote before it serves (see ForkServer.serve).
-PRELOADED_ADAPTERS = "snakepit_bridge.adapters.showcase"
-
-
 class ForkServer:
     def __init__(self) -> None:
         self.pid = os.getpid()
@@ -211,9 +207,10 @@ class ForkServer:
         listener.bind(control_path)
         listener.listen(1)
         # The bundled default adapter (stdlib and the bridge only) is
-        # imported once here rather than in every worker that uses it.
+        # imported, and its tools worked out, once here rather than in every
+        # worker that uses it.
         with contextlib.suppress(Exception):
-            importlib.import_module(PRELOADED_ADAPTERS)
+            adapter_loading.preload(adapter_loading.DEFAULT_ADAPTER)
         # Everything imported so far is moved out of the collector's sight:
         # a forked worker's collections then never touch (and so never copy)
         # the zygote's pages.
@@ -370,8 +367,13 @@ class ForkServer:
         sys.stderr = sys.__stderr__ = _std_stream(  # type: ignore[misc]
             2, sys.__stderr__, unbuffered=unbuffered, line_buffering=not unbuffered
         )
-        os.environ.clear()
-        os.environ.update(env)
+        # Changed, not rebuilt: a worker's environment is mostly its fork
+        # server's, and each variable set or unset is a libc call.
+        for name in [name for name in os.environ if name not in env]:
+            del os.environ[name]
+        for name, value in env.items():
+            if os.environ.get(name) != value:
+                os.environ[name] = value
         sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
         if request.cwd is not None:
             try:

@@ -8,11 +8,11 @@ inside their own process.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import grpc
@@ -127,7 +127,9 @@ class Worker:
         self.requested_address = address
         self.worker_id = worker_id
         self.elixir_address = elixir_address
-        self.executor = concurrent.futures.ThreadPoolExecutor(
+        # Imported by name above: concurrent.futures imports it on first use,
+        # which would be in each forked worker rather than once in the fork server.
+        self.executor = ThreadPoolExecutor(
             max_workers=max_workers if max_workers and max_workers > 0 else None,
             thread_name_prefix="snakepit-tool",
         )
