@@ -22,6 +22,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
+import types
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar, overload
 
@@ -36,6 +37,7 @@ __all__ = [
     "MAX_BATCH_DELAY_KEY",
     "ToolInfo",
     "discover_tools",
+    "prepare_tools",
     "TOOL_ATTR",
     "STREAM_PARAM",
 ]
@@ -250,8 +252,79 @@ def _param_docs(doc: str | None) -> dict[str, str]:
 # ------------------------------------------------------------------ ToolInfo
 
 
+# What ToolInfo worked out about the methods of the classes given to
+# prepare_tools, by tool name and function.
+_PREPARED: dict[tuple[str, Callable[..., Any]], dict[str, Any]] = {}
+
+
+def _prepared(name: str, func: Callable[..., Any], meta: ToolMeta | None) -> dict[str, Any] | None:
+    # A method's facts are its function's: the same whatever it is bound to.
+    if not isinstance(func, types.MethodType):
+        return None
+    facts = _PREPARED.get((name, func.__func__))
+    return facts if facts is not None and facts["meta"] is meta else None
+
+
+def _work_out(func: Callable[..., Any], given_meta: ToolMeta | None) -> dict[str, Any]:
+    meta = given_meta or ToolMeta()
+    raw = inspect.unwrap(getattr(func, "__func__", func))
+    is_async_generator = inspect.isasyncgenfunction(raw)
+    is_generator = inspect.isgeneratorfunction(raw)
+    try:
+        signature: inspect.Signature | None = inspect.signature(func)
+    except (TypeError, ValueError):
+        signature = None
+
+    params: list[inspect.Parameter] = []
+    var_keyword = False
+    wants_stream = False
+    if signature is None:
+        var_keyword = True
+    else:
+        for p in signature.parameters.values():
+            if p.kind is inspect.Parameter.VAR_KEYWORD:
+                var_keyword = True
+            elif p.kind is inspect.Parameter.VAR_POSITIONAL:
+                continue
+            elif p.name == STREAM_PARAM:
+                wants_stream = True
+            else:
+                params.append(p)
+
+    doc = inspect.getdoc(raw) or ""
+    if meta.supports_streaming is not None:
+        supports_streaming = bool(meta.supports_streaming)
+    else:
+        supports_streaming = is_generator or is_async_generator or wants_stream
+    return {
+        "meta": given_meta,
+        "is_async_generator": is_async_generator,
+        "is_generator": is_generator,
+        "is_coroutine": inspect.iscoroutinefunction(raw) or inspect.iscoroutinefunction(func),
+        "signature": signature,
+        "var_keyword": var_keyword,
+        "wants_stream": wants_stream,
+        "params": params,
+        "names": {p.name for p in params},
+        "description": meta.description if meta.description is not None else _first_paragraph(doc),
+        "param_docs": _param_docs(doc),
+        "supports_streaming": supports_streaming,
+        # Strings as they are, anything else (lists such as
+        # required_variables) as JSON.
+        "metadata": {
+            str(k): v if isinstance(v, str) else json.dumps(v, default=str) for k, v in meta.metadata.items()
+        },
+    }
+
+
 class ToolInfo:
-    """A discovered tool: the bound callable plus what we know about it."""
+    """A discovered tool: the bound callable plus what we know about it.
+
+    What is known about it depends on the function and its ``@tool``
+    settings, not on the instance a method is bound to: for the classes
+    given to :func:`prepare_tools` it is worked out once and shared
+    (read-only) by every ToolInfo of their methods.
+    """
 
     def __init__(
         self,
@@ -265,48 +338,22 @@ class ToolInfo:
         self.func = func
         self.meta = meta or ToolMeta()
         self.legacy = legacy
-        raw = inspect.unwrap(getattr(func, "__func__", func))
-        self.is_async_generator = inspect.isasyncgenfunction(raw)
-        self.is_generator = inspect.isgeneratorfunction(raw)
-        self.is_coroutine = inspect.iscoroutinefunction(raw) or inspect.iscoroutinefunction(func)
-        try:
-            self.signature: inspect.Signature | None = inspect.signature(func)
-        except (TypeError, ValueError):
-            self.signature = None
-
-        params: list[inspect.Parameter] = []
-        self.var_keyword = False
-        self.wants_stream = False
-        if self.signature is None:
-            self.var_keyword = True
-        else:
-            for p in self.signature.parameters.values():
-                if p.kind is inspect.Parameter.VAR_KEYWORD:
-                    self.var_keyword = True
-                elif p.kind is inspect.Parameter.VAR_POSITIONAL:
-                    continue
-                elif p.name == STREAM_PARAM:
-                    self.wants_stream = True
-                else:
-                    params.append(p)
-        self.params = params
-        self._names = {p.name for p in params}
-
-        doc = inspect.getdoc(raw) or ""
-        self.description = self.meta.description if self.meta.description is not None else _first_paragraph(doc)
-        self._param_docs = _param_docs(doc)
-        if self.meta.supports_streaming is not None:
-            self.supports_streaming = bool(self.meta.supports_streaming)
-        else:
-            self.supports_streaming = self.produces_stream
+        facts = _prepared(name, func, meta) or _work_out(func, meta)
+        self._facts = facts
+        self.is_async_generator: bool = facts["is_async_generator"]
+        self.is_generator: bool = facts["is_generator"]
+        self.is_coroutine: bool = facts["is_coroutine"]
+        self.signature: inspect.Signature | None = facts["signature"]
+        self.var_keyword: bool = facts["var_keyword"]
+        self.wants_stream: bool = facts["wants_stream"]
+        self.params: list[inspect.Parameter] = facts["params"]
+        self._names: set[str] = facts["names"]
+        self.description: str = facts["description"]
+        self._param_docs: dict[str, str] = facts["param_docs"]
+        self.supports_streaming: bool = facts["supports_streaming"]
         self.batch = self.meta.batch
         self.max_batch_size = self.meta.max_batch_size
-        # Strings as they are, anything else (lists such as
-        # required_variables) as JSON.
-        self.metadata = {
-            str(k): v if isinstance(v, str) else json.dumps(v, default=str)
-            for k, v in self.meta.metadata.items()
-        }
+        self.metadata: dict[str, str] = facts["metadata"]
 
     @property
     def produces_stream(self) -> bool:
@@ -409,6 +456,15 @@ class ToolInfo:
         }
 
     def to_proto(self) -> Any:
+        """The ToolSpec message (a copy of the one made once per function)."""
+        spec = self._facts.get("spec")
+        if spec is None:
+            spec = self._facts["spec"] = self._new_proto()
+        copy = type(spec)()
+        copy.CopyFrom(spec)
+        return copy
+
+    def _new_proto(self) -> Any:
         from .generated import snakepit_bridge_pb2 as pb
 
         spec = pb.ToolSpec(
@@ -454,6 +510,27 @@ def _class_attributes(cls: type) -> Iterable[tuple[str, Any]]:
             yield name, attr
 
 
+def _tool_attributes(cls: type) -> list[tuple[str, str, Any, ToolMeta | None]]:
+    """(tool name, attribute name, class attribute, ToolMeta or None for a
+    legacy tool) of each tool of ``cls``; see discover_tools."""
+    tools: list[tuple[str, str, Any, ToolMeta | None]] = []
+    legacy: list[tuple[str, str, Any, ToolMeta | None]] = []
+    for attr_name, attr in _class_attributes(cls):
+        if isinstance(attr, property):
+            continue
+        meta = _tool_meta_of(attr)
+        if meta is not None:
+            tools.append((meta.name or attr_name, attr_name, attr, meta))
+        elif (
+            attr_name.startswith(LEGACY_PREFIX)
+            and attr_name != "execute_tool"
+            and len(attr_name) > len(LEGACY_PREFIX)
+            and callable(attr)
+        ):
+            legacy.append((attr_name[len(LEGACY_PREFIX):], attr_name, attr, None))
+    return tools or legacy
+
+
 def discover_tools(adapter: Any) -> dict[str, ToolInfo]:
     """Find the tools an adapter instance offers.
 
@@ -461,25 +538,24 @@ def discover_tools(adapter: Any) -> dict[str, ToolInfo]:
     Adapters written in the older style, with no ``@tool`` at all, expose their
     ``execute_<name>(self, args)`` methods as tool ``<name>``.
     """
-    cls = type(adapter)
-    tools: dict[str, ToolInfo] = {}
-    legacy: dict[str, ToolInfo] = {}
-    for attr_name, attr in _class_attributes(cls):
-        if isinstance(attr, property):
-            continue
-        meta = _tool_meta_of(attr)
-        if meta is not None:
-            bound = getattr(adapter, attr_name)
-            name = meta.name or attr_name
-            tools[name] = ToolInfo(name, bound, meta)
-        elif (
-            attr_name.startswith(LEGACY_PREFIX)
-            and attr_name != "execute_tool"
-            and len(attr_name) > len(LEGACY_PREFIX)
-            and callable(attr)
-        ):
-            name = attr_name[len(LEGACY_PREFIX):]
-            legacy[name] = ToolInfo(name, getattr(adapter, attr_name), legacy=True)
-    if not tools:
-        tools = legacy
+    tools = {
+        name: ToolInfo(name, getattr(adapter, attr_name), meta, legacy=meta is None)
+        for name, attr_name, _attr, meta in _tool_attributes(type(adapter))
+    }
     return dict(sorted(tools.items()))
+
+
+class _Unbound:
+    """Stands in for an instance: a method's facts do not depend on it."""
+
+
+def prepare_tools(cls: type) -> None:
+    """Work out what :func:`discover_tools` will find on instances of
+    ``cls`` before there is one, so that a fork server does it once for all
+    the workers it forks. Methods only (the usual tools); anything else is
+    worked out per instance as before."""
+    for name, _attr_name, attr, meta in _tool_attributes(cls):
+        if isinstance(attr, types.FunctionType):
+            info = ToolInfo(name, types.MethodType(attr, _Unbound()), meta, legacy=meta is None)
+            info.to_proto()
+            _PREPARED[(name, attr)] = info._facts

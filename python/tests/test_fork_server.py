@@ -4,11 +4,14 @@ SOCK_SEQPACKET control socket, workers forked from it."""
 
 from __future__ import annotations
 
+import compileall
 import contextlib
+import importlib
 import itertools
 import json
 import os
 import select
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +26,7 @@ import pytest
 from helpers import PYTHON_DIR, TESTS_DIR, WAIT_S, request, result_of, run, worker_env
 from sample_adapters import marker_lines
 
+from snakepit_bridge._internal.fork_server import _bytecode_missing
 from snakepit_bridge.generated import snakepit_bridge_pb2_grpc as pb_grpc
 
 SERVER = [sys.executable, "-m", "snakepit_bridge.server"]
@@ -92,11 +96,11 @@ class Forked:
 
 
 class Zygote:
-    def __init__(self, sock_dir: Path):
+    def __init__(self, sock_dir: Path, bridge_dir: Path = PYTHON_DIR, env: dict[str, str] | None = None):
         self.control_path = sock_dir / "zygote.sock"
-        env = dict(os.environ)
+        env = {**os.environ, **(env or {})}
         # Only the bridge: the tests' adapters come from each request's PYTHONPATH.
-        env["PYTHONPATH"] = str(PYTHON_DIR)
+        env["PYTHONPATH"] = str(bridge_dir)
         self.stderr_path = sock_dir / "zygote.err"
         with open(self.stderr_path, "wb") as stderr:
             self.proc = subprocess.Popen(
@@ -319,3 +323,44 @@ def test_closing_the_control_connection_ends_the_zygote_and_its_workers(sock_dir
     read_to_eof(worker.stdout)  # the worker died (parent-death signal), closing its end
     wait_gone(worker.pid)
     assert read_to_eof(zygote.stdout) == ""  # nothing after the READY line
+
+
+def test_a_zygote_that_compiled_the_package_leaves_its_bytecode_for_the_next(sock_dir: Path, tmp_path: Path) -> None:
+    # Workers (and so zygotes) run with PYTHONDONTWRITEBYTECODE: without
+    # this, every zygote would compile the whole package again.
+    shutil.copytree(PYTHON_DIR / "snakepit_bridge", tmp_path / "snakepit_bridge",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    z = Zygote(sock_dir, bridge_dir=tmp_path, env={"PYTHONDONTWRITEBYTECODE": "1"})
+    try:
+        pycs = tmp_path / "snakepit_bridge" / "_internal" / "__pycache__"
+        deadline = time.monotonic() + WAIT_S
+        while not list(pycs.glob("fork_server.*.pyc")):
+            assert time.monotonic() < deadline, f"no bytecode written\n{z.stderr_text()}"
+            time.sleep(0.05)
+    finally:
+        z.close()
+
+
+def test_bytecode_is_missing_for_a_module_compiled_from_source_or_older_than_it(tmp_path: Path) -> None:
+    package = tmp_path / "pkg_for_bytecode"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    source = package / "mod.py"
+    source.write_text("x = 1\n")
+    sys.path.insert(0, str(tmp_path))
+    saved = sys.dont_write_bytecode
+    try:
+        sys.dont_write_bytecode = True
+        importlib.import_module("pkg_for_bytecode.mod")
+        assert _bytecode_missing(str(package))
+        assert compileall.compile_dir(str(package), quiet=2)
+        assert not _bytecode_missing(str(package))
+        # Older than the bytecode, yet not what it was compiled from.
+        earlier = os.stat(source).st_mtime - 10
+        os.utime(source, (earlier, earlier))
+        assert _bytecode_missing(str(package))
+    finally:
+        sys.dont_write_bytecode = saved
+        sys.path.remove(str(tmp_path))
+        for name in ("pkg_for_bytecode.mod", "pkg_for_bytecode"):
+            sys.modules.pop(name, None)

@@ -36,6 +36,39 @@ async fn an_execed_guard_is_small_and_kills_the_group_grandchildren_included() {
     common::assert_release_kills_group(child.pidfd, guard, grandchild).await;
 }
 
+#[tokio::test]
+async fn a_guard_keeps_no_descriptor_of_the_vm_but_its_pipe() {
+    spawn::set_guard_program(env!("CARGO_BIN_EXE_snakepit_guard")).unwrap();
+    // A descriptor without close-on-exec, as many of the VM's are (dup
+    // never copies the flag).
+    let null = std::fs::File::open("/dev/null").unwrap();
+    // SAFETY: dup of an open descriptor; the new one is closed below.
+    let leaky = unsafe { libc::dup(std::os::fd::AsRawFd::as_raw_fd(&null)) };
+    assert!(leaky > 2);
+    let (child, grandchild) = common::spawn_with_grandchild();
+    let guard = child.guard.expect("guarded by default");
+
+    let fds = format!("/proc/{}/fd", guard.pid);
+    let only_the_pipe = (0..400).any(|_| {
+        let names: Vec<String> = std::fs::read_dir(&fds)
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let done = names == ["0"];
+        if !done {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        done
+    });
+    // SAFETY: closes the descriptor dup'ed above, once.
+    unsafe { libc::close(leaky) };
+    assert!(only_the_pipe, "guard {} keeps more than fd 0", guard.pid);
+
+    common::assert_release_kills_group(child.pidfd, guard, grandchild).await;
+}
+
 #[test]
 fn a_missing_guard_program_is_refused() {
     let err = spawn::set_guard_program("/nonexistent/snakepit_guard").unwrap_err();

@@ -13,10 +13,10 @@ import inspect
 from typing import Any
 
 from ..base_adapter import BaseAdapter
-from ..tools import TOOL_ATTR
+from ..tools import TOOL_ATTR, prepare_tools
 from .startup import StartupError, describe
 
-__all__ = ["DEFAULT_ADAPTER", "load_adapter_class", "is_thread_safe", "instantiate_adapter"]
+__all__ = ["DEFAULT_ADAPTER", "load_adapter_class", "is_thread_safe", "instantiate_adapter", "preload"]
 
 DEFAULT_ADAPTER = "snakepit_bridge.adapters.showcase.ShowcaseAdapter"
 
@@ -113,3 +113,10 @@ def instantiate_adapter(spec: str, *, threaded: bool, threaded_by: str = "") -> 
         return adapter_cls()
     except Exception as exc:  # noqa: BLE001
         raise StartupError(f"cannot instantiate adapter '{spec}': {describe(exc)}", exc) from exc
+
+
+def preload(spec: str) -> None:
+    """Import the adapter ``spec`` and work out its tools ahead of any
+    instance: what a fork server does once, before it forks, for the
+    adapter most of its workers serve."""
+    prepare_tools(load_adapter_class(spec))

@@ -66,7 +66,16 @@ READY_PREFIX = "SNAKEPIT_READY"
 ERROR_PREFIX = "SNAKEPIT_STARTUP_ERROR"
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Options whose default comes from the environment: (variable, fallback).
+_ENV_DEFAULTS = {
+    "instance_name": ("SNAKEPIT_INSTANCE_NAME", ""),
+    "instance_token": ("SNAKEPIT_INSTANCE_TOKEN", ""),
+    "log_level": ("SNAKEPIT_LOG_LEVEL", "warning"),
+}
+
+
+def _new_parser() -> argparse.ArgumentParser:
+    """The parser, its environment defaults left as None (see parse_args)."""
     parser = argparse.ArgumentParser(
         prog="python -m snakepit_bridge.server",
         description="Snakepit Python worker: serves an adapter's tools over gRPC.",
@@ -80,22 +89,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--snakepit-run-id", "--run-id", dest="run_id", default="", help="BEAM run id (for orphan cleanup)"
     )
     parser.add_argument("--elixir-address", default="", help="address of the ElixirBridge server")
-    parser.add_argument("--instance-name", default=os.environ.get("SNAKEPIT_INSTANCE_NAME", ""))
-    parser.add_argument("--instance-token", default=os.environ.get("SNAKEPIT_INSTANCE_TOKEN", ""))
+    parser.add_argument("--instance-name", default=None)
+    parser.add_argument("--instance-token", default=None)
     parser.add_argument("--max-workers", type=int, default=None, help="thread pool size; >1 selects threaded mode")
     parser.add_argument("--mode", choices=("process", "threaded"), default=None, help="worker mode")
     parser.add_argument("--lane", default="", help="also serve calls on the call lane (a Unix socket) at this path")
-    parser.add_argument(
-        "--log-level",
-        default=os.environ.get("SNAKEPIT_LOG_LEVEL", "warning"),
-        help="stderr log level (debug, info, warning, error)",
-    )
+    parser.add_argument("--log-level", default=None, help="stderr log level (debug, info, warning, error)")
     return parser
 
 
+def _env_defaults() -> dict[str, str]:
+    return {dest: os.environ.get(var, fallback) for dest, (var, fallback) in _ENV_DEFAULTS.items()}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _new_parser()
+    parser.set_defaults(**_env_defaults())
+    return parser
+
+
+# Built at import, so a fork server builds it once for all the workers it
+# forks (building it costs a worker about a millisecond); hence no defaults
+# from the environment in it: a forked worker's environment is its own.
+_PARSER = _new_parser()
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
+    args, unknown = _PARSER.parse_known_args(argv)
+    for dest, value in _env_defaults().items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, value)
     if args.address is None:
         args.address = f"127.0.0.1:{args.port}" if args.port is not None else "127.0.0.1:0"
     return args, unknown

@@ -8,11 +8,11 @@ inside their own process.
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import inspect
 import logging
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import grpc
@@ -127,7 +127,9 @@ class Worker:
         self.requested_address = address
         self.worker_id = worker_id
         self.elixir_address = elixir_address
-        self.executor = concurrent.futures.ThreadPoolExecutor(
+        # Imported by name above: concurrent.futures imports it on first use,
+        # which would be in each forked worker rather than once in the fork server.
+        self.executor = ThreadPoolExecutor(
             max_workers=max_workers if max_workers and max_workers > 0 else None,
             thread_name_prefix="snakepit-tool",
         )
@@ -204,8 +206,18 @@ class Worker:
     async def _connect_elixir(self) -> None:
         self.bridge = ElixirBridgeClient(self.elixir_address, self.worker_id)
         set_default_client(self.bridge)
+        # The telemetry stream opens while the tools are registered: the two
+        # round trips to Elixir overlap instead of following each other.
+        self._telemetry_stream = TelemetryStream(self.bridge.aio_stub, self.worker_id)
+        self._telemetry_stream.start()
+        await self._register_tools(self.bridge)
+        # Ready only once it knows whether Elixir listens (one round trip).
+        if not await self._telemetry_stream.wait_settled(TELEMETRY_SETTLE_S):
+            log.debug("no telemetry control from Elixir within %.1fs; going on", TELEMETRY_SETTLE_S)
+
+    async def _register_tools(self, bridge: ElixirBridgeClient) -> None:
         try:
-            response = await self.bridge.aregister_tools("", self.runner.tool_specs(), timeout_s=REGISTER_TIMEOUT_S)
+            response = await bridge.aregister_tools("", self.runner.tool_specs(), timeout_s=REGISTER_TIMEOUT_S)
             if not response.success:
                 log.warning("Elixir refused tool registration: %s", response.error_message)
             else:
@@ -215,12 +227,6 @@ class Worker:
             log.warning("could not register tools with Elixir at %s: %s", self.elixir_address, code)
         except Exception as exc:  # noqa: BLE001
             log.warning("could not register tools with Elixir at %s: %s", self.elixir_address, describe(exc))
-        bridge = self.bridge
-        self._telemetry_stream = TelemetryStream(bridge.aio_stub, self.worker_id)
-        self._telemetry_stream.start()
-        # Ready only once it knows whether Elixir listens (one round trip).
-        if not await self._telemetry_stream.wait_settled(TELEMETRY_SETTLE_S):
-            log.debug("no telemetry control from Elixir within %.1fs; going on", TELEMETRY_SETTLE_S)
 
     async def cleanup_adapter(self) -> None:
         if self._cleaned_up:
