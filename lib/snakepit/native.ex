@@ -188,7 +188,7 @@ defmodule Snakepit.Native do
   is refused) and greets the worker with this VM's secret. `{:ok, lane}`:
   calls are written through a descriptor of the lane's own, replies stay
   the port's to read and go to `lane_deliver/2`
-  (`Snakepit.Worker.LaneReader`).
+  (`Snakepit.Transport.LaneReader`).
   """
   @spec lane_attach(non_neg_integer()) :: {:ok, reference()} | error()
   def lane_attach(_fd), do: not_loaded()

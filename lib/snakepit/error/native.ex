@@ -94,9 +94,16 @@ defmodule Snakepit.Error.Native do
           {atom(), String.t()}
           | {:tool_error, String.t(), String.t(), String.t() | nil, String.t()}
 
+  @typedoc """
+  What failed: a phrase prefixed to the message (`"spawn"`), a call of a
+  tool on a worker (`{:call, tool, worker_id}`: the message says what
+  befell the call in its own words), or nil.
+  """
+  @type context :: String.t() | {:call, String.t(), String.t()} | nil
+
   @doc """
   The error for a native `reason`, with `details` (the kind added as
-  `details.native`) and `context` (prefixed to the message when given).
+  `details.native`) and `context` (see `t:context/0`).
   Never raises: anything else becomes a `:worker` error naming it.
 
       iex> Snakepit.Error.Native.to_error({:invalid_argument, "bad"}, "spawn").category
@@ -105,29 +112,33 @@ defmodule Snakepit.Error.Native do
       iex> {e.category, e.grpc_status, e.details}
       {:grpc_error, :unavailable, %{worker_id: "w", native: :unavailable}}
   """
-  @spec to_error(reason() | term(), String.t() | nil, map()) :: Error.t() | Exception.t()
+  @spec to_error(reason() | term(), context(), map()) :: Error.t() | Exception.t()
   def to_error(reason, context \\ nil, details \\ %{})
 
   def to_error({:tool_error, type, message, _traceback, kind}, context, details)
       when kind in @caller_tool_errors do
     details = Map.merge(details, %{kind: kind, exception_type: type})
-    Error.validation_error(text(context, message), details)
+    Error.validation_error(text(context, :tool_error, message), details)
   end
 
   def to_error({:tool_error, _type, message, _traceback, "cancelled"}, context, details),
-    do: Error.timeout_error(text(context, message), Map.put(details, :stop, :interrupted))
+    do:
+      Error.timeout_error(
+        text(context, :cancelled, message),
+        Map.put(details, :stop, :interrupted)
+      )
 
   def to_error({:tool_error, type, message, traceback, kind}, context, details),
     do:
       PythonTranslation.from_tool_error(
         type,
-        text(context, message),
+        text(context, :tool_error, message),
         traceback,
         Map.put(details, :kind, kind)
       )
 
   def to_error({kind, message}, context, details) when is_atom(kind) and is_binary(message) do
-    text = text(context, message)
+    text = text(context, kind, message)
     details = Map.put(details, :native, kind)
 
     case category_in(kind, details) do
@@ -139,7 +150,11 @@ defmodule Snakepit.Error.Native do
   end
 
   def to_error(other, context, details),
-    do: Error.worker_error(text(context, "unexpected native reply: #{inspect(other)}"), details)
+    do:
+      Error.worker_error(
+        text(context, :unexpected, "unexpected native reply: #{inspect(other)}"),
+        details
+      )
 
   @doc """
   The category of the native `kind`, or nil for a kind this module does not
@@ -157,6 +172,19 @@ defmodule Snakepit.Error.Native do
   defp category_in(:resource_exhausted, %{zero_copy: _}), do: :validation
   defp category_in(kind, _details), do: category(kind)
 
-  defp text(nil, message), do: message
-  defp text(context, message), do: "#{context}: #{message}"
+  # A call's own words for what befell it; else the context, then the
+  # native core's message.
+  defp text({:call, _tool, _worker}, :tool_error, message), do: message
+  defp text({:call, tool, _worker}, :cancelled, message), do: "#{tool} was cancelled: #{message}"
+  defp text({:call, tool, _worker}, :timeout, _message), do: "#{tool} did not finish in time"
+
+  defp text({:call, tool, _worker}, :limit_exceeded, message),
+    do: "the result of #{tool} cannot be taken: #{message}"
+
+  defp text({:call, _tool, worker}, :invalid_json, message),
+    do: "worker #{worker} returned malformed JSON: #{message}"
+
+  defp text({:call, _tool, worker}, _kind, message), do: "worker #{worker}: #{message}"
+  defp text(nil, _kind, message), do: message
+  defp text(context, _kind, message), do: "#{context}: #{message}"
 end

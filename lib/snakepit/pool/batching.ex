@@ -54,7 +54,8 @@ defmodule Snakepit.Pool.Batching do
   """
 
   alias Snakepit.{CrashBarrier, Error, Telemetry}
-  alias Snakepit.GRPC.{Client, NativeCall}
+  alias Snakepit.GRPC.Client
+  alias Snakepit.Transport.NativeCall
   alias Snakepit.Pool.{Checkout, Deadline, Errors}
   alias Snakepit.Telemetry.Correlation
 

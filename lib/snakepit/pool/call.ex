@@ -105,7 +105,7 @@ defmodule Snakepit.Pool.Call do
         # stream that did not end is stopped before its slot is reused.
         {result, ended} =
           try do
-            Client.Stream.run(lease.worker, command, args, callback, call_opts)
+            Snakepit.Transport.StreamCall.run(lease.worker, command, args, callback, call_opts)
           rescue
             e ->
               Checkout.checkin(lease, :cancel)

@@ -2,7 +2,7 @@ defmodule Snakepit.Worker.Handshake do
   @moduledoc """
   What a `Snakepit.GRPCWorker` does when its Python process prints its
   readiness line, `SNAKEPIT_READY <address> [lane=<path>]`: opens the gRPC
-  channel and, when offered, the call lane (`Snakepit.Worker.LaneReader`),
+  channel and, when offered, the call lane (`Snakepit.Transport.LaneReader`),
   registers the worker in `Snakepit.Pool.Registry`, tells its pool (or the
   caller of a standalone start) and emits the `[:snakepit, :pool, :worker,
   :spawned]` and `[:snakepit, :grpc, :connection, :established]` events.
@@ -76,7 +76,7 @@ defmodule Snakepit.Worker.Handshake do
   end
 
   defp open_lane(path, _worker) do
-    case Snakepit.Worker.LaneReader.start_link(path) do
+    case Snakepit.Transport.LaneReader.start_link(path) do
       {:ok, reader, lane} -> {:ok, lane, reader}
       {:error, message} -> {:error, "cannot open the call lane: #{message}"}
     end

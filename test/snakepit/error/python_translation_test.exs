@@ -65,7 +65,7 @@ defmodule Snakepit.Error.PythonTranslationTest do
 
   test "the client maps tool errors by kind" do
     worker = %{id: "w1"}
-    translate = &Snakepit.GRPC.NativeCall.translate({:error, &1}, "tool", worker)
+    translate = &Snakepit.Transport.NativeCall.translate({:error, &1}, "tool", worker)
 
     assert {:error, %Error{category: :validation, details: %{kind: "unknown_tool"}}} =
              translate.({:tool_error, "ToolNotFoundError", "unknown tool", "", "unknown_tool"})

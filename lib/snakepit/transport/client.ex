@@ -4,13 +4,14 @@ defmodule Snakepit.GRPC.Client do
   worker's call lane when it has one (`call_transport: :lane`), else over
   its gRPC channel. Either way the native core replies `{ref, result}` here
   and the reply becomes a result or a `Snakepit.Error`
-  (`Snakepit.GRPC.NativeCall`). Streams run in
-  `Snakepit.GRPC.Client.Stream`. Cancellation, pings and sessions always
+  (`Snakepit.Transport.NativeCall`). Streams run in
+  `Snakepit.Transport.StreamCall`. Cancellation, pings and sessions always
   use gRPC.
   """
 
   alias Snakepit.{Defaults, Error, Native, Telemetry}
-  alias Snakepit.GRPC.{Client, NativeCall}
+  alias Snakepit.Transport.StreamCall
+  alias Snakepit.Transport.NativeCall
   alias Snakepit.Pool.Deadline
 
   @execute_start [:snakepit, :grpc_worker, :execute, :start]
@@ -272,7 +273,7 @@ defmodule Snakepit.GRPC.Client do
   @spec execute_stream(worker(), String.t(), map(), (map() -> term()), keyword()) ::
           :ok | {:error, Error.t() | Exception.t()}
   def execute_stream(worker, tool, args, callback, opts) do
-    {result, _ended} = Client.Stream.run(worker, tool, args, callback, opts)
+    {result, _ended} = StreamCall.run(worker, tool, args, callback, opts)
     result
   end
 

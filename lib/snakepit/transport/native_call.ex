@@ -1,21 +1,18 @@
-defmodule Snakepit.GRPC.NativeCall do
+defmodule Snakepit.Transport.NativeCall do
   @moduledoc """
   What a call to a worker through the native core is made of, for both
   the unary path (`Snakepit.GRPC.Client`) and the streaming one
-  (`Snakepit.GRPC.Client.Stream`): which transport the worker has, the
+  (`Snakepit.Transport.StreamCall`): which transport the worker has, the
   call's native options, its arguments re-sent with structs encoded,
   waiting for its reply, and the reply turned into a result or a
   `Snakepit.Error`.
   """
 
   alias Snakepit.Error
-  alias Snakepit.Error.PythonTranslation
   alias Snakepit.Pool.Deadline
 
   # ToolError kinds that mean "no tool ran": an unknown tool, or a
   # streaming tool called with execute/3.
-  @caller_errors ["unknown_tool", "streaming_tool"]
-
   # Waiting past the call's own deadline is a safety net: the native core
   # always answers by its deadline.
   @reply_slack_ms 5_000
@@ -100,46 +97,6 @@ defmodule Snakepit.GRPC.NativeCall do
 
   def translate({:error, reason}, tool, worker) do
     details = %{tool: tool, worker_id: worker.id}
-
-    error =
-      case reason do
-        # The caller's mistakes, caught by the worker before any tool ran.
-        {:tool_error, type, message, _tb, kind} when kind in @caller_errors ->
-          Error.validation_error(message, Map.merge(details, %{kind: kind, exception_type: type}))
-
-        {:tool_error, _type, message, _tb, "cancelled"} ->
-          Error.timeout_error(
-            "#{tool} was cancelled: #{message}",
-            Map.put(details, :stop, :interrupted)
-          )
-
-        {:tool_error, type, message, traceback, kind} ->
-          PythonTranslation.from_tool_error(
-            type,
-            message,
-            traceback,
-            Map.put(details, :kind, kind)
-          )
-
-        {:timeout, _message} ->
-          Error.timeout_error("#{tool} did not finish in time", details)
-
-        {:limit_exceeded, message} ->
-          Error.worker_error(
-            "the result of #{tool} cannot be taken: #{message}",
-            Map.put(details, :native, :limit_exceeded)
-          )
-
-        {:invalid_json, message} ->
-          Error.worker_error("worker #{worker.id} returned malformed JSON: #{message}", details)
-
-        {kind, message} when is_atom(kind) and is_binary(message) ->
-          Snakepit.Error.Native.to_error({kind, message}, "worker #{worker.id}", details)
-
-        other ->
-          Error.worker_error("unexpected reply: #{inspect(other)}", details)
-      end
-
-    {:error, error}
+    {:error, Snakepit.Error.Native.to_error(reason, {:call, tool, worker.id}, details)}
   end
 end

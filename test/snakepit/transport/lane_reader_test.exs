@@ -1,4 +1,4 @@
-defmodule Snakepit.Worker.LaneReaderTest do
+defmodule Snakepit.Transport.LaneReaderTest do
   # The lane's reader and the native core against a stand-in for the
   # worker's end of the socket, which sends what a real worker never does:
   # replies to calls nobody waits for, undecodable replies, messages that
@@ -7,7 +7,7 @@ defmodule Snakepit.Worker.LaneReaderTest do
   use ExUnit.Case, async: true
 
   alias Snakepit.Native
-  alias Snakepit.Worker.LaneReader
+  alias Snakepit.Transport.LaneReader
 
   @hello 1
   @call 2

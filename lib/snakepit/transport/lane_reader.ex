@@ -1,4 +1,4 @@
-defmodule Snakepit.Worker.LaneReader do
+defmodule Snakepit.Transport.LaneReader do
   @moduledoc """
   Reads one worker's call lane.
 

@@ -1,4 +1,4 @@
-defmodule Snakepit.GRPC.Client.Stream do
+defmodule Snakepit.Transport.StreamCall do
   @moduledoc """
   A streaming call to one worker, made from the caller's own process (see
   `Snakepit.GRPC.Client.execute_stream/5`): chunks arrive over the
@@ -9,7 +9,7 @@ defmodule Snakepit.GRPC.Client.Stream do
   """
 
   alias Snakepit.{Defaults, Error, Native, Telemetry}
-  alias Snakepit.GRPC.NativeCall
+  alias Snakepit.Transport.NativeCall
 
   @doc """
   Runs streaming `tool` on `worker`, calling `callback` with each chunk
