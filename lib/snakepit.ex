@@ -32,24 +32,11 @@ defmodule Snakepit do
   Runs `command` with `args` on a free worker and returns its result.
 
   Options:
-    * `:pool` - the pool's name (an atom; default: the first configured pool);
-      `:pool_name` is accepted as upstream Snakepit's spelling. An option
-      Snakepit does not know is named in a warning (once) and has no effect
-    * `:timeout` - total budget in ms, queueing included: a positive integer up
-      to `Snakepit.Pool.CallOptions.max_ms/0` (about 24.8 days) or `:infinity`
-      (default: `Snakepit.Defaults.default_timeout/0`)
-    * `:deadline_ms` - an absolute deadline, an integer on the
-      `System.monotonic_time(:millisecond)` clock
-    * `:queue_timeout` - at most this many ms in the pool's queue (a
-      non-negative integer or `:infinity`)
-    * `:session_id` - prefer the worker that served this session before (a
-      non-empty UTF-8 string)
-    * `:affinity` - `:hint`, `:strict_queue` or `:strict_fail_fast` for this call
-    * `:idempotent` - `true` lets the crash barrier retry the call on another
-      worker when its worker crashes (so does `idempotent: true` in `args`)
-    * `:metadata` - `%{string => string}` passed to the worker
-    * `:binary_parameters` - `%{name => binary}` passed to the tool as
-      Python `bytes` beside `args`
+
+  #{Snakepit.Pool.CallOptions.doc()}
+
+  An option Snakepit does not know is named in a warning (once) and has no
+  effect.
 
   Every option is checked in the calling process before anything else
   sees it: a bad value is `{:error, %Snakepit.Error{category: :validation}}`

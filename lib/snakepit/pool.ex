@@ -96,15 +96,9 @@ defmodule Snakepit.Pool do
   end
 
   @doc """
-  Runs `command` with `args` on a worker. Options:
+  Runs `command` with `args` on a worker. Options (as `Snakepit.execute/3`):
 
-    * `:pool` - pool name (default: the first configured pool)
-    * `:timeout` - total budget in ms (default `get_default_timeout_for_call(:execute, ...)`)
-    * `:deadline_ms` - absolute deadline (monotonic ms); the earlier of it and `:timeout` applies
-    * `:session_id` - session affinity; `:affinity` overrides the pool's mode
-    * `:idempotent` - `true` lets the crash barrier retry the call on another worker
-      (as does `idempotent: true` in `args`)
-    * `:metadata`, `:binary_parameters` - passed to the worker
+  #{Snakepit.Pool.CallOptions.doc()}
 
   The call runs in the caller's process (`Snakepit.Pool.Call`).
   """

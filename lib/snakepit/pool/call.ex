@@ -21,15 +21,9 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.Pool.{Batching, CallOptions, Checkout, Deadline}
 
   @doc """
-  Runs `command` with `args` on a worker. Options:
+  Runs `command` with `args` on a worker. Options (as `Snakepit.execute/3`):
 
-    * `:pool` - pool name (default: the first configured pool)
-    * `:timeout` - total budget in ms (default `Snakepit.Pool.get_default_timeout_for_call(:execute, ...)`)
-    * `:deadline_ms` - absolute deadline (monotonic ms); the earlier of it and `:timeout` applies
-    * `:session_id` - session affinity; `:affinity` overrides the pool's mode
-    * `:idempotent` - `true` lets the crash barrier retry the call on another worker
-      (as does `idempotent: true` in `args`)
-    * `:metadata`, `:binary_parameters` - passed to the worker
+  #{Snakepit.Pool.CallOptions.doc()}
   """
   @spec execute(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute(command, args, opts \\ []) do
@@ -86,7 +80,6 @@ defmodule Snakepit.Pool.Call do
 
   @doc """
   Runs a streaming `command`, calling `callback` with each chunk. Options as
-
   `execute/3`; the default budget is `Snakepit.Defaults.pool_streaming_timeout/0`
   and the queue budget `Snakepit.Defaults.checkout_timeout/0`. Streams are
   never retried.

@@ -40,6 +40,55 @@ defmodule Snakepit.Pool.CallOptions do
   @aliases %{pool_name: :pool}
   @affinities [:hint, :strict_queue, :strict_fail_fast]
 
+  # The documentation of every option a caller gives: `doc/0` renders it
+  # for Snakepit.execute/3, Snakepit.Pool.execute/3, Pool.Call and
+  # normalize/1, so it is written once. (`:pool_server`, `:avoid` and
+  # `:avoid_nodes` are internal: set by Snakepit itself.)
+  @documented [
+    pool:
+      "the pool: its name (an atom; default the first configured pool), its process, or " <>
+        "`{process, name}`; `:pool_name` is accepted as upstream Snakepit's spelling",
+    timeout:
+      "the total budget in ms, queueing included: a positive integer up to `max_ms/0` " <>
+        "(about 24.8 days) or `:infinity` (default `Snakepit.Defaults.default_timeout/0`, " <>
+        "`stream_timeout/0` for streams)",
+    deadline_ms:
+      "an absolute deadline on the `System.monotonic_time(:millisecond)` clock, at most " <>
+        "`max_ms/0` from now, or `:infinity`; the earlier of it and `:timeout` applies",
+    queue_timeout:
+      "at most this many ms in the pool's queue: a non-negative integer or `:infinity`",
+    session_id: "a non-empty UTF-8 string: prefer the worker that served this session before",
+    affinity:
+      "`:hint`, `:strict_queue` or `:strict_fail_fast`: this call's session affinity " <>
+        "(default the pool's `affinity`)",
+    idempotent:
+      "`true` lets the crash barrier retry the call on another worker when its worker " <>
+        "crashes (so does `idempotent: true` in `args`)",
+    metadata: "a map of string (or atom) keys to strings, passed to the worker",
+    binary_parameters:
+      "a map of string (or atom) keys to binaries, passed to the tool as Python `bytes` " <>
+        "beside `args`",
+    correlation_id:
+      "a non-empty UTF-8 string tying the call's telemetry and logs together (default: a " <>
+        "fresh one)",
+    traceparent: "a W3C trace context (a non-empty string) the call's spans continue",
+    node:
+      "where the call runs across a cluster: a node name, `:local` (default) or `:any` " <>
+        "(see `Snakepit.Cluster`)",
+    require: "a map of capabilities the chosen node's pool must advertise (implies `node: :any`)"
+  ]
+
+  @options_doc Enum.map_join(@documented, "\n", fn {key, text} ->
+                 "  * `#{inspect(key)}` - #{text}"
+               end)
+
+  @doc """
+  The options a caller gives, as a Markdown list: the one text the call
+  functions' documentation shows.
+  """
+  @spec doc() :: String.t()
+  def doc, do: @options_doc
+
   @doc "Every option a call understands (aliases not included)."
   @spec known() :: [atom()]
   def known, do: @known
@@ -65,21 +114,7 @@ defmodule Snakepit.Pool.CallOptions do
 
   What each option accepts:
 
-    * `:pool` - a pool's name (atom), a pool process (pid), or
-      `{pool_process, name}`
-    * `:pool_server` - a pool process (atom or pid)
-    * `:timeout` - a positive integer of ms up to `max_ms/0`, or `:infinity`
-    * `:deadline_ms` - an integer (`System.monotonic_time(:millisecond)`),
-      at most `max_ms/0` from now, or `:infinity`
-    * `:queue_timeout` - a non-negative integer of ms up to `max_ms/0`, or `:infinity`
-    * `:session_id` - a non-empty UTF-8 string
-    * `:affinity` - `:hint`, `:strict_queue` or `:strict_fail_fast`
-    * `:idempotent` - a boolean
-    * `:metadata` - a map of string (or atom) keys to strings
-    * `:binary_parameters` - a map of string (or atom) keys to binaries
-    * `:request_id`, `:correlation_id`, `:traceparent` - non-empty strings
-    * `:node` - a node name, `:local` or `:any`; `:require` - a map
-    * `:avoid` - a list of worker ids (strings); `:avoid_nodes` - a list of node names
+  #{@options_doc}
 
   `nil` is the same as leaving an option out (for every option but
   `:correlation_id`). Options Snakepit does not know are not checked (a

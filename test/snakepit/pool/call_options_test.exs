@@ -89,4 +89,18 @@ defmodule Snakepit.Pool.CallOptionsTest do
       assert {:error, %Error{category: :validation}} = CallOptions.normalize(opts)
     end
   end
+
+  test "every option a caller gives is documented once, and the call functions show that text" do
+    internal = [:pool_server, :avoid, :avoid_nodes]
+
+    for key <- CallOptions.known() -- internal,
+        do: assert(CallOptions.doc() =~ "* `#{inspect(key)}` - ", "#{key} undocumented")
+
+    {:docs_v1, _, _, _, _, _, docs} = Code.fetch_docs(Snakepit)
+
+    {_, _, _, %{"en" => execute_doc}, _} =
+      Enum.find(docs, &match?({{:function, :execute, 3}, _, _, _, _}, &1))
+
+    assert execute_doc =~ String.trim(CallOptions.doc())
+  end
 end
