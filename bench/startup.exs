@@ -10,7 +10,7 @@
 # CPU comes from bench/support/cpu.exs (per-thread schedstat, ns), read once
 # every worker is ready: the workers' processes (all their CPU since they
 # were forked or spawned), the fork server's, and the BEAM's during the
-# start. Workers are forked from a warm fork server (Snakepit.ForkServer)
+# start. Workers are forked from a warm fork server (Snakepit.Worker.ForkServer)
 # unless BENCH_FORK_SERVER=false. A first start of the smallest pool is run
 # and thrown away, so that no measured run pays for cold caches.
 #
@@ -105,7 +105,7 @@ defmodule Bench.Startup do
       end
 
     # All their CPU since they began: they did not exist before the start.
-    fork_servers = Snakepit.ForkServer.os_pids()
+    fork_servers = Snakepit.Worker.ForkServer.os_pids()
     since_start = CPU.diff(%{}, CPU.snapshot(workers ++ fork_servers))
     worker_ms = CPU.total(since_start, workers) / 1_000_000
     # The fork server's own start (one import of grpc and the bridge).

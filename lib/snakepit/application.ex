@@ -99,7 +99,7 @@ defmodule Snakepit.Application do
         Snakepit.Telemetry.GrpcStream,
         Snakepit.GRPC.BridgeServer,
         # Before the pools, so it outlives their workers at shutdown.
-        Snakepit.ForkServer
+        Snakepit.Worker.ForkServer
       ] ++ pooling_services()
 
     pool =

@@ -68,7 +68,7 @@ defmodule Snakepit.Config do
   @spec pooling_enabled?() :: boolean()
   def pooling_enabled?, do: Defaults.pooling_enabled() != false
 
-  @doc "True unless `config :snakepit, fork_server: false` (see `Snakepit.ForkServer`)."
+  @doc "True unless `config :snakepit, fork_server: false` (see `Snakepit.Worker.ForkServer`)."
   @spec fork_server?() :: boolean()
   def fork_server?, do: Defaults.fork_server() != false
 

@@ -211,7 +211,7 @@ defmodule Snakepit.ChaosTest do
   test "the fork server killed under load: its workers come back" do
     start()
     callers = load(8)
-    [fork_server] = Snakepit.ForkServer.os_pids()
+    [fork_server] = Snakepit.Worker.ForkServer.os_pids()
     before = AppPool.worker_os_pids()
     Snakepit.ProcessKiller.kill_process(fork_server, :sigkill)
 
@@ -219,7 +219,7 @@ defmodule Snakepit.ChaosTest do
     ok = assert_every_call_answered(stop_load(callers))
     assert ok > 0
     assert_back_to_full()
-    assert [new_server] = Snakepit.ForkServer.os_pids()
+    assert [new_server] = Snakepit.Worker.ForkServer.os_pids()
     assert new_server != fork_server
   end
 

@@ -6,7 +6,9 @@ defmodule Snakepit.ForkServerTest do
   @moduletag :python
   @moduletag timeout: 120_000
 
-  alias Snakepit.{ForkServer, ProcessKiller, RunID}
+  alias Snakepit.{ProcessKiller, RunID}
+
+  alias Snakepit.Worker.ForkServer
   alias Snakepit.Test.AppPool
 
   @pool 3

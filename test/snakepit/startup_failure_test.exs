@@ -38,7 +38,7 @@ defmodule Snakepit.StartupFailureTest do
   defp our_python_processes,
     do:
       Snakepit.ProcessKiller.find_by_run_id(Snakepit.RunID.current()) --
-        Snakepit.ForkServer.os_pids()
+        Snakepit.Worker.ForkServer.os_pids()
 
   test "a missing adapter module fails await_ready with the cause and the worker's output" do
     assert {:error, %Error{category: :pool} = error} =

@@ -1,8 +1,8 @@
 defmodule Snakepit.StructEncodingTest do
   use ExUnit.Case, async: true
-  doctest Snakepit.StructEncoding
+  doctest Snakepit.Python.StructEncoding
 
-  alias Snakepit.StructEncoding
+  alias Snakepit.Python.StructEncoding
   alias Snakepit.Test.{Money, Opaque, Point}
 
   test "each known struct becomes what Elixir's JSON / Jason write for it" do

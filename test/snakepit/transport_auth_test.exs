@@ -101,7 +101,7 @@ defmodule Snakepit.TransportAuthTest do
     start(:unix)
     meta = worker()
     secret = secret_of(meta.os_pid)
-    [fork_server] = Snakepit.ForkServer.os_pids()
+    [fork_server] = Snakepit.Worker.ForkServer.os_pids()
 
     for os_pid <- [meta.os_pid, fork_server] do
       cmdline = File.read!("/proc/#{os_pid}/cmdline")

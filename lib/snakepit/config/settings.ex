@@ -69,7 +69,7 @@ defmodule Snakepit.Config.Settings do
      "Timeout (ms) of `Snakepit.Executor.execute_batch/2`."},
     {:fork_server, [:fork_server], true, quote(do: boolean()),
      "Start workers by forking them from one warm Python process per " <>
-       "interpreter and environment (`Snakepit.ForkServer`), which imported grpc and the " <>
+       "interpreter and environment (`Snakepit.Worker.ForkServer`), which imported grpc and the " <>
        "bridge once, instead of starting a fresh interpreter for each. `false` spawns each " <>
        "worker directly."},
     {:graceful_shutdown_timeout_ms,

@@ -1,4 +1,4 @@
-defmodule Snakepit.StructEncoding do
+defmodule Snakepit.Python.StructEncoding do
   @moduledoc """
   Structs in call arguments, encoded the way Elixir's `JSON` and Jason do.
 
@@ -20,7 +20,7 @@ defmodule Snakepit.StructEncoding do
   `term` with every struct replaced by its JSON-shaped value, or `{:error,
   message}` for a struct with no encoding.
 
-      iex> Snakepit.StructEncoding.convert(%{"at" => ~D[2026-12-02], "n" => [1]})
+      iex> Snakepit.Python.StructEncoding.convert(%{"at" => ~D[2026-12-02], "n" => [1]})
       {:ok, %{"at" => "2026-12-02", "n" => [1]}}
   """
   @spec convert(term()) :: {:ok, term()} | {:error, String.t()}

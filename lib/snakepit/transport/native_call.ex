@@ -25,14 +25,14 @@ defmodule Snakepit.Transport.NativeCall do
   @doc """
   Sends `args` with `send` (a function of the arguments that starts the
   call). The native core encodes plain terms itself; arguments holding
-  structs it cannot encode are converted (`Snakepit.StructEncoding`) and
+  structs it cannot encode are converted (`Snakepit.Python.StructEncoding`) and
   sent again.
   """
   @spec send_encoded(map(), (map() -> term())) :: term()
   def send_encoded(args, send) do
     case send.(args) do
       {:error, {:struct_value, _}} ->
-        case Snakepit.StructEncoding.convert(args) do
+        case Snakepit.Python.StructEncoding.convert(args) do
           {:ok, converted} -> send.(converted)
           {:error, message} -> {:error, {:invalid_argument, message}}
         end

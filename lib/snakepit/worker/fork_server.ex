@@ -1,4 +1,4 @@
-defmodule Snakepit.ForkServer do
+defmodule Snakepit.Worker.ForkServer do
   @moduledoc """
   Starts Python workers by forking them from a warm Python process.
 

@@ -86,7 +86,7 @@ defmodule Snakepit.Worker.Launch do
 
   # A worker forked from a warm fork server, or :spawn to spawn it directly.
   defp forked(python, argv, env, cwd, own) do
-    case Snakepit.ForkServer.spawn(python, argv, env, cwd, own) do
+    case Snakepit.Worker.ForkServer.spawn(python, argv, env, cwd, own) do
       {:ok, _} = ok ->
         ok
 

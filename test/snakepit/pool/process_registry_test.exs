@@ -11,7 +11,7 @@ defmodule Snakepit.Pool.ProcessRegistryTest do
     pids = AppPool.worker_os_pids()
     # The workers and the fork server they were forked from.
     assert Enum.sort(ProcessRegistry.get_active_process_pids()) ==
-             Enum.sort(pids ++ Snakepit.ForkServer.os_pids())
+             Enum.sort(pids ++ Snakepit.Worker.ForkServer.os_pids())
 
     {:ok, info} = ProcessRegistry.get_worker_info("default_worker_1")
     assert info.status == :active
