@@ -53,26 +53,26 @@ defmodule Snakepit.HeartbeatMonitor do
   """
   @spec start_for_worker(String.t(), reference(), map()) :: GenServer.on_start() | :disabled
   def start_for_worker(worker_id, channel, config) do
+    # Off unless the config turns it on; each other key from the one
+    # heartbeat table (Snakepit.Config.Schema) when the config lacks it.
     if Map.get(config, :enabled, false) do
-      timeout = Map.get(config, :timeout_ms, Defaults.heartbeat_timeout_ms())
+      config = Map.merge(Snakepit.Config.Schema.heartbeat_defaults(), config)
 
       # Runs in the monitor, which gets the reply.
       ping = fn _ts ->
         ref = make_ref()
-        :ok = Snakepit.Native.grpc_heartbeat(channel, self(), ref, worker_id, timeout)
+        :ok = Snakepit.Native.grpc_heartbeat(channel, self(), ref, worker_id, config.timeout_ms)
         {:ok, ref}
       end
 
       start_link(
         worker_pid: self(),
         worker_id: worker_id,
-        ping_interval_ms:
-          Map.get(config, :ping_interval_ms, Defaults.heartbeat_ping_interval_ms()),
-        timeout_ms: timeout,
-        max_missed_heartbeats:
-          Map.get(config, :max_missed_heartbeats, Defaults.heartbeat_max_missed()),
-        initial_delay_ms: Map.get(config, :initial_delay_ms, 0),
-        dependent: Map.get(config, :dependent, true),
+        ping_interval_ms: config.ping_interval_ms,
+        timeout_ms: config.timeout_ms,
+        max_missed_heartbeats: config.max_missed_heartbeats,
+        initial_delay_ms: config.initial_delay_ms,
+        dependent: config.dependent,
         ping_fun: ping
       )
     else
