@@ -295,12 +295,12 @@ defmodule Bench.CallTransport do
   defp with_lanes(run) when is_function(run, 0), do: run.()
 
   defp with_lanes(run) do
-    leases = for _ <- 1..2, do: elem(Snakepit.Pool.Call.checkout([], :infinity), 1)
+    leases = for _ <- 1..2, do: elem(Snakepit.Pool.Checkout.checkout([], :infinity), 1)
 
     try do
       leases |> Enum.map(& &1.worker) |> run.()
     after
-      Enum.each(leases, &Snakepit.Pool.Call.checkin(&1, {:ok, nil}))
+      Enum.each(leases, &Snakepit.Pool.Checkout.checkin(&1, {:ok, nil}))
     end
   end
 
@@ -312,9 +312,9 @@ defmodule Bench.CallTransport do
   defp pooled_calls(0), do: :ok
 
   defp pooled_calls(n) do
-    {:ok, lease} = Snakepit.Pool.Call.checkout([], :infinity)
+    {:ok, lease} = Snakepit.Pool.Checkout.checkout([], :infinity)
     native_calls(lease.worker.lane, 1)
-    Snakepit.Pool.Call.checkin(lease, {:ok, nil})
+    Snakepit.Pool.Checkout.checkin(lease, {:ok, nil})
     pooled_calls(n - 1)
   end
 

@@ -69,6 +69,7 @@ defmodule Snakepit.Application do
 
   defp start_tree(zero_copy) do
     Snakepit.Telemetry.choose_backend()
+    Snakepit.Pool.CallSettings.refresh()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())
 
     Snakepit.Native.set_value_limits(

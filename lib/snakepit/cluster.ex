@@ -117,6 +117,13 @@ defmodule Snakepit.Cluster do
   def target(opts) when not is_list(opts), do: :local
 
   def target(opts) do
+    # Most calls ask for no routing: no lookup beyond these two.
+    if :lists.keymember(:node, 1, opts) or :lists.keymember(:require, 1, opts),
+      do: route(opts),
+      else: :local
+  end
+
+  defp route(opts) do
     node_opt =
       Keyword.get(opts, :node, if(Keyword.has_key?(opts, :require), do: :any, else: :local))
 

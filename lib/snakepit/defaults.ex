@@ -231,10 +231,12 @@ defmodule Snakepit.Defaults do
     end
   end
 
+  # Erlang's lookup: read on every call (the timeouts and margins of each
+  # execute/3), and Elixir's wrapper adds only a check of the key's type.
   defp get([key | rest], default) do
-    case Application.fetch_env(:snakepit, key) do
+    case :application.get_env(:snakepit, key) do
       {:ok, value} -> value
-      :error -> get(rest, default)
+      :undefined -> get(rest, default)
     end
   end
 
@@ -258,8 +260,8 @@ defmodule Snakepit.Defaults do
   """
   @spec timeout_profile() :: atom()
   def timeout_profile do
-    profile = Application.get_env(:snakepit, :timeout_profile, :balanced)
-    if Map.has_key?(@profiles, profile), do: profile, else: :balanced
+    profile = :application.get_env(:snakepit, :timeout_profile, :balanced)
+    if is_map_key(@profiles, profile), do: profile, else: :balanced
   end
 
   @doc """
@@ -278,9 +280,9 @@ defmodule Snakepit.Defaults do
   def queue_timeout, do: profiled(:queue_timeout)
 
   defp profiled(key) do
-    case Application.fetch_env(:snakepit, key) do
+    case :application.get_env(:snakepit, key) do
       {:ok, value} -> value
-      :error -> @profiles[timeout_profile()][key]
+      :undefined -> @profiles |> Map.fetch!(timeout_profile()) |> Map.fetch!(key)
     end
   end
 
@@ -302,10 +304,13 @@ defmodule Snakepit.Defaults do
   @spec rpc_timeout(timeout()) :: timeout()
   def rpc_timeout(:infinity), do: :infinity
 
-  def rpc_timeout(total) when is_integer(total) and total >= 0 do
-    margins = worker_call_margin_ms() + pool_reply_margin_ms()
-    max(total - min(margins, div(total, 10)), 0)
-  end
+  def rpc_timeout(total) when is_integer(total) and total >= 0,
+    do: rpc_timeout(total, worker_call_margin_ms() + pool_reply_margin_ms())
+
+  @doc false
+  # `rpc_timeout/1` with the sum of the margins given.
+  @spec rpc_timeout(non_neg_integer(), non_neg_integer()) :: non_neg_integer()
+  def rpc_timeout(total, margins), do: max(total - min(margins, div(total, 10)), 0)
 
   # -- others -------------------------------------------------------------------
 

@@ -207,10 +207,34 @@ defmodule Snakepit.Telemetry do
   def choose_backend do
     backend = if Code.ensure_loaded?(:telemetry), do: :telemetry, else: :builtin
     :persistent_term.put({__MODULE__, :backend}, backend)
+    refresh_listened()
     backend
   end
 
   defp backend, do: :persistent_term.get({__MODULE__, :backend}, :builtin)
+
+  # The events with a handler in the built-in table, as a map (`:all` under
+  # `:telemetry`), kept beside the table so that `handled?/1`, asked several
+  # times per call, is one lookup. Rewritten on attach and detach only.
+  @listened {__MODULE__, :listened}
+
+  defp refresh_listened do
+    listened =
+      cond do
+        backend() == :telemetry -> :all
+        :ets.whereis(@table) == :undefined -> %{}
+        true -> Map.new(:ets.tab2list(@table), fn {event, _, _, _} -> {event, true} end)
+      end
+
+    if :persistent_term.get(@listened, nil) != listened do
+      :persistent_term.put(@listened, listened)
+      # Another attach or detach may have stored what it saw a moment
+      # before this one's change: the last writer makes sure it is current.
+      refresh_listened()
+    end
+
+    :ok
+  end
 
   @doc """
   Whether emitting `event` may reach a handler: false only when Snakepit's
@@ -220,9 +244,22 @@ defmodule Snakepit.Telemetry do
   """
   @spec handled?([atom()]) :: boolean()
   def handled?(event) do
-    case backend() do
-      :telemetry -> true
-      :builtin -> :ets.whereis(@table) != :undefined and :ets.member(@table, event)
+    case :persistent_term.get(@listened, %{}) do
+      :all -> true
+      listened -> is_map_key(listened, event)
+    end
+  end
+
+  @doc """
+  Whether emitting any of `events` may reach a handler (`handled?/1` of
+  each): one lookup for a group of events emitted at the same moment.
+  """
+  @spec any_handled?([[atom()]]) :: boolean()
+  def any_handled?(events) do
+    case :persistent_term.get(@listened, %{}) do
+      :all -> true
+      listened when map_size(listened) == 0 -> false
+      listened -> Enum.any?(events, &is_map_key(listened, &1))
     end
   end
 
@@ -277,7 +314,7 @@ defmodule Snakepit.Telemetry do
           :ok
         end
     end
-    |> tap(fn result -> if result == :ok, do: python_listeners_changed(events) end)
+    |> tap(fn result -> if result == :ok, do: listeners_changed(events) end)
   end
 
   @doc "Detaches the handler `id`."
@@ -299,7 +336,7 @@ defmodule Snakepit.Telemetry do
             :ok
         end
     end
-    |> tap(fn result -> if result == :ok, do: python_listeners_changed(:unknown) end)
+    |> tap(fn result -> if result == :ok, do: listeners_changed(:unknown) end)
   end
 
   @doc """
@@ -316,6 +353,11 @@ defmodule Snakepit.Telemetry do
         :ets.whereis(@table) != :undefined and
           Enum.any?(:ets.tab2list(@table), fn {event, _, _, _} -> :lists.prefix(prefix, event) end)
     end
+  end
+
+  defp listeners_changed(events) do
+    refresh_listened()
+    python_listeners_changed(events)
   end
 
   # Workers send Python events only while someone listens: tell them.

@@ -110,12 +110,31 @@ defmodule Snakepit.Pool.Batching do
 
   # -- routing (in the caller) -------------------------------------------------
 
+  @some_batched {__MODULE__, :some_batched}
+
   @doc false
   # Where a call of `command` to the pool `name` of pool process `pid`
   # goes: nil (an ordinary call) or the batcher and the tool's settings.
   @spec route(pid(), atom() | nil, String.t()) ::
           %{batcher: pid(), pool: atom(), config: config()} | nil
   def route(pid, name, command) do
+    # Until some pool has a batched tool (most never do), no lookup at all.
+    if :persistent_term.get(@some_batched, false), do: lookup(pid, name, command)
+  end
+
+  @doc false
+  # A pool learned a batched tool: callers start looking them up. Set once
+  # per VM and never cleared (clearing a persistent term costs every
+  # process a scan).
+  @spec note_batched_tool() :: :ok
+  def note_batched_tool do
+    unless :persistent_term.get(@some_batched, false),
+      do: :persistent_term.put(@some_batched, true)
+
+    :ok
+  end
+
+  defp lookup(pid, name, command) do
     case Snakepit.Pool.Names.server_info(pid) do
       %{table: table, batcher: batcher, default: default} ->
         pool = name || default

@@ -18,7 +18,8 @@ defmodule Snakepit.Pool.Call do
   alias Snakepit.{CrashBarrier, Defaults, Error, Telemetry}
   alias Snakepit.Telemetry.Correlation
   alias Snakepit.GRPC.Client
-  alias Snakepit.Pool.{Batching, CallOptions, Checkout, Deadline}
+  alias Snakepit.Transport.NativeCall
+  alias Snakepit.Pool.{Batching, CallOptions, CallSettings, Checkout, Deadline}
 
   @doc """
   Runs `command` with `args` on a worker. Options (as `Snakepit.execute/3`):
@@ -35,27 +36,68 @@ defmodule Snakepit.Pool.Call do
   # (as `Snakepit.execute/3` does): not checked twice.
   @spec execute_checked(String.t(), map(), keyword()) :: {:ok, term()} | {:error, Error.t()}
   def execute_checked(command, args, opts) do
-    with {:ok, opts, total} <- prepared(:execute, command, args, opts),
+    # What prepare/4 checks, without building new options: this is every
+    # call's path.
+    settings = CallSettings.get()
+
+    with {:ok, correlation_id} <- Correlation.of_options(opts),
+         total = CallSettings.total(opts, settings),
+         :ok <- validate_call(command, args, total),
          {:ok, pid, name} <- Checkout.resolve_pool(opts) do
       deadline = Deadline.of(opts, total)
 
       # A batched tool's call joins a batch (Snakepit.Pool.Batching).
       case Batching.route(pid, name, command) do
-        nil -> direct(command, args, Keyword.put(opts, :pool, {pid, name}), deadline)
-        target -> Batching.call(target, command, args, opts, deadline)
+        nil ->
+          # The pool estimates run times per command.
+          opts = [{:command, command} | opts]
+          direct(command, args, opts, {pid, name}, {correlation_id, deadline, settings})
+
+        target ->
+          Batching.call(target, command, args, opts, deadline)
       end
     end
   end
 
-  defp direct(command, args, opts, deadline) do
+  defp direct(command, args, opts, pool, {correlation_id, deadline, settings}) do
     idempotent = Keyword.get(opts, :idempotent) == true or CrashBarrier.idempotent?(args)
-    started = System.monotonic_time()
 
-    attempt(opts, deadline, idempotent, 0, [], fn lease ->
-      result = Client.execute(lease.worker, command, args, call_opts(opts, lease, deadline))
-      emit_executed(lease, command, result, started, opts[:correlation_id])
-      result
-    end)
+    call = %{
+      command: command,
+      args: args,
+      correlation_id: correlation_id,
+      deadline: deadline,
+      settings: settings,
+      started: System.monotonic_time(),
+      session_id: Keyword.get(opts, :session_id),
+      binary_parameters: Keyword.get(opts, :binary_parameters),
+      metadata: Correlation.worker_metadata(opts, correlation_id)
+    }
+
+    attempt(pool, opts, deadline, idempotent, 0, [], call)
+  end
+
+  # The call of `direct/5` on `lease`.
+  defp run_direct(call, lease) do
+    # The call to Python gets the rpc deadline; a timed-out call is stopped
+    # by the pool, the caller learning how within its own deadline.
+    call_opts = %{
+      timeout_ms: NativeCall.timeout_ms(CallSettings.rpc_remaining(call.deadline, call.settings)),
+      request_id: lease.request_id,
+      session_id: call.session_id,
+      metadata: call.metadata,
+      binary_parameters: call.binary_parameters
+    }
+
+    deadline = call.deadline
+    stop = fn -> Checkout.stop(lease, deadline) end
+    %{command: command, correlation_id: correlation_id} = call
+
+    result =
+      Client.execute_leased(lease.worker, command, call.args, call_opts, correlation_id, stop)
+
+    emit_executed(lease, command, result, call.started, correlation_id)
+    result
   end
 
   # Queueing included: the time the caller waited for its answer.
@@ -118,11 +160,11 @@ defmodule Snakepit.Pool.Call do
 
   # One attempt of a call; a crash of its worker may lead to another
   # attempt, on another worker, when the crash barrier allows it.
-  defp attempt(opts, deadline, idempotent, n, avoid, fun) do
+  defp attempt({pid, name} = pool, opts, deadline, idempotent, n, avoid, call) do
     opts = if avoid == [], do: opts, else: Keyword.put(opts, :avoid, avoid)
 
-    with {:ok, lease} <- Checkout.checkout(opts, deadline) do
-      result = fun.(lease) |> Checkout.confirm_crash(lease)
+    with {:ok, lease} <- Checkout.checkout(pid, name, opts, deadline) do
+      result = call |> run_direct(lease) |> Checkout.confirm_crash(lease)
       Checkout.checkin(lease, result)
 
       case CrashBarrier.crash_info(result, lease.crash_barrier) do
@@ -145,7 +187,7 @@ defmodule Snakepit.Pool.Call do
             # A deliberate pause before the retry, not a wait for an event.
             Process.sleep(min(backoff, Deadline.remaining(deadline)))
             opts = Checkout.retry_opts(opts)
-            attempt(opts, deadline, idempotent, n + 1, [info.worker_id | avoid], fun)
+            attempt(pool, opts, deadline, idempotent, n + 1, [info.worker_id | avoid], call)
           else
             CrashBarrier.normalize_crash_error(result, info)
           end

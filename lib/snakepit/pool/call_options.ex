@@ -127,6 +127,9 @@ defmodule Snakepit.Pool.CallOptions do
       {:validation, :queue_timeout, -1}
   """
   @spec normalize(term()) :: {:ok, keyword()} | {:error, Error.t()}
+  # Most calls give no options.
+  def normalize([]), do: {:ok, []}
+
   def normalize(opts) when is_list(opts) do
     if Keyword.keyword?(opts) do
       resolve(opts, [])

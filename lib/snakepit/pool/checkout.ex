@@ -176,55 +176,61 @@ defmodule Snakepit.Pool.Checkout do
   # to keep away from) and `:queue_timeout` (a cap on the pool's own).
   @spec checkout(keyword(), integer() | :infinity) :: {:ok, lease()} | {:error, Error.t()}
   def checkout(opts, deadline) do
-    with {:ok, pid, name} <- resolve_pool(opts) do
-      ref = make_ref()
-      session = Keyword.get(opts, :session_id)
+    with {:ok, pid, name} <- resolve_pool(opts), do: checkout(pid, name, opts, deadline)
+  end
 
-      request = %{
-        ref: ref,
-        # Names the call in the worker, so it can be stopped there.
-        request_id: Integer.to_string(System.unique_integer([:positive])),
-        pool: name,
-        session_id: session,
-        affinity: Keyword.get(opts, :affinity),
-        stored_worker: session && SessionStore.last_worker(session),
-        avoid: Keyword.get(opts, :avoid, []),
-        deadline: deadline,
-        command: Keyword.get(opts, :command),
-        queue_cap: Keyword.get(opts, :queue_timeout, :infinity)
-      }
+  @doc false
+  # `checkout/2` from the pool process `pid` serving `name`
+  # (`resolve_pool/1`'s answer).
+  @spec checkout(pid(), atom() | nil, keyword(), integer() | :infinity) ::
+          {:ok, lease()} | {:error, Error.t()}
+  def checkout(pid, name, opts, deadline) do
+    ref = make_ref()
+    session = Keyword.get(opts, :session_id)
 
-      wait =
-        if deadline == :infinity,
-          do: :infinity,
-          else: Deadline.remaining(deadline) + @checkout_slack_ms
+    request = %{
+      ref: ref,
+      # Names the call in the worker, so it can be stopped there.
+      request_id: Integer.to_string(System.unique_integer([:positive])),
+      pool: name,
+      session_id: session,
+      affinity: Keyword.get(opts, :affinity),
+      stored_worker: session && SessionStore.last_worker(session),
+      avoid: Keyword.get(opts, :avoid, []),
+      deadline: deadline,
+      command: Keyword.get(opts, :command),
+      queue_cap: Keyword.get(opts, :queue_timeout, :infinity)
+    }
 
-      started = System.monotonic_time()
+    wait =
+      if deadline == :infinity,
+        do: :infinity,
+        else: Deadline.remaining(deadline) + @checkout_slack_ms
 
-      try do
-        case GenServer.call(pid, {:checkout, request}, wait) do
-          {:ok, lease} ->
-            leased_at = System.monotonic_time()
-            Timings.record(lease.timings, :wait, leased_at - started)
-            {:ok, Map.put(lease, :leased_at, leased_at)}
+    started = System.monotonic_time()
 
-          error ->
-            error
-        end
-      catch
-        :exit, {:timeout, _} ->
-          send(pid, {:cancel_checkout, name, ref})
-          {:error, Error.timeout_error("no worker was free in time", %{pool: name})}
+    try do
+      case GenServer.call(pid, {:checkout, request}, wait) do
+        {:ok, lease} ->
+          leased_at = System.monotonic_time()
+          Timings.record(lease.timings, :wait, leased_at - started)
+          {:ok, Map.put(lease, :leased_at, leased_at)}
 
-        :exit, reason ->
-          if Errors.shutdown_reason?(reason),
-            do:
-              {:error,
-               Errors.shutdown("the pool stopped before the call got a worker", %{pool: name})},
-            else:
-              {:error,
-               Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
+        error ->
+          error
       end
+    catch
+      :exit, {:timeout, _} ->
+        send(pid, {:cancel_checkout, name, ref})
+        {:error, Error.timeout_error("no worker was free in time", %{pool: name})}
+
+      :exit, reason ->
+        if Errors.shutdown_reason?(reason),
+          do:
+            {:error,
+             Errors.shutdown("the pool stopped before the call got a worker", %{pool: name})},
+          else:
+            {:error, Error.pool_error("pool is not available: #{inspect(reason)}", %{pool: name})}
     end
   end
 

@@ -181,8 +181,10 @@ defmodule Snakepit.Pool.Slots do
   # A ready worker's batched tools become its pool's (callers read them:
   # Snakepit.Pool.Batching.route/3).
   defp learn_batched_tools(state, name, worker_id) do
-    for {tool, config} <- ToolRegistry.batched_tools(worker_id),
-        do: :ets.insert(state.batched, {{name, tool}, config})
+    for {tool, config} <- ToolRegistry.batched_tools(worker_id) do
+      :ets.insert(state.batched, {{name, tool}, config})
+      Snakepit.Pool.Batching.note_batched_tool()
+    end
   end
 
   @doc false

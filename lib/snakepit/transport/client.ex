@@ -19,6 +19,7 @@ defmodule Snakepit.GRPC.Client do
   @call_start [:snakepit, :grpc, :call, :start]
   @call_stop [:snakepit, :grpc, :call, :stop]
   @call_exception [:snakepit, :grpc, :call, :exception]
+  @call_events [@execute_start, @call_start, @execute_stop, @call_stop, @call_exception]
 
   @type worker :: %{
           required(:channel) => reference(),
@@ -188,17 +189,32 @@ defmodule Snakepit.GRPC.Client do
   defp invalid(message), do: {:error, Error.validation_error(message)}
 
   defp run_execute(worker, tool, args, opts) do
-    ref = make_ref()
     call_opts = NativeCall.options(opts)
+    run_call(worker, tool, args, call_opts, Keyword.get(opts, :correlation_id), opts)
+  end
+
+  @doc false
+  # A pooled call (`Snakepit.Pool.Call`): its native options already built
+  # (`NativeCall.options/1`'s shape), its correlation id, and `stop`, the
+  # function that stops it when its worker does not answer in time.
+  @spec execute_leased(worker(), String.t(), map(), map(), String.t() | nil, (-> term())) ::
+          {:ok, term()} | {:error, Error.t() | Exception.t()}
+  def execute_leased(worker, tool, args, call_opts, correlation_id, stop),
+    do: run_call(worker, tool, args, call_opts, correlation_id, stop: stop)
+
+  # `stop_opts`: how a call past its deadline is stopped (`stopper/2`).
+  defp run_call(worker, tool, args, call_opts, correlation_id, stop_opts) do
+    ref = make_ref()
     started = :erlang.monotonic_time()
-    # Events are built only when someone listens (Telemetry.handled?/1).
-    emit_start(worker, tool, opts)
+    # Events are built only when someone listens: one lookup when no one
+    # listens to any of them.
+    if Telemetry.any_handled?(@call_events), do: emit_start(worker, tool, correlation_id)
 
     result =
       case start_call(worker, ref, tool, args, call_opts) do
         {:ok, call} ->
           case await_call(call, ref, call_opts.timeout_ms) do
-            {:error, {:timeout, _}} -> timed_out(worker, tool, opts)
+            {:error, {:timeout, _}} -> timed_out(worker, tool, stop_opts)
             reply -> NativeCall.translate(reply, tool, worker)
           end
 
@@ -209,37 +225,39 @@ defmodule Snakepit.GRPC.Client do
           NativeCall.translate(error, tool, worker)
       end
 
-    emit_stop(worker, tool, opts, started, result)
+    if Telemetry.any_handled?(@call_events),
+      do: emit_stop(worker, tool, correlation_id, started, result)
+
     result
   end
 
-  defp execute_meta(worker, tool, opts) do
+  defp execute_meta(worker, tool, correlation_id) do
     %{
       command: tool,
       worker_id: worker.id,
       transport: NativeCall.transport(worker),
-      correlation_id: Keyword.get(opts, :correlation_id)
+      correlation_id: correlation_id
     }
   end
 
-  defp emit_start(worker, tool, opts) do
+  defp emit_start(worker, tool, correlation_id) do
     if Telemetry.handled?(@execute_start) or Telemetry.handled?(@call_start) do
       start = %{system_time: System.system_time()}
-      meta = execute_meta(worker, tool, opts)
+      meta = execute_meta(worker, tool, correlation_id)
       Telemetry.emit([:snakepit, :grpc_worker, :execute, :start], start, meta)
       # The older guide's name for the same moment.
       Telemetry.emit([:snakepit, :grpc, :call, :start], start, meta)
     end
   end
 
-  defp emit_stop(worker, tool, opts, started, result) do
+  defp emit_stop(worker, tool, correlation_id, started, result) do
     if Telemetry.handled?(@execute_stop) or Telemetry.handled?(@call_stop) or
          Telemetry.handled?(@call_exception) do
-      emit_stop_now(worker, tool, opts, started, result)
+      emit_stop_now(worker, tool, correlation_id, started, result)
     end
   end
 
-  defp emit_stop_now(worker, tool, opts, started, result) do
+  defp emit_stop_now(worker, tool, correlation_id, started, result) do
     duration = :erlang.monotonic_time() - started
 
     measurements = %{
@@ -247,7 +265,7 @@ defmodule Snakepit.GRPC.Client do
       duration_ms: System.convert_time_unit(duration, :native, :millisecond)
     }
 
-    meta = Map.put(execute_meta(worker, tool, opts), :success, match?({:ok, _}, result))
+    meta = Map.put(execute_meta(worker, tool, correlation_id), :success, match?({:ok, _}, result))
 
     Telemetry.emit([:snakepit, :grpc_worker, :execute, :stop], measurements, meta)
 
@@ -277,8 +295,16 @@ defmodule Snakepit.GRPC.Client do
     result
   end
 
-  defp start_call(worker, ref, tool, args, opts),
-    do: NativeCall.send_encoded(args, &send_call(worker, ref, tool, &1, opts))
+  # NativeCall.send_encoded/2, without building its function on every call.
+  defp start_call(worker, ref, tool, args, opts) do
+    case send_call(worker, ref, tool, args, opts) do
+      {:error, {:struct_value, _}} ->
+        NativeCall.send_converted(args, &send_call(worker, ref, tool, &1, opts))
+
+      started ->
+        started
+    end
+  end
 
   defp send_call(%{lane: lane}, ref, tool, args, opts) when lane != nil do
     with {:ok, id} <- Native.lane_execute(lane, self(), ref, tool, args, opts),

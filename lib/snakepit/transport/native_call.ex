@@ -31,14 +31,17 @@ defmodule Snakepit.Transport.NativeCall do
   @spec send_encoded(map(), (map() -> term())) :: term()
   def send_encoded(args, send) do
     case send.(args) do
-      {:error, {:struct_value, _}} ->
-        case Snakepit.Python.StructEncoding.convert(args) do
-          {:ok, converted} -> send.(converted)
-          {:error, message} -> {:error, {:invalid_argument, message}}
-        end
+      {:error, {:struct_value, _}} -> send_converted(args, send)
+      started -> started
+    end
+  end
 
-      started ->
-        started
+  @doc "`send_encoded/2` after a first send refused `args` for their structs."
+  @spec send_converted(map(), (map() -> term())) :: term()
+  def send_converted(args, send) do
+    case Snakepit.Python.StructEncoding.convert(args) do
+      {:ok, converted} -> send.(converted)
+      {:error, message} -> {:error, {:invalid_argument, message}}
     end
   end
 
@@ -49,20 +52,20 @@ defmodule Snakepit.Transport.NativeCall do
   """
   @spec options(keyword()) :: map()
   def options(opts) do
-    timeout_ms =
-      case Keyword.get(opts, :deadline, :infinity) do
-        :infinity -> 0
-        deadline -> max(Deadline.remaining(deadline), 1)
-      end
-
     %{
-      timeout_ms: timeout_ms,
+      timeout_ms:
+        opts |> Keyword.get(:deadline, :infinity) |> Deadline.remaining() |> timeout_ms(),
       request_id: Keyword.get(opts, :request_id),
       session_id: Keyword.get(opts, :session_id),
       metadata: Keyword.get(opts, :metadata),
       binary_parameters: Keyword.get(opts, :binary_parameters)
     }
   end
+
+  @doc "The native `timeout_ms` of a call that has `remaining` ms (0: no deadline)."
+  @spec timeout_ms(non_neg_integer() | :infinity) :: non_neg_integer()
+  def timeout_ms(:infinity), do: 0
+  def timeout_ms(remaining), do: max(remaining, 1)
 
   @doc "How long to wait for the reply of a call of `timeout_ms` (0: no deadline)."
   @spec wait_ms(non_neg_integer()) :: timeout()
