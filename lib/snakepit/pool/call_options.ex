@@ -132,7 +132,7 @@ defmodule Snakepit.Pool.CallOptions do
 
   def normalize(opts) when is_list(opts) do
     if Keyword.keyword?(opts) do
-      resolve(opts, [])
+      check_all(opts, opts)
     else
       not_keyword(opts)
     end
@@ -146,6 +146,19 @@ defmodule Snakepit.Pool.CallOptions do
        "options must be a keyword list, got: #{describe(opts)}",
        %{option: :opts, value: opts, expected: "a keyword list"}
      )}
+  end
+
+  # Without an alias the options come back as given: checked, not rebuilt.
+  defp check_all([], opts), do: {:ok, opts}
+
+  defp check_all([{key, _value} | _rest], opts) when is_map_key(@aliases, key),
+    do: resolve(opts, [])
+
+  defp check_all([{key, value} | rest], opts) do
+    case check(key, value) do
+      :ok -> check_all(rest, opts)
+      {:bad, expected} -> invalid(key, value, expected)
+    end
   end
 
   defp resolve([], acc), do: {:ok, Enum.reverse(acc)}
