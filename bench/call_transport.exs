@@ -24,7 +24,10 @@
 #     ERL_FLAGS="+sbwt none +sbwtdcpu none +sbwtdio none" MIX_ENV=prod mix run bench/call_transport.exs
 #     BENCH_CALLS=3000 BENCH_POOL_SIZES=2 BENCH_CONCURRENCY=8 BENCH_ROUNDS=3 ...
 #
-# Prints the figures and writes them to bench/results/call_transport.txt.
+# Prints the figures and writes them to bench/results/call_transport.txt, or,
+# when BENCH_POOL_SIZES or BENCH_CONCURRENCY narrow the run, to
+# bench/results/call_transport_partial.txt (so a partial run never replaces
+# the full one the docs quote).
 
 Code.require_file("support/cpu.exs", __DIR__)
 
@@ -110,8 +113,13 @@ defmodule Bench.CallTransport do
     lines = header ++ List.flatten(rows) ++ stream_header
     File.mkdir_p!("bench/results")
 
+    partial? = System.get_env("BENCH_POOL_SIZES") || System.get_env("BENCH_CONCURRENCY")
+
     File.write!(
-      "bench/results/call_transport.txt",
+      if(partial?,
+        do: "bench/results/call_transport_partial.txt",
+        else: "bench/results/call_transport.txt"
+      ),
       Enum.join(lines ++ stream_lines ++ summary, "\n") <> "\n"
     )
   end
