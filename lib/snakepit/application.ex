@@ -68,6 +68,7 @@ defmodule Snakepit.Application do
   end
 
   defp start_tree(zero_copy) do
+    Snakepit.Telemetry.Correlation.init_vm_prefix()
     Snakepit.Telemetry.choose_backend()
     Snakepit.Pool.CallSettings.refresh()
     Snakepit.Native.set_max_message_bytes(Snakepit.Defaults.max_message_bytes())

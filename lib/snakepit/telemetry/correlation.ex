@@ -34,6 +34,16 @@ defmodule Snakepit.Telemetry.Correlation do
 
   defp hex(byte), do: elem(@hex, byte)
 
+  @doc false
+  # Drawn at application start, before any caller can race to draw it
+  # (two first callers would each store one; their ids stay unique, but
+  # the VM's half would differ between them).
+  @spec init_vm_prefix() :: :ok
+  def init_vm_prefix do
+    _ = vm_prefix()
+    :ok
+  end
+
   # The VM's half of every id, hex-encoded once.
   defp vm_prefix do
     case :persistent_term.get({__MODULE__, :vm_prefix}, nil) do
