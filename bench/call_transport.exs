@@ -259,7 +259,8 @@ defmodule Bench.CallTransport do
   # * :minimal - 8 callers leasing lanes from the least a pool process can
   #   be (Bench.MinimalPool: a FIFO, caller monitors, queue timers);
   # * :pooled - 8 callers, each call leased from Snakepit's pool process
-  #   (Call.checkout/checkin) around the native call.
+  #   (Pool.Checkout.checkout/checkin) around the native call;
+  # * :execute - 8 callers, each call all of Snakepit.execute/3.
   #
   # :handoff against :minimal is what having a pool process costs per
   # call; :minimal against :pooled is what Snakepit's pool code costs.
@@ -280,7 +281,10 @@ defmodule Bench.CallTransport do
         run_tasks(for _ <- 1..callers, do: fn -> Bench.MinimalPool.calls(pool, per_caller) end)
         Bench.MinimalPool.stop(pool)
       end,
-      pooled: fn -> run_tasks(for _ <- 1..callers, do: fn -> pooled_calls(per_caller) end) end
+      pooled: fn -> run_tasks(for _ <- 1..callers, do: fn -> pooled_calls(per_caller) end) end,
+      # All of Snakepit.execute/3, the same tool, in the same rotation as
+      # the layers (not after the grpcio pair, whose load it would pay for).
+      execute: fn -> run_tasks(for _ <- 1..callers, do: fn -> execute_calls(per_caller) end) end
     }
 
     order = Map.keys(layers)
@@ -324,6 +328,13 @@ defmodule Bench.CallTransport do
     native_calls(lease.worker.lane, 1)
     Snakepit.Pool.Checkout.checkin(lease, {:ok, nil})
     pooled_calls(n - 1)
+  end
+
+  defp execute_calls(0), do: :ok
+
+  defp execute_calls(n) do
+    {:ok, _} = Snakepit.execute("add", %{a: 1, b: 2})
+    execute_calls(n - 1)
   end
 
   defp native_calls(_lane, 0), do: :ok
@@ -495,8 +506,9 @@ defmodule Bench.CallTransport do
           "lane's native call alone, one caller per worker #{of.(l.native)}; callers handing " <>
           "lanes to each other, no pool process #{of.(l.handoff)}, with the API's per-call " <>
           "work #{of.(l.handoff_api)}; leased from a minimal pool process #{of.(l.minimal)}; " <>
-          "leased from Snakepit's pool process #{of.(l.pooled)}; all of Snakepit.execute: the " <>
-          "BEAM cpu above"
+          "leased from Snakepit's pool process #{of.(l.pooled)}; all of Snakepit.execute in " <>
+          "the same rotation #{of.(l.execute)} = #{fmt(l.execute / l.pooled, 2)}x the leased " <>
+          "call (target <= 1.25x)"
       end) ++
       Enum.map(streams, fn r ->
         "  stream msgs/s: lane #{fmt(r.lane.msgs_per_s / r.pair.msgs_per_s, 2)}x the grpcio pair (target >= 3x)"
