@@ -76,26 +76,25 @@ defmodule Snakepit.Defaults do
 
   @derived_aliases Settings.derived_aliases()
 
-  for {name, keys, default, spec, doc} <- Settings.plain() do
-    @doc """
-    #{doc}
-
-    Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}; default: `#{inspect(default)}`.
-    """
-    @spec unquote(name)() :: unquote(spec)
-    def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
-  end
-
   # Structured settings are checked further by the module that reads them,
   # which also copes with a value set at run time (after the start's check),
   # so their getters promise no more than a term.
-  for {name, keys, default, spec, doc} <- Settings.structured(), default != :computed do
-    @doc """
-    #{doc}
+  @structured for {name, _, _, _, _} <- Settings.structured(), do: name
 
-    Config key: `#{inspect(hd(keys))}`, of type `#{Macro.to_string(spec)}`; default: `#{inspect(default)}`.
+  for {name, keys, default, spec, doc} <-
+        Settings.plain() ++ Settings.upstream() ++ Settings.structured(),
+      default != :computed do
+    {spec, of_type} =
+      if name in @structured,
+        do: {quote(do: term()), ", of type `#{Macro.to_string(spec)}`"},
+        else: {spec, ""}
+
+    @doc """
+    #{if doc == :inert, do: Settings.inert_doc(), else: doc}
+
+    Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}#{of_type}; default: `#{inspect(default)}`.
     """
-    @spec unquote(name)() :: term()
+    @spec unquote(name)() :: unquote(spec)
     def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
   end
 
@@ -134,16 +133,6 @@ defmodule Snakepit.Defaults do
       {:ok, value} -> value
       :error -> grpc_command_timeout()
     end
-  end
-
-  for {name, keys, default, spec, doc} <- Settings.upstream() do
-    @doc """
-    #{if doc == :inert, do: Settings.inert_doc(), else: doc}
-
-    Config key: `#{Enum.map_join(keys, "` (or `", &inspect/1)}#{if length(keys) > 1, do: "`)", else: "`"}; default: `#{inspect(default)}`.
-    """
-    @spec unquote(name)() :: unquote(spec)
-    def unquote(name)(), do: get(unquote(keys), unquote(Macro.escape(default)))
   end
 
   @doc """
