@@ -10,7 +10,7 @@ defmodule Snakepit.Pool.ElasticTest do
 
   alias Snakepit.Pool
   alias Snakepit.Telemetry
-  alias Snakepit.Test.AppPool
+  alias Snakepit.Test.{AppPool, CallLoad}
 
   defp start!(pool, env \\ []) do
     pool = Map.merge(%{name: :default, adapter_args: AppPool.fixture_adapter()}, pool)
@@ -50,36 +50,9 @@ defmodule Snakepit.Pool.ElasticTest do
     assert AppPool.wait_until(fn -> length(Snakepit.list_workers()) == n end, 20_000) != :timeout
   end
 
-  # `n` callers calling `tool` in a loop until `stop/1`; returns a handle.
-  defp load(n, tool \\ "interval", args \\ %{ms: 20}) do
-    stop = :atomics.new(1, [])
-
-    tasks =
-      for _ <- 1..n do
-        Task.async(fn -> call_loop(stop, tool, args, []) end)
-      end
-
-    {stop, tasks}
-  end
-
-  defp call_loop(stop, tool, args, acc) do
-    if :atomics.get(stop, 1) == 1 do
-      acc
-    else
-      call_loop(stop, tool, args, [Snakepit.execute(tool, args, timeout: 30_000) | acc])
-    end
-  end
-
-  defp stop_load({stop, tasks}) do
-    :atomics.put(stop, 1, 1)
-    results = tasks |> Task.await_many(60_000) |> List.flatten()
-    failed = Enum.reject(results, &match?({:ok, _}, &1))
-
-    assert failed == [],
-           "#{length(failed)} of #{length(results)} calls failed: #{inspect(Enum.take(failed, 3))}"
-
-    results
-  end
+  # `n` callers calling `tool` in a loop until `stop_load/1`.
+  defp load(n, tool \\ "interval", args \\ %{ms: 20}), do: CallLoad.start(n, tool, args)
+  defp stop_load(handle), do: CallLoad.stop(handle)
 
   defp worker_id_of(os_pid) do
     Enum.find_value(Snakepit.Pool.Registry.list_workers(), fn id ->
@@ -143,21 +116,9 @@ defmodule Snakepit.Pool.ElasticTest do
     setup do
       # Session pins expire after 1 s unused, checked every 100 ms, so a
       # worker draining for a strict session stops within the test.
-      saved =
-        for k <- [:session_default_ttl, :session_cleanup_interval],
-            do: {k, Application.fetch_env(:snakepit, k)}
-
+      Snakepit.Test.AppEnv.isolate([:session_default_ttl, :session_cleanup_interval])
       Application.put_env(:snakepit, :session_default_ttl, 1)
       Application.put_env(:snakepit, :session_cleanup_interval, 100)
-
-      on_exit(fn ->
-        for {k, v} <- saved do
-          case v do
-            {:ok, v} -> Application.put_env(:snakepit, k, v)
-            :error -> Application.delete_env(:snakepit, k)
-          end
-        end
-      end)
     end
 
     defp pid_in(session) do

@@ -8,7 +8,7 @@ defmodule Snakepit.Pool.RestartTest do
 
   alias Snakepit.Pool
   alias Snakepit.Telemetry
-  alias Snakepit.Test.AppPool
+  alias Snakepit.Test.{AppPool, CallLoad}
 
   @adapter """
   import os
@@ -68,28 +68,8 @@ defmodule Snakepit.Pool.RestartTest do
   end
 
   # `n` callers in a loop until stopped: every result is kept.
-  defp load(n) do
-    stop = :atomics.new(1, [])
-    tasks = for _ <- 1..n, do: Task.async(fn -> loop(stop, []) end)
-    {stop, tasks}
-  end
-
-  defp loop(stop, acc) do
-    if :atomics.get(stop, 1) == 1,
-      do: acc,
-      else: loop(stop, [Snakepit.execute("version", %{ms: 10}, timeout: 30_000) | acc])
-  end
-
-  defp stop_load({stop, tasks}) do
-    :atomics.put(stop, 1, 1)
-    results = tasks |> Task.await_many(60_000) |> List.flatten()
-    failed = Enum.reject(results, &match?({:ok, _}, &1))
-
-    assert failed == [],
-           "#{length(failed)} of #{length(results)} failed: #{inspect(Enum.take(failed, 3))}"
-
-    results
-  end
+  defp load(n), do: CallLoad.start(n, "version", %{ms: 10})
+  defp stop_load(handle), do: CallLoad.stop(handle)
 
   # The fewest ready workers seen while `fun` runs.
   defp min_ready_during(fun) do
