@@ -23,6 +23,7 @@
 # writes them to bench/results/batching.txt.
 
 Code.require_file("support/args.exs", __DIR__)
+Code.require_file("support/batch_bench_pool.exs", __DIR__)
 
 defmodule Bench.Batching do
   import Bench.Args, only: [env_ints: 2, median: 1]
@@ -96,23 +97,7 @@ defmodule Bench.Batching do
     File.write!("bench/results/batching.txt", text)
   end
 
-  defp start_pool(size) do
-    Application.stop(:snakepit)
-    Application.put_env(:snakepit, :pooling_enabled, true)
-    Application.put_env(:snakepit, :python_path, [Path.expand("bench")])
-
-    Application.put_env(:snakepit, :pools, [
-      %{
-        name: :default,
-        pool_size: size,
-        startup_batch_size: size,
-        adapter_args: ["--adapter", "bench_adapters.BatchBench"]
-      }
-    ])
-
-    {:ok, _} = Application.ensure_all_started(:snakepit)
-    :ok = Snakepit.Pool.await_init_complete(Snakepit.Pool, 60_000)
-  end
+  defp start_pool(size), do: Bench.BatchBenchPool.start(size)
 
   # `callers` closed loops on `tool` for `ms` (after a warm-up).
   defp loop(tool, callers, ms) do

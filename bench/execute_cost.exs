@@ -13,6 +13,7 @@
 # them, with a label (BENCH_LABEL), to bench/results/execute_cost.txt.
 
 Code.require_file("support/args.exs", __DIR__)
+Code.require_file("support/batch_bench_pool.exs", __DIR__)
 
 defmodule Bench.ExecuteCost do
   import Bench.Args, only: [env_ints: 2, median: 1]
@@ -108,23 +109,7 @@ defmodule Bench.ExecuteCost do
     calls(n - 1)
   end
 
-  defp start_pool(size) do
-    Application.stop(:snakepit)
-    Application.put_env(:snakepit, :pooling_enabled, true)
-    Application.put_env(:snakepit, :python_path, [Path.expand("bench")])
-
-    Application.put_env(:snakepit, :pools, [
-      %{
-        name: :default,
-        pool_size: size,
-        startup_batch_size: size,
-        adapter_args: ["--adapter", "bench_adapters.BatchBench"]
-      }
-    ])
-
-    {:ok, _} = Application.ensure_all_started(:snakepit)
-    :ok = Snakepit.Pool.await_init_complete(Snakepit.Pool, 60_000)
-  end
+  defp start_pool(size), do: Bench.BatchBenchPool.start(size)
 end
 
 Bench.ExecuteCost.run()
