@@ -9,7 +9,6 @@ defmodule Snakepit.Pool.ElasticTest do
   @moduletag :tmp_dir
 
   alias Snakepit.Pool
-  alias Snakepit.Telemetry
   alias Snakepit.Test.{AppPool, CallLoad}
 
   defp start!(pool, env \\ []) do
@@ -17,20 +16,7 @@ defmodule Snakepit.Pool.ElasticTest do
     AppPool.start!([python_path: [AppPool.fixtures_dir()], pools: [pool]] ++ env)
   end
 
-  defp listen(events) do
-    parent = self()
-    id = "elastic-test-#{System.unique_integer([:positive])}"
-
-    :ok =
-      Telemetry.attach_many(
-        id,
-        events,
-        fn event, measurements, meta, _ -> send(parent, {:event, event, measurements, meta}) end,
-        nil
-      )
-
-    on_exit(fn -> Telemetry.detach(id) end)
-  end
+  defp listen(events), do: Snakepit.Test.Events.forward(events)
 
   # Waits for the scale event that takes the pool to `to` (earlier steps
   # on the way are skipped).

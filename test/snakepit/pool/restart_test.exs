@@ -7,7 +7,6 @@ defmodule Snakepit.Pool.RestartTest do
   @moduletag :tmp_dir
 
   alias Snakepit.Pool
-  alias Snakepit.Telemetry
   alias Snakepit.Test.{AppPool, CallLoad}
 
   @adapter """
@@ -45,20 +44,7 @@ defmodule Snakepit.Pool.RestartTest do
     AppPool.start!(python_path: [dir], pools: [pool])
   end
 
-  defp listen(events) do
-    parent = self()
-    id = "restart-test-#{System.unique_integer([:positive])}"
-
-    :ok =
-      Telemetry.attach_many(
-        id,
-        events,
-        fn event, measurements, meta, _ -> send(parent, {:event, event, measurements, meta}) end,
-        nil
-      )
-
-    on_exit(fn -> Telemetry.detach(id) end)
-  end
+  defp listen(events), do: Snakepit.Test.Events.forward(events)
 
   defp version!(opts \\ []) do
     {:ok, %{"version" => v, "pid" => pid}} =
