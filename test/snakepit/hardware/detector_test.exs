@@ -8,20 +8,7 @@ defmodule Snakepit.Hardware.DetectorTest do
 
   defp fixture(name), do: File.read!(Path.join(@fixtures, name))
 
-  defp base_opts do
-    [
-      os_type: {:unix, :linux},
-      arch: "x86_64-pc-linux-gnu",
-      cpuinfo_path: Path.join(@fixtures, "cpuinfo_epyc_2vcpu.txt"),
-      meminfo_path: Path.join(@fixtures, "meminfo.txt"),
-      nvidia_smi: fn _ -> {:error, :not_found} end,
-      rocm_smi: fn _ -> {:error, :not_found} end,
-      proc_driver_dir: "/nonexistent",
-      cudnn_header_paths: [],
-      cuda_version_paths: [],
-      rocm_version_paths: []
-    ]
-  end
+  defp base_opts, do: Snakepit.Test.HardwareFixtures.cpu_only()
 
   test "CPU only" do
     info = Detector.detect(base_opts())

@@ -14,23 +14,7 @@ defmodule Snakepit.Worker.SlotEnvTest do
   defp fixture(name), do: File.read!(Path.join(@fixtures, name))
 
   defp machine(opts) do
-    Detector.detect(
-      Keyword.merge(
-        [
-          os_type: {:unix, :linux},
-          arch: "x86_64-pc-linux-gnu",
-          cpuinfo_path: Path.join(@fixtures, "cpuinfo_epyc_2vcpu.txt"),
-          meminfo_path: Path.join(@fixtures, "meminfo.txt"),
-          nvidia_smi: fn _ -> {:error, :not_found} end,
-          rocm_smi: fn _ -> {:error, :not_found} end,
-          proc_driver_dir: "/nonexistent",
-          cudnn_header_paths: [],
-          cuda_version_paths: [],
-          rocm_version_paths: []
-        ],
-        opts
-      )
-    )
+    Detector.detect(Keyword.merge(Snakepit.Test.HardwareFixtures.cpu_only(), opts))
   end
 
   defp cuda(query) do
